@@ -1,0 +1,3 @@
+//! psctl-sandbox.
+
+fn main() {}

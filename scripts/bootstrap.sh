@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the tests and the sandbox need on a fresh machine, from Debian's packages and
+# PyPI only. Idempotent: anything already present is left alone.
+set -euo pipefail
+
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql postgresql-client)
+have pg_dump || need_pkgs+=(postgresql-client)
+have prometheus || need_pkgs+=(prometheus)
+have promtool || need_pkgs+=(prometheus)
+[ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
+have curl || need_pkgs+=(curl)
+
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  echo "bootstrap: installing ${need_pkgs[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  # Debian starts packaged daemons on install; the sandbox runs its own instances instead.
+  for svc in prometheus prometheus-node-exporter docker-registry postgresql; do
+    systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+
+if ! have cargo-nextest; then
+  cargo install --locked cargo-nextest >&2
+fi

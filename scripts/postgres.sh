@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Starts (or reuses) a private PostgreSQL cluster for tests and the sandbox, owned by the
+# `postgres` system user, listening on 127.0.0.1 (and on the Docker bridge gateway when one
+# exists, so sandbox containers reach it). Prints `export` lines; touches no other cluster.
+#
+#   scripts/postgres.sh start|stop|status|env
+set -euo pipefail
+
+STATE_DIR="${PSCTL_STATE_DIR:-$HOME/.cache/psctl}"
+# The data directory lives outside $HOME: the postgres user cannot enter /root.
+PGDATA_DIR="${PSCTL_PG_DATA:-/var/lib/psctl/postgres}"
+PGPORT="${PSCTL_PG_PORT:-55432}"
+PGUSER_NAME=postgres
+
+pg_bin() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$dir" ] || { echo "postgres.sh: PostgreSQL server binaries not found (apt-get install postgresql)" >&2; exit 3; }
+  echo "$dir"
+}
+
+as_pg() { runuser -u "$PGUSER_NAME" -- "$@"; }
+
+listen_addresses() {
+  local gw
+  gw=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}' 2>/dev/null || true)
+  if [ -n "$gw" ]; then echo "127.0.0.1,$gw"; else echo "127.0.0.1"; fi
+}
+
+url() { echo "postgres://postgres@127.0.0.1:$PGPORT/postgres"; }
+
+start() {
+  local bin; bin=$(pg_bin)
+  mkdir -p "$(dirname "$PGDATA_DIR")"
+  if [ ! -s "$PGDATA_DIR/PG_VERSION" ]; then
+    install -d -o "$PGUSER_NAME" -g "$PGUSER_NAME" -m 0700 "$PGDATA_DIR"
+    as_pg "$bin/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust --encoding=UTF8 --no-locale >/dev/null
+    cat >>"$PGDATA_DIR/postgresql.conf" <<CONF
+port = $PGPORT
+unix_socket_directories = '$PGDATA_DIR'
+max_connections = 300
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 256MB
+CONF
+    # Containers on the Docker bridge reach the cluster through the gateway address.
+    echo "host all all 172.16.0.0/12 trust" >>"$PGDATA_DIR/pg_hba.conf"
+  fi
+  if as_pg "$bin/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
+    return 0
+  fi
+  as_pg "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 60 \
+    -o "-c listen_addresses=$(listen_addresses)" start >/dev/null
+}
+
+stop() {
+  local bin; bin=$(pg_bin)
+  if [ -s "$PGDATA_DIR/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
+    as_pg "$bin/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null
+  fi
+}
+
+case "${1:-}" in
+  start) start; echo "export PSCTL_TEST_DATABASE_URL=$(url)" ;;
+  stop) stop ;;
+  status) as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA_DIR" status ;;
+  env) echo "export PSCTL_TEST_DATABASE_URL=$(url)" ;;
+  *) echo "usage: scripts/postgres.sh start|stop|status|env" >&2; exit 2 ;;
+esac

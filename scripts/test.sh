@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the repository on this machine, installing and starting what they need
+# (PostgreSQL, Prometheus, the registry, the Helm engine, kubectl). This is the README's test
+# command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/psctl/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "bootstrap (packages)"
+scripts/bootstrap.sh
+
+step "postgres"
+eval "$(scripts/postgres.sh start)"
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+cargo nextest run --workspace --locked --no-fail-fast --failure-output final

@@ -1,0 +1,3 @@
+//! problemsolver-poller.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! problemsolver-webhook-worker.
+
+fn main() {}

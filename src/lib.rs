@@ -1,0 +1,1 @@
+//! psctl: the operator CLI library.

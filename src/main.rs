@@ -1,0 +1,3 @@
+//! psctl entry point.
+
+fn main() {}
