@@ -1,0 +1,1 @@
+//! The sandbox control plane: an emulated Kubernetes API server on loopback.

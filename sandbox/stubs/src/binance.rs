@@ -1,0 +1,1 @@
+//! Binance deposit-history stub (signed requests verified, deposits scripted by tests).

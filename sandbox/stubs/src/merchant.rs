@@ -1,0 +1,1 @@
+//! Merchant webhook sink: records deliveries, verifies Standard Webhooks signatures, fails or slows on request.
