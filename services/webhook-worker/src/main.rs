@@ -1,3 +1,3 @@
-//! problemsolver-webhook-worker.
+//! problemsolver-webhook-worker binary.
 
 fn main() {}

@@ -1,0 +1,3 @@
+//! Delivery throughput benchmark (filled in below).
+
+fn main() {}

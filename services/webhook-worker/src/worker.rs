@@ -1,0 +1,415 @@
+//! The delivery loop: claim a batch, deliver it concurrently under the breakers and rate limits,
+//! write the results back in one statement, repeat; stop claiming on shutdown.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::breaker::{BreakerPolicy, Breakers, Permit};
+use crate::client::{Attempt, ClientSettings, DeliveryClient};
+use crate::metrics::Metrics;
+use crate::queue::{self, Claimed, Completion, FinalStatus};
+use crate::ratelimit::RateLimits;
+use crate::signing::{SigningKey, sign_delivery};
+
+/// Turns a merchant's stored (encrypted) secret into a signing key. The worker binary plugs in
+/// the services' AES-256-GCM decryption; the error never carries secret material.
+pub trait SecretOpener: Send + Sync {
+    fn open(&self, ciphertext: &[u8], nonce: &[u8]) -> Result<SigningKey, String>;
+}
+
+/// Everything tunable about the loop.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Lease owner name written to claimed rows (unique per process).
+    pub owner: String,
+    pub batch_size: i64,
+    /// Deliveries in flight at once, across all pipelines.
+    pub concurrency: usize,
+    /// Claim→deliver→complete loops running side by side, so claiming and completing overlap
+    /// with delivering.
+    pub pipelines: usize,
+    pub lease: Duration,
+    pub idle_poll: Duration,
+    pub backoff: Backoff,
+    pub breaker: BreakerPolicy,
+    pub global_rps: NonZeroU32,
+    pub per_endpoint_rps: NonZeroU32,
+    pub client: ClientSettings,
+    /// How long a decrypted key is reused before it is decrypted again.
+    pub key_cache_ttl: Duration,
+}
+
+/// Totals of a run, for `--once` and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub claimed: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub disabled: u64,
+    pub released: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: Totals) {
+        self.claimed += other.claimed;
+        self.delivered += other.delivered;
+        self.failed += other.failed;
+        self.dead += other.dead;
+        self.disabled += other.disabled;
+        self.released += other.released;
+    }
+}
+
+struct CachedKey {
+    key: SigningKey,
+    merchant_updated_at: DateTime<Utc>,
+    fetched: Instant,
+}
+
+/// The worker. Cheap to share: wrap in an `Arc`.
+pub struct Worker {
+    pool: PgPool,
+    config: WorkerConfig,
+    client: DeliveryClient,
+    metrics: Metrics,
+    opener: Arc<dyn SecretOpener>,
+    breakers: Mutex<Breakers<Uuid>>,
+    limits: RateLimits<Uuid>,
+    keys: Mutex<HashMap<Uuid, CachedKey>>,
+    in_flight: Semaphore,
+}
+
+/// One processed row: its completion and, for 410, the merchant to disable.
+struct Processed {
+    completion: Completion,
+    disable_merchant: Option<Uuid>,
+}
+
+impl Worker {
+    pub fn new(
+        pool: PgPool,
+        config: WorkerConfig,
+        metrics: Metrics,
+        opener: Arc<dyn SecretOpener>,
+    ) -> Result<Self, crate::client::BuildError> {
+        let client = DeliveryClient::new(config.client)?;
+        Ok(Self {
+            breakers: Mutex::new(Breakers::new(config.breaker)),
+            limits: RateLimits::new(config.global_rps, config.per_endpoint_rps),
+            keys: Mutex::new(HashMap::new()),
+            in_flight: Semaphore::new(config.concurrency.max(1)),
+            pool,
+            client,
+            metrics,
+            opener,
+            config,
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs until `shutdown` is cancelled, or, with `once`, until nothing is due any more.
+    /// In-flight deliveries finish (bounded by the request timeout); rows claimed but not yet
+    /// attempted are released for other workers.
+    pub async fn run(self: &Arc<Self>, shutdown: CancellationToken, once: bool) -> Totals {
+        let pipelines = self.config.pipelines.max(1);
+        let mut handles = Vec::with_capacity(pipelines);
+        for _ in 0..pipelines {
+            let worker = Arc::clone(self);
+            let shutdown = shutdown.clone();
+            handles.push(tokio::spawn(async move { worker.pipeline(shutdown, once).await }));
+        }
+        let mut totals = Totals::default();
+        for handle in handles {
+            match handle.await {
+                Ok(pipeline_totals) => totals.add(pipeline_totals),
+                Err(error) => tracing::error!(%error, "a delivery pipeline panicked"),
+            }
+        }
+        totals
+    }
+
+    async fn pipeline(&self, shutdown: CancellationToken, once: bool) -> Totals {
+        let mut totals = Totals::default();
+        let mut db_failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.run_batch(&shutdown).await {
+                Ok(batch) => {
+                    db_failures = 0;
+                    self.metrics.health.set(1);
+                    totals.add(batch);
+                    if batch.claimed > 0 {
+                        continue;
+                    }
+                    if once {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    db_failures += 1;
+                    self.metrics.health.set(0);
+                    tracing::warn!(error = %error, consecutive = db_failures, "webhook queue unavailable");
+                    if once && db_failures >= 3 {
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.config.idle_poll) => {}
+            }
+        }
+        totals
+    }
+
+    /// Claims, delivers and completes one batch.
+    pub async fn run_batch(&self, shutdown: &CancellationToken) -> sqlx::Result<Totals> {
+        let rows = queue::claim(&self.pool, &self.config.owner, self.config.batch_size, self.config.lease).await?;
+        let mut totals = Totals {
+            claimed: rows.len() as u64,
+            ..Totals::default()
+        };
+        if rows.is_empty() {
+            return Ok(totals);
+        }
+        let processed: Vec<Processed> = futures::stream::iter(rows)
+            .map(|row| self.process(row, shutdown))
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        let mut completions = Vec::with_capacity(processed.len());
+        for item in processed {
+            if let Some(merchant_id) = item.disable_merchant {
+                let reason = "endpoint answered 410 Gone; webhooks disabled until re-enabled";
+                match queue::disable_merchant(&self.pool, merchant_id, reason).await {
+                    Ok(rows) => tracing::warn!(%merchant_id, queued_rows_disabled = rows, "merchant webhook endpoint disabled (410 Gone)"),
+                    Err(error) => tracing::error!(%merchant_id, %error, "could not disable merchant after 410"),
+                }
+            }
+            let completion = item.completion;
+            match (completion.status, completion.attempted) {
+                (FinalStatus::Delivered, _) => totals.delivered += 1,
+                (FinalStatus::Dead, _) => totals.dead += 1,
+                (FinalStatus::Disabled, _) => totals.disabled += 1,
+                (FinalStatus::Pending, true) => totals.failed += 1,
+                (FinalStatus::Pending, false) => totals.released += 1,
+            }
+            completions.push(completion);
+        }
+        self.complete_with_retry(&completions).await?;
+        Ok(totals)
+    }
+
+    /// The results are what matter most after a delivery: retry a transient database error a
+    /// few times before leaving the rows to lease expiry (which redelivers them).
+    async fn complete_with_retry(&self, completions: &[Completion]) -> sqlx::Result<()> {
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            match queue::complete(&self.pool, &self.config.owner, completions).await {
+                Ok(written) => {
+                    if written < completions.len() as u64 {
+                        tracing::warn!(
+                            expected = completions.len(),
+                            written,
+                            "some leases had expired and were taken over; their results were not written"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(error) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(%error, tries, "writing delivery results failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn process(&self, row: Claimed, shutdown: &CancellationToken) -> Processed {
+        let plain = |completion| Processed {
+            completion,
+            disable_merchant: None,
+        };
+        if !row.webhook_enabled {
+            return plain(Completion {
+                id: row.id,
+                status: FinalStatus::Disabled,
+                attempted: false,
+                retry_in: Duration::ZERO,
+                last_error: Some("merchant webhooks are disabled".to_owned()),
+                status_code: None,
+            });
+        }
+        let Ok(_slot) = self.in_flight.acquire().await else {
+            return plain(Completion::release(row.id, Duration::ZERO));
+        };
+        if shutdown.is_cancelled() {
+            return plain(Completion::release(row.id, Duration::ZERO));
+        }
+        let permit = self
+            .breakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .permit(&row.merchant_id, Instant::now());
+        if let Permit::Rejected(wait) = permit {
+            return plain(Completion::release(row.id, wait));
+        }
+        if let Err(wait) = self.limits.try_endpoint(&row.merchant_id) {
+            if permit == Permit::Probe {
+                // Give the probe slot back by recording nothing; the breaker re-offers it.
+                self.breakers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(&row.merchant_id, true, Instant::now());
+            }
+            return plain(Completion::release(row.id, wait.max(Duration::from_millis(10))));
+        }
+        self.limits.global().await;
+
+        let key = match self.signing_key(&row) {
+            Ok(key) => key,
+            Err(error) => return plain(self.failed(&row, None, error, None)),
+        };
+        let timestamp = Utc::now().timestamp();
+        let headers = sign_delivery(&key, row.id, timestamp, row.body.as_bytes());
+        let (attempt, elapsed) = self.client.deliver(&row.webhook_url, &headers, row.body.clone()).await;
+        self.metrics.delivery_duration.observe(elapsed.as_secs_f64());
+
+        let success = matches!(attempt, Attempt::Delivered { .. });
+        let counts_for_breaker = match &attempt {
+            Attempt::Failed { endpoint_fault, .. } => *endpoint_fault,
+            _ => true,
+        };
+        if counts_for_breaker {
+            let opened = self
+                .breakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(&row.merchant_id, success, Instant::now());
+            if opened {
+                self.metrics.breaker_opens.inc();
+                tracing::warn!(merchant_id = %row.merchant_id, "circuit breaker opened for merchant endpoint");
+            }
+        }
+        self.metrics.attempt(success);
+
+        match attempt {
+            Attempt::Delivered { status } => plain(Completion {
+                id: row.id,
+                status: FinalStatus::Delivered,
+                attempted: true,
+                retry_in: Duration::ZERO,
+                last_error: None,
+                status_code: Some(i32::from(status)),
+            }),
+            Attempt::Gone => Processed {
+                completion: Completion {
+                    id: row.id,
+                    status: FinalStatus::Disabled,
+                    attempted: true,
+                    retry_in: Duration::ZERO,
+                    last_error: Some("HTTP 410 Gone: endpoint disabled".to_owned()),
+                    status_code: Some(410),
+                },
+                disable_merchant: Some(row.merchant_id),
+            },
+            Attempt::Failed {
+                status,
+                error,
+                retry_after,
+                ..
+            } => plain(self.failed(&row, status, error, retry_after)),
+        }
+    }
+
+    fn failed(&self, row: &Claimed, status: Option<u16>, error: String, retry_after: Option<Duration>) -> Completion {
+        let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+        let max_attempts = u32::try_from(row.max_attempts).unwrap_or(1);
+        let dead = attempts >= max_attempts;
+        if dead {
+            self.metrics.dead_letters.inc();
+            tracing::warn!(webhook_id = %row.id, merchant_id = %row.merchant_id, attempts, error = %error, "webhook dead after its last attempt");
+        } else {
+            tracing::debug!(webhook_id = %row.id, attempts, error = %error, "webhook attempt failed; will retry");
+        }
+        let retry_in = self
+            .config
+            .backoff
+            .next_delay(attempts, rand::random::<f64>(), retry_after);
+        Completion {
+            id: row.id,
+            status: if dead { FinalStatus::Dead } else { FinalStatus::Pending },
+            attempted: true,
+            retry_in,
+            last_error: Some(error.chars().take(1000).collect()),
+            status_code: status.map(i32::from),
+        }
+    }
+
+    fn signing_key(&self, row: &Claimed) -> Result<SigningKey, String> {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = keys.get(&row.merchant_id)
+            && cached.merchant_updated_at == row.merchant_updated_at
+            && cached.fetched.elapsed() < self.config.key_cache_ttl
+        {
+            return Ok(cached.key.clone());
+        }
+        let key = self
+            .opener
+            .open(&row.webhook_secret_ciphertext, &row.webhook_secret_nonce)
+            .map_err(|reason| format!("merchant webhook secret unusable: {reason}"))?;
+        keys.insert(
+            row.merchant_id,
+            CachedKey {
+                key: key.clone(),
+                merchant_updated_at: row.merchant_updated_at,
+                fetched: Instant::now(),
+            },
+        );
+        Ok(key)
+    }
+
+    /// Refreshes `webhook_queue_depth` and trims per-endpoint state until `shutdown`.
+    pub async fn housekeeping(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        loop {
+            match queue::depth(&self.pool).await {
+                Ok(depth) => {
+                    self.metrics.queue_depth.set(depth);
+                }
+                Err(error) => {
+                    self.metrics.health.set(0);
+                    tracing::warn!(%error, "cannot read webhook queue depth");
+                }
+            }
+            self.limits.forget_idle();
+            self.breakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .forget_healthy();
+            self.keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|_, cached| cached.fetched.elapsed() < self.config.key_cache_ttl);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}
