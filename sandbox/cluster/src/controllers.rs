@@ -145,7 +145,10 @@ impl Controllers {
                                         .as_ref()
                                         .and_then(|spec| spec.selector.as_ref())
                                         .is_some_and(|selector| {
-                                            map_selector_matches(selector, pod.metadata.labels.as_ref())
+                                            map_selector_matches(
+                                                selector,
+                                                pod.metadata.labels.as_ref(),
+                                            )
                                         })
                             })
                             .map(|service| ObjectRef::from_obj(service.as_ref()))
@@ -198,7 +201,13 @@ fn owner_reference(deployment: &Deployment) -> OwnerReference {
 }
 
 /// Builds the ReplicaSet for the Deployment's current template.
-fn new_replica_set(deployment: &Deployment, hash: &str, revision: i64, replicas: i32, max_surge: i32) -> ReplicaSet {
+fn new_replica_set(
+    deployment: &Deployment,
+    hash: &str,
+    revision: i64,
+    replicas: i32,
+    max_surge: i32,
+) -> ReplicaSet {
     let spec = deployment.spec.clone().unwrap_or_default();
     let mut template = spec.template.clone();
     let mut template_meta = template.metadata.take().unwrap_or_default();
@@ -216,7 +225,10 @@ fn new_replica_set(deployment: &Deployment, hash: &str, revision: i64, replicas:
     annotations.insert(logic::REVISION.to_owned(), revision.to_string());
     let desired = logic::desired_replicas(deployment);
     annotations.insert(logic::DESIRED_REPLICAS.to_owned(), desired.to_string());
-    annotations.insert(logic::MAX_REPLICAS.to_owned(), (desired + max_surge).to_string());
+    annotations.insert(
+        logic::MAX_REPLICAS.to_owned(),
+        (desired + max_surge).to_string(),
+    );
     ReplicaSet {
         metadata: ObjectMeta {
             name: Some(format!("{}-{hash}", deployment.name_any())),
@@ -236,7 +248,10 @@ fn new_replica_set(deployment: &Deployment, hash: &str, revision: i64, replicas:
     }
 }
 
-async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>) -> Result<Action, ControllerError> {
+async fn reconcile_deployment(
+    deployment: Arc<Deployment>,
+    context: Arc<Context>,
+) -> Result<Action, ControllerError> {
     let resync = Action::requeue(context.config.resync);
     if deployment.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -253,7 +268,12 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
         Err(error) => {
             context
                 .deployment_events
-                .record(reference, EventType::Warning, "InvalidSpec", &error.to_string())
+                .record(
+                    reference,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    &error.to_string(),
+                )
                 .await;
             return Err(error.into());
         }
@@ -263,10 +283,16 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
         .await?
         .items
         .into_iter()
-        .filter(|rs| rs_logic::controlled_by(&rs.metadata, &uid) && rs.metadata.deletion_timestamp.is_none())
+        .filter(|rs| {
+            rs_logic::controlled_by(&rs.metadata, &uid) && rs.metadata.deletion_timestamp.is_none()
+        })
         .collect();
     let desired = logic::desired_replicas(&deployment);
-    let paused = deployment.spec.as_ref().and_then(|spec| spec.paused).unwrap_or(false);
+    let paused = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.paused)
+        .unwrap_or(false);
     let mut event = NewRsEvent::None;
 
     let new_name = logic::find_new_replica_set(&deployment, &owned).map(|rs| rs.name_any());
@@ -284,7 +310,10 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
         }
         None if paused => None,
         None => {
-            let collision = deployment.status.as_ref().and_then(|status| status.collision_count);
+            let collision = deployment
+                .status
+                .as_ref()
+                .and_then(|status| status.collision_count);
             let template = &deployment.spec.clone().unwrap_or_default().template;
             let hash = logic::pod_template_hash(template, collision);
             let revision = logic::max_revision(&owned) + 1;
@@ -297,7 +326,14 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
             };
             let old_counts: Vec<RsCounts> = owned.iter().map(RsCounts::of).collect();
             let initial = if logic::is_recreate(&deployment) {
-                if old_counts.iter().any(|rs| rs.spec_replicas > 0 || rs.replicas > 0) { 0 } else { desired }
+                if old_counts
+                    .iter()
+                    .any(|rs| rs.spec_replicas > 0 || rs.replicas > 0)
+                {
+                    0
+                } else {
+                    desired
+                }
             } else {
                 logic::rolling_step(desired, max_surge, max_unavailable, &zero, &old_counts)
                     .into_iter()
@@ -316,7 +352,10 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
                                 reference.clone(),
                                 EventType::Normal,
                                 "ScalingReplicaSet",
-                                &format!("Scaled up replica set {} from 0 to {initial}", created.name_any()),
+                                &format!(
+                                    "Scaled up replica set {} from 0 to {initial}",
+                                    created.name_any()
+                                ),
                             )
                             .await;
                     }
@@ -332,14 +371,18 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
                         .spec
                         .as_ref()
                         .and_then(|spec| spec.template.as_ref())
-                        .is_some_and(|existing| logic::templates_equal_ignoring_hash(existing, template));
+                        .is_some_and(|existing| {
+                            logic::templates_equal_ignoring_hash(existing, template)
+                        });
                     if !same {
                         let next = collision.unwrap_or(0) + 1;
                         deploy_api
                             .patch_status(
                                 &name,
                                 &PatchParams::default(),
-                                &Patch::Merge(serde_json::json!({"status": {"collisionCount": next}})),
+                                &Patch::Merge(
+                                    serde_json::json!({"status": {"collisionCount": next}}),
+                                ),
                             )
                             .await?;
                     }
@@ -359,9 +402,13 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
             .max()
             .unwrap_or(0);
         if let Some(new_rs) = owned.iter_mut().find(|rs| rs.name_any() == new_name) {
-            if let Some(annotations) = logic::new_replica_set_annotations(&deployment, new_rs, max_old, max_surge) {
+            if let Some(annotations) =
+                logic::new_replica_set_annotations(&deployment, new_rs, max_old, max_surge)
+            {
                 let patch = serde_json::json!({"metadata": {"annotations": annotations}});
-                *new_rs = rs_api.patch(new_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                *new_rs = rs_api
+                    .patch(new_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
             }
             let revision = logic::revision_of(new_rs.metadata.annotations.as_ref()).to_string();
             let current = deployment
@@ -370,8 +417,11 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
                 .as_ref()
                 .and_then(|annotations| annotations.get(logic::REVISION));
             if current != Some(&revision) {
-                let patch = serde_json::json!({"metadata": {"annotations": {logic::REVISION: revision}}});
-                deploy_api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                let patch =
+                    serde_json::json!({"metadata": {"annotations": {logic::REVISION: revision}}});
+                deploy_api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
             }
         }
     }
@@ -395,7 +445,8 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
         }
         // A paused Deployment still follows scale changes when only one ReplicaSet is active.
         (Some(new_counts), true)
-            if new_counts.spec_replicas != desired && old_counts.iter().all(|rs| rs.spec_replicas == 0) =>
+            if new_counts.spec_replicas != desired
+                && old_counts.iter().all(|rs| rs.spec_replicas == 0) =>
         {
             vec![logic::ScaleStep {
                 name: new_counts.name.clone(),
@@ -419,7 +470,9 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
             }},
             "spec": {"replicas": step.replicas},
         });
-        *rs = rs_api.patch(&step.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        *rs = rs_api
+            .patch(&step.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
         let direction = if step.replicas > from { "up" } else { "down" };
         context
             .deployment_events
@@ -427,7 +480,10 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
                 reference.clone(),
                 EventType::Normal,
                 "ScalingReplicaSet",
-                &format!("Scaled {direction} replica set {} from {from} to {}", step.name, step.replicas),
+                &format!(
+                    "Scaled {direction} replica set {} from {from} to {}",
+                    step.name, step.replicas
+                ),
             )
             .await;
     }
@@ -464,25 +520,34 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
         event,
         now,
     });
-    let changed = deployment.status.as_ref().map(serde_json::to_value).transpose().ok().flatten()
+    let changed = deployment
+        .status
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .ok()
+        .flatten()
         != serde_json::to_value(&status).ok();
     if changed {
         deploy_api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status})))
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": status})),
+            )
             .await?;
-        let timed_out = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == logic::PROGRESSING && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+        let timed_out = status.conditions.iter().flatten().any(|c| {
+            c.type_ == logic::PROGRESSING && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
         let was_timed_out = deployment
             .status
             .as_ref()
             .and_then(|status| status.conditions.as_ref())
             .is_some_and(|conditions| {
-                conditions
-                    .iter()
-                    .any(|c| c.type_ == logic::PROGRESSING && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+                conditions.iter().any(|c| {
+                    c.type_ == logic::PROGRESSING
+                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                })
             });
         if timed_out && !was_timed_out {
             context
@@ -512,7 +577,10 @@ async fn reconcile_deployment(deployment: Arc<Deployment>, context: Arc<Context>
     }
 }
 
-async fn reconcile_replica_set(rs: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action, ControllerError> {
+async fn reconcile_replica_set(
+    rs: Arc<ReplicaSet>,
+    context: Arc<Context>,
+) -> Result<Action, ControllerError> {
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -520,10 +588,21 @@ async fn reconcile_replica_set(rs: Arc<ReplicaSet>, context: Arc<Context>) -> Re
     let name = rs.name_any();
     let pod_api: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
     let rs_api: Api<ReplicaSet> = Api::namespaced(context.client.clone(), &namespace);
-    let selector = rs.spec.as_ref().map(|spec| selector_query(&spec.selector)).unwrap_or_default();
-    let pods = pod_api.list(&ListParams::default().labels(&selector)).await?.items;
+    let selector = rs
+        .spec
+        .as_ref()
+        .map(|spec| selector_query(&spec.selector))
+        .unwrap_or_default();
+    let pods = pod_api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
     let owned = rs_logic::owned_pods(&rs, &pods);
-    let active: Vec<&Pod> = owned.iter().copied().filter(|pod| rs_logic::is_active(pod)).collect();
+    let active: Vec<&Pod> = owned
+        .iter()
+        .copied()
+        .filter(|pod| rs_logic::is_active(pod))
+        .collect();
     let replicas = rs.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1);
     let reference = object_reference(rs.as_ref(), None);
     let mut changed = false;
@@ -551,7 +630,12 @@ async fn reconcile_replica_set(rs: Arc<ReplicaSet>, context: Arc<Context>) -> Re
                     Err(error) => {
                         context
                             .replica_set_events
-                            .record(reference.clone(), EventType::Warning, "FailedCreate", &format!("Error creating: {error}"))
+                            .record(
+                                reference.clone(),
+                                EventType::Warning,
+                                "FailedCreate",
+                                &format!("Error creating: {error}"),
+                            )
                             .await;
                         return Err(error.into());
                     }
@@ -584,18 +668,35 @@ async fn reconcile_replica_set(rs: Arc<ReplicaSet>, context: Arc<Context>) -> Re
     }
     let now = Timestamp::now();
     let status = rs_logic::compute_status(&rs, &owned, now);
-    if rs.status.as_ref().map(serde_json::to_value).transpose().ok().flatten() != serde_json::to_value(&status).ok() {
+    if rs
+        .status
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .ok()
+        .flatten()
+        != serde_json::to_value(&status).ok()
+    {
         rs_api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status})))
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": status})),
+            )
             .await?;
     }
     match rs_logic::seconds_until_available(&rs, &owned, now) {
-        Some(seconds) => Ok(Action::requeue(Duration::from_secs(seconds.max(1).unsigned_abs()))),
+        Some(seconds) => Ok(Action::requeue(Duration::from_secs(
+            seconds.max(1).unsigned_abs(),
+        ))),
         None => Ok(Action::requeue(context.config.resync)),
     }
 }
 
-async fn reconcile_service(service: Arc<Service>, context: Arc<Context>) -> Result<Action, ControllerError> {
+async fn reconcile_service(
+    service: Arc<Service>,
+    context: Arc<Context>,
+) -> Result<Action, ControllerError> {
     let resync = Action::requeue(context.config.resync);
     if service.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -609,18 +710,19 @@ async fn reconcile_service(service: Arc<Service>, context: Arc<Context>) -> Resu
     };
     let name = service.name_any();
     match endpoints_api.get_opt(&name).await? {
-        None => {
-            match endpoints_api.create(&PostParams::default(), &wanted).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    return Ok(Action::requeue(Duration::from_millis(200)));
-                }
-                Err(error) => return Err(error.into()),
+        None => match endpoints_api.create(&PostParams::default(), &wanted).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                return Ok(Action::requeue(Duration::from_millis(200)));
             }
-        }
+            Err(error) => return Err(error.into()),
+        },
         Some(existing) if !same_subsets(&existing, &wanted) => {
             wanted.metadata.resource_version = existing.metadata.resource_version.clone();
-            match endpoints_api.replace(&name, &PostParams::default(), &wanted).await {
+            match endpoints_api
+                .replace(&name, &PostParams::default(), &wanted)
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     return Ok(Action::requeue(Duration::from_millis(200)));
@@ -648,23 +750,43 @@ async fn garbage_collector(client: Client, interval: Duration) {
 /// One garbage-collection sweep; public so the sandbox can force one.
 pub async fn collect_once(client: &Client) -> Result<usize, kube::Error> {
     let params = ListParams::default();
-    let deployments = Api::<Deployment>::all(client.clone()).list(&params).await?.items;
-    let replica_sets = Api::<ReplicaSet>::all(client.clone()).list(&params).await?.items;
+    let deployments = Api::<Deployment>::all(client.clone())
+        .list(&params)
+        .await?
+        .items;
+    let replica_sets = Api::<ReplicaSet>::all(client.clone())
+        .list(&params)
+        .await?
+        .items;
     let pods = Api::<Pod>::all(client.clone()).list(&params).await?.items;
-    let services = Api::<Service>::all(client.clone()).list(&params).await?.items;
+    let services = Api::<Service>::all(client.clone())
+        .list(&params)
+        .await?
+        .items;
     let live: HashSet<String> = deployments
         .iter()
         .filter_map(|object| object.metadata.uid.clone())
-        .chain(replica_sets.iter().filter_map(|object| object.metadata.uid.clone()))
+        .chain(
+            replica_sets
+                .iter()
+                .filter_map(|object| object.metadata.uid.clone()),
+        )
         .chain(pods.iter().filter_map(|object| object.metadata.uid.clone()))
-        .chain(services.iter().filter_map(|object| object.metadata.uid.clone()))
+        .chain(
+            services
+                .iter()
+                .filter_map(|object| object.metadata.uid.clone()),
+        )
         .collect();
     let background = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
         ..DeleteParams::default()
     };
     let mut deleted = 0;
-    for rs in replica_sets.iter().filter(|rs| is_orphan(&rs.metadata, &live)) {
+    for rs in replica_sets
+        .iter()
+        .filter(|rs| is_orphan(&rs.metadata, &live))
+    {
         let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace_of(rs));
         match api.delete(&rs.name_any(), &background).await {
             Ok(_) => deleted += 1,

@@ -313,15 +313,9 @@ impl RsCounts {
         let status = rs.status.as_ref();
         Self {
             name: rs.metadata.name.clone().unwrap_or_default(),
-            spec_replicas: rs
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.replicas)
-                .unwrap_or(1),
+            spec_replicas: rs.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1),
             replicas: status.map(|status| status.replicas).unwrap_or(0),
-            ready: status
-                .and_then(|status| status.ready_replicas)
-                .unwrap_or(0),
+            ready: status.and_then(|status| status.ready_replicas).unwrap_or(0),
             available: status
                 .and_then(|status| status.available_replicas)
                 .unwrap_or(0),
@@ -506,7 +500,13 @@ pub struct StatusInput<'a> {
     pub now: Timestamp,
 }
 
-fn condition(type_: &str, status: &str, reason: &str, message: String, now: Timestamp) -> DeploymentCondition {
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> DeploymentCondition {
     DeploymentCondition {
         type_: type_.to_owned(),
         status: status.to_owned(),
@@ -577,34 +577,66 @@ pub fn compute_status(input: &StatusInput<'_>) -> DeploymentStatus {
     let current_progressing = conditions.iter().find(|c| c.type_ == PROGRESSING).cloned();
     let name = input.new_rs.map(|rs| rs.name.clone()).unwrap_or_default();
     if paused {
-        if current_progressing.as_ref().and_then(|c| c.reason.as_deref()) != Some("DeploymentPaused") {
+        if current_progressing
+            .as_ref()
+            .and_then(|c| c.reason.as_deref())
+            != Some("DeploymentPaused")
+        {
             set_condition(
                 &mut conditions,
-                condition(PROGRESSING, "Unknown", "DeploymentPaused", "Deployment is paused".to_owned(), now),
+                condition(
+                    PROGRESSING,
+                    "Unknown",
+                    "DeploymentPaused",
+                    "Deployment is paused".to_owned(),
+                    now,
+                ),
             );
         }
     } else {
-        let was_paused = current_progressing.as_ref().and_then(|c| c.reason.as_deref())
+        let was_paused = current_progressing
+            .as_ref()
+            .and_then(|c| c.reason.as_deref())
             == Some("DeploymentPaused");
         if was_paused {
             set_condition(
                 &mut conditions,
-                condition(PROGRESSING, "Unknown", "DeploymentResumed", "Deployment is resumed".to_owned(), now),
+                condition(
+                    PROGRESSING,
+                    "Unknown",
+                    "DeploymentResumed",
+                    "Deployment is resumed".to_owned(),
+                    now,
+                ),
             );
         }
         match input.event {
             NewRsEvent::Created => set_condition(
                 &mut conditions,
-                condition(PROGRESSING, "True", "NewReplicaSetCreated", format!("Created new replica set \"{name}\""), now),
+                condition(
+                    PROGRESSING,
+                    "True",
+                    "NewReplicaSetCreated",
+                    format!("Created new replica set \"{name}\""),
+                    now,
+                ),
             ),
             NewRsEvent::Found if current_progressing.is_none() => set_condition(
                 &mut conditions,
-                condition(PROGRESSING, "True", "FoundNewReplicaSet", format!("Found new replica set \"{name}\""), now),
+                condition(
+                    PROGRESSING,
+                    "True",
+                    "FoundNewReplicaSet",
+                    format!("Found new replica set \"{name}\""),
+                    now,
+                ),
             ),
             _ => {}
         }
-        let complete =
-            updated == desired && replicas == desired && available == desired && input.new_rs.is_some();
+        let complete = updated == desired
+            && replicas == desired
+            && available == desired
+            && input.new_rs.is_some();
         let progressed = updated > old_status.updated_replicas.unwrap_or(0)
             || replicas < old_status.replicas.unwrap_or(0)
             || ready > old_status.ready_replicas.unwrap_or(0)
@@ -618,10 +650,22 @@ pub fn compute_status(input: &StatusInput<'_>) -> DeploymentStatus {
         if complete {
             set_condition(
                 &mut conditions,
-                condition(PROGRESSING, "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{name}\" has successfully progressed."), now),
+                condition(
+                    PROGRESSING,
+                    "True",
+                    "NewReplicaSetAvailable",
+                    format!("ReplicaSet \"{name}\" has successfully progressed."),
+                    now,
+                ),
             );
         } else if progressed && input.new_rs.is_some() {
-            let mut next = condition(PROGRESSING, "True", "ReplicaSetUpdated", format!("ReplicaSet \"{name}\" is progressing."), now);
+            let mut next = condition(
+                PROGRESSING,
+                "True",
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{name}\" is progressing."),
+                now,
+            );
             if let Some(current) = progressing_now.as_ref()
                 && current.status == "True"
             {
@@ -634,7 +678,13 @@ pub fn compute_status(input: &StatusInput<'_>) -> DeploymentStatus {
         } else if timed_out(progressing_now.as_ref(), deadline, now) {
             set_condition(
                 &mut conditions,
-                condition(PROGRESSING, "False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{name}\" has timed out progressing."), now),
+                condition(
+                    PROGRESSING,
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    format!("ReplicaSet \"{name}\" has timed out progressing."),
+                    now,
+                ),
             );
         }
     }
@@ -658,24 +708,35 @@ pub fn compute_status(input: &StatusInput<'_>) -> DeploymentStatus {
     }
 }
 
-fn timed_out(progressing: Option<&DeploymentCondition>, deadline_seconds: i32, now: Timestamp) -> bool {
+fn timed_out(
+    progressing: Option<&DeploymentCondition>,
+    deadline_seconds: i32,
+    now: Timestamp,
+) -> bool {
     let Some(condition) = progressing else {
         return false;
     };
     match condition.reason.as_deref() {
         Some("NewReplicaSetAvailable") | Some("DeploymentPaused") => false,
         Some("ProgressDeadlineExceeded") => true,
-        _ => condition
-            .last_update_time
-            .as_ref()
-            .is_some_and(|since| now.duration_since(since.0) > SignedDuration::from_secs(i64::from(deadline_seconds))),
+        _ => condition.last_update_time.as_ref().is_some_and(|since| {
+            now.duration_since(since.0) > SignedDuration::from_secs(i64::from(deadline_seconds))
+        }),
     }
 }
 
 /// When the Deployment next needs looking at even without any change, so the progress deadline
 /// fires on time.
-pub fn seconds_until_deadline(status: &DeploymentStatus, deadline_seconds: i32, now: Timestamp) -> Option<i64> {
-    let condition = status.conditions.as_ref()?.iter().find(|c| c.type_ == PROGRESSING)?;
+pub fn seconds_until_deadline(
+    status: &DeploymentStatus,
+    deadline_seconds: i32,
+    now: Timestamp,
+) -> Option<i64> {
+    let condition = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == PROGRESSING)?;
     match condition.reason.as_deref() {
         Some("NewReplicaSetAvailable" | "ProgressDeadlineExceeded" | "DeploymentPaused") => None,
         _ => {
@@ -683,5 +744,500 @@ pub fn seconds_until_deadline(status: &DeploymentStatus, deadline_seconds: i32, 
             let elapsed = now.duration_since(since).as_secs();
             Some((i64::from(deadline_seconds) - elapsed).max(0) + 1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{
+        DeploymentSpec, DeploymentStrategy, ReplicaSetSpec, RollingUpdateDeployment,
+    };
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn template(image: &str) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some([("app".to_owned(), "web".to_owned())].into()),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "web".to_owned(),
+                    image: Some(image.to_owned()),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+        }
+    }
+
+    fn mk_deployment(
+        replicas: i32,
+        surge: Option<IntOrString>,
+        unavailable: Option<IntOrString>,
+    ) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                name: Some("web".to_owned()),
+                generation: Some(1),
+                ..ObjectMeta::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                template: template("img:1"),
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".to_owned()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_surge: surge,
+                        max_unavailable: unavailable,
+                    }),
+                }),
+                ..DeploymentSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn mk_rs(name: &str, image: &str, revision: i64) -> ReplicaSet {
+        let mut template = template(image);
+        if let Some(labels) = template
+            .metadata
+            .as_mut()
+            .and_then(|meta| meta.labels.as_mut())
+        {
+            labels.insert(POD_TEMPLATE_HASH.to_owned(), "abc".to_owned());
+        }
+        ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                annotations: Some([(REVISION.to_owned(), revision.to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(0),
+                template: Some(template),
+                ..ReplicaSetSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn counts(name: &str, spec: i32, available: i32) -> RsCounts {
+        RsCounts {
+            name: name.to_owned(),
+            spec_replicas: spec,
+            replicas: spec,
+            ready: available,
+            available,
+        }
+    }
+
+    fn pct(text: &str) -> Option<IntOrString> {
+        Some(IntOrString::String(text.to_owned()))
+    }
+
+    #[test]
+    fn hash_is_stable_ignores_the_hash_label_and_changes_with_the_template() {
+        let a = template("img:1");
+        let mut labelled = a.clone();
+        labelled
+            .metadata
+            .as_mut()
+            .and_then(|meta| meta.labels.as_mut())
+            .map(|labels| labels.insert(POD_TEMPLATE_HASH.to_owned(), "zzz".to_owned()));
+        assert_eq!(
+            pod_template_hash(&a, None),
+            pod_template_hash(&labelled, None)
+        );
+        assert_ne!(
+            pod_template_hash(&a, None),
+            pod_template_hash(&template("img:2"), None)
+        );
+        assert_ne!(pod_template_hash(&a, None), pod_template_hash(&a, Some(1)));
+        let hash = pod_template_hash(&a, None);
+        assert!(
+            hash.bytes().all(|byte| SAFE_ALPHABET.contains(&byte)),
+            "{hash}"
+        );
+        assert!((6..=10).contains(&hash.len()), "{hash}");
+    }
+
+    #[test]
+    fn percentages_round_surge_up_and_unavailable_down() {
+        let deployment = mk_deployment(10, pct("25%"), pct("25%"));
+        assert_eq!(resolve_fenceposts(&deployment), Ok((3, 2)));
+        let deployment = mk_deployment(3, pct("25%"), pct("25%"));
+        assert_eq!(resolve_fenceposts(&deployment), Ok((1, 0)));
+        let deployment = mk_deployment(1, Some(IntOrString::Int(0)), Some(IntOrString::Int(0)));
+        assert_eq!(
+            resolve_fenceposts(&deployment),
+            Ok((0, 1)),
+            "both zero must still allow progress"
+        );
+        let deployment = mk_deployment(4, None, None);
+        assert_eq!(
+            resolve_fenceposts(&deployment),
+            Ok((1, 1)),
+            "defaults are 25%/25%"
+        );
+        let deployment = mk_deployment(4, pct("lots"), None);
+        assert!(matches!(
+            resolve_fenceposts(&deployment),
+            Err(SpecError::BadIntOrPercent {
+                field: "maxSurge",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn rolling_update_surge_one_unavailable_zero_walks_one_pod_at_a_time() {
+        // 3 replicas, maxSurge 1, maxUnavailable 0: +1 new, then -1 old once the new is available.
+        let step = rolling_step(3, 1, 0, &counts("new", 0, 0), &[counts("old", 3, 3)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "new".into(),
+                replicas: 1
+            }]
+        );
+        // New pod not yet available: nothing may go down.
+        let step = rolling_step(3, 1, 0, &counts("new", 1, 0), &[counts("old", 3, 3)]);
+        assert_eq!(step, Vec::new());
+        // Now available: one old goes.
+        let step = rolling_step(3, 1, 0, &counts("new", 1, 1), &[counts("old", 3, 3)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "old".into(),
+                replicas: 2
+            }]
+        );
+        // And the new one grows again.
+        let step = rolling_step(3, 1, 0, &counts("new", 1, 1), &[counts("old", 2, 2)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "new".into(),
+                replicas: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn rolling_update_surge_zero_unavailable_one_goes_down_first() {
+        let step = rolling_step(3, 0, 1, &counts("new", 0, 0), &[counts("old", 3, 3)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "old".into(),
+                replicas: 2
+            }]
+        );
+        let step = rolling_step(3, 0, 1, &counts("new", 0, 0), &[counts("old", 2, 2)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "new".into(),
+                replicas: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn rolling_update_with_percentages_on_ten_replicas() {
+        // 25%/25% of 10: surge 3, unavailable 2 → new to 3 at once, then old down to 5 (8 available).
+        let step = rolling_step(10, 3, 2, &counts("new", 0, 0), &[counts("old", 10, 10)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "new".into(),
+                replicas: 3
+            }]
+        );
+        let step = rolling_step(10, 3, 2, &counts("new", 3, 0), &[counts("old", 10, 10)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "old".into(),
+                replicas: 8
+            }]
+        );
+    }
+
+    #[test]
+    fn unhealthy_old_replicas_are_removed_before_healthy_ones() {
+        // Old RS has 3 replicas of which one is not available: available pods are exactly at the
+        // minimum (1 new + 2 old), so only the unhealthy one may go.
+        let step = rolling_step(3, 1, 0, &counts("new", 1, 1), &[counts("old", 3, 2)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "old".into(),
+                replicas: 2
+            }]
+        );
+        // A new pod that is not available yet uses up the budget: nothing goes.
+        let step = rolling_step(3, 1, 0, &counts("new", 1, 0), &[counts("old", 3, 2)]);
+        assert_eq!(step, Vec::new());
+        let step = rolling_step(3, 1, 0, &counts("new", 1, 1), &[counts("old", 3, 2)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "old".into(),
+                replicas: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn new_replica_set_scaled_back_when_deployment_shrinks() {
+        let step = rolling_step(2, 1, 0, &counts("new", 5, 5), &[]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "new".into(),
+                replicas: 2
+            }]
+        );
+        assert_eq!(rolling_step(2, 1, 0, &counts("new", 2, 2), &[]), Vec::new());
+    }
+
+    #[test]
+    fn recreate_kills_everything_first() {
+        let step = recreate_step(2, &counts("new", 0, 0), &[counts("old", 2, 2)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "old".into(),
+                replicas: 0
+            }]
+        );
+        let mut terminating = counts("old", 0, 0);
+        terminating.replicas = 1;
+        assert_eq!(
+            recreate_step(2, &counts("new", 0, 0), &[terminating]),
+            Vec::new()
+        );
+        let step = recreate_step(2, &counts("new", 0, 0), &[counts("old", 0, 0)]);
+        assert_eq!(
+            step,
+            vec![ScaleStep {
+                name: "new".into(),
+                replicas: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn rollback_reuses_the_old_replica_set_and_bumps_its_revision() {
+        let mut deployment = mk_deployment(1, None, None);
+        let old = mk_rs("web-old", "img:1", 1);
+        let newer = mk_rs("web-new", "img:2", 2);
+        let all = vec![old.clone(), newer];
+        // The template is back to img:1: the revision-1 ReplicaSet is the "new" one.
+        let found = find_new_replica_set(&deployment, &all).map(|rs| rs.metadata.name.clone());
+        assert_eq!(found, Some(Some("web-old".to_owned())));
+        deployment.metadata.annotations =
+            Some([(CHANGE_CAUSE.to_owned(), "undo".to_owned())].into());
+        let annotations =
+            new_replica_set_annotations(&deployment, &old, 2, 0).expect("annotations change");
+        assert_eq!(annotations.get(REVISION).map(String::as_str), Some("3"));
+        assert_eq!(
+            annotations.get(REVISION_HISTORY).map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(
+            annotations.get(CHANGE_CAUSE).map(String::as_str),
+            Some("undo")
+        );
+        assert_eq!(
+            annotations.get(DESIRED_REPLICAS).map(String::as_str),
+            Some("1")
+        );
+        // Already newest: revision untouched.
+        let mut current = old.clone();
+        current.metadata.annotations = Some(annotations);
+        let again = new_replica_set_annotations(&deployment, &current, 2, 0);
+        assert_eq!(again, None);
+        assert_eq!(max_revision(&all), 2);
+    }
+
+    #[test]
+    fn history_limit_prunes_oldest_empty_replica_sets_only() {
+        let mut busy = mk_rs("busy", "img:0", 1);
+        if let Some(spec) = busy.spec.as_mut() {
+            spec.replicas = Some(1);
+        }
+        let old = vec![
+            busy,
+            mk_rs("r2", "img:2", 2),
+            mk_rs("r3", "img:3", 3),
+            mk_rs("r4", "img:4", 4),
+        ];
+        assert_eq!(
+            history_to_prune(1, &old),
+            vec!["r2".to_owned(), "r3".to_owned()]
+        );
+        assert_eq!(history_to_prune(10, &old), Vec::<String>::new());
+        assert_eq!(history_to_prune(0, &old).len(), 3);
+    }
+
+    fn status_of(
+        deployment: &Deployment,
+        new_rs: &RsCounts,
+        all: &[RsCounts],
+        event: NewRsEvent,
+        now: Timestamp,
+    ) -> DeploymentStatus {
+        compute_status(&StatusInput {
+            deployment,
+            new_rs: Some(new_rs),
+            all,
+            max_unavailable: 0,
+            event,
+            now,
+        })
+    }
+
+    fn reason(status: &DeploymentStatus, type_: &str) -> (String, String) {
+        let condition = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .expect("condition present");
+        (
+            condition.status.clone(),
+            condition.reason.clone().unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn status_conditions_follow_the_rollout() {
+        let now = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(1_000_000);
+        let mut deployment = mk_deployment(2, Some(IntOrString::Int(1)), Some(IntOrString::Int(0)));
+        // Just created: no pods exist yet.
+        let mut new_rs = counts("web-1", 2, 0);
+        new_rs.replicas = 0;
+        let status = status_of(
+            &deployment,
+            &new_rs,
+            std::slice::from_ref(&new_rs),
+            NewRsEvent::Created,
+            now,
+        );
+        assert_eq!(
+            reason(&status, PROGRESSING),
+            ("True".into(), "NewReplicaSetCreated".into())
+        );
+        assert_eq!(
+            reason(&status, AVAILABLE),
+            ("False".into(), "MinimumReplicasUnavailable".into())
+        );
+        assert_eq!(status.unavailable_replicas, Some(2));
+        assert_eq!(status.observed_generation, Some(1));
+
+        deployment.status = Some(status);
+        let half = counts("web-1", 2, 1);
+        let status = status_of(
+            &deployment,
+            &half,
+            std::slice::from_ref(&half),
+            NewRsEvent::None,
+            now,
+        );
+        assert_eq!(
+            reason(&status, PROGRESSING),
+            ("True".into(), "ReplicaSetUpdated".into())
+        );
+
+        deployment.status = Some(status);
+        let done = counts("web-1", 2, 2);
+        let status = status_of(
+            &deployment,
+            &done,
+            std::slice::from_ref(&done),
+            NewRsEvent::None,
+            now,
+        );
+        assert_eq!(
+            reason(&status, PROGRESSING),
+            ("True".into(), "NewReplicaSetAvailable".into())
+        );
+        assert_eq!(
+            reason(&status, AVAILABLE),
+            ("True".into(), "MinimumReplicasAvailable".into())
+        );
+        assert_eq!(status.updated_replicas, Some(2));
+        assert_eq!(status.available_replicas, Some(2));
+        assert_eq!(status.unavailable_replicas, Some(0));
+    }
+
+    #[test]
+    fn progress_deadline_is_exceeded_only_after_the_deadline_without_progress() {
+        let start = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(1_000_000);
+        let mut deployment = mk_deployment(1, None, None);
+        if let Some(spec) = deployment.spec.as_mut() {
+            spec.progress_deadline_seconds = Some(30);
+        }
+        let stuck = counts("web-1", 1, 0);
+        let status = status_of(
+            &deployment,
+            &stuck,
+            std::slice::from_ref(&stuck),
+            NewRsEvent::Created,
+            start,
+        );
+        deployment.status = Some(status);
+        let later = start + SignedDuration::from_secs(29);
+        let status = status_of(
+            &deployment,
+            &stuck,
+            std::slice::from_ref(&stuck),
+            NewRsEvent::None,
+            later,
+        );
+        assert_eq!(
+            reason(&status, PROGRESSING),
+            ("True".into(), "ReplicaSetUpdated".into())
+        );
+        assert_eq!(seconds_until_deadline(&status, 30, later), Some(2));
+        deployment.status = Some(status);
+        let after = start + SignedDuration::from_secs(31);
+        let status = status_of(
+            &deployment,
+            &stuck,
+            std::slice::from_ref(&stuck),
+            NewRsEvent::None,
+            after,
+        );
+        assert_eq!(
+            reason(&status, PROGRESSING),
+            ("False".into(), "ProgressDeadlineExceeded".into())
+        );
+        assert_eq!(seconds_until_deadline(&status, 30, after), None);
+    }
+
+    #[test]
+    fn paused_deployment_reports_paused() {
+        let mut deployment = mk_deployment(1, None, None);
+        if let Some(spec) = deployment.spec.as_mut() {
+            spec.paused = Some(true);
+        }
+        let rs = counts("web-1", 1, 1);
+        let status = status_of(
+            &deployment,
+            &rs,
+            std::slice::from_ref(&rs),
+            NewRsEvent::None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            reason(&status, PROGRESSING),
+            ("Unknown".into(), "DeploymentPaused".into())
+        );
     }
 }

@@ -31,7 +31,10 @@ impl EventType {
 }
 
 /// A reference to the object an event is about.
-pub fn object_reference<K: Resource<DynamicType = ()>>(object: &K, field_path: Option<String>) -> ObjectReference {
+pub fn object_reference<K: Resource<DynamicType = ()>>(
+    object: &K,
+    field_path: Option<String>,
+) -> ObjectReference {
     let meta = object.meta();
     ObjectReference {
         api_version: Some(K::api_version(&()).into_owned()),
@@ -44,13 +47,16 @@ pub fn object_reference<K: Resource<DynamicType = ()>>(object: &K, field_path: O
     }
 }
 
+/// (object UID, reason, message): repeats of one key are aggregated.
+type EventKey = (String, String, String);
+
 /// Records events for one component (`deployment-controller`, `kubelet`, ...).
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: String,
     host: Option<String>,
-    seen: Arc<Mutex<HashMap<(String, String, String), (String, i32)>>>,
+    seen: Arc<Mutex<HashMap<EventKey, (String, i32)>>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -75,7 +81,13 @@ impl Recorder {
 
     /// Records an event; failures are logged and swallowed, since an event lost must never stop
     /// a controller.
-    pub async fn record(&self, regarding: ObjectReference, kind: EventType, reason: &str, message: &str) {
+    pub async fn record(
+        &self,
+        regarding: ObjectReference,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
         if let Err(error) = self.try_record(regarding, kind, reason, message).await {
             tracing::debug!(%error, reason, "could not record event");
         }
@@ -88,7 +100,10 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) -> Result<(), kube::Error> {
-        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let now = Timestamp::now();
         let key = (
@@ -100,7 +115,10 @@ impl Recorder {
         if let Some((name, count)) = seen.get_mut(&key) {
             *count += 1;
             let patch = serde_json::json!({"count": *count, "lastTimestamp": Time(now)});
-            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => return Ok(()),
                 // The event expired or was deleted: write a fresh one below.
                 Err(kube::Error::Api(status)) if status.code == 404 => {}

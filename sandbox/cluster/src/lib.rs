@@ -10,7 +10,9 @@ pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod kubelet;
 pub mod replicaset;
 pub mod selector;
 
 pub use controllers::{Controllers, ControllersConfig, ControllersHandle};
+pub use kubelet::{DockerLogs, Kubelet, KubeletConfig, KubeletHandle};

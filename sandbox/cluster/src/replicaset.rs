@@ -15,7 +15,10 @@ use crate::selector::selector_matches;
 
 /// Whether a pod counts towards a ReplicaSet: not finished and not being deleted.
 pub fn is_active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|status| status.phase.as_deref());
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|status| status.phase.as_deref());
     pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
@@ -58,9 +61,10 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
 
 /// Whether `owner_refs` names `uid` as controller.
 pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
-    meta.owner_references
-        .as_ref()
-        .is_some_and(|refs| refs.iter().any(|owner| owner.uid == uid && owner.controller == Some(true)))
+    meta.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter()
+            .any(|owner| owner.uid == uid && owner.controller == Some(true))
+    })
 }
 
 /// The pods this ReplicaSet controls (by owner reference) among those listed.
@@ -80,7 +84,11 @@ fn restart_total(pod: &Pod) -> i32 {
 }
 
 fn phase_rank(pod: &Pod) -> u8 {
-    match pod.status.as_ref().and_then(|status| status.phase.as_deref()) {
+    match pod
+        .status
+        .as_ref()
+        .and_then(|status| status.phase.as_deref())
+    {
         Some("Pending") | None => 0,
         Some("Unknown") => 1,
         _ => 2,
@@ -91,7 +99,12 @@ fn phase_rank(pod: &Pod) -> u8 {
 /// unscheduled before scheduled, pending before running, not ready before ready, recently ready
 /// before long ready, more restarts before fewer, newer before older.
 pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
-    let scheduled = |pod: &Pod| pod.spec.as_ref().and_then(|spec| spec.node_name.as_ref()).is_some();
+    let scheduled = |pod: &Pod| {
+        pod.spec
+            .as_ref()
+            .and_then(|spec| spec.node_name.as_ref())
+            .is_some()
+    };
     scheduled(a)
         .cmp(&scheduled(b))
         .then_with(|| phase_rank(a).cmp(&phase_rank(b)))
@@ -190,7 +203,10 @@ pub fn compute_status(rs: &ReplicaSet, owned: &[&Pod], now: Timestamp) -> Replic
         ready_replicas: Some(count(ready)),
         available_replicas: Some(count(available)),
         observed_generation: rs.metadata.generation,
-        conditions: rs.status.as_ref().and_then(|status| status.conditions.clone()),
+        conditions: rs
+            .status
+            .as_ref()
+            .and_then(|status| status.conditions.clone()),
     }
 }
 
@@ -218,4 +234,164 @@ pub fn selects(rs: &ReplicaSet, pod: &Pod) -> bool {
     rs.spec
         .as_ref()
         .is_some_and(|spec| selector_matches(&spec.selector, pod.metadata.labels.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::ReplicaSetSpec;
+    use k8s_openapi::api::core::v1::{
+        ContainerStatus, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+
+    fn mk_rs() -> ReplicaSet {
+        ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some("web-abc".to_owned()),
+                namespace: Some("default".to_owned()),
+                uid: Some("rs-uid".to_owned()),
+                generation: Some(4),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(2),
+                min_ready_seconds: Some(10),
+                selector: LabelSelector {
+                    match_labels: Some([("app".to_owned(), "web".to_owned())].into()),
+                    match_expressions: None,
+                },
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(
+                            [
+                                ("app".to_owned(), "web".to_owned()),
+                                ("pod-template-hash".to_owned(), "abc".to_owned()),
+                            ]
+                            .into(),
+                        ),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec::default()),
+                }),
+            }),
+            status: None,
+        }
+    }
+
+    fn mk_pod(
+        name: &str,
+        node: bool,
+        phase: &str,
+        ready_since_secs: Option<i64>,
+        restarts: i32,
+        created: i64,
+    ) -> Pod {
+        let mut pod = new_pod(&mk_rs(), name);
+        pod.metadata.name = Some(name.to_owned());
+        pod.metadata.creation_timestamp = Some(Time(
+            Timestamp::UNIX_EPOCH + SignedDuration::from_secs(created),
+        ));
+        if node {
+            pod.spec.get_or_insert_with(PodSpec::default).node_name = Some("n".to_owned());
+        }
+        pod.status = Some(PodStatus {
+            phase: Some(phase.to_owned()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".to_owned(),
+                status: if ready_since_secs.is_some() {
+                    "True"
+                } else {
+                    "False"
+                }
+                .to_owned(),
+                last_transition_time: ready_since_secs
+                    .map(|secs| Time(Timestamp::UNIX_EPOCH + SignedDuration::from_secs(secs))),
+                ..PodCondition::default()
+            }]),
+            container_statuses: Some(vec![ContainerStatus {
+                restart_count: restarts,
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn new_pods_carry_template_labels_and_a_controller_reference() {
+        let rs = mk_rs();
+        let pod = new_pod(&rs, &random_suffix());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        assert!(
+            name.starts_with("web-abc-") && name.len() == "web-abc-".len() + 5,
+            "{name}"
+        );
+        let owner = &pod.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("ReplicaSet", "rs-uid", Some(true))
+        );
+        assert!(selects(&rs, &pod));
+        assert!(controlled_by(&pod.metadata, "rs-uid"));
+        assert!(!controlled_by(&pod.metadata, "other"));
+    }
+
+    #[test]
+    fn deletion_prefers_unscheduled_then_pending_then_not_ready_then_newest() {
+        let unscheduled = mk_pod("unscheduled", false, "Pending", None, 0, 1);
+        let pending = mk_pod("pending", true, "Pending", None, 0, 1);
+        let not_ready = mk_pod("not-ready", true, "Running", None, 0, 1);
+        let ready_old = mk_pod("ready-old", true, "Running", Some(100), 0, 1);
+        let ready_new = mk_pod("ready-new", true, "Running", Some(200), 0, 1);
+        let crashy = mk_pod("crashy", true, "Running", Some(100), 5, 1);
+        let all = [
+            &ready_old,
+            &crashy,
+            &ready_new,
+            &not_ready,
+            &pending,
+            &unscheduled,
+        ];
+        assert_eq!(pods_to_delete(&all, 5), vec!["unscheduled".to_owned()]);
+        assert_eq!(
+            pods_to_delete(&all, 0),
+            [
+                "unscheduled",
+                "pending",
+                "not-ready",
+                "ready-new",
+                "crashy",
+                "ready-old"
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        );
+        assert!(pods_to_delete(&all, 6).is_empty());
+    }
+
+    #[test]
+    fn status_counts_ready_and_available_with_min_ready_seconds() {
+        let rs = mk_rs();
+        let now = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(1000);
+        let long_ready = mk_pod("a", true, "Running", Some(900), 0, 1);
+        let just_ready = mk_pod("b", true, "Running", Some(995), 0, 1);
+        let not_ready = mk_pod("c", true, "Running", None, 0, 1);
+        let mut finished = mk_pod("d", true, "Succeeded", None, 0, 1);
+        finished.metadata.labels = None;
+        let mut relabelled = mk_pod("e", true, "Running", None, 0, 1);
+        relabelled.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+        let owned = [&long_ready, &just_ready, &not_ready, &finished, &relabelled];
+        let status = compute_status(&rs, &owned, now);
+        assert_eq!(status.replicas, 4, "finished pods do not count");
+        assert_eq!(status.ready_replicas, Some(2));
+        assert_eq!(
+            status.available_replicas,
+            Some(1),
+            "ready for 5 s of the required 10 s is not available"
+        );
+        assert_eq!(status.fully_labeled_replicas, Some(3));
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(seconds_until_available(&rs, &owned, now), Some(6));
+    }
 }

@@ -1,0 +1,1010 @@
+//! One pod's life on the node: pull, create and start its containers, watch them exit and
+//! restart them with back-off, run probes, and publish the pod status. Each pod gets its own
+//! task running a sync loop (the real kubelet's pod worker), so a slow pull holds up only its pod.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodIP, PodStatus, Secret,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+
+use super::backoff::go_duration;
+use super::docker::{
+    ContainerLaunch, Docker, LABEL_ATTEMPT, LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_NODE,
+    LABEL_POD, LABEL_SANDBOX, LABEL_UID, parse_quantity,
+};
+use super::probe::{self, ProbeKind, ProbeTracker, Transition};
+use super::{KubeletConfig, env, status};
+use crate::events::{EventType, Recorder, object_reference};
+
+/// Shared pieces every pod worker uses.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub client: Client,
+    pub config: Arc<KubeletConfig>,
+    pub docker: Docker,
+    pub events: Recorder,
+    pub http: reqwest::Client,
+    pub host_ip: String,
+}
+
+#[derive(Debug, Clone)]
+struct Instance {
+    id: String,
+    started: Instant,
+    started_at: Timestamp,
+}
+
+#[derive(Debug)]
+struct ContainerRuntime {
+    name: String,
+    /// Instances started so far.
+    starts: u32,
+    current: Option<Instance>,
+    previous: Option<String>,
+    last_terminated: Option<ContainerStateTerminated>,
+    /// Terminated for good (restart policy says no more).
+    finished: Option<ContainerStateTerminated>,
+    waiting: Option<(String, String)>,
+    exits_in_a_row: u32,
+    restart_at: Option<Instant>,
+    pull_failures: u32,
+    pull_at: Option<Instant>,
+    image_ready: bool,
+    image_id: String,
+    probes: Vec<ProbeTracker>,
+    kill_reason: Option<String>,
+}
+
+impl ContainerRuntime {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            starts: 0,
+            current: None,
+            previous: None,
+            last_terminated: None,
+            finished: None,
+            waiting: Some(("ContainerCreating".to_owned(), String::new())),
+            exits_in_a_row: 0,
+            restart_at: None,
+            pull_failures: 0,
+            pull_at: None,
+            image_ready: false,
+            image_id: String::new(),
+            probes: Vec::new(),
+            kill_reason: None,
+        }
+    }
+
+    fn probe(&self, kind: ProbeKind) -> Option<&ProbeTracker> {
+        self.probes.iter().find(|tracker| tracker.kind == kind)
+    }
+
+    fn started(&self) -> bool {
+        self.current.is_some()
+            && self
+                .probe(ProbeKind::Startup)
+                .is_none_or(|tracker| tracker.passing)
+    }
+
+    fn ready(&self) -> bool {
+        self.started()
+            && self
+                .probe(ProbeKind::Readiness)
+                .is_none_or(|tracker| tracker.passing)
+    }
+}
+
+/// Runs a pod until its sender is dropped or the pod is marked for deletion, then tears its
+/// containers down.
+pub(crate) async fn run_pod(shared: Shared, mut updates: watch::Receiver<Arc<Pod>>) {
+    let mut pod = updates.borrow().clone();
+    let mut worker = PodWorker::new(shared, &pod).await;
+    let tick = worker.shared.config.sync_interval;
+    loop {
+        if pod.metadata.deletion_timestamp.is_some() {
+            break;
+        }
+        worker.sync(&pod).await;
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                pod = updates.borrow_and_update().clone();
+            }
+            () = tokio::time::sleep(tick) => {}
+        }
+    }
+    worker.terminate(&pod).await;
+}
+
+struct PodWorker {
+    shared: Shared,
+    containers: Vec<ContainerRuntime>,
+    start_time: Timestamp,
+    pod_ip: Option<String>,
+    last_status: Option<serde_json::Value>,
+}
+
+impl PodWorker {
+    async fn new(shared: Shared, pod: &Pod) -> Self {
+        let spec_containers = pod
+            .spec
+            .as_ref()
+            .map(|spec| spec.containers.clone())
+            .unwrap_or_default();
+        let mut containers: Vec<ContainerRuntime> = spec_containers
+            .iter()
+            .map(|container| ContainerRuntime::new(&container.name))
+            .collect();
+        let start_time = pod
+            .status
+            .as_ref()
+            .and_then(|status| status.start_time.as_ref())
+            .map(|time| time.0)
+            .unwrap_or_else(Timestamp::now);
+        // Adopt containers a previous kubelet run left for this pod, so a kubelet restart does
+        // not restart the workload.
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Ok(existing) = shared
+            .docker
+            .list(&[
+                (LABEL_UID, uid.as_str()),
+                (LABEL_NODE, shared.config.node_name.as_str()),
+            ])
+            .await
+        {
+            for runtime in &mut containers {
+                let mut mine: Vec<(u32, String)> = existing
+                    .iter()
+                    .filter(|(_, labels)| labels.get(LABEL_CONTAINER) == Some(&runtime.name))
+                    .filter_map(|(id, labels)| {
+                        Some((labels.get(LABEL_ATTEMPT)?.parse().ok()?, id.clone()))
+                    })
+                    .collect();
+                mine.sort();
+                if let Some((attempt, id)) = mine.pop() {
+                    runtime.starts = attempt + 1;
+                    runtime.image_ready = true;
+                    runtime.current = Some(Instance {
+                        id,
+                        started: Instant::now(),
+                        started_at: Timestamp::now(),
+                    });
+                    runtime.waiting = None;
+                    runtime.previous = mine.pop().map(|(_, id)| id);
+                    if let Some(spec) = spec_containers
+                        .iter()
+                        .find(|container| container.name == runtime.name)
+                    {
+                        runtime.probes = trackers(spec, Instant::now());
+                    }
+                }
+            }
+        }
+        Self {
+            shared,
+            containers,
+            start_time,
+            pod_ip: None,
+            last_status: None,
+        }
+    }
+
+    fn restart_policy(pod: &Pod) -> String {
+        pod.spec
+            .as_ref()
+            .and_then(|spec| spec.restart_policy.clone())
+            .unwrap_or_else(|| "Always".to_owned())
+    }
+
+    async fn event(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        let field_path = container.map(|name| format!("spec.containers{{{name}}}"));
+        self.shared
+            .events
+            .record(object_reference(pod, field_path), kind, reason, message)
+            .await;
+    }
+
+    async fn sync(&mut self, pod: &Pod) {
+        let spec_containers = pod
+            .spec
+            .as_ref()
+            .map(|spec| spec.containers.clone())
+            .unwrap_or_default();
+        for index in 0..self.containers.len() {
+            let Some(spec) = spec_containers.get(index) else {
+                continue;
+            };
+            self.sync_container(pod, index, spec).await;
+        }
+        self.publish_status(pod, &spec_containers).await;
+    }
+
+    async fn sync_container(&mut self, pod: &Pod, index: usize, spec: &Container) {
+        let network = self.shared.config.network.clone();
+        let docker = self.shared.docker.clone();
+        // 1. Observe the running instance.
+        if let Some(instance) = self.containers[index].current.clone() {
+            match docker.inspect(&instance.id, &network).await {
+                Ok(info) if info.running => {
+                    if index == 0 && info.ip.is_some() {
+                        self.pod_ip = info.ip.clone();
+                    }
+                    self.containers[index].image_id = info.image_id.clone();
+                    self.run_probes(pod, index, spec, &instance).await;
+                    return;
+                }
+                Ok(info) => {
+                    let runtime = &mut self.containers[index];
+                    let reason = if info.oom_killed {
+                        "OOMKilled"
+                    } else if info.exit_code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    };
+                    let terminated = ContainerStateTerminated {
+                        exit_code: info.exit_code,
+                        reason: Some(reason.to_owned()),
+                        message: (!info.error.is_empty()).then(|| info.error.clone()),
+                        started_at: info.started_at.map(Time),
+                        finished_at: Some(Time(info.finished_at.unwrap_or_else(Timestamp::now))),
+                        container_id: Some(format!("docker://{}", instance.id)),
+                        signal: None,
+                    };
+                    runtime.kill_reason = None;
+                    runtime.current = None;
+                    runtime.probes.clear();
+                    if let Some(older) = runtime.previous.replace(instance.id.clone()) {
+                        let _ = docker.remove(&older).await;
+                    }
+                    let ran_for = instance.started.elapsed();
+                    if ran_for >= self.shared.config.backoff.reset_after() {
+                        runtime.exits_in_a_row = 0;
+                    }
+                    let policy = Self::restart_policy(pod);
+                    let restart = match policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => info.exit_code != 0,
+                        _ => true,
+                    };
+                    runtime.last_terminated = Some(terminated.clone());
+                    if restart {
+                        runtime.exits_in_a_row += 1;
+                        let delay = self
+                            .shared
+                            .config
+                            .backoff
+                            .crash_delay(runtime.exits_in_a_row);
+                        runtime.restart_at = Some(Instant::now() + delay);
+                    } else {
+                        runtime.finished = Some(terminated);
+                    }
+                }
+                Err(error) if error.is_not_found() => {
+                    // Removed behind our back: start a new instance.
+                    let runtime = &mut self.containers[index];
+                    runtime.current = None;
+                    runtime.probes.clear();
+                    runtime.restart_at = None;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "docker inspect failed");
+                    return;
+                }
+            }
+        }
+        if self.containers[index].finished.is_some() {
+            return;
+        }
+        // 2. Back-off after a crash.
+        if let Some(restart_at) = self.containers[index].restart_at {
+            let now = Instant::now();
+            if now < restart_at {
+                let exits = self.containers[index].exits_in_a_row;
+                let delay = go_duration(self.shared.config.backoff.crash_delay(exits));
+                let message = format!(
+                    "back-off {delay} restarting failed container={} pod={}_{}({})",
+                    spec.name,
+                    pod.name_any(),
+                    pod.namespace().unwrap_or_default(),
+                    pod.metadata.uid.clone().unwrap_or_default()
+                );
+                let announce = self.containers[index]
+                    .waiting
+                    .as_ref()
+                    .is_none_or(|(reason, _)| reason != "CrashLoopBackOff");
+                self.containers[index].waiting = Some(("CrashLoopBackOff".to_owned(), message));
+                if announce {
+                    self.event(
+                        pod,
+                        Some(&spec.name),
+                        EventType::Warning,
+                        "BackOff",
+                        &format!(
+                            "Back-off restarting failed container {} in pod {}_{}({})",
+                            spec.name,
+                            pod.name_any(),
+                            pod.namespace().unwrap_or_default(),
+                            pod.metadata.uid.clone().unwrap_or_default()
+                        ),
+                    )
+                    .await;
+                }
+                return;
+            }
+        }
+        // 3. Image.
+        if !self.ensure_image(pod, index, spec).await {
+            return;
+        }
+        // 4. Network: later containers join the first one's network namespace, as a pod's
+        //    containers share one IP.
+        let network_mode = if index == 0 {
+            network.clone()
+        } else {
+            match self.containers[0].current.as_ref() {
+                Some(first) => format!("container:{}", first.id),
+                None => {
+                    self.containers[index].waiting =
+                        Some(("ContainerCreating".to_owned(), String::new()));
+                    return;
+                }
+            }
+        };
+        // 5. Environment.
+        let env = match self.resolve_env(pod, spec).await {
+            Ok(env) => env,
+            Err(message) => {
+                let announce = self.containers[index]
+                    .waiting
+                    .as_ref()
+                    .is_none_or(|(_, old)| old != &message);
+                self.containers[index].waiting =
+                    Some(("CreateContainerConfigError".to_owned(), message.clone()));
+                if announce {
+                    self.event(
+                        pod,
+                        Some(&spec.name),
+                        EventType::Warning,
+                        "Failed",
+                        &format!("Error: {message}"),
+                    )
+                    .await;
+                }
+                return;
+            }
+        };
+        // 6. Create and start.
+        let launch = self.launch(pod, index, spec, network_mode, &env);
+        match docker.create_and_start(&launch, &env).await {
+            Ok(id) => {
+                let runtime = &mut self.containers[index];
+                runtime.starts += 1;
+                runtime.waiting = None;
+                runtime.restart_at = None;
+                let now = Instant::now();
+                runtime.current = Some(Instance {
+                    id,
+                    started: now,
+                    started_at: Timestamp::now(),
+                });
+                runtime.probes = trackers(spec, now);
+                self.event(
+                    pod,
+                    Some(&spec.name),
+                    EventType::Normal,
+                    "Created",
+                    &format!("Created container: {}", spec.name),
+                )
+                .await;
+                self.event(
+                    pod,
+                    Some(&spec.name),
+                    EventType::Normal,
+                    "Started",
+                    &format!("Started container {}", spec.name),
+                )
+                .await;
+            }
+            Err(error) => {
+                // A name clash means a half-created container from an interrupted attempt.
+                let _ = docker.remove(&launch.name).await;
+                let message = error.to_string();
+                let runtime = &mut self.containers[index];
+                runtime.waiting = Some(("RunContainerError".to_owned(), message.clone()));
+                runtime.exits_in_a_row += 1;
+                runtime.restart_at = Some(
+                    Instant::now()
+                        + self
+                            .shared
+                            .config
+                            .backoff
+                            .crash_delay(runtime.exits_in_a_row),
+                );
+                self.event(
+                    pod,
+                    Some(&spec.name),
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Error: {message}"),
+                )
+                .await;
+            }
+        }
+    }
+
+    fn image_pull_policy(spec: &Container) -> String {
+        if let Some(policy) = &spec.image_pull_policy {
+            return policy.clone();
+        }
+        let image = spec.image.clone().unwrap_or_default();
+        let last = image.rsplit('/').next().unwrap_or_default();
+        if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
+            "IfNotPresent".to_owned()
+        } else {
+            "Always".to_owned()
+        }
+    }
+
+    /// Whether the image may be pulled at all: the sandbox talks to its own registry only.
+    fn registry_allowed(&self, image: &str) -> bool {
+        let first = image.split('/').next().unwrap_or_default();
+        let has_registry = image.contains('/')
+            && (first.contains('.') || first.contains(':') || first == "localhost");
+        has_registry
+            && self
+                .shared
+                .config
+                .allowed_registries
+                .iter()
+                .any(|registry| registry == first)
+    }
+
+    async fn ensure_image(&mut self, pod: &Pod, index: usize, spec: &Container) -> bool {
+        let image = spec.image.clone().unwrap_or_default();
+        let policy = Self::image_pull_policy(spec);
+        if self.containers[index].image_ready && policy != "Always" {
+            return true;
+        }
+        let docker = self.shared.docker.clone();
+        let present = docker.image_present(&image).await.unwrap_or(false);
+        if present && policy != "Always" {
+            if !self.containers[index].image_ready {
+                self.event(
+                    pod,
+                    Some(&spec.name),
+                    EventType::Normal,
+                    "Pulled",
+                    &format!("Container image \"{image}\" already present on machine"),
+                )
+                .await;
+            }
+            self.containers[index].image_ready = true;
+            return true;
+        }
+        if policy == "Never" {
+            let message =
+                format!("Container image \"{image}\" is not present with pull policy of Never");
+            self.containers[index].waiting =
+                Some(("ErrImageNeverPull".to_owned(), message.clone()));
+            self.event(
+                pod,
+                Some(&spec.name),
+                EventType::Warning,
+                "ErrImageNeverPull",
+                &message,
+            )
+            .await;
+            return false;
+        }
+        if let Some(pull_at) = self.containers[index].pull_at
+            && Instant::now() < pull_at
+        {
+            let announce = self.containers[index]
+                .waiting
+                .as_ref()
+                .is_none_or(|(reason, _)| reason != "ImagePullBackOff");
+            let message = format!("Back-off pulling image \"{image}\"");
+            self.containers[index].waiting = Some(("ImagePullBackOff".to_owned(), message.clone()));
+            if announce {
+                self.event(
+                    pod,
+                    Some(&spec.name),
+                    EventType::Normal,
+                    "BackOff",
+                    &message,
+                )
+                .await;
+            }
+            return false;
+        }
+        self.event(
+            pod,
+            Some(&spec.name),
+            EventType::Normal,
+            "Pulling",
+            &format!("Pulling image \"{image}\""),
+        )
+        .await;
+        let started = Instant::now();
+        let result = if self.registry_allowed(&image) {
+            docker
+                .pull(&image, self.shared.config.pull_timeout)
+                .await
+                .map_err(|error| error.to_string())
+        } else {
+            Err(format!(
+                "the sandbox pulls only from {}; push the image there (no other registry is reachable)",
+                self.shared.config.allowed_registries.join(", ")
+            ))
+        };
+        match result {
+            Ok(()) => {
+                let runtime = &mut self.containers[index];
+                runtime.pull_failures = 0;
+                runtime.pull_at = None;
+                runtime.image_ready = true;
+                let took = started.elapsed();
+                self.event(
+                    pod,
+                    Some(&spec.name),
+                    EventType::Normal,
+                    "Pulled",
+                    &format!(
+                        "Successfully pulled image \"{image}\" in {:.3}s",
+                        took.as_secs_f64()
+                    ),
+                )
+                .await;
+                true
+            }
+            Err(error) => {
+                let runtime = &mut self.containers[index];
+                runtime.pull_failures += 1;
+                runtime.pull_at = Some(
+                    Instant::now() + self.shared.config.backoff.pull_delay(runtime.pull_failures),
+                );
+                let message = format!("Failed to pull image \"{image}\": {error}");
+                runtime.waiting = Some(("ErrImagePull".to_owned(), message.clone()));
+                self.event(
+                    pod,
+                    Some(&spec.name),
+                    EventType::Warning,
+                    "Failed",
+                    &message,
+                )
+                .await;
+                self.event(
+                    pod,
+                    Some(&spec.name),
+                    EventType::Warning,
+                    "Failed",
+                    "Error: ErrImagePull",
+                )
+                .await;
+                false
+            }
+        }
+    }
+
+    async fn resolve_env(
+        &self,
+        pod: &Pod,
+        spec: &Container,
+    ) -> Result<Vec<(String, String)>, String> {
+        let namespace = pod.namespace().unwrap_or_else(|| "default".to_owned());
+        let (secret_names, config_map_names) = env::referenced_objects(spec);
+        let secrets_api: Api<Secret> = Api::namespaced(self.shared.client.clone(), &namespace);
+        let config_maps_api: Api<ConfigMap> =
+            Api::namespaced(self.shared.client.clone(), &namespace);
+        let mut secrets = HashMap::new();
+        for name in secret_names {
+            match secrets_api.get_opt(&name).await {
+                Ok(Some(secret)) => {
+                    secrets.insert(name, secret);
+                }
+                Ok(None) => {}
+                Err(error) => return Err(format!("could not read secret \"{name}\": {error}")),
+            }
+        }
+        let mut config_maps = HashMap::new();
+        for name in config_map_names {
+            match config_maps_api.get_opt(&name).await {
+                Ok(Some(config_map)) => {
+                    config_maps.insert(name, config_map);
+                }
+                Ok(None) => {}
+                Err(error) => return Err(format!("could not read configmap \"{name}\": {error}")),
+            }
+        }
+        env::resolve_env(
+            spec,
+            pod,
+            self.pod_ip.as_deref(),
+            &self.shared.host_ip,
+            &secrets,
+            &config_maps,
+        )
+    }
+
+    fn launch(
+        &self,
+        pod: &Pod,
+        index: usize,
+        spec: &Container,
+        network: String,
+        env: &[(String, String)],
+    ) -> ContainerLaunch {
+        let runtime = &self.containers[index];
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let namespace = pod.namespace().unwrap_or_else(|| "default".to_owned());
+        let short_uid: String = uid
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(8)
+            .collect();
+        let labels = [
+            (LABEL_SANDBOX, "1".to_owned()),
+            (LABEL_NODE, self.shared.config.node_name.clone()),
+            (LABEL_NAMESPACE, namespace.clone()),
+            (LABEL_POD, pod.name_any()),
+            (LABEL_UID, uid.clone()),
+            (LABEL_CONTAINER, spec.name.clone()),
+            (LABEL_ATTEMPT, runtime.starts.to_string()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+        let limits = spec
+            .resources
+            .as_ref()
+            .and_then(|resources| resources.limits.as_ref());
+        let memory_bytes = limits
+            .and_then(|limits| limits.get("memory"))
+            .and_then(|quantity| parse_quantity(&quantity.0))
+            .map(|bytes| bytes as u64);
+        let cpus = limits
+            .and_then(|limits| limits.get("cpu"))
+            .and_then(|quantity| parse_quantity(&quantity.0));
+        let pod_security = pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.security_context.as_ref());
+        let security = spec.security_context.as_ref();
+        let user = security
+            .and_then(|context| context.run_as_user)
+            .or_else(|| pod_security.and_then(|context| context.run_as_user));
+        let group = security
+            .and_then(|context| context.run_as_group)
+            .or_else(|| pod_security.and_then(|context| context.run_as_group));
+        let shares_network = network.starts_with("container:");
+        ContainerLaunch {
+            name: format!(
+                "psctl_{namespace}_{}_{short_uid}_{}_{}",
+                pod.name_any(),
+                spec.name,
+                runtime.starts
+            ),
+            image: spec.image.clone().unwrap_or_default(),
+            network,
+            hostname: (!shares_network).then(|| pod.name_any()),
+            labels,
+            command: env::expand_all(&spec.command.clone().unwrap_or_default(), env),
+            args: env::expand_all(&spec.args.clone().unwrap_or_default(), env),
+            working_dir: spec.working_dir.clone(),
+            memory_bytes,
+            cpus,
+            user: user.map(|user| (user, group)),
+            read_only: security
+                .and_then(|context| context.read_only_root_filesystem)
+                .unwrap_or(false),
+        }
+    }
+
+    async fn run_probes(&mut self, pod: &Pod, index: usize, spec: &Container, instance: &Instance) {
+        let now = Instant::now();
+        let ip = self.pod_ip.clone();
+        let docker = self.shared.docker.clone();
+        let http = self.shared.http.clone();
+        let started = self.containers[index]
+            .probe(ProbeKind::Startup)
+            .is_none_or(|tracker| tracker.passing);
+        let mut kill: Option<String> = None;
+        let mut notes: Vec<(EventType, &'static str, String)> = Vec::new();
+        for tracker in &mut self.containers[index].probes {
+            // Until the startup probe passes, the other probes wait.
+            if tracker.kind != ProbeKind::Startup && !started {
+                continue;
+            }
+            if tracker.kind == ProbeKind::Startup && started {
+                continue;
+            }
+            if !tracker.due(now) {
+                continue;
+            }
+            let result = probe::run(
+                &tracker.probe,
+                spec,
+                ip.as_deref(),
+                &instance.id,
+                &docker,
+                &http,
+            )
+            .await;
+            let transition = tracker.record(result.is_ok(), Instant::now());
+            if let Err(message) = &result {
+                notes.push((
+                    EventType::Warning,
+                    "Unhealthy",
+                    format!("{} probe failed: {message}", tracker.kind.title()),
+                ));
+            }
+            if transition == Transition::Failed && tracker.kind != ProbeKind::Readiness {
+                kill = Some(format!(
+                    "Container {} failed {} probe, will be restarted",
+                    spec.name,
+                    tracker.kind.title().to_lowercase()
+                ));
+            }
+        }
+        for (kind, reason, message) in notes {
+            self.event(pod, Some(&spec.name), kind, reason, &message)
+                .await;
+        }
+        if let Some(message) = kill {
+            self.event(
+                pod,
+                Some(&spec.name),
+                EventType::Normal,
+                "Killing",
+                &message,
+            )
+            .await;
+            self.containers[index].kill_reason = Some(message);
+            let grace = self.grace(pod);
+            if let Err(error) = docker.stop(&instance.id, grace).await {
+                tracing::debug!(%error, "could not stop unhealthy container");
+            }
+        }
+    }
+
+    fn grace(&self, pod: &Pod) -> Duration {
+        let seconds = pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0);
+        Duration::from_secs(seconds.unsigned_abs()).min(self.shared.config.max_grace)
+    }
+
+    fn container_status(&self, runtime: &ContainerRuntime, spec: &Container) -> ContainerStatus {
+        let state = if let Some(instance) = &runtime.current {
+            ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(Time(instance.started_at)),
+                }),
+                ..ContainerState::default()
+            }
+        } else if let Some(finished) = &runtime.finished {
+            ContainerState {
+                terminated: Some(finished.clone()),
+                ..ContainerState::default()
+            }
+        } else {
+            let (reason, message) = runtime
+                .waiting
+                .clone()
+                .unwrap_or_else(|| ("ContainerCreating".to_owned(), String::new()));
+            ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason),
+                    message: (!message.is_empty()).then_some(message),
+                }),
+                ..ContainerState::default()
+            }
+        };
+        let last_state = if runtime.finished.is_some() {
+            None
+        } else {
+            runtime
+                .last_terminated
+                .clone()
+                .map(|terminated| ContainerState {
+                    terminated: Some(terminated),
+                    ..ContainerState::default()
+                })
+        };
+        let restart_count = runtime.starts.saturating_sub(1);
+        ContainerStatus {
+            name: runtime.name.clone(),
+            image: spec.image.clone().unwrap_or_default(),
+            image_id: if runtime.image_id.is_empty() {
+                String::new()
+            } else {
+                format!("docker://{}", runtime.image_id)
+            },
+            container_id: runtime
+                .current
+                .as_ref()
+                .map(|instance| format!("docker://{}", instance.id))
+                .or_else(|| {
+                    runtime
+                        .finished
+                        .as_ref()
+                        .and_then(|finished| finished.container_id.clone())
+                }),
+            state: Some(state),
+            last_state,
+            ready: runtime.ready(),
+            started: Some(runtime.started()),
+            restart_count: i32::try_from(restart_count).unwrap_or(i32::MAX),
+            ..ContainerStatus::default()
+        }
+    }
+
+    async fn publish_status(&mut self, pod: &Pod, specs: &[Container]) {
+        let statuses: Vec<ContainerStatus> = self
+            .containers
+            .iter()
+            .zip(specs)
+            .map(|(runtime, spec)| self.container_status(runtime, spec))
+            .collect();
+        let now = Timestamp::now();
+        let previous = pod.status.as_ref();
+        let phase = status::phase(&Self::restart_policy(pod), &statuses);
+        let pod_status = PodStatus {
+            phase: Some(phase.to_owned()),
+            conditions: Some(status::conditions(previous, &statuses, now)),
+            host_ip: Some(self.shared.host_ip.clone()),
+            host_ips: Some(vec![HostIP {
+                ip: self.shared.host_ip.clone(),
+            }]),
+            pod_ip: self.pod_ip.clone(),
+            pod_ips: self.pod_ip.clone().map(|ip| vec![PodIP { ip }]),
+            start_time: Some(Time(self.start_time)),
+            container_statuses: Some(statuses),
+            qos_class: Some(qos_class(specs).to_owned()),
+            ..PodStatus::default()
+        };
+        let value = serde_json::to_value(&pod_status).unwrap_or_default();
+        // Compare without condition times, which carry over anyway, to avoid needless writes.
+        if self.last_status.as_ref() == Some(&value) {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(
+            self.shared.client.clone(),
+            &pod.namespace().unwrap_or_else(|| "default".to_owned()),
+        );
+        // JSON merge patch replaces lists wholesale and nulls clear fields we no longer report.
+        let patch = serde_json::json!({"status": value});
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => self.last_status = Some(value),
+            Err(error) => {
+                tracing::debug!(%error, pod = pod.name_any(), "could not write pod status")
+            }
+        }
+    }
+
+    async fn terminate(&mut self, pod: &Pod) {
+        let grace = self.grace(pod);
+        let docker = self.shared.docker.clone();
+        let mut stops = Vec::new();
+        for runtime in &self.containers {
+            if let Some(instance) = &runtime.current {
+                self.event(
+                    pod,
+                    Some(&runtime.name),
+                    EventType::Normal,
+                    "Killing",
+                    &format!("Stopping container {}", runtime.name),
+                )
+                .await;
+                let docker = docker.clone();
+                let id = instance.id.clone();
+                stops.push(async move { docker.stop(&id, grace).await });
+            }
+        }
+        for result in futures::future::join_all(stops).await {
+            if let Err(error) = result {
+                tracing::debug!(%error, "could not stop container");
+            }
+        }
+        // Remove every instance of this pod, previous ones included.
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Ok(all) = docker
+            .list(&[
+                (LABEL_UID, uid.as_str()),
+                (LABEL_NODE, self.shared.config.node_name.as_str()),
+            ])
+            .await
+        {
+            for (id, _) in all {
+                let _ = docker.remove(&id).await;
+            }
+        }
+        // A graceful delete waits for the kubelet; finish it as the real kubelet does.
+        if pod.metadata.deletion_timestamp.is_some() {
+            let api: Api<Pod> = Api::namespaced(
+                self.shared.client.clone(),
+                &pod.namespace().unwrap_or_else(|| "default".to_owned()),
+            );
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            match api.delete(&pod.name_any(), &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => tracing::debug!(%error, "could not finish pod deletion"),
+            }
+        }
+    }
+}
+
+fn trackers(spec: &Container, started: Instant) -> Vec<ProbeTracker> {
+    [
+        (ProbeKind::Startup, spec.startup_probe.clone()),
+        (ProbeKind::Liveness, spec.liveness_probe.clone()),
+        (ProbeKind::Readiness, spec.readiness_probe.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, probe)| Some(ProbeTracker::new(kind, probe?, started)))
+    .collect()
+}
+
+/// The pod's QoS class from its containers' requests and limits.
+pub fn qos_class(containers: &[Container]) -> &'static str {
+    let mut any = false;
+    let mut guaranteed = true;
+    for container in containers {
+        let resources = container.resources.as_ref();
+        let limits = resources
+            .and_then(|resources| resources.limits.clone())
+            .unwrap_or_default();
+        let requests = resources
+            .and_then(|resources| resources.requests.clone())
+            .unwrap_or_default();
+        if !limits.is_empty() || !requests.is_empty() {
+            any = true;
+        }
+        for resource in ["cpu", "memory"] {
+            let limit = limits.get(resource);
+            let request = requests.get(resource).or(limit);
+            if limit.is_none() || request.map(|q| &q.0) != limit.map(|q| &q.0) {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
