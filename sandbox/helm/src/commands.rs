@@ -1,0 +1,455 @@
+//! One function per command: turn parsed flags into engine calls and print Helm's output.
+//! Data goes to stdout, warnings to stderr; any failure becomes an error for `main`.
+
+use crate::cli::{
+    ApplyArgs, Cli, Command, GetCommand, GlobalArgs, LintArgs, OutputFormat, ValuesArgs,
+};
+use crate::engine::{Connection, Engine, EngineError, ReleaseOptions};
+use crate::release;
+use crate::{duration, values};
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value};
+use std::io::Write;
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let Cli { global, command } = cli;
+    let engine = Engine::load_default()?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match command {
+        Command::Version(args) => version(&engine, args.short, &mut out),
+        Command::Lint(args) => lint(&engine, &global, &args, &mut out),
+        Command::Template(_) => bail!(
+            "`template` is not available: the Helm engine library exposes no render-only entry \
+             point (install and upgrade always apply to a cluster); use `helm lint` to check a \
+             chart, or install it into the sandbox and read `helm get manifest RELEASE`"
+        ),
+        Command::Upgrade(args) => {
+            let connection = connect(&engine, &global)?;
+            let user_values = collect_values(&args.values)?;
+            let mut options = release_options(&args.apply)?;
+            options.install = Some(args.install);
+            options.max_history = Some(args.max_history);
+            options.cleanup_on_fail = Some(args.cleanup_on_fail);
+            options.reset_values = Some(args.reset_values);
+            options.reuse_values = Some(args.reuse_values);
+            warn_unsupported(&args.apply);
+            let exists = match connection.status(&args.release) {
+                Ok(_) => true,
+                Err(EngineError::ReleaseNotFound(_)) => false,
+                Err(error) => return Err(error.into()),
+            };
+            if !exists && !args.install {
+                bail!("\"{}\" has no deployed releases", args.release);
+            }
+            if !exists && args.apply.output == OutputFormat::Table {
+                writeln!(
+                    out,
+                    "Release \"{}\" does not exist. Installing it now.",
+                    args.release
+                )?;
+            }
+            let answer = connection.upgrade(
+                &args.release,
+                &args.chart,
+                &Value::Object(user_values),
+                args.apply.version.as_deref(),
+                &options,
+            )?;
+            let release = release::parse_one(&answer).context("reading the engine's answer")?;
+            if exists && args.apply.output == OutputFormat::Table {
+                writeln!(
+                    out,
+                    "Release \"{}\" has been upgraded. Happy Helming!",
+                    args.release
+                )?;
+            }
+            release::write_status(&mut out, &release, args.apply.output)?;
+            Ok(())
+        }
+        Command::Install(args) => {
+            let connection = connect(&engine, &global)?;
+            let user_values = collect_values(&args.values)?;
+            let options = release_options(&args.apply)?;
+            warn_unsupported(&args.apply);
+            let answer = connection.install(
+                &args.release,
+                &args.chart,
+                &Value::Object(user_values),
+                args.apply.version.as_deref(),
+                &options,
+            )?;
+            let release = release::parse_one(&answer).context("reading the engine's answer")?;
+            release::write_status(&mut out, &release, args.apply.output)?;
+            Ok(())
+        }
+        Command::History(args) => {
+            let connection = connect(&engine, &global)?;
+            let answer = connection.history(&args.release).map_err(not_found)?;
+            let releases = release::parse_many(&answer).context("reading the engine's answer")?;
+            if releases.is_empty() {
+                bail!("release: not found");
+            }
+            release::write_history(&mut out, &releases, args.max, args.output)?;
+            Ok(())
+        }
+        Command::Rollback(args) => {
+            let connection = connect(&engine, &global)?;
+            duration::parse_seconds(&args.timeout)?;
+            if args.wait.is_some() {
+                eprintln!(
+                    "warning: the Helm engine's rollback does not wait for readiness; \
+                     not waiting (check the rollout with kubectl rollout status)"
+                );
+            }
+            connection
+                .rollback(&args.release, args.revision.unwrap_or(0))
+                .map_err(not_found)?;
+            writeln!(out, "Rollback was a success! Happy Helming!")?;
+            Ok(())
+        }
+        Command::Status(args) => {
+            let connection = connect(&engine, &global)?;
+            let answer = connection.status(&args.release).map_err(not_found)?;
+            let release = release::parse_one(&answer).context("reading the engine's answer")?;
+            release::write_status(&mut out, &release, args.output)?;
+            Ok(())
+        }
+        Command::Uninstall(args) => {
+            let connection = connect(&engine, &global)?;
+            let timeout = duration::parse_seconds(&args.timeout)?;
+            for name in &args.releases {
+                match connection.uninstall(name, args.wait.is_some(), timeout) {
+                    Ok(_) => writeln!(out, "release \"{name}\" uninstalled")?,
+                    Err(EngineError::ReleaseNotFound(_)) if args.ignore_not_found => {}
+                    Err(error) => return Err(not_found(error).into()),
+                }
+            }
+            Ok(())
+        }
+        Command::List(args) => {
+            let connection = connect(&engine, &global)?;
+            let answer = connection.list(args.all)?;
+            let releases = release::parse_many(&answer).context("reading the engine's answer")?;
+            release::write_list(&mut out, &releases, args.short, args.output)?;
+            Ok(())
+        }
+        Command::Get(GetCommand::Values(args)) => {
+            let connection = connect(&engine, &global)?;
+            let answer = connection
+                .get_values(&args.release, args.all)
+                .map_err(not_found)?;
+            let value: Value = if answer.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&answer).context("reading the engine's answer")?
+            };
+            match args.output {
+                OutputFormat::Json => writeln!(out, "{value}")?,
+                _ => {
+                    if args.output == OutputFormat::Table {
+                        writeln!(
+                            out,
+                            "{}",
+                            if args.all {
+                                "COMPUTED VALUES:"
+                            } else {
+                                "USER-SUPPLIED VALUES:"
+                            }
+                        )?;
+                    }
+                    let text = match value {
+                        Value::Null => "null\n".to_string(),
+                        other => serde_yaml::to_string(&other)?,
+                    };
+                    write!(out, "{text}")?;
+                }
+            }
+            Ok(())
+        }
+        Command::Get(GetCommand::Manifest(args)) => {
+            let connection = connect(&engine, &global)?;
+            let answer = connection.status(&args.release).map_err(not_found)?;
+            let release = release::parse_one(&answer).context("reading the engine's answer")?;
+            write!(out, "{}", release.manifest)?;
+            Ok(())
+        }
+    }
+}
+
+/// Helm's wording for a missing release, whatever the engine said.
+fn not_found(error: EngineError) -> EngineError {
+    match error {
+        EngineError::ReleaseNotFound(_) => {
+            EngineError::ReleaseNotFound("release: not found".into())
+        }
+        other => other,
+    }
+}
+
+fn connect<'engine>(engine: &'engine Engine, global: &GlobalArgs) -> Result<Connection<'engine>> {
+    let namespace = global.namespace.as_deref().unwrap_or("default");
+    let kubeconfig = global
+        .kubeconfig
+        .as_ref()
+        .map(|path| {
+            path.to_str()
+                .map(str::to_owned)
+                .with_context(|| format!("kubeconfig path `{}` is not UTF-8", path.display()))
+        })
+        .transpose()?;
+    if let Some(path) = &kubeconfig
+        && !std::path::Path::new(path).exists()
+    {
+        bail!("kubeconfig `{path}` does not exist");
+    }
+    Ok(engine.connect(
+        namespace,
+        kubeconfig.as_deref(),
+        global.kube_context.as_deref(),
+    )?)
+}
+
+/// `-f` files in order, then `--set`, then `--set-string` (Helm's precedence).
+pub fn collect_values(args: &ValuesArgs) -> Result<Map<String, Value>> {
+    let mut merged = Map::new();
+    for file in &args.values {
+        values::merge(&mut merged, values::read_file(file)?);
+    }
+    for expression in &args.set {
+        values::apply_set(&mut merged, expression, values::Typing::Typed)?;
+    }
+    for expression in &args.set_string {
+        values::apply_set(&mut merged, expression, values::Typing::Strings)?;
+    }
+    Ok(merged)
+}
+
+/// The engine options for install/upgrade flags shared by both.
+pub fn release_options(apply: &ApplyArgs) -> Result<ReleaseOptions> {
+    let server_side = match apply.server_side.as_deref() {
+        None | Some("auto") => "auto",
+        Some("true") => "true",
+        Some("false") => "false",
+        Some(other) => bail!("invalid --server-side `{other}`: expected true, false or auto"),
+    };
+    Ok(ReleaseOptions {
+        install: None,
+        create_namespace: apply.create_namespace,
+        wait: apply.wait.is_some(),
+        timeout_seconds: duration::parse_seconds(&apply.timeout)?,
+        wait_for_jobs: apply.wait_for_jobs,
+        max_history: None,
+        server_side_apply: server_side.to_string(),
+        force_conflicts: apply.force_conflicts,
+        // Helm's CLI does not validate against OpenAPI by default either.
+        disable_openapi_validation: true,
+        skip_schema_validation: apply.skip_schema_validation,
+        rollback_on_failure: apply.atomic || apply.rollback_on_failure,
+        take_ownership: apply.take_ownership,
+        cleanup_on_fail: None,
+        reset_values: None,
+        reuse_values: None,
+    })
+}
+
+fn warn_unsupported(apply: &ApplyArgs) {
+    if apply.description.is_some() {
+        eprintln!(
+            "warning: --description is not supported by the Helm engine library; the release \
+             keeps the engine's own description"
+        );
+    }
+}
+
+/// The Helm version compiled into the engine, read from the Go build information embedded in
+/// the library (`dep\thelm.sh/helm/v4\tv4.x.y`).
+fn embedded_helm_version() -> Option<String> {
+    let path = crate::engine::locate_library()
+        .into_iter()
+        .find(|p| p.exists())?;
+    let bytes = std::fs::read(path).ok()?;
+    let marker = b"helm.sh/helm/v4\tv";
+    let at = bytes.windows(marker.len()).position(|w| w == marker)?;
+    let start = at + marker.len() - 1;
+    let end = bytes[start..]
+        .iter()
+        .position(|b| b.is_ascii_whitespace())?
+        + start;
+    String::from_utf8(bytes[start..end].to_vec()).ok()
+}
+
+fn version(engine: &Engine, short: bool, out: &mut dyn Write) -> Result<()> {
+    let helm = embedded_helm_version().unwrap_or_else(|| "v4".to_string());
+    if short {
+        writeln!(out, "{helm}")?;
+    } else {
+        writeln!(
+            out,
+            "version.BuildInfo{{Version:\"{helm}\", Engine:\"{}\", GitTreeState:\"clean\"}}",
+            engine.version()
+        )?;
+    }
+    Ok(())
+}
+
+/// Lint severities as the engine numbers them (Helm's `support.Severity`).
+fn severity_name(severity: i64) -> &'static str {
+    match severity {
+        1 => "INFO",
+        2 => "WARNING",
+        3 => "ERROR",
+        _ => "UNKNOWN",
+    }
+}
+
+fn lint(engine: &Engine, global: &GlobalArgs, args: &LintArgs, out: &mut dyn Write) -> Result<()> {
+    // Lint needs no cluster, but the engine wants a configuration handle; an unreachable or
+    // absent kubeconfig is fine because nothing is sent.
+    let connection = engine.connect(
+        global.namespace.as_deref().unwrap_or("default"),
+        None,
+        global.kube_context.as_deref(),
+    )?;
+    let mut failed = 0usize;
+    for chart in &args.charts {
+        writeln!(out, "==> Linting {chart}")?;
+        let report = match connection.lint(chart) {
+            Ok(text) => text,
+            Err(error) => {
+                writeln!(
+                    out,
+                    "Error unable to check Chart.yaml file in chart: {error}"
+                )?;
+                failed += 1;
+                continue;
+            }
+        };
+        let (lines, chart_failed) = lint_report(&report, args.strict)?;
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+        if chart_failed {
+            failed += 1;
+        }
+        writeln!(out)?;
+    }
+    let total = args.charts.len();
+    let summary = format!("{total} chart(s) linted, {failed} chart(s) failed");
+    if failed > 0 {
+        bail!("{summary}");
+    }
+    writeln!(out, "{summary}")?;
+    Ok(())
+}
+
+/// Turns the engine's lint JSON into Helm's `[SEVERITY] path: message` lines and whether the
+/// chart failed (any error, or any warning under `--strict`).
+pub fn lint_report(report: &str, strict: bool) -> Result<(Vec<String>, bool)> {
+    let value: Value = serde_json::from_str(report).context("reading the engine's lint report")?;
+    let mut lines = Vec::new();
+    let mut failed = false;
+    for message in value
+        .get("Messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let severity = message.get("Severity").and_then(Value::as_i64).unwrap_or(0);
+        let path = message.get("Path").and_then(Value::as_str).unwrap_or("");
+        // The engine serialises Go errors as `{}`; a string message is used when present.
+        let text = match message.get("Err") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Object(o)) if !o.is_empty() => Value::Object(o.clone()).to_string(),
+            _ => "(the engine does not report the message text)".to_string(),
+        };
+        lines.push(format!("[{}] {path}: {text}", severity_name(severity)));
+        if severity >= 3 || (strict && severity == 2) {
+            failed = true;
+        }
+    }
+    for error in value
+        .get("Errors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        failed = true;
+        // Empty objects repeat a message already listed (the engine loses Go error texts).
+        match error {
+            Value::String(s) => lines.push(format!("[ERROR] {s}")),
+            Value::Object(o) if o.is_empty() => {}
+            other => lines.push(format!("[ERROR] {other}")),
+        }
+    }
+    Ok((lines, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lint_info_passes_error_fails_strict_fails_on_warning() {
+        let info = r#"{"TotalChartsLinted":1,"Messages":[{"Severity":1,"Path":"Chart.yaml","Err":{}}],"Errors":null}"#;
+        let (lines, failed) = lint_report(info, false).unwrap();
+        assert!(!failed);
+        assert!(lines[0].starts_with("[INFO] Chart.yaml: "));
+        let warning = r#"{"Messages":[{"Severity":2,"Path":"values.yaml","Err":"x"}]}"#;
+        assert!(!lint_report(warning, false).unwrap().1);
+        assert!(lint_report(warning, true).unwrap().1);
+        let error = r#"{"Messages":[{"Severity":3,"Path":"templates/","Err":"bad"}]}"#;
+        let (lines, failed) = lint_report(error, false).unwrap();
+        assert!(failed);
+        assert_eq!(lines, vec!["[ERROR] templates/: bad"]);
+        let errors = r#"{"Messages":[],"Errors":["boom"]}"#;
+        assert!(lint_report(errors, false).unwrap().1);
+    }
+
+    #[test]
+    fn atomic_maps_to_rollback_on_failure_and_timeout_to_seconds() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "helm",
+            "upgrade",
+            "r",
+            "c",
+            "--atomic",
+            "--wait",
+            "--timeout",
+            "2m",
+        ])
+        .unwrap();
+        let Command::Upgrade(upgrade) = cli.command else {
+            panic!("not an upgrade");
+        };
+        let options = release_options(&upgrade.apply).unwrap();
+        assert!(options.rollback_on_failure && options.wait);
+        assert_eq!(options.timeout_seconds, 120);
+        assert_eq!(options.server_side_apply, "auto");
+        let json = serde_json::to_value(&options).unwrap();
+        assert!(json.get("install").is_none(), "install is upgrade-only");
+    }
+
+    #[test]
+    fn values_precedence_files_then_set_then_set_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.yaml");
+        std::fs::write(
+            &file,
+            "image:\n  tag: file\n  repository: r\nreplicaCount: 1\n",
+        )
+        .unwrap();
+        let args = ValuesArgs {
+            values: vec![file],
+            set: vec!["image.tag=set,replicaCount=3".into()],
+            set_string: vec!["image.tag=42".into()],
+        };
+        let merged = collect_values(&args).unwrap();
+        assert_eq!(
+            Value::Object(merged),
+            serde_json::json!({"image": {"tag": "42", "repository": "r"}, "replicaCount": 3})
+        );
+    }
+}
