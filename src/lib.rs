@@ -1,1 +1,90 @@
-//! psctl: the operator CLI library.
+//! psctl: the operator CLI that deploys, validates, promotes and rolls back the problemsolver
+//! services on Kubernetes.
+//!
+//! Layout: `cli` (clap types) → `settings` (resolved configuration) → `commands` (one file per
+//! subcommand, thin) over library modules that each own one concern: `cluster` (Kubernetes
+//! access), `helm` (the Helm driver and Helm's release storage), `rollout` (tracking and
+//! diagnosis), `lock` (the deploy Lease), `output` (printing and redaction).
+
+pub mod cli;
+pub mod cluster;
+pub mod commands;
+pub mod error;
+pub mod helm;
+pub mod lock;
+pub mod output;
+pub mod rollout;
+pub mod settings;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::Cli;
+use crate::error::{CommandError, ExitStatus};
+use crate::output::Output;
+use crate::settings::GlobalSettings;
+
+/// Runs psctl with `args` (argv including the program name) and returns the process exit code.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are "errors" that go to stdout and succeed.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitStatus::Usage.into()
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let global = GlobalSettings::resolve(cli.global);
+    init_tracing(global.verbosity);
+    let output = Output::stdio(global.format, global.verbosity);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let error = CommandError::new(
+                ExitStatus::Usage,
+                anyhow::Error::new(error).context("starting the async runtime"),
+            );
+            output.error(&error);
+            return error.status().into();
+        }
+    };
+    let result = runtime.block_on(commands::dispatch(cli.command, &global, &output));
+    match result {
+        Ok(status) => status.into(),
+        Err(error) if error.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(error) => {
+            output.error(&error);
+            error.status().into()
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` wins, else `-v`/`-q` choose the level.
+fn init_tracing(verbosity: i8) {
+    let default = match verbosity {
+        i8::MIN..=-1 => "error",
+        0 => "warn",
+        1 => "psctl=info,warn",
+        _ => "psctl=debug,kube=info,info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,221 @@
+//! Command-line interface: clap derive types only, no logic.
+//!
+//! One `*Args` struct per subcommand; the doc comment on every field is its `--help` text.
+//! `crate::settings` turns these into resolved settings by destructuring every field, so a flag
+//! nobody handles does not compile.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Deploy, validate, promote and roll back the problemsolver services on Kubernetes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "psctl",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    after_help = "Exit codes: 0 success, 1 a verification said no, 2 usage or configuration error, \
+3 environment unreachable, 4 the automatic rollback failed (a human must act).\n\n\
+Examples:\n  psctl deploy --env sandbox --yes\n  psctl history webhook --env sandbox -o json\n  \
+psctl rollback webhook --env sandbox"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted by every subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file describing the environments.
+    #[arg(
+        long,
+        global = true,
+        env = "PSCTL_CONFIG",
+        default_value = "psctl.yaml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+
+    /// Environment from the configuration file to act on (optional when the file has exactly one).
+    #[arg(long = "env", global = true, env = "PSCTL_ENV", value_name = "NAME")]
+    pub environment: Option<String>,
+
+    /// Kubernetes context, overriding the environment's `kube_context`.
+    #[arg(long, global = true, env = "PSCTL_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// Namespace, overriding the environment's `namespace`.
+    #[arg(long, global = true, env = "PSCTL_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+
+    /// Output format for data written to stdout.
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        env = "PSCTL_OUTPUT",
+        value_enum,
+        default_value_t = OutputFormat::Table
+    )]
+    pub output: OutputFormat,
+
+    /// Print the plan of a mutating command and stop without changing anything.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+
+    /// More detail on stderr (repeat for debug logs).
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less detail on stderr (repeat to keep only errors).
+    #[arg(short = 'q', long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+/// How data is rendered on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables.
+    Table,
+    /// JSON with the stable schemas documented in docs/cli.md.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy components with Helm, track the rollout, roll back automatically on failure.
+    Deploy(DeployArgs),
+    /// Show a component's Helm revisions, oldest first.
+    History(HistoryArgs),
+    /// Roll a component back to an earlier revision, or recover a release stuck in pending-*.
+    Rollback(RollbackArgs),
+    /// Releases, revisions, pods, last poller success and queue depth on one screen.
+    Status(StatusArgs),
+    /// Emergency stop: scale components to zero and restore them exactly.
+    #[command(name = "kill-switch")]
+    KillSwitch(KillSwitchArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff).
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  psctl deploy --env sandbox --yes\n  \
+psctl deploy --env sandbox --component webhook --tag 1.4.2\n  \
+psctl deploy --env sandbox --dry-run")]
+pub struct DeployArgs {
+    /// Component to deploy (repeatable; default: every component, in configuration order).
+    #[arg(long = "component", short = 'c', value_name = "NAME")]
+    pub components: Vec<String>,
+
+    /// Image tag to deploy (default: the chart's own `image.tag`).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// Upper bound for the whole rollout of each component, e.g. `90s`, `5m`.
+    #[arg(long, default_value = "5m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// On failure, report the diagnosis but leave the failed revision in place.
+    #[arg(long)]
+    pub no_rollback: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  psctl history webhook --env sandbox\n  \
+psctl history --env sandbox -o json")]
+pub struct HistoryArgs {
+    /// Component whose release history to show (default: every component).
+    #[arg(value_name = "COMPONENT")]
+    pub component: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  psctl rollback webhook --env sandbox\n  \
+psctl rollback webhook --env sandbox --to-rev 3\n  psctl rollback poller --undo\n  \
+psctl rollback webhook --unstick --yes")]
+pub struct RollbackArgs {
+    /// Component to roll back (optional when the environment has exactly one component).
+    #[arg(value_name = "COMPONENT")]
+    pub component: Option<String>,
+
+    /// Helm revision to roll back to (default: the last successfully deployed one before the current).
+    #[arg(long, value_name = "N", conflicts_with_all = ["undo", "unstick"])]
+    pub to_rev: Option<u32>,
+
+    /// Use the Deployment's own ReplicaSet history instead of Helm (like `kubectl rollout undo`).
+    #[arg(long, conflicts_with = "unstick")]
+    pub undo: bool,
+
+    /// Recover a release stuck in pending-install/upgrade/rollback (shows the plan, then asks).
+    #[arg(long)]
+    pub unstick: bool,
+
+    /// Upper bound for tracking the rollback's rollout.
+    #[arg(long, default_value = "5m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl status --env sandbox\n  psctl status --env sandbox -o json"
+)]
+pub struct StatusArgs {}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl kill-switch on --env sandbox --component poller --yes\n  \
+psctl kill-switch off --env sandbox --yes"
+)]
+pub struct KillSwitchArgs {
+    /// `on` scales the components to zero; `off` restores the remembered replica counts.
+    #[arg(value_enum)]
+    pub state: KillSwitchState,
+
+    /// Component to stop or restore (repeatable; default: every component).
+    #[arg(long = "component", short = 'c', value_name = "NAME")]
+    pub components: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KillSwitchState {
+    On,
+    Off,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl completions bash > /etc/bash_completion.d/psctl\n  \
+psctl completions zsh > ~/.zfunc/_psctl"
+)]
+pub struct CompletionsArgs {
+    /// Shell to generate the completion script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  psctl man | man -l -")]
+pub struct ManArgs {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,17 @@
+//! `psctl kill-switch`: being built; see issue 4.
+
+use crate::cli::KillSwitchArgs;
+use crate::error::{CommandError, CommandResult};
+use crate::output::Output;
+use crate::settings::GlobalSettings;
+
+pub async fn run(
+    _args: KillSwitchArgs,
+    global: &GlobalSettings,
+    _output: &Output,
+) -> CommandResult {
+    let _environment = global.environment()?;
+    Err(CommandError::usage(anyhow::anyhow!(
+        "`psctl kill-switch` is not available in this build yet"
+    )))
+}

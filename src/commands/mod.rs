@@ -1,0 +1,27 @@
+//! One file per subcommand; each is thin: resolve → plan → execute → report. The single `match`
+//! below is the only place that knows every command.
+
+pub mod completions;
+pub mod deploy;
+pub mod history;
+pub mod kill_switch;
+pub mod rollback;
+pub mod status;
+
+use crate::cli::Command;
+use crate::error::CommandResult;
+use crate::output::Output;
+use crate::settings::GlobalSettings;
+
+/// Runs one parsed subcommand.
+pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output) -> CommandResult {
+    match command {
+        Command::Deploy(args) => deploy::run(args, global, output).await,
+        Command::History(args) => history::run(args, global, output).await,
+        Command::Rollback(args) => rollback::run(args, global, output).await,
+        Command::Status(args) => status::run(args, global, output).await,
+        Command::KillSwitch(args) => kill_switch::run(args, global, output).await,
+        Command::Completions(args) => completions::completions(args, output),
+        Command::Man(args) => completions::man(args, output),
+    }
+}

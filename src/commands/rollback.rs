@@ -1,0 +1,13 @@
+//! `psctl rollback`: being built; see issue 4.
+
+use crate::cli::RollbackArgs;
+use crate::error::{CommandError, CommandResult};
+use crate::output::Output;
+use crate::settings::GlobalSettings;
+
+pub async fn run(_args: RollbackArgs, global: &GlobalSettings, _output: &Output) -> CommandResult {
+    let _environment = global.environment()?;
+    Err(CommandError::usage(anyhow::anyhow!(
+        "`psctl rollback` is not available in this build yet"
+    )))
+}

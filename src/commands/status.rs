@@ -1,0 +1,13 @@
+//! `psctl status`: being built; see issue 4.
+
+use crate::cli::StatusArgs;
+use crate::error::{CommandError, CommandResult};
+use crate::output::Output;
+use crate::settings::GlobalSettings;
+
+pub async fn run(_args: StatusArgs, global: &GlobalSettings, _output: &Output) -> CommandResult {
+    let _environment = global.environment()?;
+    Err(CommandError::usage(anyhow::anyhow!(
+        "`psctl status` is not available in this build yet"
+    )))
+}

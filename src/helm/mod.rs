@@ -1,0 +1,3 @@
+//! Helm: the driver that runs the Helm CLI from argv values, and Helm's release storage.
+
+pub mod storage;

@@ -1,0 +1,459 @@
+//! Output layer: data to stdout (table or JSON), everything else to stderr.
+//!
+//! Every byte goes through [`Output`], which scrubs registered secrets ([`redact`]), honours
+//! `NO_COLOR`, shows progress bars only on a terminal, and emits GitHub Actions annotations when
+//! `GITHUB_ACTIONS=true`. Writers are injected so tests render into buffers.
+
+pub mod redact;
+pub mod table;
+
+use std::io::{self, IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+pub use redact::Redactor;
+
+use crate::error::CommandError;
+
+/// How data is rendered on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Data a command prints: serialisable for `-o json`, renderable as a table otherwise.
+///
+/// The JSON shape is a public, documented schema (docs/cli.md): add fields, never rename.
+pub trait Render: Serialize {
+    /// The table form, ending with a newline.
+    fn render_table(&self, style: &Style) -> String;
+}
+
+/// Presentation switches shared by every printer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// ANSI colour allowed (stderr is a terminal and `NO_COLOR` is unset).
+    pub color: bool,
+    /// Emit `::error::`/`::warning::` workflow commands.
+    pub github_actions: bool,
+    /// Progress bars allowed (stderr is a terminal and not quiet).
+    pub progress: bool,
+}
+
+impl Style {
+    /// Plain style for tests and pipes.
+    pub const PLAIN: Style = Style {
+        color: false,
+        github_actions: false,
+        progress: false,
+    };
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\u{1b}[{code}m{text}\u{1b}[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+/// A writer shared between clones of [`Output`].
+pub type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// The single place psctl writes to.
+#[derive(Clone)]
+pub struct Output {
+    format: Format,
+    style: Style,
+    verbosity: i8,
+    stdout: SharedWriter,
+    stderr: SharedWriter,
+    redactor: Redactor,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("format", &self.format)
+            .field("style", &self.style)
+            .field("verbosity", &self.verbosity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result of one preflight or verification step, printed as one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckState {
+    Ok,
+    Warn,
+    Fail,
+    Skip,
+}
+
+impl Output {
+    /// Output on the process's stdout/stderr, styled from the environment.
+    pub fn stdio(format: Format, verbosity: i8) -> Self {
+        let stderr_tty = io::stderr().is_terminal();
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let github_actions = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+        let style = Style {
+            color: stderr_tty && !no_color,
+            github_actions,
+            progress: stderr_tty && verbosity >= 0,
+        };
+        Self::new(
+            format,
+            style,
+            verbosity,
+            Box::new(io::stdout()),
+            Box::new(io::stderr()),
+        )
+    }
+
+    pub fn new(
+        format: Format,
+        style: Style,
+        verbosity: i8,
+        stdout: Box<dyn Write + Send>,
+        stderr: Box<dyn Write + Send>,
+    ) -> Self {
+        Self {
+            format,
+            style,
+            verbosity,
+            stdout: Arc::new(Mutex::new(stdout)),
+            stderr: Arc::new(Mutex::new(stderr)),
+            redactor: Redactor::default(),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn style(&self) -> Style {
+        self.style
+    }
+
+    pub fn verbosity(&self) -> i8 {
+        self.verbosity
+    }
+
+    /// The redactor shared by every printer; register secret values here as soon as they are read.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Prints a command's data on stdout in the selected format.
+    pub fn data<R: Render>(&self, value: &R) -> io::Result<()> {
+        let text = match self.format {
+            Format::Json => {
+                let mut json = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+                json.push('\n');
+                json
+            }
+            Format::Table => value.render_table(&self.style),
+        };
+        self.write_stdout(&text)
+    }
+
+    /// Raw text on stdout (completion scripts, man pages): not data in a format, but still scrubbed.
+    pub fn raw(&self, text: &str) -> io::Result<()> {
+        self.write_stdout(text)
+    }
+
+    fn write_stdout(&self, text: &str) -> io::Result<()> {
+        let scrubbed = self.redactor.scrub(text);
+        let mut stdout = lock(&self.stdout);
+        stdout.write_all(scrubbed.as_bytes())?;
+        stdout.flush()
+    }
+
+    fn write_stderr(&self, text: &str) {
+        let scrubbed = self.redactor.scrub(text);
+        let mut stderr = lock(&self.stderr);
+        // Diagnostics are best effort: a closed stderr must not turn success into failure.
+        let _ = stderr.write_all(scrubbed.as_bytes());
+        let _ = stderr.flush();
+    }
+
+    /// A progress or status line on stderr (hidden by `-q`).
+    pub fn info(&self, message: impl AsRef<str>) {
+        if self.verbosity >= 0 {
+            self.write_stderr(&format!("{}\n", message.as_ref()));
+        }
+    }
+
+    /// Extra detail on stderr (shown with `-v`).
+    pub fn detail(&self, message: impl AsRef<str>) {
+        if self.verbosity >= 1 {
+            self.write_stderr(&format!("{}\n", message.as_ref()));
+        }
+    }
+
+    /// A warning on stderr (hidden by `-qq`); annotated on GitHub Actions.
+    pub fn warn(&self, message: impl AsRef<str>) {
+        if self.verbosity >= -1 {
+            let message = message.as_ref();
+            let prefix = self.style.paint("33", "warning");
+            self.write_stderr(&format!("{prefix}: {message}\n"));
+            if self.style.github_actions {
+                self.write_stderr(&format!("::warning::{}\n", escape_annotation(message)));
+            }
+        }
+    }
+
+    /// One preflight/verification line: `✓ name  detail`.
+    pub fn check(&self, state: CheckState, name: &str, detail: &str) {
+        let (mark, color) = match state {
+            CheckState::Ok => ("ok", "32"),
+            CheckState::Warn => ("warn", "33"),
+            CheckState::Fail => ("FAIL", "31"),
+            CheckState::Skip => ("skip", "2"),
+        };
+        if state == CheckState::Fail || self.verbosity >= 0 {
+            let mark = self.style.paint(color, &format!("{mark:>4}"));
+            let line = if detail.is_empty() {
+                format!("{mark} {name}\n")
+            } else {
+                format!("{mark} {name}: {detail}\n")
+            };
+            self.write_stderr(&line);
+        }
+    }
+
+    /// Prints a failed command: the whole error chain, then `hint:` lines; never hidden by `-q`.
+    pub fn error(&self, error: &CommandError) {
+        let mut text = String::new();
+        let mut chain = error.error().chain();
+        if let Some(top) = chain.next() {
+            text.push_str(&format!("{}: {top}\n", self.style.paint("31;1", "error")));
+        }
+        for cause in chain {
+            text.push_str(&format!("  caused by: {cause}\n"));
+        }
+        for hint in error.hints() {
+            text.push_str(&format!("{}: {hint}\n", self.style.paint("36", "hint")));
+        }
+        self.write_stderr(&text);
+        if self.style.github_actions {
+            let summary = format!("{:#}", error.error());
+            self.write_stderr(&format!("::error::{}\n", escape_annotation(&summary)));
+        }
+    }
+
+    /// A spinner for a long step; a no-op handle when progress bars are off (pipe, CI, `-q`).
+    pub fn spinner(&self, message: impl Into<String>) -> Progress {
+        let message = message.into();
+        if self.style.progress {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message(self.redactor.scrub(&message).into_owned());
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            Progress {
+                bar: Some(bar),
+                output: self.clone(),
+            }
+        } else {
+            self.info(&message);
+            Progress {
+                bar: None,
+                output: self.clone(),
+            }
+        }
+    }
+}
+
+/// A live progress indicator; messages fall back to plain lines when there is no terminal.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    output: Output,
+}
+
+impl Progress {
+    pub fn set_message(&self, message: impl AsRef<str>) {
+        match &self.bar {
+            Some(bar) => bar.set_message(self.output.redactor.scrub(message.as_ref()).into_owned()),
+            None => self.output.detail(message),
+        }
+    }
+
+    /// Prints a line above the spinner (or as a plain line).
+    pub fn println(&self, message: impl AsRef<str>) {
+        match &self.bar {
+            Some(bar) => bar.println(self.output.redactor.scrub(message.as_ref())),
+            None => self.output.info(message),
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn lock(writer: &SharedWriter) -> std::sync::MutexGuard<'_, Box<dyn Write + Send>> {
+    // A panic mid-write leaves at worst a partial line; keep writing.
+    writer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Workflow-command escaping (`%`, CR, LF) so a multi-line message stays one annotation.
+fn escape_annotation(message: &str) -> String {
+    message
+        .replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// A cloneable in-memory writer for tests of anything that prints.
+#[derive(Clone, Default)]
+pub struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Buffer {
+    pub fn contents(&self) -> String {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Output {
+    /// An output writing into two buffers, for tests.
+    pub fn buffered(format: Format, style: Style) -> (Self, Buffer, Buffer) {
+        let (stdout, stderr) = (Buffer::default(), Buffer::default());
+        (
+            Self::new(
+                format,
+                style,
+                0,
+                Box::new(stdout.clone()),
+                Box::new(stderr.clone()),
+            ),
+            stdout,
+            stderr,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Rows {
+        names: Vec<String>,
+    }
+
+    impl Render for Rows {
+        fn render_table(&self, _style: &Style) -> String {
+            self.names.iter().map(|n| format!("{n}\n")).collect()
+        }
+    }
+
+    #[test]
+    fn data_goes_to_stdout_and_messages_to_stderr() {
+        let (output, stdout, stderr) = Output::buffered(Format::Table, Style::PLAIN);
+        output.info("deploying");
+        output
+            .data(&Rows {
+                names: vec!["a".into(), "b".into()],
+            })
+            .unwrap();
+        assert_eq!(stdout.contents(), "a\nb\n");
+        assert_eq!(stderr.contents(), "deploying\n");
+    }
+
+    #[test]
+    fn json_is_pretty_and_newline_terminated() {
+        let (output, stdout, _) = Output::buffered(Format::Json, Style::PLAIN);
+        output
+            .data(&Rows {
+                names: vec!["a".into()],
+            })
+            .unwrap();
+        assert_eq!(stdout.contents(), "{\n  \"names\": [\n    \"a\"\n  ]\n}\n");
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_data_messages_and_errors() {
+        let (output, stdout, stderr) = Output::buffered(Format::Json, Style::PLAIN);
+        output.redactor().register("sk_live_0123456789");
+        output
+            .data(&Rows {
+                names: vec!["key=sk_live_0123456789".into()],
+            })
+            .unwrap();
+        output.info("using sk_live_0123456789");
+        output.error(&CommandError::usage(anyhow::anyhow!(
+            "bad key sk_live_0123456789"
+        )));
+        let all = stdout.contents() + &stderr.contents();
+        assert!(!all.contains("sk_live_0123456789"), "{all}");
+        assert_eq!(all.matches("[REDACTED]").count(), 3, "{all}");
+    }
+
+    #[test]
+    fn errors_print_the_chain_then_hints_and_annotate_on_github() {
+        let style = Style {
+            github_actions: true,
+            ..Style::PLAIN
+        };
+        let (output, _, stderr) = Output::buffered(Format::Table, style);
+        let error = CommandError::unreachable(
+            anyhow::anyhow!("connection refused").context("listing Secrets"),
+        )
+        .hint("is the sandbox running? `psctl-sandbox up`");
+        output.error(&error);
+        assert_eq!(
+            stderr.contents(),
+            "error: listing Secrets\n  caused by: connection refused\n\
+             hint: is the sandbox running? `psctl-sandbox up`\n\
+             ::error::listing Secrets: connection refused\n"
+        );
+    }
+
+    #[test]
+    fn quiet_hides_info_but_not_failures() {
+        let stderr = Buffer::default();
+        let output = Output::new(
+            Format::Table,
+            Style::PLAIN,
+            -1,
+            Box::new(Buffer::default()),
+            Box::new(stderr.clone()),
+        );
+        output.info("hidden");
+        output.check(CheckState::Ok, "namespace", "default");
+        output.check(CheckState::Fail, "secret", "missing key BINANCE_API_KEY");
+        assert_eq!(
+            stderr.contents(),
+            "FAIL secret: missing key BINANCE_API_KEY\n"
+        );
+    }
+
+    #[test]
+    fn annotations_escape_newlines() {
+        assert_eq!(escape_annotation("a\nb%"), "a%0Ab%25");
+    }
+}

@@ -1,0 +1,747 @@
+//! The `psctl.yaml` file: its serde schema (unknown keys rejected) and validation into typed
+//! environments. Every error names the file, the key path and the fix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use super::parse_duration;
+
+/// Default runtime Secret name (the runbooks' own).
+pub const DEFAULT_SECRET_NAME: &str = "problemsolver-secrets";
+/// Keys the runtime Secret must carry unless the environment says otherwise.
+pub const DEFAULT_REQUIRED_KEYS: [&str; 4] = [
+    "DATABASE_URL",
+    "BINANCE_API_KEY",
+    "BINANCE_API_SECRET",
+    "ENCRYPTION_MASTER_KEY",
+];
+pub const DEFAULT_NAMESPACE: &str = "default";
+pub const DEFAULT_DATABASE_URL_ENV: &str = "DATABASE_URL";
+
+/// A configuration problem, always pointing at the file and key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+}
+
+impl crate::error::Classify for ConfigError {
+    fn exit_status(&self) -> crate::error::ExitStatus {
+        crate::error::ExitStatus::Usage
+    }
+
+    fn hints(&self) -> Vec<String> {
+        match self {
+            Self::Read { .. } => vec![
+                "pass `--config FILE` or set `PSCTL_CONFIG`; `psctl-sandbox env` prints the sandbox's".to_owned(),
+            ],
+            _ => vec!["the expected shape is documented in docs/cli.md (\"psctl.yaml\")".to_owned()],
+        }
+    }
+}
+
+// ---- raw schema: every field optional so validation can name what is missing ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    environments: Option<IndexMap<String, RawEnvironment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    kube_context: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    namespace: Option<String>,
+    production: Option<bool>,
+    registry: Option<String>,
+    prometheus_url: Option<String>,
+    database_url_env: Option<String>,
+    helm: Option<PathBuf>,
+    secret: Option<RawSecret>,
+    components: Option<IndexMap<String, RawComponent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    name: Option<String>,
+    required_keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComponent {
+    release: Option<String>,
+    chart: Option<PathBuf>,
+    image: Option<String>,
+    deployment: Option<String>,
+    selector: Option<String>,
+    values: Option<serde_yaml::Mapping>,
+    metrics: Option<RawMetrics>,
+    canary: Option<RawCanary>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    service: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+    required: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    deployment: Option<String>,
+    steps: Option<Vec<u8>>,
+    bake: Option<String>,
+}
+
+// ---- validated types ----
+
+/// Every environment of one configuration file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub environments: IndexMap<String, Environment>,
+}
+
+/// One named target (cluster context + namespace + components).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Environment {
+    pub name: String,
+    pub kube_context: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub namespace: String,
+    pub production: bool,
+    pub registry: Option<String>,
+    pub prometheus_url: Option<String>,
+    /// Name of the environment variable holding the database URL; the value never lives in the file.
+    pub database_url_env: String,
+    pub helm: Option<PathBuf>,
+    pub secret: SecretSpec,
+    /// In file order: `deploy` without `--component` walks them in this order.
+    pub components: Vec<Component>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub name: String,
+    pub required_keys: Vec<String>,
+}
+
+/// A deployable unit: a Helm release and the Deployment it produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Component {
+    pub name: String,
+    pub release: String,
+    pub chart: PathBuf,
+    /// Repository under the environment's registry.
+    pub image: String,
+    pub deployment: String,
+    /// Label selector of the component's pods, e.g. `app=problemsolver-poller`.
+    pub selector: String,
+    /// Extra non-secret chart values.
+    pub values: serde_yaml::Mapping,
+    pub metrics: Option<MetricsSpec>,
+    pub canary: Option<CanarySpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSpec {
+    pub service: String,
+    pub port: u16,
+    pub path: String,
+    pub required: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanarySpec {
+    pub deployment: String,
+    pub steps: Vec<u8>,
+    pub bake: Duration,
+}
+
+impl Environment {
+    /// The component called `name`, or an error listing the configured ones.
+    pub fn component(&self, name: &str) -> Result<&Component, UnknownComponent> {
+        self.components
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| UnknownComponent {
+                name: name.to_owned(),
+                environment: self.name.clone(),
+                known: self.components.iter().map(|c| c.name.clone()).collect(),
+            })
+    }
+
+    /// The components selected by `names` (all of them, in configuration order, when empty).
+    pub fn select(&self, names: &[String]) -> Result<Vec<&Component>, UnknownComponent> {
+        if names.is_empty() {
+            return Ok(self.components.iter().collect());
+        }
+        let mut selected = Vec::new();
+        for component in &self.components {
+            if names.contains(&component.name) {
+                selected.push(component);
+            }
+        }
+        for name in names {
+            self.component(name)?;
+        }
+        Ok(selected)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("environment `{environment}` has no component `{name}`; configured: {}", known.join(", "))]
+pub struct UnknownComponent {
+    pub name: String,
+    pub environment: String,
+    pub known: Vec<String>,
+}
+
+impl crate::error::Classify for UnknownComponent {
+    fn exit_status(&self) -> crate::error::ExitStatus {
+        crate::error::ExitStatus::Usage
+    }
+}
+
+/// The components used when an environment does not list any: the runbooks' two services.
+pub fn default_components() -> Vec<Component> {
+    let metrics = |service: &str, port, required: &[&str]| MetricsSpec {
+        service: service.to_owned(),
+        port,
+        path: "/metrics".to_owned(),
+        required: required.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    vec![
+        Component {
+            name: "poller".to_owned(),
+            release: "problemsolver-poller".to_owned(),
+            chart: PathBuf::from("charts/poller"),
+            image: "problemsolver-poller".to_owned(),
+            deployment: "problemsolver-poller".to_owned(),
+            selector: "app=problemsolver-poller".to_owned(),
+            values: serde_yaml::Mapping::new(),
+            metrics: Some(metrics(
+                "problemsolver-poller-metrics",
+                8002,
+                &[
+                    "problemsolver_poller_last_success_unixtime",
+                    "problemsolver_deposits_processed_total",
+                    "problemsolver_deposits_errors_total",
+                    "problemsolver_collisions_total",
+                ],
+            )),
+            canary: None,
+        },
+        Component {
+            name: "webhook".to_owned(),
+            release: "problemsolver-webhook".to_owned(),
+            chart: PathBuf::from("charts/webhook-worker"),
+            image: "problemsolver-webhook-worker".to_owned(),
+            deployment: "problemsolver-webhook".to_owned(),
+            selector: "app=problemsolver-webhook".to_owned(),
+            values: serde_yaml::Mapping::new(),
+            metrics: Some(metrics(
+                "problemsolver-webhook-metrics",
+                8001,
+                &[
+                    "webhook_deliveries_total",
+                    "webhook_queue_depth",
+                    "worker_health_status",
+                    "circuit_breaker_opens_total",
+                ],
+            )),
+            canary: Some(CanarySpec {
+                deployment: "problemsolver-webhook-canary".to_owned(),
+                steps: vec![10, 30, 60, 100],
+                bake: Duration::from_secs(300),
+            }),
+        },
+    ]
+}
+
+/// Reads and validates `path`.
+pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validates configuration text; `path` is used for messages and to resolve relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    let file = display_name(path);
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    let raw: RawFile = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let key = error.path().to_string();
+        let message = error.into_inner().to_string();
+        // serde_yaml prefixes its own (shorter) path; ours is already in `key`.
+        let message = match message.split_once(": ") {
+            Some((head, tail)) if !head.contains(' ') => tail.to_owned(),
+            _ => message,
+        };
+        if key == "." || key.is_empty() {
+            ConfigError::Syntax {
+                file: file.clone(),
+                message,
+            }
+        } else {
+            ConfigError::Invalid {
+                file: file.clone(),
+                key,
+                message,
+            }
+        }
+    })?;
+    let invalid = |key: String, message: &str| ConfigError::Invalid {
+        file: file.clone(),
+        key,
+        message: message.to_owned(),
+    };
+    let Some(raw_environments) = raw.environments else {
+        return Err(invalid(
+            "environments".to_owned(),
+            "missing; add at least one environment, e.g. `environments: {sandbox: {kube_context: psctl-sandbox}}`",
+        ));
+    };
+    if raw_environments.is_empty() {
+        return Err(invalid(
+            "environments".to_owned(),
+            "empty; add at least one environment",
+        ));
+    }
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut environments = IndexMap::new();
+    for (name, raw) in raw_environments {
+        let environment = validate_environment(&name, raw, &base, &invalid)?;
+        environments.insert(name, environment);
+    }
+    Ok(ConfigFile {
+        path: path.to_owned(),
+        environments,
+    })
+}
+
+fn display_name(path: &Path) -> String {
+    path.display().to_string()
+}
+
+type Invalid<'a> = &'a dyn Fn(String, &str) -> ConfigError;
+
+fn validate_environment(
+    name: &str,
+    raw: RawEnvironment,
+    base: &Path,
+    invalid: Invalid<'_>,
+) -> Result<Environment, ConfigError> {
+    let key = |field: &str| format!("environments.{name}.{field}");
+    let RawEnvironment {
+        kube_context,
+        kubeconfig,
+        namespace,
+        production,
+        registry,
+        prometheus_url,
+        database_url_env,
+        helm,
+        secret,
+        components,
+    } = raw;
+    let kube_context = required_text(kube_context, &key("kube_context"), invalid)?;
+    let namespace = match namespace {
+        Some(namespace) => check_dns_label(namespace, &key("namespace"), invalid)?,
+        None => DEFAULT_NAMESPACE.to_owned(),
+    };
+    let secret = match secret {
+        None => SecretSpec {
+            name: DEFAULT_SECRET_NAME.to_owned(),
+            required_keys: DEFAULT_REQUIRED_KEYS
+                .iter()
+                .map(|k| (*k).to_owned())
+                .collect(),
+        },
+        Some(RawSecret {
+            name,
+            required_keys,
+        }) => SecretSpec {
+            name: match name {
+                Some(n) => non_empty(n, &key("secret.name"), invalid)?,
+                None => DEFAULT_SECRET_NAME.to_owned(),
+            },
+            required_keys: required_keys.unwrap_or_else(|| {
+                DEFAULT_REQUIRED_KEYS
+                    .iter()
+                    .map(|k| (*k).to_owned())
+                    .collect()
+            }),
+        },
+    };
+    if let Some(url) = &prometheus_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(invalid(
+            key("prometheus_url"),
+            "must start with http:// or https://, e.g. `http://127.0.0.1:9090`",
+        ));
+    }
+    let components = match components {
+        None => default_components(),
+        Some(raw) if raw.is_empty() => {
+            return Err(invalid(
+                key("components"),
+                "empty; list at least one component or remove the key to use the defaults",
+            ));
+        }
+        Some(raw) => raw
+            .into_iter()
+            .map(|(component, raw)| {
+                validate_component(
+                    &format!("environments.{name}.components.{component}"),
+                    &component,
+                    raw,
+                    invalid,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let mut seen_releases = BTreeMap::new();
+    for component in &components {
+        if let Some(other) = seen_releases.insert(component.release.clone(), component.name.clone())
+        {
+            return Err(invalid(
+                key(&format!("components.{}.release", component.name)),
+                &format!(
+                    "`{}` is also the release of component `{other}`; releases must differ",
+                    component.release
+                ),
+            ));
+        }
+    }
+    Ok(Environment {
+        name: name.to_owned(),
+        kube_context,
+        kubeconfig: kubeconfig.map(|p| resolve_relative(base, p)),
+        namespace,
+        production: production.unwrap_or(false),
+        registry: registry.filter(|r| !r.is_empty()),
+        prometheus_url,
+        database_url_env: database_url_env.unwrap_or_else(|| DEFAULT_DATABASE_URL_ENV.to_owned()),
+        helm: helm.map(|p| resolve_relative(base, p)),
+        secret,
+        components,
+    })
+}
+
+fn validate_component(
+    prefix: &str,
+    name: &str,
+    raw: RawComponent,
+    invalid: Invalid<'_>,
+) -> Result<Component, ConfigError> {
+    let key = |field: &str| format!("{prefix}.{field}");
+    let RawComponent {
+        release,
+        chart,
+        image,
+        deployment,
+        selector,
+        values,
+        metrics,
+        canary,
+    } = raw;
+    let release = check_dns_label(
+        required_text(release, &key("release"), invalid)?,
+        &key("release"),
+        invalid,
+    )?;
+    let Some(chart) = chart else {
+        return Err(invalid(
+            key("chart"),
+            "missing; the chart directory, e.g. `charts/poller`",
+        ));
+    };
+    let image = required_text(image, &key("image"), invalid)?;
+    let deployment = required_text(deployment, &key("deployment"), invalid)?;
+    let selector = required_text(selector, &key("selector"), invalid)?;
+    if !selector.contains('=') {
+        return Err(invalid(
+            key("selector"),
+            "must be a label selector such as `app=problemsolver-poller`",
+        ));
+    }
+    let metrics = metrics
+        .map(
+            |RawMetrics {
+                 service,
+                 port,
+                 path,
+                 required,
+             }| {
+                Ok::<_, ConfigError>(MetricsSpec {
+                    service: required_text(service, &key("metrics.service"), invalid)?,
+                    port: port.ok_or_else(|| {
+                        invalid(key("metrics.port"), "missing; the metrics port, e.g. 8002")
+                    })?,
+                    path: path.unwrap_or_else(|| "/metrics".to_owned()),
+                    required: required.unwrap_or_default(),
+                })
+            },
+        )
+        .transpose()?;
+    let canary = canary
+        .map(|RawCanary { deployment, steps, bake }| {
+            let steps = steps.unwrap_or_else(|| vec![10, 30, 60, 100]);
+            if steps.is_empty() || steps.iter().any(|s| *s == 0 || *s > 100) || !steps.windows(2).all(|w| w[0] < w[1]) {
+                return Err(invalid(
+                    key("canary.steps"),
+                    "must be increasing percentages between 1 and 100, e.g. `[10, 30, 60, 100]`",
+                ));
+            }
+            let bake = match bake {
+                Some(text) => parse_duration(&text).map_err(|e| invalid(key("canary.bake"), &e))?,
+                None => Duration::from_secs(300),
+            };
+            Ok(CanarySpec {
+                deployment: required_text(deployment, &key("canary.deployment"), invalid)?,
+                steps,
+                bake,
+            })
+        })
+        .transpose()?;
+    Ok(Component {
+        name: name.to_owned(),
+        release,
+        chart,
+        image,
+        deployment,
+        selector,
+        values: values.unwrap_or_default(),
+        metrics,
+        canary,
+    })
+}
+
+fn required_text(
+    value: Option<String>,
+    key: &str,
+    invalid: Invalid<'_>,
+) -> Result<String, ConfigError> {
+    match value {
+        None => Err(invalid(key.to_owned(), "missing")),
+        Some(value) => non_empty(value, key, invalid),
+    }
+}
+
+fn non_empty(value: String, key: &str, invalid: Invalid<'_>) -> Result<String, ConfigError> {
+    if value.trim().is_empty() {
+        Err(invalid(key.to_owned(), "empty; give a value"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn check_dns_label(value: String, key: &str, invalid: Invalid<'_>) -> Result<String, ConfigError> {
+    let valid = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if valid {
+        Ok(value)
+    } else {
+        Err(invalid(
+            key.to_owned(),
+            &format!(
+                "`{value}` is not a valid Kubernetes name (lowercase letters, digits and `-`, at most 63)"
+            ),
+        ))
+    }
+}
+
+fn resolve_relative(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() || base.as_os_str().is_empty() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT_EXAMPLE: &str = r#"
+environments:
+  sandbox:
+    kube_context: psctl-sandbox
+    kubeconfig: /root/.cache/psctl/sandbox/kubeconfig
+    namespace: default
+    production: false
+    registry: 127.0.0.1:5000
+    prometheus_url: http://127.0.0.1:9090
+    database_url_env: DATABASE_URL
+    helm: /root/.cache/psctl/sandbox/bin/helm
+    secret:
+      name: problemsolver-secrets
+      required_keys: [DATABASE_URL, BINANCE_API_KEY, BINANCE_API_SECRET, ENCRYPTION_MASTER_KEY]
+    components:
+      poller:
+        release: problemsolver-poller
+        chart: charts/poller
+        image: problemsolver-poller
+        deployment: problemsolver-poller
+        selector: app=problemsolver-poller
+        values: {}
+        metrics: {service: problemsolver-poller-metrics, port: 8002, path: /metrics,
+                  required: [problemsolver_poller_last_success_unixtime, problemsolver_deposits_processed_total,
+                             problemsolver_deposits_errors_total, problemsolver_collisions_total]}
+      webhook:
+        release: problemsolver-webhook
+        chart: charts/webhook-worker
+        image: problemsolver-webhook-worker
+        deployment: problemsolver-webhook
+        selector: app=problemsolver-webhook
+        metrics: {service: problemsolver-webhook-metrics, port: 8001, path: /metrics,
+                  required: [webhook_deliveries_total, webhook_queue_depth, worker_health_status, circuit_breaker_opens_total]}
+        canary: {deployment: problemsolver-webhook-canary, steps: [10, 30, 60, 100], bake: 5m}
+"#;
+
+    fn error_text(text: &str) -> String {
+        parse(Path::new("psctl.yaml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_contract_example_parses_and_matches_the_defaults() {
+        let config = parse(Path::new("psctl.yaml"), CONTRACT_EXAMPLE).unwrap();
+        let sandbox = &config.environments["sandbox"];
+        assert_eq!(sandbox.kube_context, "psctl-sandbox");
+        assert_eq!(sandbox.components, default_components());
+        assert_eq!(sandbox.secret.required_keys, DEFAULT_REQUIRED_KEYS);
+    }
+
+    #[test]
+    fn a_minimal_environment_gets_the_runbook_defaults() {
+        let config = parse(
+            Path::new("psctl.yaml"),
+            "environments: {dev: {kube_context: kind-dev}}",
+        )
+        .unwrap();
+        let dev = &config.environments["dev"];
+        assert_eq!(dev.namespace, "default");
+        assert_eq!(dev.secret.name, "problemsolver-secrets");
+        let releases: Vec<_> = dev.components.iter().map(|c| c.release.as_str()).collect();
+        assert_eq!(releases, ["problemsolver-poller", "problemsolver-webhook"]);
+        assert!(!dev.production);
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named_with_its_full_path() {
+        let text = CONTRACT_EXAMPLE.replace("        release: problemsolver-webhook\n", "");
+        assert_eq!(
+            error_text(&text),
+            "psctl.yaml: environments.sandbox.components.webhook.release: missing"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_rejected_with_its_path() {
+        let text = CONTRACT_EXAMPLE.replace("    production: false", "    prodution: false");
+        let message = error_text(&text);
+        assert!(
+            message.starts_with("psctl.yaml: environments.sandbox.prodution: unknown field `prodution`, expected one of"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let text = CONTRACT_EXAMPLE.replace("port: 8002", "port: eighty");
+        let message = error_text(&text);
+        assert!(
+            message.starts_with("psctl.yaml: environments.sandbox.components.poller.metrics.port:"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn kube_context_is_required() {
+        assert_eq!(
+            error_text("environments: {dev: {namespace: default}}"),
+            "psctl.yaml: environments.dev.kube_context: missing"
+        );
+    }
+
+    #[test]
+    fn invalid_values_explain_the_fix() {
+        assert!(
+            error_text("environments: {dev: {kube_context: c, namespace: Bad_NS}}")
+                .contains("environments.dev.namespace: `Bad_NS` is not a valid Kubernetes name")
+        );
+        let steps = CONTRACT_EXAMPLE.replace("steps: [10, 30, 60, 100]", "steps: [30, 10]");
+        assert!(error_text(&steps).contains("components.webhook.canary.steps: must be increasing"));
+        let bake = CONTRACT_EXAMPLE.replace("bake: 5m", "bake: soon");
+        assert!(error_text(&bake).contains("components.webhook.canary.bake:"));
+        assert_eq!(
+            error_text("{}"),
+            "psctl.yaml: environments: missing; add at least one environment, e.g. `environments: {sandbox: {kube_context: psctl-sandbox}}`"
+        );
+    }
+
+    #[test]
+    fn duplicate_releases_are_refused() {
+        let text = CONTRACT_EXAMPLE.replace(
+            "release: problemsolver-webhook",
+            "release: problemsolver-poller",
+        );
+        assert!(error_text(&text).contains("components.webhook.release: `problemsolver-poller` is also the release of component `poller`"));
+    }
+
+    #[test]
+    fn components_are_selected_in_configuration_order() {
+        let config = parse(Path::new("psctl.yaml"), CONTRACT_EXAMPLE).unwrap();
+        let sandbox = &config.environments["sandbox"];
+        let names =
+            |sel: Vec<&Component>| sel.into_iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(sandbox.select(&[]).unwrap()), ["poller", "webhook"]);
+        assert_eq!(
+            names(
+                sandbox
+                    .select(&["webhook".into(), "poller".into()])
+                    .unwrap()
+            ),
+            ["poller", "webhook"]
+        );
+        let error = sandbox.select(&["api".into()]).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "environment `sandbox` has no component `api`; configured: poller, webhook"
+        );
+    }
+}
