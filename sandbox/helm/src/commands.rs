@@ -20,11 +20,24 @@ pub fn run(cli: Cli) -> Result<()> {
     match command {
         Command::Version(args) => version(&engine, args.short, &mut out),
         Command::Lint(args) => lint(&engine, &global, &args, &mut out),
-        Command::Template(_) => bail!(
-            "`template` is not available: the Helm engine library exposes no render-only entry \
-             point (install and upgrade always apply to a cluster); use `helm lint` to check a \
-             chart, or install it into the sandbox and read `helm get manifest RELEASE`"
-        ),
+        Command::Template(args) => {
+            let (release, chart) = match args.names.as_slice() {
+                [chart] => ("release-name", chart.as_str()),
+                [release, chart] => (release.as_str(), chart.as_str()),
+                _ => bail!("template needs [NAME] CHART"),
+            };
+            let user_values = collect_values(&args.values)?;
+            let manifest = render(
+                &engine,
+                &global,
+                release,
+                chart,
+                user_values,
+                args.version.as_deref(),
+            )?;
+            write!(out, "{manifest}")?;
+            Ok(())
+        }
         Command::Upgrade(args) => {
             let connection = connect(&engine, &global)?;
             let user_values = collect_values(&args.values)?;
@@ -176,6 +189,45 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Renders `chart` as `release` (see `render`): the real engine installs it against an
+/// in-process endpoint that keeps nothing.
+fn render(
+    engine: &Engine,
+    global: &GlobalArgs,
+    release: &str,
+    chart: &str,
+    user_values: Map<String, Value>,
+    version: Option<&str>,
+) -> Result<String> {
+    let endpoint =
+        crate::render::RenderEndpoint::start().context("starting the render endpoint")?;
+    let kubeconfig = endpoint
+        .kubeconfig()
+        .to_str()
+        .context("the temporary directory path is not UTF-8")?
+        .to_owned();
+    let connection = engine.connect(
+        global.namespace.as_deref().unwrap_or("default"),
+        Some(&kubeconfig),
+        None,
+    )?;
+    let options = ReleaseOptions {
+        timeout_seconds: 60,
+        server_side_apply: "false".to_string(),
+        disable_openapi_validation: true,
+        ..ReleaseOptions::default()
+    };
+    let answer = connection.install(
+        release,
+        chart,
+        &Value::Object(user_values),
+        version,
+        &options,
+    )?;
+    let value: Value = serde_json::from_str(&answer).context("reading the engine's answer")?;
+    Ok(crate::render::manifest_of(&value))
 }
 
 /// Helm's wording for a missing release, whatever the engine said.
@@ -332,6 +384,9 @@ fn lint(engine: &Engine, global: &GlobalArgs, args: &LintArgs, out: &mut dyn Wri
         }
         if chart_failed {
             failed += 1;
+            if let Err(error) = render(engine, global, "release-name", chart, Map::new(), None) {
+                writeln!(out, "[ERROR] {error:#}")?;
+            }
         }
         writeln!(out)?;
     }

@@ -6,6 +6,7 @@ mod commands;
 mod duration;
 mod engine;
 mod release;
+mod render;
 mod values;
 
 use clap::Parser;

@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn set_string_keeps_strings() {
         let got = set(&[("image.tag=123,flag=true", Typing::Strings)]).unwrap();
-        assert_eq!(got, json!({"image": {"tag": "123", "flag": "true"}}));
+        assert_eq!(got, json!({"image": {"tag": "123"}, "flag": "true"}));
     }
 
     #[test]
