@@ -1,1 +1,399 @@
 //! Merchant webhook sink: records deliveries, verifies Standard Webhooks signatures, fails or slows on request.
+//!
+//! The verifier here is written from the Standard Webhooks specification on its own, not shared
+//! with the worker's signer, so a test passing against it means the two agree on the spec.
+//!
+//! In-process control: [`MerchantSink`] methods. Out-of-process control (sandbox, canary tests):
+//! `POST /_control` with a [`Behaviour`] JSON body, `GET /_deliveries`, `DELETE /_deliveries`.
+//! Every other POST, on any path, is a delivery.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::sync::oneshot;
+
+/// How far a `webhook-timestamp` may be from the sink's clock (the specification's suggestion).
+pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// How the sink answers deliveries. Every field has a default, so `{}` means "accept everything".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Behaviour {
+    /// Share of deliveries to fail, 0.0..=1.0 (deterministic: exactly every 1/rate-th request).
+    pub fail_rate: f64,
+    /// Status code of a failed delivery (e.g. 500, 410, 301, 429).
+    pub status: u16,
+    /// `Retry-After` header sent with failures, if any.
+    pub retry_after: Option<String>,
+    /// `Location` header sent with failures, if any (for redirect tests).
+    pub location: Option<String>,
+    /// Latency added to every delivery.
+    pub delay_ms: u64,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            fail_rate: 0.0,
+            status: 500,
+            retry_after: None,
+            location: None,
+            delay_ms: 0,
+        }
+    }
+}
+
+/// One delivery as the sink saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    pub path: String,
+    pub webhook_id: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+    /// Whether the signature and timestamp verified.
+    pub verified: bool,
+    /// Why verification failed, if it did.
+    pub verify_error: Option<String>,
+    /// The status the sink answered with.
+    pub status: u16,
+}
+
+/// Counters over all deliveries so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub received: u64,
+    pub accepted: u64,
+    /// Accepted deliveries whose `webhook-id` had already been accepted before.
+    pub duplicates: u64,
+    pub unverified: u64,
+}
+
+#[derive(Serialize)]
+struct DeliveriesReport {
+    summary: Summary,
+    deliveries: Vec<Delivery>,
+}
+
+struct Inner {
+    behaviour: Behaviour,
+    requests: u64,
+    summary: Summary,
+    accepted_ids: HashMap<String, u32>,
+    deliveries: Vec<Delivery>,
+    record: bool,
+}
+
+struct Shared {
+    key: Vec<u8>,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running sink. Dropping it stops the server.
+pub struct MerchantSink {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for MerchantSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MerchantSink").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl MerchantSink {
+    /// Starts a sink on `addr` (port 0 picks a free port) verifying with `secret` (`whsec_<base64>`).
+    pub async fn start(addr: SocketAddr, secret: &str) -> anyhow::Result<Self> {
+        let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+        let key = BASE64
+            .decode(encoded)
+            .context("the sink's webhook secret must be `whsec_` followed by base64")?;
+        let shared = Arc::new(Shared {
+            key,
+            inner: Mutex::new(Inner {
+                behaviour: Behaviour::default(),
+                requests: 0,
+                summary: Summary::default(),
+                accepted_ids: HashMap::new(),
+                deliveries: Vec::new(),
+                record: true,
+            }),
+        });
+        let app = Router::new()
+            .route("/_control", post(control))
+            .route("/_deliveries", any(deliveries_endpoint))
+            .fallback(receive)
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind the merchant sink to {addr}"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(error) = server.await {
+                tracing::error!(%error, "merchant sink stopped with an error");
+            }
+        });
+        Ok(Self {
+            addr,
+            shared,
+            stop: Some(stop),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.shared.lock().behaviour = behaviour;
+    }
+
+    /// Whether each delivery is kept for [`deliveries`](Self::deliveries); counters are kept regardless.
+    /// Benchmarks turn this off to keep the sink's memory flat.
+    pub fn set_recording(&self, record: bool) {
+        self.shared.lock().record = record;
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.shared.lock().deliveries.clone()
+    }
+
+    pub fn summary(&self) -> Summary {
+        self.shared.lock().summary
+    }
+
+    /// How many times `webhook_id` was accepted.
+    pub fn accepted_count(&self, webhook_id: &str) -> u32 {
+        self.shared.lock().accepted_ids.get(webhook_id).copied().unwrap_or(0)
+    }
+
+    /// Forgets deliveries and counters (behaviour is kept).
+    pub fn reset(&self) {
+        reset(&self.shared);
+    }
+
+    /// Stops the server.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for MerchantSink {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn reset(shared: &Shared) {
+    let mut inner = shared.lock();
+    inner.requests = 0;
+    inner.summary = Summary::default();
+    inner.accepted_ids.clear();
+    inner.deliveries.clear();
+}
+
+async fn control(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Behaviour>(&body) {
+        Ok(behaviour) if (0.0..=1.0).contains(&behaviour.fail_rate) => {
+            shared.lock().behaviour = behaviour.clone();
+            axum::Json(behaviour).into_response()
+        }
+        Ok(_) => (StatusCode::BAD_REQUEST, "fail_rate must be between 0.0 and 1.0\n").into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, format!("invalid behaviour: {error}\n")).into_response(),
+    }
+}
+
+async fn deliveries_endpoint(State(shared): State<Arc<Shared>>, method: axum::http::Method) -> Response {
+    if method == axum::http::Method::DELETE {
+        reset(&shared);
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let inner = shared.lock();
+    axum::Json(DeliveriesReport {
+        summary: inner.summary,
+        deliveries: inner.deliveries.clone(),
+    })
+    .into_response()
+}
+
+async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let verdict = verify(&shared.key, &headers, &body, SystemTime::now());
+    let webhook_id = header_str(&headers, "webhook-id").map(str::to_owned);
+    let (behaviour, fail) = {
+        let mut inner = shared.lock();
+        let k = inner.requests as f64;
+        inner.requests += 1;
+        let rate = inner.behaviour.fail_rate;
+        // Fails exactly `rate` of the requests, spread evenly, without randomness.
+        let fail = ((k + 1.0) * rate).floor() > (k * rate).floor();
+        (inner.behaviour.clone(), fail)
+    };
+    if behaviour.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(behaviour.delay_ms)).await;
+    }
+    let status = if verdict.is_err() {
+        StatusCode::UNAUTHORIZED
+    } else if fail {
+        StatusCode::from_u16(behaviour.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    {
+        let mut inner = shared.lock();
+        inner.summary.received += 1;
+        if verdict.is_err() {
+            inner.summary.unverified += 1;
+        }
+        if status.is_success() {
+            inner.summary.accepted += 1;
+            if let Some(id) = &webhook_id {
+                let seen = inner.accepted_ids.entry(id.clone()).or_insert(0);
+                *seen += 1;
+                if *seen > 1 {
+                    inner.summary.duplicates += 1;
+                }
+            }
+        }
+        if inner.record {
+            let recorded_headers = headers
+                .iter()
+                .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+                .collect();
+            inner.deliveries.push(Delivery {
+                path: uri.path().to_owned(),
+                webhook_id,
+                headers: recorded_headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                verified: verdict.is_ok(),
+                verify_error: verdict.err(),
+                status: status.as_u16(),
+            });
+        }
+    }
+    let mut response = status.into_response();
+    if fail && !status.is_success() {
+        let extra = [
+            (header::RETRY_AFTER, behaviour.retry_after.as_deref()),
+            (header::LOCATION, behaviour.location.as_deref()),
+        ];
+        for (name, value) in extra {
+            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+    response
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// Verifies a delivery as the Standard Webhooks specification describes: the timestamp within
+/// tolerance, and at least one `v1,` signature in the space-separated list equal (in constant
+/// time) to HMAC-SHA256(key, "{id}.{timestamp}.{body}").
+pub fn verify(key: &[u8], headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<(), String> {
+    let id = header_str(headers, "webhook-id").ok_or("missing webhook-id")?;
+    let timestamp = header_str(headers, "webhook-timestamp").ok_or("missing webhook-timestamp")?;
+    let signatures = header_str(headers, "webhook-signature").ok_or("missing webhook-signature")?;
+    let sent: i64 = timestamp.parse().map_err(|_| "webhook-timestamp is not an integer")?;
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| "sink clock before 1970")?
+        .as_secs() as i64;
+    if (now - sent).unsigned_abs() > TIMESTAMP_TOLERANCE.as_secs() {
+        return Err(format!("webhook-timestamp {sent} is outside the tolerance"));
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| "unusable key")?;
+    let mut signed = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
+    signed.extend_from_slice(id.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(timestamp.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    mac.update(&signed);
+    for candidate in signatures.split(' ') {
+        let Some(encoded) = candidate.strip_prefix("v1,") else {
+            continue;
+        };
+        let Ok(bytes) = BASE64.decode(encoded) else {
+            continue;
+        };
+        if mac.clone().verify_slice(&bytes).is_ok() {
+            return Ok(());
+        }
+    }
+    Err("no v1 signature matched".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(id: &str, ts: &str, sig: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert("webhook-id", HeaderValue::from_str(id).unwrap());
+        map.insert("webhook-timestamp", HeaderValue::from_str(ts).unwrap());
+        map.insert("webhook-signature", HeaderValue::from_str(sig).unwrap());
+        map
+    }
+
+    #[test]
+    fn accepts_the_specification_example_and_rejects_tampering() {
+        let key = BASE64.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1614265330);
+        let body = br#"{"test": 2432232314}"#;
+        let good = headers(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "1614265330",
+            "v1,bogus v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        );
+        assert_eq!(verify(&key, &good, body, at), Ok(()));
+        assert!(verify(&key, &good, br#"{"test": 1}"#, at).is_err());
+        let late = at + TIMESTAMP_TOLERANCE + Duration::from_secs(1);
+        assert!(verify(&key, &good, body, late).unwrap_err().contains("tolerance"));
+        let mut missing = good.clone();
+        missing.remove("webhook-signature");
+        assert!(verify(&key, &missing, body, at).is_err());
+    }
+
+    #[test]
+    fn behaviour_defaults_accept_everything() {
+        let parsed: Behaviour = serde_json::from_str("{}").unwrap();
+        assert_eq!(parsed, Behaviour::default());
+        assert!(serde_json::from_str::<Behaviour>(r#"{"fail_rat": 1}"#).is_err());
+    }
+}

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod client;
+pub mod config;
 pub mod metrics;
 pub mod queue;
 pub mod ratelimit;

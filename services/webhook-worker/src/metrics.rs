@@ -80,6 +80,11 @@ impl Metrics {
         self.deliveries.get_or_create(&StatusLabel { status }).clone()
     }
 
+    /// Attempts counted so far with this outcome.
+    pub fn attempts(&self, success: bool) -> u64 {
+        self.deliveries_with(success).get()
+    }
+
     /// Counts one attempt.
     pub fn attempt(&self, success: bool) {
         self.deliveries_with(success).inc();

@@ -1,0 +1,228 @@
+//! Command-line and environment configuration of the worker binary (`--help` documents every variable).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::backoff::Backoff;
+use crate::breaker::BreakerPolicy;
+use crate::client::ClientSettings;
+use crate::ssrf::TargetPolicy;
+use crate::worker::WorkerConfig;
+
+/// Delivers signed webhooks (Standard Webhooks) from the Postgres `webhook_queue` to merchants.
+///
+/// Secrets (`DATABASE_URL`, `ENCRYPTION_MASTER_KEY`) are read from the environment only and are
+/// never printed.
+#[derive(Debug, Parser)]
+#[command(name = "problemsolver-webhook-worker", version)]
+pub struct Args {
+    /// Deliver what is due now, then exit (0 when the queue was reachable).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Address of the /metrics, /health and /ready server.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8001")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format: `json` or `text`. Log filter: `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+
+    /// Allow plain http:// and private, loopback or link-local targets. Sandbox and tests ONLY:
+    /// it disables the SSRF defence, and the worker says so loudly at start.
+    #[arg(long, env = "WEBHOOK_ALLOW_INSECURE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_insecure_targets: bool,
+
+    /// Deliveries per second across all merchants (the runbook's 1000 by default).
+    #[arg(long, env = "WEBHOOK_GLOBAL_RPS", default_value = "1000")]
+    pub global_rps: NonZeroU32,
+
+    /// Deliveries per second to any one merchant endpoint.
+    #[arg(long, env = "WEBHOOK_ENDPOINT_RPS", default_value = "10")]
+    pub endpoint_rps: NonZeroU32,
+
+    /// Deliveries in flight at once.
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Rows claimed per batch.
+    #[arg(long, env = "WEBHOOK_BATCH_SIZE", default_value_t = 200)]
+    pub batch_size: u32,
+
+    /// Claim/deliver/complete loops running side by side.
+    #[arg(long, env = "WEBHOOK_PIPELINES", default_value_t = 2)]
+    pub pipelines: usize,
+
+    /// Seconds a claimed row stays leased; a row whose worker died is retried after this.
+    #[arg(long, env = "WEBHOOK_LEASE_SECS", default_value_t = 60)]
+    pub lease_secs: u64,
+
+    /// Timeout of one delivery request, in seconds.
+    #[arg(long, env = "WEBHOOK_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+
+    /// First retry delay in milliseconds; doubles per attempt (with jitter) up to the maximum.
+    #[arg(long, env = "WEBHOOK_BACKOFF_BASE_MS", default_value_t = 5_000)]
+    pub backoff_base_ms: u64,
+
+    /// Longest retry delay in milliseconds.
+    #[arg(long, env = "WEBHOOK_BACKOFF_MAX_MS", default_value_t = 3_600_000)]
+    pub backoff_max_ms: u64,
+
+    /// Consecutive failures that open a merchant's circuit breaker.
+    #[arg(long, env = "WEBHOOK_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// Seconds an open breaker waits before letting one probe through.
+    #[arg(long, env = "WEBHOOK_BREAKER_OPEN_SECS", default_value_t = 30)]
+    pub breaker_open_secs: u64,
+
+    /// Milliseconds between polls when nothing is due.
+    #[arg(long, env = "WEBHOOK_IDLE_POLL_MS", default_value_t = 500)]
+    pub idle_poll_ms: u64,
+
+    /// Seconds between `webhook_queue_depth` refreshes.
+    #[arg(long, env = "WEBHOOK_QUEUE_DEPTH_INTERVAL_SECS", default_value_t = 5)]
+    pub queue_depth_interval_secs: u64,
+
+    /// Seconds to let in-flight deliveries finish after SIGTERM before exiting anyway (their
+    /// leases then expire and the rows are retried).
+    #[arg(long, env = "WEBHOOK_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+
+    /// Lease owner name (default: host name, process id and a random suffix).
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
+    pub database_max_connections: u32,
+}
+
+/// Why the arguments cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("`{0}` must be greater than zero")]
+    Zero(&'static str),
+    #[error("`WEBHOOK_BACKOFF_MAX_MS` must be at least `WEBHOOK_BACKOFF_BASE_MS`")]
+    BackoffRange,
+}
+
+impl Args {
+    /// The worker settings these arguments describe.
+    pub fn worker_config(&self) -> Result<WorkerConfig, ConfigError> {
+        let Self {
+            once: _,
+            metrics_addr: _,
+            log_format: _,
+            allow_insecure_targets,
+            global_rps,
+            endpoint_rps,
+            concurrency,
+            batch_size,
+            pipelines,
+            lease_secs,
+            request_timeout_secs,
+            backoff_base_ms,
+            backoff_max_ms,
+            breaker_failures,
+            breaker_open_secs,
+            idle_poll_ms,
+            queue_depth_interval_secs: _,
+            shutdown_grace_secs: _,
+            worker_id,
+            database_max_connections: _,
+        } = self;
+        let nonzero = |value: u64, name: &'static str| {
+            if value == 0 { Err(ConfigError::Zero(name)) } else { Ok(value) }
+        };
+        nonzero(*concurrency as u64, "WEBHOOK_CONCURRENCY")?;
+        nonzero(u64::from(*batch_size), "WEBHOOK_BATCH_SIZE")?;
+        nonzero(*pipelines as u64, "WEBHOOK_PIPELINES")?;
+        nonzero(*lease_secs, "WEBHOOK_LEASE_SECS")?;
+        nonzero(*request_timeout_secs, "WEBHOOK_REQUEST_TIMEOUT_SECS")?;
+        nonzero(*backoff_base_ms, "WEBHOOK_BACKOFF_BASE_MS")?;
+        nonzero(u64::from(*breaker_failures), "WEBHOOK_BREAKER_FAILURES")?;
+        if backoff_max_ms < backoff_base_ms {
+            return Err(ConfigError::BackoffRange);
+        }
+        let policy = if *allow_insecure_targets {
+            TargetPolicy::Insecure
+        } else {
+            TargetPolicy::PublicHttpsOnly
+        };
+        Ok(WorkerConfig {
+            owner: worker_id.clone().unwrap_or_else(default_worker_id),
+            batch_size: i64::from(*batch_size),
+            concurrency: *concurrency,
+            pipelines: *pipelines,
+            lease: Duration::from_secs(*lease_secs),
+            idle_poll: Duration::from_millis(*idle_poll_ms),
+            backoff: Backoff {
+                base: Duration::from_millis(*backoff_base_ms),
+                max: Duration::from_millis(*backoff_max_ms),
+            },
+            breaker: BreakerPolicy {
+                failure_threshold: *breaker_failures,
+                open_for: Duration::from_secs(*breaker_open_secs),
+            },
+            global_rps: *global_rps,
+            per_endpoint_rps: *endpoint_rps,
+            client: ClientSettings {
+                policy,
+                request_timeout: Duration::from_secs(*request_timeout_secs),
+                connect_timeout: Duration::from_secs((*request_timeout_secs).min(5)),
+                max_idle_per_host: *concurrency,
+            },
+            key_cache_ttl: Duration::from_secs(300),
+        })
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        let mut argv = vec!["problemsolver-webhook-worker"];
+        argv.extend_from_slice(args);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_runbook() {
+        let config = parse(&[]).worker_config().unwrap();
+        assert_eq!(config.global_rps.get(), 1000);
+        assert_eq!(config.per_endpoint_rps.get(), 10);
+        assert_eq!(config.client.policy, TargetPolicy::PublicHttpsOnly);
+        assert!(!config.owner.is_empty());
+    }
+
+    #[test]
+    fn insecure_targets_need_an_explicit_true() {
+        let config = parse(&["--allow-insecure-targets", "true"]).worker_config().unwrap();
+        assert_eq!(config.client.policy, TargetPolicy::Insecure);
+        assert!(Args::try_parse_from(["w", "--allow-insecure-targets", "yes"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = parse(&["--concurrency", "0"]).worker_config().unwrap_err();
+        assert!(err.to_string().contains("WEBHOOK_CONCURRENCY"));
+        let err = parse(&["--backoff-base-ms", "10", "--backoff-max-ms", "5"]).worker_config().unwrap_err();
+        assert_eq!(err, ConfigError::BackoffRange);
+        assert!(Args::try_parse_from(["w", "--global-rps", "0"]).is_err());
+    }
+}
