@@ -24,8 +24,16 @@ app: {{ .Values.appLabel }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+An image tag as a string. Values passed as JSON arrive as float64, so an all-digit tag set with
+--set would print as 1.234567e+06; integral numbers are turned back into their digits.
+*/}}
+{{- define "ps.tag" -}}
+{{- if kindIs "float64" . -}}{{- int64 . -}}{{- else -}}{{- toString . -}}{{- end -}}
+{{- end -}}
+
 {{- define "ps.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- printf "%s:%s" .Values.image.repository (include "ps.tag" (.Values.image.tag | default .Chart.AppVersion)) -}}
 {{- end -}}
 
 {{- define "ps.namespaceOr" -}}

@@ -362,3 +362,48 @@ fn promtool_checks_and_tests_the_alert_rules() {
         );
     }
 }
+
+#[test]
+fn all_digit_tags_stay_digits() {
+    // Values reach the engine as JSON numbers (float64); the charts print them back as digits.
+    let objects = template(&[
+        "w",
+        "charts/webhook-worker",
+        "--set",
+        "image.tag=1234567,canary.enabled=true,canary.image.tag=89012345",
+    ]);
+    assert_eq!(
+        container(find(&objects, "Deployment", "w"))["image"],
+        "127.0.0.1:5000/problemsolver-webhook-worker:1234567"
+    );
+    assert_eq!(
+        container(find(&objects, "Deployment", "w-canary"))["image"],
+        "127.0.0.1:5000/problemsolver-webhook-worker:89012345"
+    );
+}
+
+#[test]
+fn the_values_schema_rejects_bad_values_naming_the_field() {
+    let output = helm(&[
+        "template",
+        "r",
+        "charts/poller",
+        "--set-string",
+        "replicaCount=three",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/replicaCount"), "{stderr}");
+    let output = helm(&[
+        "template",
+        "r",
+        "charts/webhook-worker",
+        "--set",
+        "secretName=",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an empty secretName must be refused"
+    );
+}
