@@ -1,1 +1,119 @@
-//! cluster: being built.
+//! Cluster access: a kube-rs `Client` built from the environment's own kubeconfig and context
+//! (never the current-context implicitly), and classification of API failures into exit codes.
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::error::{Classify, ExitStatus};
+use crate::settings::Environment;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot load kubeconfig {}", path.as_deref().unwrap_or("from $KUBECONFIG or ~/.kube/config"))]
+    Kubeconfig {
+        path: Option<String>,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot use context `{context}` of the kubeconfig")]
+    Context {
+        context: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot build a Kubernetes client for context `{context}`")]
+    Client {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{action}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ClusterError {
+    /// Wraps an API error with what psctl was doing.
+    pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let action = action.into();
+        move |source| Self::Api { action, source }
+    }
+
+    /// The API's status code, when the server answered.
+    pub fn status_code(&self) -> Option<u16> {
+        match self {
+            Self::Api {
+                source: kube::Error::Api(status),
+                ..
+            } => Some(status.code),
+            _ => None,
+        }
+    }
+}
+
+impl Classify for ClusterError {
+    fn exit_status(&self) -> ExitStatus {
+        match self {
+            Self::Kubeconfig { .. } | Self::Context { .. } => ExitStatus::Usage,
+            Self::Client { .. } => ExitStatus::Unreachable,
+            // The server answered: a refusal (403, 404, 409, 422) is not "unreachable".
+            Self::Api {
+                source: kube::Error::Api(status),
+                ..
+            } if status.code != 401 && status.code < 500 => ExitStatus::Usage,
+            Self::Api { .. } => ExitStatus::Unreachable,
+        }
+    }
+
+    fn hints(&self) -> Vec<String> {
+        match self {
+            Self::Kubeconfig { .. } | Self::Context { .. } => vec![
+                "set `kubeconfig:` and `kube_context:` for the environment in psctl.yaml, or load the sandbox with `eval \"$(psctl-sandbox env)\"`".to_owned(),
+            ],
+            Self::Api { source: kube::Error::Api(status), .. } if status.code == 403 || status.code == 401 => {
+                vec!["the context's credentials are not authorised for this; check the RBAC of the user in the kubeconfig".to_owned()]
+            }
+            Self::Api { source: kube::Error::Api(_), .. } => Vec::new(),
+            Self::Client { .. } | Self::Api { .. } => {
+                vec!["is the cluster up? for the sandbox: `psctl-sandbox up`".to_owned()]
+            }
+        }
+    }
+}
+
+/// Connects to the environment's cluster. The context is always the environment's: a kubeconfig
+/// whose current-context points elsewhere is never used by accident.
+pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterError> {
+    let kubeconfig = match &environment.kubeconfig {
+        Some(path) => Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
+            path: Some(format!("`{}`", path.display())),
+            source,
+        })?,
+        None => {
+            Kubeconfig::read().map_err(|source| ClusterError::Kubeconfig { path: None, source })?
+        }
+    };
+    let options = KubeConfigOptions {
+        context: Some(environment.kube_context.clone()),
+        cluster: None,
+        user: None,
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .map_err(|source| ClusterError::Context {
+            context: environment.kube_context.clone(),
+            source,
+        })?;
+    config.default_namespace = environment.namespace.clone();
+    kube::Client::try_from(config).map_err(|source| ClusterError::Client {
+        context: environment.kube_context.clone(),
+        source,
+    })
+}
+
+/// True when `error` is the API saying "not found".
+pub fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}

@@ -1,1 +1,4 @@
-//! rollout: being built.
+//! Rollout tracking: a pure diagnosis over recorded cluster states, and the tracker that feeds
+//! it from kube-rs watches.
+
+pub mod diagnosis;
