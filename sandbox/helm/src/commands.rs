@@ -54,7 +54,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 Err(error) => return Err(error.into()),
             };
             if !exists && !args.install {
-                bail!("\"{}\" has no deployed releases", args.release);
+                bail!(
+                    "UPGRADE FAILED: \"{}\" has no deployed releases",
+                    args.release
+                );
             }
             if !exists && args.apply.output == OutputFormat::Table {
                 writeln!(
@@ -69,7 +72,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 &Value::Object(user_values),
                 args.apply.version.as_deref(),
                 &options,
-            )?;
+            );
+            // Helm's own prefixes, which scripts and psctl's diagnostics match on.
+            let answer = answer.with_context(|| {
+                if exists {
+                    "UPGRADE FAILED"
+                } else {
+                    "INSTALLATION FAILED"
+                }
+            })?;
             let release = release::parse_one(&answer).context("reading the engine's answer")?;
             if exists && args.apply.output == OutputFormat::Table {
                 writeln!(
@@ -86,13 +97,15 @@ pub fn run(cli: Cli) -> Result<()> {
             let user_values = collect_values(&args.values)?;
             let options = release_options(&args.apply)?;
             warn_unsupported(&args.apply);
-            let answer = connection.install(
-                &args.release,
-                &args.chart,
-                &Value::Object(user_values),
-                args.apply.version.as_deref(),
-                &options,
-            )?;
+            let answer = connection
+                .install(
+                    &args.release,
+                    &args.chart,
+                    &Value::Object(user_values),
+                    args.apply.version.as_deref(),
+                    &options,
+                )
+                .context("INSTALLATION FAILED")?;
             let release = release::parse_one(&answer).context("reading the engine's answer")?;
             release::write_status(&mut out, &release, args.apply.output)?;
             Ok(())
