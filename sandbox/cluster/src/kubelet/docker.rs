@@ -455,19 +455,37 @@ impl Docker {
             .collect())
     }
 
-    /// Creates the network if it does not exist (another process creating it concurrently is
-    /// fine).
+    /// Creates the network if it does not exist. Docker does not make creation atomic: two
+    /// processes creating the same name at once get two networks and every later use of the
+    /// name is ambiguous, so duplicates are removed, keeping the lowest ID (every process picks
+    /// the same one).
     pub async fn ensure_network(&self, network: &str) -> Result<(), DockerError> {
-        if self.quick(&["network", "inspect", network]).await.is_ok() {
-            return Ok(());
+        let exact = format!("name=^{network}$");
+        let ids = |output: String| -> Vec<String> {
+            let mut ids: Vec<String> = output
+                .lines()
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let mut existing = ids(self
+            .quick(&["network", "ls", "--no-trunc", "-q", "--filter", &exact])
+            .await?);
+        if existing.is_empty() {
+            self.quick(&["network", "create", network]).await?;
+            existing = ids(self
+                .quick(&["network", "ls", "--no-trunc", "-q", "--filter", &exact])
+                .await?);
         }
-        match self.quick(&["network", "create", network]).await {
-            Ok(_) => Ok(()),
-            Err(DockerError::Failed { message, .. }) if message.contains("already exists") => {
-                Ok(())
+        for duplicate in existing.iter().skip(1) {
+            if let Err(error) = self.quick(&["network", "rm", duplicate]).await {
+                tracing::warn!(%error, network, "could not remove a duplicate Docker network");
             }
-            Err(error) => Err(error),
         }
+        Ok(())
     }
 
     /// The network's gateway address (the host as containers see it).

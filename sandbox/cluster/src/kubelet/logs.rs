@@ -82,7 +82,18 @@ impl DockerLogs {
             .filter_map(|(id, labels)| Some((labels.get(LABEL_ATTEMPT)?.parse().ok()?, id)))
             .collect();
         instances.sort();
-        let wanted = if previous {
+        // `previous` is the last terminated instance: the one before the running one, or the
+        // latest itself while the container waits to restart (CrashLoopBackOff).
+        let latest_running = match instances.last() {
+            Some((_, id)) => self
+                .docker
+                .inspect(id, "")
+                .await
+                .map(|info| info.running)
+                .unwrap_or(false),
+            None => false,
+        };
+        let wanted = if previous && latest_running {
             instances.len().checked_sub(2).map(|index| instances[index])
         } else {
             instances.last().copied()

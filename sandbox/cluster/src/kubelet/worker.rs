@@ -58,6 +58,8 @@ struct ContainerRuntime {
     restart_at: Option<Instant>,
     pull_failures: u32,
     pull_at: Option<Instant>,
+    /// When the last pull failed: ErrImagePull stays visible for the first half of the back-off.
+    pull_failed_at: Option<Instant>,
     image_ready: bool,
     image_id: String,
     probes: Vec<ProbeTracker>,
@@ -78,6 +80,7 @@ impl ContainerRuntime {
             restart_at: None,
             pull_failures: 0,
             pull_at: None,
+            pull_failed_at: None,
             image_ready: false,
             image_id: String::new(),
             probes: Vec::new(),
@@ -519,6 +522,10 @@ impl PodWorker {
         if let Some(pull_at) = self.containers[index].pull_at
             && Instant::now() < pull_at
         {
+            let failed_at = self.containers[index].pull_failed_at.unwrap_or(pull_at);
+            if Instant::now() < failed_at + (pull_at - failed_at) / 2 {
+                return false;
+            }
             let announce = self.containers[index]
                 .waiting
                 .as_ref()
@@ -580,6 +587,7 @@ impl PodWorker {
             Err(error) => {
                 let runtime = &mut self.containers[index];
                 runtime.pull_failures += 1;
+                runtime.pull_failed_at = Some(Instant::now());
                 runtime.pull_at = Some(
                     Instant::now() + self.shared.config.backoff.pull_delay(runtime.pull_failures),
                 );

@@ -1,0 +1,399 @@
+//! The Docker kubelet against real Docker: ready pods, pull failures, crash loops, readiness
+//! failures, secrets in env, logs and deletion. Needs a Docker engine and `/bin/busybox`
+//! (Debian's busybox-static); every test uses its own node name and API, and cleans up.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    ContainerStatus, EnvVar, EnvVarSource, Event, HTTPGetAction, Pod, Probe, Secret,
+    SecretKeySelector,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use psctl_sandbox_cluster::{DockerLogs, Kubelet};
+use support::fake_api::FakeApi;
+use support::*;
+
+struct Harness {
+    _api: FakeApi,
+    _kubelet: psctl_sandbox_cluster::KubeletHandle,
+    _cleanup: NodeCleanup,
+    node: String,
+    pods: Api<Pod>,
+    client: kube::Client,
+}
+
+async fn harness() -> Harness {
+    ensure_image().await;
+    let api = FakeApi::start().await;
+    let client = api.client();
+    let node = unique("test-node");
+    let cleanup = NodeCleanup(node.clone());
+    let kubelet = Kubelet::run(client.clone(), kubelet_config(&node))
+        .await
+        .expect("kubelet starts");
+    Harness {
+        pods: Api::namespaced(client.clone(), "default"),
+        client,
+        node,
+        _api: api,
+        _kubelet: kubelet,
+        _cleanup: cleanup,
+    }
+}
+
+fn main_status(pod: &Pod) -> Option<ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    main_status(pod)?.state?.waiting?.reason
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+fn describe(pod: &Pod) -> String {
+    serde_json::to_string(&pod.status).unwrap_or_default()
+}
+
+fn http_probe(port: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/index.html".to_owned()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(1),
+        ..Probe::default()
+    }
+}
+
+async fn get(pods: &Api<Pod>, name: &str) -> Pod {
+    pods.get(name).await.expect("pod exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_image_becomes_ready_serves_logs_and_is_removed_on_delete() {
+    let h = harness().await;
+    let mut container = shell("echo started; exec httpd -f -p 8080 -h /www");
+    container.readiness_probe = Some(http_probe(8080));
+    h.pods
+        .create(&PostParams::default(), &pod("web", container))
+        .await
+        .expect("create pod");
+
+    let ready = eventually("pod web Ready", Duration::from_secs(30), || async {
+        let pod = get(&h.pods, "web").await;
+        (is_ready(&pod).then(|| pod.clone()), describe(&pod))
+    })
+    .await;
+    let status = ready.status.clone().expect("status");
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert!(
+        status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty()),
+        "{}",
+        describe(&ready)
+    );
+    assert!(status.host_ip.is_some() && status.start_time.is_some());
+    let main = main_status(&ready).expect("container status");
+    assert!(main.ready && main.started == Some(true));
+    assert!(
+        main.container_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("docker://"))
+    );
+    assert_eq!(
+        ready.spec.as_ref().and_then(|spec| spec.node_name.clone()),
+        Some(h.node.clone())
+    );
+
+    let logs = DockerLogs::for_node(&h.node)
+        .pod_logs("default", "web", None, Some(10), false)
+        .await
+        .expect("logs");
+    assert!(logs.contains("started"), "{logs:?}");
+
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|event| event.reason)
+        .collect();
+    for reason in ["Pulled", "Created", "Started"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason} event in {reasons:?}"
+        );
+    }
+
+    let uid = ready.metadata.uid.clone().expect("uid");
+    assert_eq!(containers_of(&uid).await.len(), 1);
+    h.pods
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("containers removed", Duration::from_secs(20), || async {
+        let left = containers_of(&uid).await;
+        (left.is_empty().then_some(()), format!("{left:?}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_tag_gives_err_image_pull_then_image_pull_back_off() {
+    let h = harness().await;
+    let mut container = shell("true");
+    container.image = Some("127.0.0.1:5000/psctl-test/does-not-exist:missing".to_owned());
+    h.pods
+        .create(&PostParams::default(), &pod("nope", container))
+        .await
+        .expect("create pod");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    eventually(
+        "ErrImagePull then ImagePullBackOff",
+        Duration::from_secs(40),
+        || {
+            let pods = h.pods.clone();
+            let seen = seen.clone();
+            async move {
+                let pod = get(&pods, "nope").await;
+                let mut seen = seen.lock().expect("lock");
+                if let Some(reason) = waiting_reason(&pod)
+                    && seen.last() != Some(&reason)
+                {
+                    seen.push(reason);
+                }
+                let ok = seen.iter().any(|r| r == "ErrImagePull")
+                    && seen.iter().any(|r| r == "ImagePullBackOff");
+                (ok.then_some(()), format!("{seen:?} {}", describe(&pod)))
+            }
+        },
+    )
+    .await;
+    let stuck = get(&h.pods, "nope").await;
+    assert_eq!(
+        stuck.status.and_then(|status| status.phase).as_deref(),
+        Some("Pending")
+    );
+
+    // An image from a registry the sandbox cannot reach fails fast instead of hanging.
+    let mut outside = shell("true");
+    outside.image = Some("docker.io/library/nginx:1.27".to_owned());
+    h.pods
+        .create(&PostParams::default(), &pod("outside", outside))
+        .await
+        .expect("create pod");
+    let message = eventually(
+        "ErrImagePull for an outside registry",
+        Duration::from_secs(20),
+        || async {
+            let pod = get(&h.pods, "outside").await;
+            let status = main_status(&pod)
+                .and_then(|status| status.state)
+                .and_then(|state| state.waiting);
+            let found = status
+                .as_ref()
+                .filter(|waiting| waiting.reason.as_deref() == Some("ErrImagePull"))
+                .and_then(|waiting| waiting.message.clone());
+            (found, describe(&pod))
+        },
+    )
+    .await;
+    assert!(message.contains("127.0.0.1:5000"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exiting_binary_crash_loops_with_rising_restart_count() {
+    let h = harness().await;
+    h.pods
+        .create(
+            &PostParams::default(),
+            &pod("crash", shell("echo boom; exit 3")),
+        )
+        .await
+        .expect("create pod");
+    let saw_back_off = Arc::new(AtomicBool::new(false));
+    let pod = eventually(
+        "restartCount >= 2 with CrashLoopBackOff seen",
+        Duration::from_secs(45),
+        || {
+            let pods = h.pods.clone();
+            let saw = saw_back_off.clone();
+            async move {
+                let pod = get(&pods, "crash").await;
+                if waiting_reason(&pod).as_deref() == Some("CrashLoopBackOff") {
+                    saw.store(true, Ordering::SeqCst);
+                }
+                let restarts = main_status(&pod)
+                    .map(|status| status.restart_count)
+                    .unwrap_or(0);
+                (
+                    (saw.load(Ordering::SeqCst) && restarts >= 2).then(|| pod.clone()),
+                    describe(&pod),
+                )
+            }
+        },
+    )
+    .await;
+    let main = main_status(&pod).expect("status");
+    let last = main
+        .last_state
+        .and_then(|state| state.terminated)
+        .expect("lastState.terminated");
+    assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    let logs = DockerLogs::for_node(&h.node)
+        .pod_logs("default", "crash", Some("main"), None, true)
+        .await
+        .expect("previous logs");
+    assert_eq!(logs, "boom\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_readiness_probe_keeps_the_pod_not_ready() {
+    let h = harness().await;
+    let mut container = shell("exec httpd -f -p 8080 -h /www");
+    container.readiness_probe = Some(http_probe(9999));
+    h.pods
+        .create(&PostParams::default(), &pod("unready", container))
+        .await
+        .expect("create pod");
+    eventually("container running", Duration::from_secs(30), || async {
+        let pod = get(&h.pods, "unready").await;
+        let running = main_status(&pod)
+            .and_then(|status| status.state)
+            .and_then(|state| state.running)
+            .is_some();
+        (running.then_some(()), describe(&pod))
+    })
+    .await;
+    // Several probe periods later it is still running and still not ready.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pod = get(&h.pods, "unready").await;
+    assert!(!is_ready(&pod), "{}", describe(&pod));
+    let main = main_status(&pod).expect("status");
+    assert!(
+        !main.ready && main.restart_count == 0,
+        "readiness failures must not restart: {}",
+        describe(&pod)
+    );
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
+    let unhealthy = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .find(|event| event.reason.as_deref() == Some("Unhealthy"))
+        .expect("an Unhealthy event");
+    assert!(
+        unhealthy
+            .message
+            .unwrap_or_default()
+            .starts_with("Readiness probe failed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_env_resolves_and_a_missing_secret_is_a_config_error() {
+    let h = harness().await;
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "default");
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("app".to_owned()),
+                    ..ObjectMeta::default()
+                },
+                string_data: None,
+                data: Some(
+                    [(
+                        "TOKEN".to_owned(),
+                        k8s_openapi::ByteString(b"test-token-value".to_vec()),
+                    )]
+                    .into(),
+                ),
+                ..Secret::default()
+            },
+        )
+        .await
+        .expect("create secret");
+    let env_from = |secret: &str| {
+        vec![EnvVar {
+            name: "TOKEN".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.to_owned(),
+                    key: "TOKEN".to_owned(),
+                    optional: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        }]
+    };
+    let mut good = shell("echo token=$TOKEN; sleep 60");
+    good.env = Some(env_from("app"));
+    let mut bad = shell("sleep 60");
+    bad.env = Some(env_from("absent"));
+    h.pods
+        .create(&PostParams::default(), &pod("good", good))
+        .await
+        .expect("create");
+    h.pods
+        .create(&PostParams::default(), &pod("bad", bad))
+        .await
+        .expect("create");
+
+    let logs = eventually("env in logs", Duration::from_secs(30), || async {
+        let logs = DockerLogs::for_node(&h.node)
+            .pod_logs("default", "good", None, None, false)
+            .await;
+        match logs {
+            Ok(text) if text.contains("token=") => (Some(text), String::new()),
+            other => (None, format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(logs, "token=test-token-value\n");
+    let message = eventually(
+        "CreateContainerConfigError",
+        Duration::from_secs(20),
+        || async {
+            let pod = get(&h.pods, "bad").await;
+            let waiting = main_status(&pod)
+                .and_then(|status| status.state)
+                .and_then(|state| state.waiting);
+            let found = waiting
+                .filter(|waiting| waiting.reason.as_deref() == Some("CreateContainerConfigError"))
+                .and_then(|waiting| waiting.message);
+            (found, describe(&pod))
+        },
+    )
+    .await;
+    assert_eq!(message, "secret \"absent\" not found");
+}
