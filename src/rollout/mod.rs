@@ -2,3 +2,4 @@
 //! it from kube-rs watches.
 
 pub mod diagnosis;
+pub mod track;

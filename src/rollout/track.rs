@@ -1,0 +1,259 @@
+//! The rollout tracker: kube-rs watches on the Deployment, its ReplicaSets and Pods feed
+//! [`diagnosis::assess`] on every change (and once a second for time-based rules), printing
+//! per-pod progress and returning as soon as the verdict is in, or when the timeout expires.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, LogParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::diagnosis::{self, Diagnosis, FailureReason, Policy, Progress, Snapshot, Verdict};
+use crate::cluster::ClusterError;
+use crate::output::Output;
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub namespace: String,
+    pub deployment: String,
+    /// Label selector of the Deployment's pods (and ReplicaSets).
+    pub selector: String,
+}
+
+/// How a tracked rollout ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Complete { progress: Progress, seconds: f64 },
+    Failed { diagnosis: Diagnosis, logs: Vec<String>, seconds: f64 },
+    TimedOut { progress: Option<Progress>, diagnosis: Option<Diagnosis>, seconds: f64 },
+}
+
+impl Outcome {
+    pub fn is_complete(&self) -> bool {
+        matches!(self, Self::Complete { .. })
+    }
+}
+
+/// A Deployment that is absent this long after tracking starts is reported missing.
+const MISSING_GRACE: Duration = Duration::from_secs(15);
+/// Last log lines shown for a failing container.
+const LOG_LINES: i64 = 20;
+
+/// Tracks the rollout of `target` until it completes, fails, or `timeout` passes.
+pub async fn track(
+    client: &kube::Client,
+    target: &Target,
+    policy: &Policy,
+    timeout: Duration,
+    output: &Output,
+) -> Result<Outcome, ClusterError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let notify = Arc::new(Notify::new());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &target.namespace);
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &target.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
+
+    let (deployment_store, deployment_task) = spawn_reflector(
+        deployments,
+        watcher::Config::default().fields(&format!("metadata.name={}", target.deployment)),
+        notify.clone(),
+    );
+    let (replica_set_store, replica_set_task) =
+        spawn_reflector(replica_sets, watcher::Config::default().labels(&target.selector), notify.clone());
+    let (pod_store, pod_task) = spawn_reflector(pods.clone(), watcher::Config::default().labels(&target.selector), notify.clone());
+    let _guards = [AbortOnDrop(deployment_task), AbortOnDrop(replica_set_task), AbortOnDrop(pod_task)];
+
+    let ready = async {
+        let _ = deployment_store.wait_until_ready().await;
+        let _ = replica_set_store.wait_until_ready().await;
+        let _ = pod_store.wait_until_ready().await;
+    };
+    if tokio::time::timeout(timeout, ready).await.is_err() {
+        return Err(ClusterError::Api {
+            action: format!("watching Deployment `{}`: no initial list within the timeout", target.deployment),
+            source: kube::Error::Api(Box::new(kube::core::Status::failure("watch not established", "Timeout").with_code(504))),
+        });
+    }
+
+    let spinner = output.spinner(format!("rolling out {}", target.deployment));
+    let mut last_pod_lines: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_progress: Option<Progress> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let snapshot = Snapshot {
+            deployment: deployment_store.state().first().map(|d| (**d).clone()),
+            replica_sets: replica_set_store.state().iter().map(|r| (**r).clone()).collect(),
+            pods: pod_store.state().iter().map(|p| (**p).clone()).collect(),
+            events: Vec::new(),
+            now: Timestamp::now(),
+        };
+        for (pod, line) in pod_lines(&snapshot.pods) {
+            if last_pod_lines.get(&pod) != Some(&line) {
+                spinner.println(format!("  {pod}: {line}"));
+                last_pod_lines.insert(pod, line);
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        match diagnosis::assess(&snapshot, policy) {
+            Verdict::Complete(progress) => {
+                spinner.finish();
+                return Ok(Outcome::Complete { progress, seconds });
+            }
+            Verdict::Failed(diagnosis)
+                if diagnosis.reason == FailureReason::DeploymentMissing && started.elapsed() < MISSING_GRACE => {}
+            Verdict::Failed(diagnosis) => {
+                spinner.finish();
+                let diagnosis = enrich(client, &target.namespace, snapshot, policy, diagnosis).await;
+                let logs = match (&diagnosis.pod, &diagnosis.container) {
+                    (Some(pod), Some(container)) => last_logs(&pods, pod, container, &diagnosis.reason).await,
+                    _ => Vec::new(),
+                };
+                return Ok(Outcome::Failed { diagnosis, logs, seconds });
+            }
+            Verdict::Progressing(progress) => {
+                if last_progress.as_ref().map(|p| &p.message) != Some(&progress.message) {
+                    spinner.set_message(format!("{}: {}", target.deployment, progress.message));
+                }
+                last_progress = Some(progress);
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            spinner.finish();
+            let stuck = first_unready_pod(&snapshot.pods);
+            return Ok(Outcome::TimedOut { progress: last_progress, diagnosis: stuck, seconds });
+        }
+        tokio::select! {
+            () = notify.notified() => {}
+            _ = tick.tick() => {}
+            () = tokio::time::sleep_until((deadline).into()) => {}
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, notify: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if let Err(error) = item {
+                tracing::debug!(%error, "watch error; retrying with back-off");
+            }
+            notify.notify_one();
+        }
+    });
+    (store, task)
+}
+
+/// Adds the failing pod's (or Deployment's) events to the diagnosis.
+async fn enrich(client: &kube::Client, namespace: &str, mut snapshot: Snapshot, policy: &Policy, diagnosis: Diagnosis) -> Diagnosis {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let object = diagnosis
+        .pod
+        .clone()
+        .or_else(|| snapshot.deployment.as_ref().and_then(|d| d.metadata.name.clone()))
+        .unwrap_or_default();
+    match events.list(&ListParams::default().fields(&format!("involvedObject.name={object}"))).await {
+        Ok(list) => snapshot.events = list.items,
+        Err(error) => tracing::debug!(%error, "cannot list events"),
+    }
+    match diagnosis::assess(&snapshot, policy) {
+        Verdict::Failed(with_events) if with_events.reason == diagnosis.reason => with_events,
+        _ => diagnosis,
+    }
+}
+
+/// The last log lines of the failing container (its previous instance when it crashed).
+async fn last_logs(pods: &Api<Pod>, pod: &str, container: &str, reason: &FailureReason) -> Vec<String> {
+    let crashed = matches!(reason, FailureReason::CrashLoopBackOff | FailureReason::OomKilled);
+    for previous in if crashed { vec![true, false] } else { vec![false] } {
+        let params = LogParams { container: Some(container.to_owned()), tail_lines: Some(LOG_LINES), previous, ..LogParams::default() };
+        if let Ok(text) = pods.logs(pod, &params).await
+            && !text.trim().is_empty()
+        {
+            return text.lines().map(str::to_owned).collect();
+        }
+    }
+    Vec::new()
+}
+
+/// One status line per pod, e.g. `Running, ready 1/1, restarts 0, image …:1.4.2`.
+pub fn pod_lines(pods: &[Pod]) -> BTreeMap<String, String> {
+    pods.iter()
+        .filter_map(|pod| {
+            let name = pod.metadata.name.clone()?;
+            let status = pod.status.as_ref();
+            let containers = status.and_then(|s| s.container_statuses.as_ref()).cloned().unwrap_or_default();
+            let ready = containers.iter().filter(|c| c.ready).count();
+            let restarts: i32 = containers.iter().map(|c| c.restart_count).sum();
+            let waiting = containers
+                .iter()
+                .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+                .next();
+            let phase = waiting.or_else(|| status.and_then(|s| s.phase.clone())).unwrap_or_else(|| "Pending".to_owned());
+            let phase = if pod.metadata.deletion_timestamp.is_some() { "Terminating".to_owned() } else { phase };
+            let total = pod.spec.as_ref().map_or(containers.len(), |s| s.containers.len());
+            Some((name, format!("{phase}, ready {ready}/{total}, restarts {restarts}")))
+        })
+        .collect()
+}
+
+fn first_unready_pod(pods: &[Pod]) -> Option<Diagnosis> {
+    pods.iter().find_map(|pod| {
+        let status = pod.status.as_ref()?;
+        let unready = status.container_statuses.iter().flatten().find(|c| !c.ready)?;
+        let reason = unready
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref().and_then(|w| w.reason.clone()))
+            .unwrap_or_else(|| "NotReady".to_owned());
+        Some(Diagnosis {
+            reason: FailureReason::ReadinessTimeout,
+            detail: reason,
+            pod: pod.metadata.name.clone(),
+            container: Some(unready.name.clone()),
+            message: "still not ready when the timeout expired".to_owned(),
+            events: Vec::new(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_lines_summarise_phase_readiness_and_restarts() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1"},
+            "spec": {"containers": [{"name": "w", "image": "x"}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "w", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
+        }))
+        .unwrap();
+        assert_eq!(pod_lines(&[pod])["web-1"], "CrashLoopBackOff, ready 0/1, restarts 3");
+    }
+}
