@@ -126,12 +126,13 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {
-        if bytes[index] == b'%' && index + 2 < bytes.len() {
-            if let Ok(value) = u8::from_str_radix(&text[index + 1..index + 3], 16) {
-                out.push(value);
-                index += 3;
-                continue;
-            }
+        if bytes[index] == b'%'
+            && index + 2 < bytes.len()
+            && let Ok(value) = u8::from_str_radix(&text[index + 1..index + 3], 16)
+        {
+            out.push(value);
+            index += 3;
+            continue;
         }
         out.push(if bytes[index] == b'+' {
             b' '
