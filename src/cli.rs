@@ -80,6 +80,20 @@ pub struct GlobalArgs {
     /// Less detail on stderr (repeat to keep only errors).
     #[arg(short = 'q', long, global = true, action = clap::ArgAction::Count)]
     pub quiet: u8,
+
+    /// PostgreSQL URL, overriding the variable named by the environment's `database_url_env`
+    /// (default `DATABASE_URL`). Shown only with its password masked.
+    #[arg(long, global = true, value_name = "URL", value_parser = parse_database_url)]
+    pub database_url: Option<crate::db::DatabaseUrl>,
+
+    /// Proceed even when the audit trail cannot be written (the gap is reported on stderr).
+    #[arg(long, global = true)]
+    pub allow_no_audit: bool,
+}
+
+fn parse_database_url(text: &str) -> Result<crate::db::DatabaseUrl, String> {
+    crate::db::DatabaseUrl::parse(text, crate::db::UrlSource::Flag)
+        .map_err(|error| error.to_string())
 }
 
 /// How data is rendered on stdout.
@@ -104,6 +118,10 @@ pub enum Command {
     /// Emergency stop: scale components to zero and restore them exactly.
     #[command(name = "kill-switch")]
     KillSwitch(KillSwitchArgs),
+    /// Database migrations, backups, restores and verification.
+    Db(DbArgs),
+    /// List the audit trail of operator actions (newest last).
+    Audit(AuditArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (roff).
@@ -208,6 +226,93 @@ pub struct CompletionsArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  psctl man | man -l -")]
 pub struct ManArgs {}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    pub command: DbCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply pending migrations (after a verified backup), or revert the newest N with --down.
+    Migrate(DbMigrateArgs),
+    /// Take a verified `pg_dump --format=custom` backup and prune psctl's old ones.
+    Backup(DbBackupArgs),
+    /// Restore a verified backup into a NEW database, migrate it and verify it.
+    Restore(DbRestoreArgs),
+    /// Check append-only enforcement, reconciliation totals and the audit hash chain.
+    Verify(DbVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl db migrate --env staging --dry-run\n  \
+psctl db migrate --database-url postgres://app@db/payments --yes\n  \
+psctl db migrate --env staging --down 1 --yes"
+)]
+pub struct DbMigrateArgs {
+    /// Revert the newest N applied migrations instead of applying pending ones. Refused on a
+    /// production environment unless --force-production and the environment name is typed.
+    #[arg(long, value_name = "N")]
+    pub down: Option<u32>,
+
+    /// Allow --down on a production environment (a typed confirmation is still required).
+    #[arg(long, requires = "down")]
+    pub force_production: bool,
+
+    /// Directory for the backup taken before migrating [default: $PSCTL_BACKUP_DIR or
+    /// ~/.local/share/psctl/backups].
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl db backup --env production --dir /var/backups/psctl\n  \
+psctl db backup --database-url postgres://app@db/payments --retention-days 7 -o json"
+)]
+pub struct DbBackupArgs {
+    /// Directory to write the dump and its manifest into [default: $PSCTL_BACKUP_DIR or
+    /// ~/.local/share/psctl/backups].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Delete psctl's backups in DIR older than this many days (only files with a psctl manifest).
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  psctl db restore --env production --into payments_restore_1123 --yes \\\n    \
+--backup /var/backups/psctl/psctl-payments-20261123T100000Z.dump"
+)]
+pub struct DbRestoreArgs {
+    /// The backup file (its `.manifest.json` must sit beside it).
+    #[arg(long, value_name = "FILE")]
+    pub backup: PathBuf,
+
+    /// Name of the NEW database to create on the same server (must not exist, must not be the
+    /// live one).
+    #[arg(long, value_name = "NEW_DATABASE")]
+    pub into: String,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  psctl db verify --env production\n  \
+psctl db verify --database-url postgres://app@db/payments_restore -o json")]
+pub struct DbVerifyArgs {}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl audit --env production --limit 20\n  psctl audit -o json"
+)]
+pub struct AuditArgs {
+    /// How many of the newest rows to show.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub limit: u32,
+}
 
 #[cfg(test)]
 mod tests {

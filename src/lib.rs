@@ -6,9 +6,11 @@
 //! access), `helm` (the Helm driver and Helm's release storage), `rollout` (tracking and
 //! diagnosis), `lock` (the deploy Lease), `output` (printing and redaction).
 
+pub mod audit;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod db;
 pub mod error;
 pub mod helm;
 pub mod lock;

@@ -1,7 +1,9 @@
 //! One file per subcommand; each is thin: resolve → plan → execute → report. The single `match`
 //! below is the only place that knows every command.
 
+pub mod audit;
 pub mod completions;
+pub mod db;
 pub mod deploy;
 pub mod history;
 pub mod kill_switch;
@@ -21,6 +23,8 @@ pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output
         Command::Rollback(args) => rollback::run(args, global, output).await,
         Command::Status(args) => status::run(args, global, output).await,
         Command::KillSwitch(args) => kill_switch::run(args, global, output).await,
+        Command::Db(args) => db::run(args, global, output).await,
+        Command::Audit(args) => audit::run(args, global, output).await,
         Command::Completions(args) => completions::completions(args, output),
         Command::Man(args) => completions::man(args, output),
     }

@@ -29,6 +29,10 @@ pub struct GlobalSettings {
     pub yes: bool,
     /// `-v` count minus `-q` count: 0 normal, >0 chattier, <0 quieter.
     pub verbosity: i8,
+    /// `--database-url`: wins over the environment's `database_url_env`. Debug masks the password.
+    pub database_url: Option<crate::db::DatabaseUrl>,
+    /// `--allow-no-audit`: act even when the audit trail cannot be written.
+    pub allow_no_audit: bool,
 }
 
 impl GlobalSettings {
@@ -43,6 +47,8 @@ impl GlobalSettings {
             yes,
             verbose,
             quiet,
+            database_url,
+            allow_no_audit,
         } = args;
         let clamp = |count: u8| i8::try_from(count).unwrap_or(i8::MAX);
         Self {
@@ -57,6 +63,8 @@ impl GlobalSettings {
             dry_run,
             yes,
             verbosity: clamp(verbose).saturating_sub(clamp(quiet)),
+            database_url,
+            allow_no_audit,
         }
     }
 
@@ -256,6 +264,8 @@ mod tests {
             dry_run: false,
             yes: false,
             verbosity: 0,
+            database_url: None,
+            allow_no_audit: false,
         };
         assert_eq!(settings.environment().unwrap().namespace, "apps");
         settings.namespace = Some("other".to_owned());
