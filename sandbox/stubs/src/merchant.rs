@@ -117,7 +117,9 @@ pub struct MerchantSink {
 
 impl std::fmt::Debug for MerchantSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MerchantSink").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("MerchantSink")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -193,7 +195,12 @@ impl MerchantSink {
 
     /// How many times `webhook_id` was accepted.
     pub fn accepted_count(&self, webhook_id: &str) -> u32 {
-        self.shared.lock().accepted_ids.get(webhook_id).copied().unwrap_or(0)
+        self.shared
+            .lock()
+            .accepted_ids
+            .get(webhook_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Forgets deliveries and counters (behaviour is kept).
@@ -231,12 +238,23 @@ async fn control(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             shared.lock().behaviour = behaviour.clone();
             axum::Json(behaviour).into_response()
         }
-        Ok(_) => (StatusCode::BAD_REQUEST, "fail_rate must be between 0.0 and 1.0\n").into_response(),
-        Err(error) => (StatusCode::BAD_REQUEST, format!("invalid behaviour: {error}\n")).into_response(),
+        Ok(_) => (
+            StatusCode::BAD_REQUEST,
+            "fail_rate must be between 0.0 and 1.0\n",
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            format!("invalid behaviour: {error}\n"),
+        )
+            .into_response(),
     }
 }
 
-async fn deliveries_endpoint(State(shared): State<Arc<Shared>>, method: axum::http::Method) -> Response {
+async fn deliveries_endpoint(
+    State(shared): State<Arc<Shared>>,
+    method: axum::http::Method,
+) -> Response {
     if method == axum::http::Method::DELETE {
         reset(&shared);
         return StatusCode::NO_CONTENT.into_response();
@@ -249,7 +267,12 @@ async fn deliveries_endpoint(State(shared): State<Arc<Shared>>, method: axum::ht
     .into_response()
 }
 
-async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let verdict = verify(&shared.key, &headers, &body, SystemTime::now());
     let webhook_id = header_str(&headers, "webhook-id").map(str::to_owned);
     let (behaviour, fail) = {
@@ -290,7 +313,9 @@ async fn receive(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap
         if inner.record {
             let recorded_headers = headers
                 .iter()
-                .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+                .filter_map(|(name, value)| {
+                    Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+                })
                 .collect();
             inner.deliveries.push(Delivery {
                 path: uri.path().to_owned(),
@@ -329,7 +354,9 @@ pub fn verify(key: &[u8], headers: &HeaderMap, body: &[u8], now: SystemTime) -> 
     let id = header_str(headers, "webhook-id").ok_or("missing webhook-id")?;
     let timestamp = header_str(headers, "webhook-timestamp").ok_or("missing webhook-timestamp")?;
     let signatures = header_str(headers, "webhook-signature").ok_or("missing webhook-signature")?;
-    let sent: i64 = timestamp.parse().map_err(|_| "webhook-timestamp is not an integer")?;
+    let sent: i64 = timestamp
+        .parse()
+        .map_err(|_| "webhook-timestamp is not an integer")?;
     let now = now
         .duration_since(UNIX_EPOCH)
         .map_err(|_| "sink clock before 1970")?
@@ -384,7 +411,11 @@ mod tests {
         assert_eq!(verify(&key, &good, body, at), Ok(()));
         assert!(verify(&key, &good, br#"{"test": 1}"#, at).is_err());
         let late = at + TIMESTAMP_TOLERANCE + Duration::from_secs(1);
-        assert!(verify(&key, &good, body, late).unwrap_err().contains("tolerance"));
+        assert!(
+            verify(&key, &good, body, late)
+                .unwrap_err()
+                .contains("tolerance")
+        );
         let mut missing = good.clone();
         missing.remove("webhook-signature");
         assert!(verify(&key, &missing, body, at).is_err());

@@ -80,20 +80,31 @@ mod tests {
     fn retry_after_wins_when_longer_and_is_capped() {
         let asked = Some(Duration::from_secs(30));
         assert_eq!(POLICY.next_delay(1, 0.0, asked), Duration::from_secs(30));
-        assert_eq!(POLICY.next_delay(6, 0.0, Some(Duration::from_secs(1))), Duration::from_secs(30));
+        assert_eq!(
+            POLICY.next_delay(6, 0.0, Some(Duration::from_secs(1))),
+            Duration::from_secs(30)
+        );
         let huge = Some(Duration::from_secs(10 * 24 * 3600));
         assert_eq!(POLICY.next_delay(1, 0.0, huge), MAX_RETRY_AFTER);
     }
 
     #[test]
     fn parses_both_retry_after_forms() {
-        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
     }

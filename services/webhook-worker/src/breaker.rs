@@ -57,7 +57,10 @@ impl<K: Eq + Hash + Clone> Breakers<K> {
         match *state {
             State::Closed { .. } => Permit::Allowed,
             State::Open { until } if now < until => Permit::Rejected(until - now),
-            State::Open { .. } | State::HalfOpen { probe_in_flight: false } => {
+            State::Open { .. }
+            | State::HalfOpen {
+                probe_in_flight: false,
+            } => {
                 *state = State::HalfOpen {
                     probe_in_flight: true,
                 };
@@ -100,6 +103,21 @@ impl<K: Eq + Hash + Clone> Breakers<K> {
             }
             // A late failure from before the breaker opened changes nothing.
             (State::Open { .. }, false) => false,
+        }
+    }
+
+    /// Hands back a probe permit that was not used (the delivery was deferred for another
+    /// reason), so the next caller can probe instead.
+    pub fn abandon_probe(&mut self, key: &K) {
+        if let Some(state) = self.states.get_mut(key)
+            && *state
+                == (State::HalfOpen {
+                    probe_in_flight: true,
+                })
+        {
+            *state = State::HalfOpen {
+                probe_in_flight: false,
+            };
         }
     }
 
@@ -168,6 +186,12 @@ mod tests {
         assert!(matches!(breakers.permit(&"m", later), Permit::Rejected(_)));
         let much_later = later + Duration::from_secs(31);
         assert_eq!(breakers.permit(&"m", much_later), Permit::Probe);
+        breakers.abandon_probe(&"m");
+        assert_eq!(
+            breakers.permit(&"m", much_later),
+            Permit::Probe,
+            "an abandoned probe is offered again"
+        );
         assert!(!breakers.record(&"m", true, much_later));
         assert_eq!(breakers.permit(&"m", much_later), Permit::Allowed);
     }

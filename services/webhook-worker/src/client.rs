@@ -66,7 +66,10 @@ impl DeliveryClient {
             .pool_max_idle_per_host(settings.max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
-            .user_agent(concat!("problemsolver-webhook-worker/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "problemsolver-webhook-worker/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()?;
         Ok(Self {
             http,
@@ -76,7 +79,12 @@ impl DeliveryClient {
 
     /// Sends one signed delivery. Returns the outcome and the time spent on the wire (zero when
     /// the target was refused before any connection).
-    pub async fn deliver(&self, url: &str, headers: &SignedHeaders, body: String) -> (Attempt, Duration) {
+    pub async fn deliver(
+        &self,
+        url: &str,
+        headers: &SignedHeaders,
+        body: String,
+    ) -> (Attempt, Duration) {
         let url = match check_url(url, self.policy) {
             Ok(url) => url,
             Err(refused) => return (refused_attempt(&refused), Duration::ZERO),

@@ -13,11 +13,8 @@ use crate::ssrf::TargetPolicy;
 use crate::worker::WorkerConfig;
 
 /// Delivers signed webhooks (Standard Webhooks) from the Postgres `webhook_queue` to merchants.
-///
-/// Secrets (`DATABASE_URL`, `ENCRYPTION_MASTER_KEY`) are read from the environment only and are
-/// never printed.
 #[derive(Debug, Parser)]
-#[command(name = "problemsolver-webhook-worker", version)]
+#[command(name = "problemsolver-webhook-worker", version, after_long_help = ENVIRONMENT_HELP, after_help = ENVIRONMENT_HELP)]
 pub struct Args {
     /// Deliver what is due now, then exit (0 when the queue was reachable).
     #[arg(long)]
@@ -26,10 +23,6 @@ pub struct Args {
     /// Address of the /metrics, /health and /ready server.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8001")]
     pub metrics_addr: SocketAddr,
-
-    /// Log format: `json` or `text`. Log filter: `RUST_LOG` (default `info`).
-    #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
-    pub log_format: String,
 
     /// Allow plain http:// and private, loopback or link-local targets. Sandbox and tests ONLY:
     /// it disables the SSRF defence, and the worker says so loudly at start.
@@ -111,13 +104,23 @@ pub enum ConfigError {
     BackoffRange,
 }
 
+/// Variables read outside clap: the secret ones are never shown with their values.
+const ENVIRONMENT_HELP: &str = "\
+Environment (secrets, read from the environment only and never printed):
+  DATABASE_URL           postgres:// URL of the problemsolver database (required)
+  ENCRYPTION_MASTER_KEY  32-byte AES-256-GCM key decrypting merchants' webhook secrets,
+                         as 64 hex characters or base64 (required)
+Logging:
+  RUST_LOG               log filter (default `info`)
+  LOG_FORMAT             `json` or `text` (default `text`)
+Every option above can also be set with the variable shown next to it.";
+
 impl Args {
     /// The worker settings these arguments describe.
     pub fn worker_config(&self) -> Result<WorkerConfig, ConfigError> {
         let Self {
             once: _,
             metrics_addr: _,
-            log_format: _,
             allow_insecure_targets,
             global_rps,
             endpoint_rps,
@@ -137,7 +140,11 @@ impl Args {
             database_max_connections: _,
         } = self;
         let nonzero = |value: u64, name: &'static str| {
-            if value == 0 { Err(ConfigError::Zero(name)) } else { Ok(value) }
+            if value == 0 {
+                Err(ConfigError::Zero(name))
+            } else {
+                Ok(value)
+            }
         };
         nonzero(*concurrency as u64, "WEBHOOK_CONCURRENCY")?;
         nonzero(u64::from(*batch_size), "WEBHOOK_BATCH_SIZE")?;
@@ -186,9 +193,17 @@ fn default_worker_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
         .unwrap_or_else(|| "worker".to_owned());
-    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 #[cfg(test)]
@@ -212,7 +227,9 @@ mod tests {
 
     #[test]
     fn insecure_targets_need_an_explicit_true() {
-        let config = parse(&["--allow-insecure-targets", "true"]).worker_config().unwrap();
+        let config = parse(&["--allow-insecure-targets", "true"])
+            .worker_config()
+            .unwrap();
         assert_eq!(config.client.policy, TargetPolicy::Insecure);
         assert!(Args::try_parse_from(["w", "--allow-insecure-targets", "yes"]).is_err());
     }
@@ -221,7 +238,9 @@ mod tests {
     fn bad_values_name_the_variable() {
         let err = parse(&["--concurrency", "0"]).worker_config().unwrap_err();
         assert!(err.to_string().contains("WEBHOOK_CONCURRENCY"));
-        let err = parse(&["--backoff-base-ms", "10", "--backoff-max-ms", "5"]).worker_config().unwrap_err();
+        let err = parse(&["--backoff-base-ms", "10", "--backoff-max-ms", "5"])
+            .worker_config()
+            .unwrap_err();
         assert_eq!(err, ConfigError::BackoffRange);
         assert!(Args::try_parse_from(["w", "--global-rps", "0"]).is_err());
     }

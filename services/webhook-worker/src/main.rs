@@ -1,3 +1,182 @@
-//! problemsolver-webhook-worker binary.
+//! problemsolver-webhook-worker: reads configuration, connects, serves /metrics /health /ready,
+//! and runs the delivery loop until SIGTERM (or, with `--once`, until nothing is due).
 
-fn main() {}
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use problemsolver_core::crypto::MasterKey;
+use problemsolver_core::db::{self, PoolConfig};
+use problemsolver_core::http::{MetricsServer, Readiness, Shutdown};
+use problemsolver_core::{config, telemetry};
+use problemsolver_webhook_worker::config::Args;
+use problemsolver_webhook_worker::metrics::Metrics;
+use problemsolver_webhook_worker::signing::SigningKey;
+use problemsolver_webhook_worker::ssrf::TargetPolicy;
+use problemsolver_webhook_worker::worker::{SecretOpener, Worker};
+use prometheus_client::registry::Registry;
+
+/// Decrypts merchants' secrets with the master key.
+struct MasterKeyOpener(MasterKey);
+
+impl SecretOpener for MasterKeyOpener {
+    fn open(&self, ciphertext: &[u8], nonce: &[u8]) -> Result<SigningKey, String> {
+        let secret = self
+            .0
+            .decrypt(ciphertext, nonce)
+            .map_err(|error| error.to_string())?;
+        SigningKey::from_whsec(secret.expose()).map_err(|error| error.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    telemetry::init()?;
+    let config = args.worker_config()?;
+    let database_url = config::env_secret("DATABASE_URL")?;
+    let master_key = MasterKey::from_env()?;
+    if config.client.policy == TargetPolicy::Insecure {
+        tracing::warn!(
+            "WEBHOOK_ALLOW_INSECURE_TARGETS=true: SSRF DEFENCE IS OFF. Plain http:// and private, loopback and \
+             link-local targets are allowed. This setting is for the sandbox and tests only; never use it in production."
+        );
+    }
+
+    let shutdown = Shutdown::on_signals();
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let readiness = Readiness::new("connecting to the database");
+    let server = if args.once {
+        None
+    } else {
+        let server =
+            MetricsServer::bind(args.metrics_addr, Arc::new(registry), readiness.clone()).await?;
+        tracing::info!(addr = ?server.local_addr(), "serving /metrics, /health and /ready");
+        let stop = shutdown.clone();
+        Some(tokio::spawn(async move { server.serve(stop).await }))
+    };
+
+    let pool_config = PoolConfig {
+        max_connections: args.database_max_connections,
+        application_name: "problemsolver-webhook-worker".to_owned(),
+        ..PoolConfig::default()
+    };
+    let pool = db::connect(&database_url, &pool_config)
+        .await
+        .context("starting the webhook worker")?;
+    readiness.set_ready();
+    metrics.health.set(1);
+    tokio::spawn(watch_database(
+        pool.clone(),
+        readiness.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    tracing::info!(
+        owner = %config.owner,
+        concurrency = config.concurrency,
+        batch_size = config.batch_size,
+        global_rps = config.global_rps.get(),
+        endpoint_rps = config.per_endpoint_rps.get(),
+        once = args.once,
+        "webhook worker starting"
+    );
+    let worker = Arc::new(Worker::new(
+        pool.clone(),
+        config,
+        metrics,
+        Arc::new(MasterKeyOpener(master_key)),
+    )?);
+    tokio::spawn(Arc::clone(&worker).housekeeping(
+        Duration::from_secs(args.queue_depth_interval_secs.max(1)),
+        shutdown.token(),
+    ));
+
+    let token = shutdown.token();
+    let running = {
+        let worker = Arc::clone(&worker);
+        tokio::spawn(async move { worker.run(token, args.once).await })
+    };
+    let totals = if args.once {
+        running.await.context("the delivery loop failed")?
+    } else {
+        shutdown.triggered().await;
+        readiness.set_not_ready("shutting down");
+        let grace = Duration::from_secs(args.shutdown_grace_secs);
+        match tokio::time::timeout(grace, running).await {
+            Ok(joined) => joined.context("the delivery loop failed")?,
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = args.shutdown_grace_secs,
+                    "in-flight deliveries did not finish within the grace period; their leases will expire and the rows will be retried"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    };
+    shutdown.trigger();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    pool.close().await;
+    tracing::info!(
+        claimed = totals.claimed,
+        delivered = totals.delivered,
+        failed = totals.failed,
+        dead = totals.dead,
+        disabled = totals.disabled,
+        released = totals.released,
+        queue_errors = totals.queue_errors,
+        "webhook worker stopped"
+    );
+    if totals.queue_errors > 0 && args.once {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps `/ready` and `worker_health_status` true to whether the database answers.
+async fn watch_database(
+    pool: sqlx::PgPool,
+    readiness: Readiness,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) {
+    loop {
+        if db::ping(&pool, Duration::from_secs(2)).await {
+            readiness.set_ready();
+            metrics.health.set(1);
+        } else {
+            readiness.set_not_ready("database unreachable");
+            metrics.health.set(0);
+        }
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

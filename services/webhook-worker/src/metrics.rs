@@ -77,7 +77,9 @@ impl Metrics {
 
     fn deliveries_with(&self, success: bool) -> Counter {
         let status = if success { "success" } else { "failure" };
-        self.deliveries.get_or_create(&StatusLabel { status }).clone()
+        self.deliveries
+            .get_or_create(&StatusLabel { status })
+            .clone()
     }
 
     /// Attempts counted so far with this outcome.
@@ -120,7 +122,10 @@ mod tests {
             "webhook_delivery_duration_seconds_bucket{le=\"0.005\"} 0",
             "webhook_delivery_duration_seconds_bucket{le=\"10.0\"} 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
         }
     }
 }

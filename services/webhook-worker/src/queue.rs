@@ -76,7 +76,12 @@ impl Completion {
 }
 
 /// Claims up to `limit` due rows for `owner` for `lease`.
-pub async fn claim(pool: &PgPool, owner: &str, limit: i64, lease: Duration) -> sqlx::Result<Vec<Claimed>> {
+pub async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    limit: i64,
+    lease: Duration,
+) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as::<_, Claimed>(
         r#"
         WITH due AS (
@@ -200,7 +205,9 @@ pub async fn disable_merchant(pool: &PgPool, merchant_id: Uuid, reason: &str) ->
 
 /// Rows waiting to be delivered or being delivered.
 pub async fn depth(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM webhook_queue WHERE status IN ('pending', 'delivering')")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_queue WHERE status IN ('pending', 'delivering')",
+    )
+    .fetch_one(pool)
+    .await
 }

@@ -67,7 +67,10 @@ mod tests {
         assert!(limits.try_endpoint(&"a").is_ok());
         assert!(limits.try_endpoint(&"a").is_ok());
         let wait = limits.try_endpoint(&"a").unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
         assert!(limits.try_endpoint(&"b").is_ok());
     }
 
@@ -79,6 +82,10 @@ mod tests {
             limits.global().await;
         }
         // A burst of 20, then 10 more at 20/s: at least ~0.45 s.
-        assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

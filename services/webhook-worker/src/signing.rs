@@ -127,7 +127,10 @@ mod tests {
 
     #[test]
     fn bad_secrets_are_refused_without_echoing_them() {
-        assert_eq!(SigningKey::from_whsec("whsec_").unwrap_err(), SigningKeyError::Empty);
+        assert_eq!(
+            SigningKey::from_whsec("whsec_").unwrap_err(),
+            SigningKeyError::Empty
+        );
         let err = SigningKey::from_whsec("whsec_not base64!!").unwrap_err();
         assert_eq!(err, SigningKeyError::NotBase64);
         assert!(!err.to_string().contains("not base64!!"));

@@ -75,7 +75,9 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
         0x0000 if segments[..6] == [0; 6] => "IPv4-compatible (deprecated)",
         0x0064 if segments[1] == 0xff9b => "NAT64",
         0x0100 if segments[1..4] == [0; 3] => "discard-only",
-        0x2001 if segments[1] < 0x0200 => "IETF protocol assignments (Teredo, ORCHID, benchmarking)",
+        0x2001 if segments[1] < 0x0200 => {
+            "IETF protocol assignments (Teredo, ORCHID, benchmarking)"
+        }
         0x2001 if segments[1] == 0x0db8 => "documentation",
         0x2002 => "6to4",
         0x3fff if segments[1] < 0x1000 => "documentation",
@@ -140,7 +142,8 @@ impl Resolve for GuardedResolver {
         let host = name.as_str().to_owned();
         Box::pin(async move {
             // Port 0: reqwest substitutes the URL's port.
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed = filter_addresses(&host, addrs, policy)?;
             let iter: Addrs = Box::new(allowed.into_iter());
             Ok(iter)
@@ -159,10 +162,24 @@ mod tests {
     #[test]
     fn non_public_v4_ranges_are_refused() {
         for ip in [
-            "0.0.0.0", "10.1.2.3", "100.64.0.1", "100.127.255.254", "127.0.0.1", "127.9.9.9",
-            "169.254.169.254", "172.16.0.1", "172.31.255.255", "192.0.0.8", "192.0.2.1",
-            "192.168.1.1", "198.18.0.1", "198.51.100.7", "203.0.113.9", "224.0.0.1",
-            "239.255.255.250", "255.255.255.255",
+            "0.0.0.0",
+            "10.1.2.3",
+            "100.64.0.1",
+            "100.127.255.254",
+            "127.0.0.1",
+            "127.9.9.9",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
         ] {
             assert!(refused(ip), "{ip} must be refused");
         }
@@ -171,9 +188,20 @@ mod tests {
     #[test]
     fn non_public_v6_ranges_are_refused() {
         for ip in [
-            "::", "::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1",
-            "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1", "2001:db8::1", "64:ff9b::a9fe:a9fe",
-            "::127.0.0.1", "2002:7f00:1::1", "100::1",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:10.0.0.1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+            "2002:7f00:1::1",
+            "100::1",
         ] {
             assert!(refused(ip), "{ip} must be refused");
         }
@@ -182,8 +210,15 @@ mod tests {
     #[test]
     fn public_addresses_pass() {
         for ip in [
-            "1.1.1.1", "8.8.8.8", "100.63.255.255", "100.128.0.1", "172.15.0.1", "172.32.0.1",
-            "2606:4700:4700::1111", "2a00:1450:4001::200e", "::ffff:8.8.8.8",
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.15.0.1",
+            "172.32.0.1",
+            "2606:4700:4700::1111",
+            "2a00:1450:4001::200e",
+            "::ffff:8.8.8.8",
         ] {
             assert!(!refused(ip), "{ip} must be allowed");
         }
@@ -192,15 +227,32 @@ mod tests {
     #[test]
     fn urls_are_checked_before_any_request() {
         let strict = TargetPolicy::PublicHttpsOnly;
-        assert!(matches!(check_url("http://example.com/h", strict), Err(TargetRefused::Scheme(s)) if s == "http"));
-        assert!(matches!(check_url("ftp://example.com/h", TargetPolicy::Insecure), Err(TargetRefused::Scheme(_))));
-        assert!(matches!(check_url("https://127.0.0.1/h", strict), Err(TargetRefused::NonPublicAddress(..))));
-        assert!(matches!(check_url("https://[::1]:8443/h", strict), Err(TargetRefused::NonPublicAddress(..))));
+        assert!(
+            matches!(check_url("http://example.com/h", strict), Err(TargetRefused::Scheme(s)) if s == "http")
+        );
+        assert!(matches!(
+            check_url("ftp://example.com/h", TargetPolicy::Insecure),
+            Err(TargetRefused::Scheme(_))
+        ));
+        assert!(matches!(
+            check_url("https://127.0.0.1/h", strict),
+            Err(TargetRefused::NonPublicAddress(..))
+        ));
+        assert!(matches!(
+            check_url("https://[::1]:8443/h", strict),
+            Err(TargetRefused::NonPublicAddress(..))
+        ));
         assert!(matches!(
             check_url("https://169.254.169.254/latest/meta-data", strict),
-            Err(TargetRefused::NonPublicAddress(_, "link-local (includes cloud metadata)"))
+            Err(TargetRefused::NonPublicAddress(
+                _,
+                "link-local (includes cloud metadata)"
+            ))
         ));
-        assert!(matches!(check_url("not a url", strict), Err(TargetRefused::InvalidUrl(_))));
+        assert!(matches!(
+            check_url("not a url", strict),
+            Err(TargetRefused::InvalidUrl(_))
+        ));
         assert!(check_url("https://merchant.example/hook", strict).is_ok());
         assert!(check_url("http://127.0.0.1:8080/hook", TargetPolicy::Insecure).is_ok());
     }
@@ -211,8 +263,14 @@ mod tests {
         let private: SocketAddr = "10.0.0.1:0".parse().unwrap();
         let strict = TargetPolicy::PublicHttpsOnly;
         assert!(filter_addresses("h", vec![public, private], strict).is_err());
-        assert_eq!(filter_addresses("h", vec![public], strict).unwrap(), vec![public]);
-        assert!(matches!(filter_addresses("h", vec![], strict), Err(TargetRefused::NoAddress(_))));
+        assert_eq!(
+            filter_addresses("h", vec![public], strict).unwrap(),
+            vec![public]
+        );
+        assert!(matches!(
+            filter_addresses("h", vec![], strict),
+            Err(TargetRefused::NoAddress(_))
+        ));
         assert_eq!(
             filter_addresses("h", vec![private], TargetPolicy::Insecure).unwrap(),
             vec![private]
@@ -221,9 +279,13 @@ mod tests {
 
     #[tokio::test]
     async fn localhost_is_refused_after_resolution() {
-        let resolver = GuardedResolver { policy: TargetPolicy::PublicHttpsOnly };
+        let resolver = GuardedResolver {
+            policy: TargetPolicy::PublicHttpsOnly,
+        };
         let result = resolver.resolve("localhost".parse().unwrap()).await;
-        let Err(err) = result else { panic!("localhost must be refused") };
+        let Err(err) = result else {
+            panic!("localhost must be refused")
+        };
         assert!(err.to_string().contains("not public"), "{err}");
     }
 }

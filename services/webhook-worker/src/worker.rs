@@ -58,6 +58,8 @@ pub struct Totals {
     pub dead: u64,
     pub disabled: u64,
     pub released: u64,
+    /// Batches that failed on the database (claim or completion).
+    pub queue_errors: u64,
 }
 
 impl Totals {
@@ -68,6 +70,7 @@ impl Totals {
         self.dead += other.dead;
         self.disabled += other.disabled;
         self.released += other.released;
+        self.queue_errors += other.queue_errors;
     }
 }
 
@@ -130,7 +133,9 @@ impl Worker {
         for _ in 0..pipelines {
             let worker = Arc::clone(self);
             let shutdown = shutdown.clone();
-            handles.push(tokio::spawn(async move { worker.pipeline(shutdown, once).await }));
+            handles.push(tokio::spawn(async move {
+                worker.pipeline(shutdown, once).await
+            }));
         }
         let mut totals = Totals::default();
         for handle in handles {
@@ -160,6 +165,7 @@ impl Worker {
                 }
                 Err(error) => {
                     db_failures += 1;
+                    totals.queue_errors += 1;
                     self.metrics.health.set(0);
                     tracing::warn!(error = %error, consecutive = db_failures, "webhook queue unavailable");
                     if once && db_failures >= 3 {
@@ -177,7 +183,13 @@ impl Worker {
 
     /// Claims, delivers and completes one batch.
     pub async fn run_batch(&self, shutdown: &CancellationToken) -> sqlx::Result<Totals> {
-        let rows = queue::claim(&self.pool, &self.config.owner, self.config.batch_size, self.config.lease).await?;
+        let rows = queue::claim(
+            &self.pool,
+            &self.config.owner,
+            self.config.batch_size,
+            self.config.lease,
+        )
+        .await?;
         let mut totals = Totals {
             claimed: rows.len() as u64,
             ..Totals::default()
@@ -195,8 +207,12 @@ impl Worker {
             if let Some(merchant_id) = item.disable_merchant {
                 let reason = "endpoint answered 410 Gone; webhooks disabled until re-enabled";
                 match queue::disable_merchant(&self.pool, merchant_id, reason).await {
-                    Ok(rows) => tracing::warn!(%merchant_id, queued_rows_disabled = rows, "merchant webhook endpoint disabled (410 Gone)"),
-                    Err(error) => tracing::error!(%merchant_id, %error, "could not disable merchant after 410"),
+                    Ok(rows) => {
+                        tracing::warn!(%merchant_id, queued_rows_disabled = rows, "merchant webhook endpoint disabled (410 Gone)")
+                    }
+                    Err(error) => {
+                        tracing::error!(%merchant_id, %error, "could not disable merchant after 410")
+                    }
                 }
             }
             let completion = item.completion;
@@ -272,13 +288,15 @@ impl Worker {
         }
         if let Err(wait) = self.limits.try_endpoint(&row.merchant_id) {
             if permit == Permit::Probe {
-                // Give the probe slot back by recording nothing; the breaker re-offers it.
                 self.breakers
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .record(&row.merchant_id, true, Instant::now());
+                    .abandon_probe(&row.merchant_id);
             }
-            return plain(Completion::release(row.id, wait.max(Duration::from_millis(10))));
+            return plain(Completion::release(
+                row.id,
+                wait.max(Duration::from_millis(10)),
+            ));
         }
         self.limits.global().await;
 
@@ -288,8 +306,13 @@ impl Worker {
         };
         let timestamp = Utc::now().timestamp();
         let headers = sign_delivery(&key, row.id, timestamp, row.body.as_bytes());
-        let (attempt, elapsed) = self.client.deliver(&row.webhook_url, &headers, row.body.clone()).await;
-        self.metrics.delivery_duration.observe(elapsed.as_secs_f64());
+        let (attempt, elapsed) = self
+            .client
+            .deliver(&row.webhook_url, &headers, row.body.clone())
+            .await;
+        self.metrics
+            .delivery_duration
+            .observe(elapsed.as_secs_f64());
 
         let success = matches!(attempt, Attempt::Delivered { .. });
         let counts_for_breaker = match &attempt {
@@ -338,7 +361,13 @@ impl Worker {
         }
     }
 
-    fn failed(&self, row: &Claimed, status: Option<u16>, error: String, retry_after: Option<Duration>) -> Completion {
+    fn failed(
+        &self,
+        row: &Claimed,
+        status: Option<u16>,
+        error: String,
+        retry_after: Option<Duration>,
+    ) -> Completion {
         let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
         let max_attempts = u32::try_from(row.max_attempts).unwrap_or(1);
         let dead = attempts >= max_attempts;
@@ -354,7 +383,11 @@ impl Worker {
             .next_delay(attempts, rand::random::<f64>(), retry_after);
         Completion {
             id: row.id,
-            status: if dead { FinalStatus::Dead } else { FinalStatus::Pending },
+            status: if dead {
+                FinalStatus::Dead
+            } else {
+                FinalStatus::Pending
+            },
             attempted: true,
             retry_in,
             last_error: Some(error.chars().take(1000).collect()),

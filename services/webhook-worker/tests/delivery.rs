@@ -22,7 +22,10 @@ async fn delivers_signed_webhooks_that_an_independent_verifier_accepts() {
 
     assert_eq!(totals.delivered, 3);
     let summary = sink.summary();
-    assert_eq!((summary.accepted, summary.unverified, summary.duplicates), (3, 0, 0));
+    assert_eq!(
+        (summary.accepted, summary.unverified, summary.duplicates),
+        (3, 0, 0)
+    );
     for delivery in sink.deliveries() {
         assert!(delivery.verified, "{:?}", delivery.verify_error);
         assert_eq!(delivery.path, "/hooks/paid");
@@ -33,7 +36,10 @@ async fn delivers_signed_webhooks_that_an_independent_verifier_accepts() {
     }
     for id in ids {
         let row = row(&db.pool, id).await;
-        assert_eq!((row.status.as_str(), row.attempts, row.last_status_code), ("delivered", 1, Some(204)));
+        assert_eq!(
+            (row.status.as_str(), row.attempts, row.last_status_code),
+            ("delivered", 1, Some(204))
+        );
         assert_eq!(row.lease_owner, None);
         let expected_id = format!("msg_{}", id.simple());
         assert_eq!(sink.accepted_count(&expected_id), 1);
@@ -57,26 +63,58 @@ async fn failures_retry_with_backoff_and_keep_the_webhook_id() {
 
     worker.run_batch(&CancellationToken::new()).await.unwrap();
     let first = row(&db.pool, id).await;
-    assert_eq!((first.status.as_str(), first.attempts, first.last_status_code), ("pending", 1, Some(503)));
-    assert_eq!(first.last_error.as_deref(), Some("HTTP 503 Service Unavailable"));
+    assert_eq!(
+        (
+            first.status.as_str(),
+            first.attempts,
+            first.last_status_code
+        ),
+        ("pending", 1, Some(503))
+    );
+    assert_eq!(
+        first.last_error.as_deref(),
+        Some("HTTP 503 Service Unavailable")
+    );
     // Base 10 s with equal jitter: due in [5, 10] s.
-    assert!((4.0..=10.5).contains(&first.due_in), "due in {}", first.due_in);
+    assert!(
+        (4.0..=10.5).contains(&first.due_in),
+        "due in {}",
+        first.due_in
+    );
     // Not due yet: nothing is claimed.
-    assert_eq!(worker.run_batch(&CancellationToken::new()).await.unwrap().claimed, 0);
+    assert_eq!(
+        worker
+            .run_batch(&CancellationToken::new())
+            .await
+            .unwrap()
+            .claimed,
+        0
+    );
 
     make_due(&db.pool).await;
     worker.run_batch(&CancellationToken::new()).await.unwrap();
     let second = row(&db.pool, id).await;
     assert_eq!(second.attempts, 2);
     // Second failure: [10, 20] s.
-    assert!((9.0..=20.5).contains(&second.due_in), "due in {}", second.due_in);
+    assert!(
+        (9.0..=20.5).contains(&second.due_in),
+        "due in {}",
+        second.due_in
+    );
 
     sink.set_behaviour(Behaviour::default());
     make_due(&db.pool).await;
     worker.run_batch(&CancellationToken::new()).await.unwrap();
     let done = row(&db.pool, id).await;
-    assert_eq!((done.status.as_str(), done.attempts, done.last_error), ("delivered", 3, None));
-    let ids: Vec<_> = sink.deliveries().into_iter().map(|d| d.webhook_id.unwrap()).collect();
+    assert_eq!(
+        (done.status.as_str(), done.attempts, done.last_error),
+        ("delivered", 3, None)
+    );
+    let ids: Vec<_> = sink
+        .deliveries()
+        .into_iter()
+        .map(|d| d.webhook_id.unwrap())
+        .collect();
     assert_eq!(ids, vec![format!("msg_{}", id.simple()); 3]);
     assert_eq!(worker.metrics().attempts(false), 2);
     db.drop_db().await;
@@ -98,8 +136,15 @@ async fn retry_after_is_honoured() {
 
     worker.run_batch(&CancellationToken::new()).await.unwrap();
     let row = row(&db.pool, id).await;
-    assert_eq!((row.status.as_str(), row.last_status_code), ("pending", Some(429)));
-    assert!((119.0..=121.0).contains(&row.due_in), "due in {}", row.due_in);
+    assert_eq!(
+        (row.status.as_str(), row.last_status_code),
+        ("pending", Some(429))
+    );
+    assert!(
+        (119.0..=121.0).contains(&row.due_in),
+        "due in {}",
+        row.due_in
+    );
     db.drop_db().await;
 }
 
@@ -124,7 +169,14 @@ async fn exhausted_attempts_mark_the_row_dead() {
     assert_eq!((row.status.as_str(), row.attempts), ("dead", 2));
     assert_eq!(worker.metrics().dead_letters.get(), 1);
     make_due(&db.pool).await;
-    assert_eq!(worker.run_batch(&CancellationToken::new()).await.unwrap().claimed, 0);
+    assert_eq!(
+        worker
+            .run_batch(&CancellationToken::new())
+            .await
+            .unwrap()
+            .claimed,
+        0
+    );
     assert_eq!(sink.summary().received, 2);
     db.drop_db().await;
 }
@@ -150,21 +202,28 @@ async fn gone_disables_the_merchant_endpoint_and_its_queue() {
 
     worker.run(CancellationToken::new(), true).await;
 
-    assert_eq!(sink.summary().received, 1, "one 410 is enough to stop delivering");
-    let (enabled, reason): (bool, Option<String>) =
-        sqlx::query_as("SELECT webhook_enabled, webhook_disabled_reason FROM merchants WHERE id = $1")
-            .bind(merchant)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    assert_eq!(
+        sink.summary().received,
+        1,
+        "one 410 is enough to stop delivering"
+    );
+    let (enabled, reason): (bool, Option<String>) = sqlx::query_as(
+        "SELECT webhook_enabled, webhook_disabled_reason FROM merchants WHERE id = $1",
+    )
+    .bind(merchant)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert!(!enabled);
     assert!(reason.unwrap().contains("410"));
     assert_eq!(count_status(&db.pool, "disabled").await, 5);
     assert_eq!(count_status(&db.pool, "delivered").await, 2);
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM system_events WHERE kind = 'merchant_webhook_disabled'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM system_events WHERE kind = 'merchant_webhook_disabled'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(events, 1);
     db.drop_db().await;
 }
@@ -189,7 +248,10 @@ async fn redirects_are_failures_and_are_not_followed() {
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].path, "/h");
     let row = row(&db.pool, id).await;
-    assert_eq!((row.status.as_str(), row.last_status_code), ("pending", Some(301)));
+    assert_eq!(
+        (row.status.as_str(), row.last_status_code),
+        ("pending", Some(301))
+    );
     assert!(row.last_error.unwrap().contains("not followed"));
     db.drop_db().await;
 }
@@ -200,10 +262,22 @@ async fn ssrf_guard_refuses_non_public_targets_before_connecting() {
     let sink = sink().await;
     let port = sink.addr().port();
     let targets = [
-        (format!("https://127.0.0.1:{port}/h"), "not public (loopback)"),
-        (format!("https://localhost:{port}/h"), "not public (loopback)"),
-        ("https://169.254.169.254/latest/meta-data".to_owned(), "link-local"),
-        ("https://[::ffff:10.0.0.1]/h".to_owned(), "not public (private)"),
+        (
+            format!("https://127.0.0.1:{port}/h"),
+            "not public (loopback)",
+        ),
+        (
+            format!("https://localhost:{port}/h"),
+            "not public (loopback)",
+        ),
+        (
+            "https://169.254.169.254/latest/meta-data".to_owned(),
+            "link-local",
+        ),
+        (
+            "https://[::ffff:10.0.0.1]/h".to_owned(),
+            "not public (private)",
+        ),
         ("https://100.64.1.1/h".to_owned(), "carrier-grade NAT"),
         (sink.url("/h"), "only https is allowed"),
     ];
@@ -224,7 +298,10 @@ async fn ssrf_guard_refuses_non_public_targets_before_connecting() {
         let error = row.last_error.unwrap_or_default();
         assert!(error.starts_with("target refused: "), "{url}: {error}");
         assert!(error.contains(expected), "{url}: {error}");
-        assert_eq!((row.status.as_str(), row.attempts, row.last_status_code), ("pending", 1, None));
+        assert_eq!(
+            (row.status.as_str(), row.attempts, row.last_status_code),
+            ("pending", 1, None)
+        );
     }
     db.drop_db().await;
 }
@@ -236,11 +313,21 @@ async fn a_dead_workers_lease_expires_and_the_row_is_delivered() {
     let merchant = merchant(&db.pool, &sink.url("/h")).await;
     let ids = enqueue(&db.pool, merchant, 3, 12).await;
     // A worker claims the rows and dies without completing them.
-    let claimed = queue::claim(&db.pool, "dead-worker", 10, Duration::from_secs(1)).await.unwrap();
+    let claimed = queue::claim(&db.pool, "dead-worker", 10, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 3);
     let worker = worker(&db.pool, config("w2"));
 
-    assert_eq!(worker.run_batch(&CancellationToken::new()).await.unwrap().claimed, 0, "leases still held");
+    assert_eq!(
+        worker
+            .run_batch(&CancellationToken::new())
+            .await
+            .unwrap()
+            .claimed,
+        0,
+        "leases still held"
+    );
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let totals = worker.run_batch(&CancellationToken::new()).await.unwrap();
 
@@ -253,7 +340,12 @@ async fn a_dead_workers_lease_expires_and_the_row_is_delivered() {
         .iter()
         .map(|c| queue::Completion::release(c.id, Duration::ZERO))
         .collect();
-    assert_eq!(queue::complete(&db.pool, "dead-worker", &stale).await.unwrap(), 0);
+    assert_eq!(
+        queue::complete(&db.pool, "dead-worker", &stale)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(count_status(&db.pool, "delivered").await, 3);
     db.drop_db().await;
 }
@@ -277,14 +369,23 @@ async fn circuit_breaker_opens_then_half_opens_with_one_probe() {
 
     let totals = worker.run_batch(&CancellationToken::new()).await.unwrap();
 
-    assert_eq!(sink.summary().received, 3, "the breaker stops calls after 3 failures");
+    assert_eq!(
+        sink.summary().received,
+        3,
+        "the breaker stops calls after 3 failures"
+    );
     assert_eq!((totals.failed, totals.released), (3, 7));
     assert_eq!(worker.metrics().breaker_opens.get(), 1);
-    let untouched: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_queue WHERE attempts = 0 AND status = 'pending'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(untouched, 7, "rows held back by the breaker are not charged an attempt");
+    let untouched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_queue WHERE attempts = 0 AND status = 'pending'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        untouched, 7,
+        "rows held back by the breaker are not charged an attempt"
+    );
 
     // Still open: everything made due is held back without a call.
     make_due(&db.pool).await;
@@ -295,7 +396,11 @@ async fn circuit_breaker_opens_then_half_opens_with_one_probe() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     make_due(&db.pool).await;
     worker.run_batch(&CancellationToken::new()).await.unwrap();
-    assert_eq!(sink.summary().received, 4, "exactly one probe while half-open");
+    assert_eq!(
+        sink.summary().received,
+        4,
+        "exactly one probe while half-open"
+    );
     assert_eq!(worker.metrics().breaker_opens.get(), 2);
 
     // Half-open again, the merchant has recovered: the probe closes the breaker and the rest flows.
@@ -323,10 +428,12 @@ async fn per_endpoint_rate_limit_defers_without_charging_attempts() {
 
     assert_eq!((totals.delivered, totals.released), (10, 15));
     assert_eq!(sink.summary().received, 10);
-    let charged: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_queue WHERE status = 'pending' AND attempts > 0")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let charged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_queue WHERE status = 'pending' AND attempts > 0",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(charged, 0);
     db.drop_db().await;
 }
@@ -345,9 +452,15 @@ async fn two_workers_never_deliver_the_same_row_twice() {
     second.owner = "w2".to_owned();
     let (a, b) = (worker(&db.pool, first), worker(&db.pool, second));
 
-    let (ta, tb) = tokio::join!(a.run(CancellationToken::new(), true), b.run(CancellationToken::new(), true));
+    let (ta, tb) = tokio::join!(
+        a.run(CancellationToken::new(), true),
+        b.run(CancellationToken::new(), true)
+    );
 
-    assert!(ta.delivered > 0 && tb.delivered > 0, "both workers took part: {ta:?} {tb:?}");
+    assert!(
+        ta.delivered > 0 && tb.delivered > 0,
+        "both workers took part: {ta:?} {tb:?}"
+    );
     assert_eq!(ta.delivered + tb.delivered, 2000);
     let summary = sink.summary();
     assert_eq!((summary.accepted, summary.duplicates), (2000, 0));
@@ -376,6 +489,9 @@ async fn shutdown_releases_claimed_rows_that_were_not_attempted() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(released, 5, "released rows are immediately due for another worker");
+    assert_eq!(
+        released, 5,
+        "released rows are immediately due for another worker"
+    );
     db.drop_db().await;
 }

@@ -42,13 +42,26 @@ impl TestDb {
     pub async fn new() -> Self {
         let admin_url = admin_url();
         let name = format!("webhook_worker_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&admin_url).await.expect("connect to PSCTL_TEST_DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to PSCTL_TEST_DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
         admin.close().await.unwrap();
         let url = database_url(&admin_url, &name);
-        let pool = PgPoolOptions::new().max_connections(10).connect(&url).await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&url)
+            .await
+            .unwrap();
         sqlx::migrate!("../../migrations").run(&pool).await.unwrap();
-        Self { pool, name, admin_url }
+        Self {
+            pool,
+            name,
+            admin_url,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -58,10 +71,13 @@ impl TestDb {
     pub async fn drop_db(self) {
         self.pool.close().await;
         let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     }
 }
 
@@ -72,7 +88,10 @@ pub fn database_url(admin_url: &str, name: &str) -> String {
         None => (admin_url, None),
     };
     let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[authority_end..].find('/').map(|i| i + authority_end).unwrap_or(base.len());
+    let path_start = base[authority_end..]
+        .find('/')
+        .map(|i| i + authority_end)
+        .unwrap_or(base.len());
     let mut url = format!("{}/{}", &base[..path_start], name);
     if let Some(query) = query {
         url.push('?');
@@ -156,7 +175,9 @@ pub fn worker(pool: &PgPool, config: WorkerConfig) -> Arc<Worker> {
 
 pub async fn sink() -> problemsolver_stubs::merchant::MerchantSink {
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    problemsolver_stubs::merchant::MerchantSink::start(addr, SECRET).await.unwrap()
+    problemsolver_stubs::merchant::MerchantSink::start(addr, SECRET)
+        .await
+        .unwrap()
 }
 
 #[derive(Debug, sqlx::FromRow)]
