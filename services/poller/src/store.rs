@@ -1,0 +1,234 @@
+//! The poller's SQL: idempotent raw-deposit upsert, checkpoints, the set-based matching step
+//! (invoice→paid, payment, ledger credit, webhook_queue row in one transaction per batch) and
+//! the allocation-collision watermark.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::binance::Deposit;
+
+/// Checkpoint row holding the end of the last fully fetched Binance window.
+pub const DEPOSITS_CHECKPOINT: &str = "binance_deposits";
+/// Checkpoint row holding the `invoices.created_at` watermark up to which collisions were counted.
+pub const COLLISIONS_CHECKPOINT: &str = "invoice_collisions";
+/// Webhook event written for a credited invoice.
+pub const INVOICE_PAID_EVENT: &str = "invoice.paid";
+
+/// Inserts new deposits; for ones already stored and not yet processed, refreshes the Binance
+/// status (pending → success) and raw JSON. Processed rows are never touched, so re-fetching
+/// the same history is harmless. Returns the number of rows inserted or changed.
+pub async fn upsert_deposits(pool: &PgPool, deposits: &[Deposit]) -> Result<u64, sqlx::Error> {
+    if deposits.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(deposits.len());
+    let mut tx_ids = Vec::with_capacity(deposits.len());
+    let mut coins = Vec::with_capacity(deposits.len());
+    let mut networks = Vec::with_capacity(deposits.len());
+    let mut addresses = Vec::with_capacity(deposits.len());
+    let mut tags = Vec::with_capacity(deposits.len());
+    let mut amounts = Vec::with_capacity(deposits.len());
+    let mut statuses = Vec::with_capacity(deposits.len());
+    let mut times = Vec::with_capacity(deposits.len());
+    let mut raws = Vec::with_capacity(deposits.len());
+    for deposit in deposits {
+        ids.push(deposit.binance_id.clone());
+        tx_ids.push(deposit.tx_id.clone());
+        coins.push(deposit.coin.clone());
+        networks.push(deposit.network.clone());
+        addresses.push(deposit.address.clone());
+        tags.push(deposit.address_tag.clone());
+        amounts.push(deposit.amount);
+        statuses.push(deposit.status);
+        times.push(deposit.insert_time);
+        raws.push(sqlx::types::Json(deposit.raw.clone()));
+    }
+    let result = sqlx::query(
+        "INSERT INTO deposit_raw (binance_deposit_id, tx_id, coin, network, address, address_tag, amount,
+                                  binance_status, insert_time, raw)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                              $7::numeric[], $8::int4[], $9::timestamptz[], $10::jsonb[])
+         ON CONFLICT (binance_deposit_id) DO UPDATE
+            SET binance_status = EXCLUDED.binance_status, raw = EXCLUDED.raw, updated_at = now()
+          WHERE deposit_raw.processed_at IS NULL
+            AND deposit_raw.binance_status IS DISTINCT FROM EXCLUDED.binance_status",
+    )
+    .bind(ids)
+    .bind(tx_ids)
+    .bind(coins)
+    .bind(networks)
+    .bind(addresses)
+    .bind(tags)
+    .bind(amounts)
+    .bind(statuses)
+    .bind(times)
+    .bind(raws)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+pub async fn load_checkpoint(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT last_insert_time FROM poller_checkpoint WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn save_checkpoint(
+    pool: &PgPool,
+    name: &str,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO poller_checkpoint (name, last_insert_time, last_success_at, updated_at)
+         VALUES ($1, $2, now(), now())
+         ON CONFLICT (name) DO UPDATE
+            SET last_insert_time = GREATEST(poller_checkpoint.last_insert_time, EXCLUDED.last_insert_time),
+                last_success_at = now(), updated_at = now()",
+    )
+    .bind(name)
+    .bind(at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// What one matching batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MatchOutcome {
+    /// Successful deposits taken off the unprocessed list (credited or recorded as unmatched).
+    pub processed: u64,
+    /// Of those, deposits that paid an invoice.
+    pub credited: u64,
+}
+
+/// Matches up to `batch_size` unprocessed, successful (status 1) deposits in one transaction.
+///
+/// A deposit pays the pending invoice with the same coin, network, address and numerically equal
+/// publish_amount (the partial unique index guarantees at most one). For each match the invoice
+/// becomes paid, and a payment, a ledger credit and an `invoice.paid` webhook row are written.
+/// A second deposit for an already-paid invoice, or one matching nothing, is marked processed
+/// without credit and reported in `system_events` for a human. Deposits with any other Binance
+/// status stay unprocessed until Binance reports them successful.
+pub async fn match_batch(pool: &PgPool, batch_size: i64) -> Result<MatchOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let (processed, credited): (i64, i64) = sqlx::query_as(
+        "WITH candidates AS (
+             SELECT id, binance_deposit_id, tx_id, coin, network, address, amount
+               FROM deposit_raw
+              WHERE processed_at IS NULL AND binance_status = 1
+              ORDER BY id
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED
+         ), paid AS (
+             UPDATE invoices i
+                SET status = 'paid', paid_at = now(), updated_at = now()
+               FROM candidates c
+              WHERE i.status = 'pending' AND i.coin = c.coin AND i.network = c.network
+                AND i.address = c.address AND i.publish_amount = c.amount
+          RETURNING i.id AS invoice_id, i.merchant_id, i.coin, i.network, i.address, i.base_amount,
+                    i.is_smoke, i.paid_at, c.id AS deposit_id, c.binance_deposit_id, c.tx_id, c.amount
+         ), payment AS (
+             INSERT INTO payments (invoice_id, deposit_id, merchant_id, coin, network, amount, tx_id)
+             SELECT invoice_id, deposit_id, merchant_id, coin, network, amount, tx_id FROM paid
+          RETURNING id, invoice_id
+         ), ledger AS (
+             INSERT INTO ledger_entries (merchant_id, invoice_id, payment_id, entry_type, coin, change_amount, description)
+             SELECT p.merchant_id, p.invoice_id, pay.id, 'credit', p.coin, p.amount,
+                    'deposit ' || p.binance_deposit_id || ' tx ' || p.tx_id
+               FROM paid p JOIN payment pay ON pay.invoice_id = p.invoice_id
+         ), hook AS (
+             INSERT INTO webhook_queue (merchant_id, invoice_id, event_type, payload, is_smoke)
+             SELECT p.merchant_id, p.invoice_id, $2, jsonb_build_object(
+                        'type', $2::text,
+                        'timestamp', to_char(p.paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        'data', jsonb_build_object(
+                            'invoice_id', p.invoice_id,
+                            'merchant_id', p.merchant_id,
+                            'payment_id', pay.id,
+                            'status', 'paid',
+                            'coin', p.coin,
+                            'network', p.network,
+                            'address', p.address,
+                            'amount', trim_scale(p.amount)::text,
+                            'base_amount', trim_scale(p.base_amount)::text,
+                            'tx_id', p.tx_id,
+                            'binance_deposit_id', p.binance_deposit_id)),
+                    p.is_smoke
+               FROM paid p JOIN payment pay ON pay.invoice_id = p.invoice_id
+         ), marked AS (
+             UPDATE deposit_raw d
+                SET processed_at = now(), updated_at = now(), matched_invoice_id = p.invoice_id
+               FROM candidates c LEFT JOIN paid p ON p.deposit_id = c.id
+              WHERE d.id = c.id
+          RETURNING d.id, d.binance_deposit_id, d.tx_id, d.coin, d.network, d.address, d.amount,
+                    d.matched_invoice_id
+         ), unmatched AS (
+             INSERT INTO system_events (source, kind, severity, message, details)
+             SELECT 'poller', 'deposit.unmatched', 'warning',
+                    'successful deposit matched no pending invoice; it was recorded but not credited',
+                    jsonb_build_object('deposit_id', m.id, 'binance_deposit_id', m.binance_deposit_id,
+                                       'tx_id', m.tx_id, 'coin', m.coin, 'network', m.network,
+                                       'address', m.address, 'amount', trim_scale(m.amount)::text)
+               FROM marked m WHERE m.matched_invoice_id IS NULL
+         )
+         SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM paid)",
+    )
+    .bind(batch_size)
+    .bind(INVOICE_PAID_EVENT)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(MatchOutcome {
+        processed: u64::try_from(processed).unwrap_or(0),
+        credited: u64::try_from(credited).unwrap_or(0),
+    })
+}
+
+/// Sum of `allocation_collisions` over invoices created since the watermark and at least
+/// `settle` ago, then advances the watermark (both in one transaction).
+///
+/// Each invoice is counted once across all poller replicas and restarts: the watermark lives in
+/// `poller_checkpoint` (`invoice_collisions`). `created_at` is the creating transaction's start
+/// time, so an invoice whose transaction is still open could later appear behind the watermark;
+/// `settle` (seconds, far longer than `create_invoice` takes) leaves room for those to commit.
+pub async fn count_new_collisions(pool: &PgPool, settle: Duration) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let watermark: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT last_insert_time FROM poller_checkpoint WHERE name = $1 FOR UPDATE",
+    )
+    .bind(COLLISIONS_CHECKPOINT)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let settle_us = i64::try_from(settle.as_micros()).unwrap_or(i64::MAX);
+    let (sum, upper): (i64, DateTime<Utc>) = sqlx::query_as(
+        "WITH bounds AS (SELECT now() - make_interval(secs => $2::float8 / 1000000) AS upper)
+         SELECT coalesce(sum(i.allocation_collisions), 0)::int8, (SELECT upper FROM bounds)
+           FROM invoices i, bounds
+          WHERE ($1::timestamptz IS NULL OR i.created_at > $1) AND i.created_at <= bounds.upper",
+    )
+    .bind(watermark)
+    .bind(settle_us)
+    .fetch_one(&mut *tx)
+    .await?;
+    if watermark.is_none_or(|w| upper > w) {
+        sqlx::query(
+            "INSERT INTO poller_checkpoint (name, last_insert_time, last_success_at, updated_at)
+             VALUES ($1, $2, now(), now())
+             ON CONFLICT (name) DO UPDATE SET last_insert_time = EXCLUDED.last_insert_time,
+                                              last_success_at = now(), updated_at = now()",
+        )
+        .bind(COLLISIONS_CHECKPOINT)
+        .bind(upper)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(u64::try_from(sum).unwrap_or(0))
+}
