@@ -1,13 +1,716 @@
-//! `psctl deploy`: being built; see issue 4.
+//! `psctl deploy`: preflight, `helm upgrade --install` per component, rollout tracked with
+//! watches, automatic rollback to the recorded revisions on failure.
+//!
+//! Plan → preflight → execute → report. The plan (Helm argv per component) is a value printed
+//! under `--dry-run`; the smoke suite will hook in at [`verify_component`].
 
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::Api;
+use serde::Serialize;
+
+use super::history::read_revisions;
+use super::support::{self, AuditNote};
 use crate::cli::DeployArgs;
-use crate::error::{CommandError, CommandResult};
-use crate::output::Output;
-use crate::settings::GlobalSettings;
+use crate::cluster::{self, ClusterError, is_not_found};
+use crate::error::{CommandError, CommandResult, ExitStatus};
+use crate::helm::driver::{HelmCommand, HelmTarget, UpgradeSpec};
+use crate::helm::revision;
+use crate::helm::storage::Revision;
+use crate::lock::{self, DeployLock};
+use crate::output::{CheckState, Output, Render, Style, table};
+use crate::rollout::diagnosis::Policy;
+use crate::rollout::track::{self, Outcome, Target};
+use crate::settings::{Component, Environment, GlobalSettings};
 
-pub async fn run(_args: DeployArgs, global: &GlobalSettings, _output: &Output) -> CommandResult {
-    let _environment = global.environment()?;
-    Err(CommandError::usage(anyhow::anyhow!(
-        "`psctl deploy` is not available in this build yet"
-    )))
+/// `deploy` arguments, resolved.
+#[derive(Debug, Clone)]
+pub struct DeploySettings {
+    pub components: Vec<String>,
+    pub tag: Option<String>,
+    pub timeout: Duration,
+    pub rollback: bool,
+}
+
+impl DeploySettings {
+    pub fn resolve(args: DeployArgs) -> Self {
+        let DeployArgs { components, tag, timeout, no_rollback } = args;
+        Self { components, tag, timeout, rollback: !no_rollback }
+    }
+}
+
+/// One component's step of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanStep {
+    pub component: String,
+    pub release: String,
+    pub deployment: String,
+    /// `<repository>:<tag>`, or the chart default when no tag was given.
+    pub image: String,
+    /// The Helm command line (the values file shown as `<values-file>`).
+    pub helm: String,
+    /// Non-secret values written to the 0600 values file, if any.
+    pub values: Option<String>,
+    #[serde(skip)]
+    pub command: HelmCommand,
+    #[serde(skip)]
+    pub selector: String,
+}
+
+/// The plan of a deploy: what `--dry-run` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployPlan {
+    pub environment: String,
+    pub kube_context: String,
+    pub namespace: String,
+    pub timeout_seconds: u64,
+    pub rollback_on_failure: bool,
+    pub steps: Vec<PlanStep>,
+}
+
+impl Render for DeployPlan {
+    fn render_table(&self, _style: &Style) -> String {
+        let mut text = format!(
+            "deploy plan for `{}` (context {}, namespace {}, timeout {}s, rollback on failure: {})\n",
+            self.environment, self.kube_context, self.namespace, self.timeout_seconds, self.rollback_on_failure
+        );
+        text.push_str(&table::render(
+            &["COMPONENT", "RELEASE", "IMAGE", "HELM"],
+            self.steps.iter().map(|s| [s.component.clone(), s.release.clone(), s.image.clone(), s.helm.clone()]),
+        ));
+        text
+    }
+}
+
+/// Builds the plan. Pure: no I/O.
+pub fn plan(
+    environment: &Environment,
+    settings: &DeploySettings,
+    helm: &HelmTarget,
+    config: &std::path::Path,
+) -> Result<DeployPlan, CommandError> {
+    let components = environment.select(&settings.components)?;
+    let mut steps = Vec::new();
+    for component in components {
+        let repository = environment.registry.as_ref().map(|registry| format!("{registry}/{}", component.image));
+        let chart = support::resolve_chart(config, &component.chart);
+        let description = match &settings.tag {
+            Some(tag) => format!("psctl deploy {tag}"),
+            None => "psctl deploy".to_owned(),
+        };
+        let command = helm.upgrade_install(&UpgradeSpec {
+            release: &component.release,
+            chart: &chart,
+            image_repository: repository.clone(),
+            image_tag: settings.tag.as_deref(),
+            values: &component.values,
+            description: &description,
+        })?;
+        let image = format!(
+            "{}:{}",
+            repository.as_deref().unwrap_or(&component.image),
+            settings.tag.as_deref().unwrap_or("<chart default>")
+        );
+        steps.push(PlanStep {
+            component: component.name.clone(),
+            release: component.release.clone(),
+            deployment: component.deployment.clone(),
+            image,
+            helm: command.display(),
+            values: command.values_yaml.clone(),
+            command,
+            selector: component.selector.clone(),
+        });
+    }
+    Ok(DeployPlan {
+        environment: environment.name.clone(),
+        kube_context: environment.kube_context.clone(),
+        namespace: environment.namespace.clone(),
+        timeout_seconds: settings.timeout.as_secs(),
+        rollback_on_failure: settings.rollback,
+        steps,
+    })
+}
+
+/// The `-o json` result of a deploy.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployReport {
+    pub environment: String,
+    pub components: Vec<ComponentResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentResult {
+    pub component: String,
+    pub release: String,
+    /// Revision deployed before this run (the rollback target), if the release existed.
+    pub previous_revision: Option<u32>,
+    /// `deployed`, `failed`, `rolled_back`, `uninstalled`, `rollback_failed`, `not_started`.
+    pub result: String,
+    pub rollout: Option<Outcome>,
+}
+
+impl Render for DeployReport {
+    fn render_table(&self, _style: &Style) -> String {
+        table::render(
+            &["COMPONENT", "RELEASE", "PREVIOUS", "RESULT", "DETAIL"],
+            self.components.iter().map(|c| {
+                [
+                    c.component.clone(),
+                    c.release.clone(),
+                    c.previous_revision.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+                    c.result.clone(),
+                    c.rollout.as_ref().map(support::outcome_summary).unwrap_or_default(),
+                ]
+            }),
+        )
+    }
+}
+
+pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
+    let settings = DeploySettings::resolve(args);
+    let environment = global.environment()?;
+    let helm = support::helm_target(&environment);
+    let plan = plan(&environment, &settings, &helm, &global.config)?;
+    if global.dry_run {
+        output.data(&plan).context("writing the plan")?;
+        return Ok(ExitStatus::Success);
+    }
+    support::confirm(
+        global,
+        output,
+        &format!(
+            "deploy {} to `{}`?",
+            plan.steps.iter().map(|s| s.component.as_str()).collect::<Vec<_>>().join(", "),
+            environment.name
+        ),
+    )?;
+
+    let client = preflight_cluster(&environment, output).await?;
+    let selected = environment.select(&settings.components)?;
+    preflight_secret(&client, &environment, output).await?;
+    if let Some(tag) = &settings.tag {
+        preflight_images(&environment, &selected, tag, output).await?;
+    } else {
+        output.check(CheckState::Skip, "image tag", "no --tag: the chart's default image is deployed");
+    }
+    let releases: Vec<String> = selected.iter().map(|c| c.release.clone()).collect();
+    let history = read_revisions(&client, &environment.namespace, &releases).await?;
+    let previous = preflight_releases(&selected, &history, output)?;
+    let me = lock::holder_identity("deploy");
+    let deploy_lock = match DeployLock::acquire(&client, &environment.namespace, &me).await {
+        Ok(held) => {
+            output.check(CheckState::Ok, "deploy lock", &format!("Lease `{}` acquired", lock::LEASE_NAME));
+            held
+        }
+        Err(error) => {
+            output.check(CheckState::Fail, "deploy lock", &error.to_string());
+            return Err(error.into());
+        }
+    };
+
+    let result = execute(&client, &environment, &settings, &plan, &previous, &helm, output).await;
+    let released = deploy_lock.release().await;
+    let (report, status, failure) = result;
+    output.data(&report).context("writing the deploy report")?;
+    if let Err(error) = released {
+        output.warn(format!("the deploy lock was not released cleanly: {error}; it expires in {}s", lock::LEASE_SECONDS));
+    }
+    match failure {
+        None => Ok(status),
+        Some(error) => Err(error),
+    }
+}
+
+/// Runs the plan; on failure rolls back every component changed by this run, newest first.
+async fn execute(
+    client: &kube::Client,
+    environment: &Environment,
+    settings: &DeploySettings,
+    plan: &DeployPlan,
+    previous: &[Option<u32>],
+    helm: &HelmTarget,
+    output: &Output,
+) -> (DeployReport, ExitStatus, Option<CommandError>) {
+    let mut results: Vec<ComponentResult> = plan
+        .steps
+        .iter()
+        .zip(previous)
+        .map(|(step, previous)| ComponentResult {
+            component: step.component.clone(),
+            release: step.release.clone(),
+            previous_revision: *previous,
+            result: "not_started".to_owned(),
+            rollout: None,
+        })
+        .collect();
+    let policy = Policy::default();
+    let mut failure: Option<String> = None;
+    for (index, step) in plan.steps.iter().enumerate() {
+        output.info(format!("deploying {} ({})", step.component, step.image));
+        output.detail(format!("  {}", step.helm));
+        results[index].result = "failed".to_owned();
+        if let Err(error) = step.command.run().await {
+            output.check(CheckState::Fail, &format!("helm upgrade {}", step.release), &error.to_string());
+            failure = Some(format!("helm upgrade of `{}` failed: {error}", step.release));
+            break;
+        }
+        let target = Target {
+            namespace: environment.namespace.clone(),
+            deployment: step.deployment.clone(),
+            selector: step.selector.clone(),
+        };
+        let outcome = match track::track(client, &target, &policy, settings.timeout, output).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                failure = Some(format!("tracking the rollout of `{}` failed: {error}", step.deployment));
+                break;
+            }
+        };
+        support::report_outcome(output, &format!("rollout {}", step.deployment), &outcome);
+        let complete = outcome.is_complete();
+        let summary = support::outcome_summary(&outcome);
+        results[index].rollout = Some(outcome);
+        if !complete {
+            failure = Some(format!("the rollout of `{}` failed: {summary}", step.deployment));
+            break;
+        }
+        if let Some(component) = environment.components.iter().find(|c| c.name == step.component)
+            && let Err(problem) = verify_component(client, environment, component, output).await
+        {
+            failure = Some(format!("`{}` rolled out but failed verification: {problem}", step.component));
+            break;
+        }
+        results[index].result = "deployed".to_owned();
+    }
+
+    let Some(failure) = failure else {
+        for result in &results {
+            support::audit(output, environment, note(result, "succeeded")).await;
+        }
+        return (DeployReport { environment: environment.name.clone(), components: results }, ExitStatus::Success, None);
+    };
+    if !settings.rollback {
+        for result in results.iter().filter(|r| r.result != "not_started") {
+            support::audit(output, environment, note(result, "failed")).await;
+        }
+        let error = CommandError::verification(anyhow::anyhow!("{failure}; left in place (--no-rollback)"))
+            .hint("roll back with `psctl rollback <component>` once you have looked");
+        return (DeployReport { environment: environment.name.clone(), components: results }, ExitStatus::VerificationFailed, Some(error));
+    }
+
+    let mut rollback_problems = Vec::new();
+    for index in (0..results.len()).rev() {
+        if results[index].result == "not_started" {
+            continue;
+        }
+        let step = &plan.steps[index];
+        let (command, undone) = match results[index].previous_revision {
+            Some(revision) => (helm.rollback(&step.release, revision), "rolled_back"),
+            None => (helm.uninstall(&step.release), "uninstalled"),
+        };
+        output.info(format!("rolling back {}: {}", step.component, command.display()));
+        match rollback_one(client, environment, step, &command, results[index].previous_revision.is_some(), settings.timeout, output).await {
+            Ok(()) => results[index].result = undone.to_owned(),
+            Err(problem) => {
+                results[index].result = "rollback_failed".to_owned();
+                rollback_problems.push(format!("{}: {problem}", step.component));
+            }
+        }
+        support::audit(output, environment, note(&results[index], &results[index].result.clone())).await;
+    }
+    let report = DeployReport { environment: environment.name.clone(), components: results };
+    if rollback_problems.is_empty() {
+        let error = CommandError::verification(anyhow::anyhow!("{failure}; rolled back to the previous revisions"))
+            .hint("`psctl history <component>` shows the failed revision; fix the image or values and deploy again");
+        (report, ExitStatus::VerificationFailed, Some(error))
+    } else {
+        let mut error = CommandError::new(
+            ExitStatus::RollbackFailed,
+            anyhow::anyhow!("{failure}; THE AUTOMATIC ROLLBACK FAILED: {}", rollback_problems.join("; ")),
+        )
+        .hint("a human must act now: check `psctl status` and `psctl history <component>`")
+        .hint("retry with `psctl rollback <component> --to-rev <N>`, or stop traffic with `psctl kill-switch on`");
+        for result in report.components.iter().filter(|r| r.result == "rollback_failed") {
+            if let Some(revision) = result.previous_revision {
+                error = error.hint(format!("`psctl rollback {} --to-rev {revision}` restores what ran before", result.component));
+            }
+        }
+        (report, ExitStatus::RollbackFailed, Some(error))
+    }
+}
+
+async fn rollback_one(
+    client: &kube::Client,
+    environment: &Environment,
+    step: &PlanStep,
+    command: &HelmCommand,
+    track_it: bool,
+    timeout: Duration,
+    output: &Output,
+) -> Result<(), String> {
+    command.run().await.map_err(|e| e.to_string())?;
+    if !track_it {
+        output.check(CheckState::Ok, &format!("uninstall {}", step.release), "the failed first install was removed");
+        return Ok(());
+    }
+    let target = Target {
+        namespace: environment.namespace.clone(),
+        deployment: step.deployment.clone(),
+        selector: step.selector.clone(),
+    };
+    let outcome = track::track(client, &target, &Policy::default(), timeout, output).await.map_err(|e| e.to_string())?;
+    support::report_outcome(output, &format!("rollback {}", step.deployment), &outcome);
+    if outcome.is_complete() { Ok(()) } else { Err(support::outcome_summary(&outcome)) }
+}
+
+fn note(result: &ComponentResult, outcome: &str) -> AuditNote {
+    AuditNote {
+        action: "deploy".to_owned(),
+        target: result.release.clone(),
+        from_state: result.previous_revision.map_or_else(|| "absent".to_owned(), |r| format!("revision {r}")),
+        to_state: result.result.clone(),
+        outcome: outcome.to_owned(),
+        details: serde_json::json!({ "component": result.component }),
+    }
+}
+
+/// Post-rollout verification: the metrics endpoint serves every required metric. The smoke
+/// suite, when configured, runs here too.
+pub async fn verify_component(
+    client: &kube::Client,
+    environment: &Environment,
+    component: &Component,
+    output: &Output,
+) -> Result<(), String> {
+    let Some(metrics) = &component.metrics else {
+        output.check(CheckState::Skip, &format!("metrics {}", component.name), "no metrics endpoint configured");
+        return Ok(());
+    };
+    let path = format!(
+        "/api/v1/namespaces/{}/services/{}:{}/proxy{}",
+        environment.namespace, metrics.service, metrics.port, metrics.path
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let request = http::Request::get(&path).body(Vec::new()).map_err(|e| e.to_string())?;
+            client.request_text(request).await.map_err(|e| e.to_string())
+        };
+        let problem = match attempt.await {
+            Ok(text) => {
+                let missing = missing_metrics(&text, &metrics.required);
+                if missing.is_empty() {
+                    output.check(
+                        CheckState::Ok,
+                        &format!("metrics {}", component.name),
+                        &format!("{} required metrics present", metrics.required.len()),
+                    );
+                    return Ok(());
+                }
+                format!("missing metrics: {}", missing.join(", "))
+            }
+            Err(error) => format!("cannot read {}:{}{}: {error}", metrics.service, metrics.port, metrics.path),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            output.check(CheckState::Fail, &format!("metrics {}", component.name), &problem);
+            return Err(problem);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Required metric names absent from a Prometheus text exposition. A counter that has never
+/// been incremented has a `# TYPE` line but no sample, so declared families count as present.
+pub fn missing_metrics(exposition: &str, required: &[String]) -> Vec<String> {
+    let mut present = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.split_whitespace().next() {
+                present.insert(name.to_owned());
+                present.insert(format!("{name}_total"));
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            present.insert(name.to_owned());
+        }
+    }
+    required.iter().filter(|name| !present.contains(name.as_str())).cloned().collect()
+}
+
+async fn preflight_cluster(environment: &Environment, output: &Output) -> Result<kube::Client, CommandError> {
+    let client = match cluster::connect(environment).await {
+        Ok(client) => client,
+        Err(error) => {
+            output.check(CheckState::Fail, "cluster", &error.to_string());
+            return Err(error.into());
+        }
+    };
+    match client.apiserver_version().await {
+        Ok(version) => output.check(
+            CheckState::Ok,
+            "cluster reachable",
+            &format!("context {} (Kubernetes {}.{})", environment.kube_context, version.major, version.minor),
+        ),
+        Err(error) => {
+            let error = ClusterError::api(format!("reaching the API server of context `{}`", environment.kube_context))(error);
+            output.check(CheckState::Fail, "cluster reachable", &error.to_string());
+            return Err(error.into());
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.get(&environment.namespace).await {
+        Ok(_) => output.check(CheckState::Ok, "namespace", &environment.namespace),
+        Err(error) if is_not_found(&error) => {
+            output.check(CheckState::Fail, "namespace", &format!("`{}` does not exist", environment.namespace));
+            return Err(CommandError::usage(anyhow::anyhow!("namespace `{}` does not exist", environment.namespace))
+                .hint(format!("create it with `kubectl create namespace {}`", environment.namespace)));
+        }
+        Err(error) => {
+            let error = ClusterError::api(format!("reading namespace `{}`", environment.namespace))(error);
+            output.check(CheckState::Fail, "cluster authorised", &error.to_string());
+            return Err(error.into());
+        }
+    }
+    Ok(client)
+}
+
+/// The runtime Secret exists and carries every required key. Values are registered with the
+/// redactor the moment they are read and never printed; only key names are reported.
+async fn preflight_secret(client: &kube::Client, environment: &Environment, output: &Output) -> Result<(), CommandError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &environment.namespace);
+    let name = &environment.secret.name;
+    let secret = match secrets.get(name).await {
+        Ok(secret) => secret,
+        Err(error) if is_not_found(&error) => {
+            output.check(CheckState::Fail, "runtime secret", &format!("`{name}` does not exist"));
+            return Err(CommandError::usage(anyhow::anyhow!("the runtime Secret `{name}` does not exist in `{}`", environment.namespace))
+                .hint("create it with `psctl secrets` or `kubectl create secret generic` (never put values on a command line you log)"));
+        }
+        Err(error) => return Err(ClusterError::api(format!("reading Secret `{name}`"))(error).into()),
+    };
+    let mut keys: Vec<String> = Vec::new();
+    for (key, value) in secret.data.iter().flatten() {
+        output.redactor().register_bytes(&value.0);
+        keys.push(key.clone());
+    }
+    for (key, value) in secret.string_data.iter().flatten() {
+        output.redactor().register(value);
+        keys.push(key.clone());
+    }
+    let missing = missing_keys(&keys, &environment.secret.required_keys);
+    if missing.is_empty() {
+        output.check(CheckState::Ok, "runtime secret", &format!("`{name}` has all {} required keys", environment.secret.required_keys.len()));
+        Ok(())
+    } else {
+        output.check(CheckState::Fail, "runtime secret", &format!("`{name}` lacks {}", missing.join(", ")));
+        Err(CommandError::usage(anyhow::anyhow!("the runtime Secret `{name}` lacks required keys: {}", missing.join(", ")))
+            .hint("add the missing keys to the Secret; the pods would fail with CreateContainerConfigError"))
+    }
+}
+
+/// Required key names missing from `present`. Pure.
+pub fn missing_keys(present: &[String], required: &[String]) -> Vec<String> {
+    required.iter().filter(|k| !present.contains(k)).cloned().collect()
+}
+
+/// Every image to deploy exists in the registry (registry HTTP API v2, manifest HEAD).
+async fn preflight_images(environment: &Environment, components: &[&Component], tag: &str, output: &Output) -> Result<(), CommandError> {
+    let Some(registry) = &environment.registry else {
+        output.check(CheckState::Skip, "image tag", "no registry configured for the environment");
+        return Ok(());
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| CommandError::usage(anyhow::Error::new(e).context("building the HTTP client")))?;
+    for component in components {
+        let url = manifest_url(registry, &component.image, tag);
+        let reference = format!("{registry}/{}:{tag}", component.image);
+        let response = http
+            .head(&url)
+            .header(
+                reqwest::header::ACCEPT,
+                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+                 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status().is_success() => {
+                output.check(CheckState::Ok, "image tag", &format!("{reference} exists"));
+            }
+            Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
+                output.check(
+                    CheckState::Fail,
+                    "image tag",
+                    &format!("{reference} is not in the registry: pods would fail with ErrImagePull / ImagePullBackOff"),
+                );
+                return Err(CommandError::verification(anyhow::anyhow!(
+                    "image {reference} does not exist (deploying it would end in ErrImagePull/ImagePullBackOff); nothing was changed"
+                ))
+                .hint(format!("build and push it first (`psctl build`), or pick an existing tag; list tags at {}", tags_url(registry, &component.image))));
+            }
+            Ok(response) if matches!(response.status().as_u16(), 401 | 403) => {
+                output.check(CheckState::Warn, "image tag", &format!("{reference}: the registry needs credentials psctl does not have; not verified"));
+            }
+            Ok(response) => {
+                output.check(CheckState::Fail, "image tag", &format!("{reference}: registry answered {}", response.status()));
+                return Err(CommandError::unreachable(anyhow::anyhow!("registry {registry} answered {} for {reference}", response.status())));
+            }
+            Err(error) => {
+                output.check(CheckState::Fail, "image tag", &format!("registry {registry} unreachable"));
+                return Err(CommandError::unreachable(anyhow::Error::new(error).context(format!("checking {reference} in registry {registry}")))
+                    .hint("is the registry up? for the sandbox: `psctl-sandbox up`"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The registry API v2 manifest URL; loopback registries speak plain HTTP.
+pub fn manifest_url(registry: &str, image: &str, tag: &str) -> String {
+    format!("{}/v2/{image}/manifests/{tag}", registry_base(registry))
+}
+
+fn tags_url(registry: &str, image: &str) -> String {
+    format!("{}/v2/{image}/tags/list", registry_base(registry))
+}
+
+fn registry_base(registry: &str) -> String {
+    if registry.starts_with("http://") || registry.starts_with("https://") {
+        return registry.trim_end_matches('/').to_owned();
+    }
+    let host = registry.split(':').next().unwrap_or(registry);
+    let plain = host == "localhost" || host.starts_with("127.") || host == "[::1]";
+    format!("{}://{registry}", if plain { "http" } else { "https" })
+}
+
+/// No selected release may be `pending-*`; returns each component's deployed revision (the
+/// rollback target), `None` for a first install.
+fn preflight_releases(components: &[&Component], history: &[Revision], output: &Output) -> Result<Vec<Option<u32>>, CommandError> {
+    let mut previous = Vec::new();
+    for component in components {
+        let own: Vec<Revision> = history.iter().filter(|r| r.release == component.release).cloned().collect();
+        if let Some(current) = revision::current(&own)
+            && current.status.is_pending()
+        {
+            output.check(
+                CheckState::Fail,
+                "release state",
+                &format!("`{}` is stuck in {} (revision {})", component.release, current.status, current.revision),
+            );
+            return Err(CommandError::usage(anyhow::anyhow!(
+                "release `{}` is stuck in {} at revision {}; a previous operation never finished",
+                component.release,
+                current.status,
+                current.revision
+            ))
+            .hint(format!("recover it with `psctl rollback {} --unstick` (shows the plan first)", component.name)));
+        }
+        let deployed = revision::deployed(&own).map(|r| r.revision);
+        output.check(
+            CheckState::Ok,
+            "release state",
+            &match deployed {
+                Some(revision) => format!("`{}` at revision {revision} (rollback target)", component.release),
+                None => format!("`{}` not installed yet (first install)", component.release),
+            },
+        );
+        previous.push(deployed);
+    }
+    Ok(previous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::helm::revision::tests::rev;
+    use crate::helm::storage::ReleaseStatus;
+    use crate::output::Format;
+    use std::path::{Path, PathBuf};
+
+    fn environment() -> Environment {
+        let text = "environments:\n  sandbox:\n    kube_context: psctl-sandbox\n    registry: 127.0.0.1:5000\n";
+        crate::settings::file::parse(Path::new("psctl.yaml"), text).unwrap().environments["sandbox"].clone()
+    }
+
+    fn helm() -> HelmTarget {
+        HelmTarget { program: PathBuf::from("helm"), namespace: "default".into(), kube_context: "psctl-sandbox".into(), kubeconfig: None }
+    }
+
+    fn settings(components: &[&str], tag: Option<&str>) -> DeploySettings {
+        DeploySettings {
+            components: components.iter().map(|c| (*c).to_owned()).collect(),
+            tag: tag.map(str::to_owned),
+            timeout: Duration::from_secs(300),
+            rollback: true,
+        }
+    }
+
+    #[test]
+    fn the_plan_deploys_components_in_configuration_order_with_the_tag() {
+        let plan = plan(&environment(), &settings(&[], Some("1.4.2")), &helm(), Path::new("psctl.yaml")).unwrap();
+        let names: Vec<_> = plan.steps.iter().map(|s| s.release.as_str()).collect();
+        assert_eq!(names, ["problemsolver-poller", "problemsolver-webhook"]);
+        assert_eq!(plan.steps[1].image, "127.0.0.1:5000/problemsolver-webhook-worker:1.4.2");
+        assert!(plan.steps[1].helm.ends_with("--set-string image.tag=1.4.2"), "{}", plan.steps[1].helm);
+    }
+
+    #[test]
+    fn an_unknown_component_is_a_usage_error() {
+        let error = plan(&environment(), &settings(&["api"], None), &helm(), Path::new("psctl.yaml")).unwrap_err();
+        assert_eq!(error.status(), ExitStatus::Usage);
+    }
+
+    #[test]
+    fn the_dry_run_plan_renders_as_json_without_internal_fields() {
+        let plan = plan(&environment(), &settings(&["webhook"], Some("x")), &helm(), Path::new("psctl.yaml")).unwrap();
+        let json = serde_json::to_value(&plan).unwrap();
+        assert_eq!(json["steps"][0]["component"], "webhook");
+        assert!(json["steps"][0].get("command").is_none());
+    }
+
+    #[test]
+    fn a_pending_release_blocks_the_deploy_with_the_unstick_hint() {
+        let environment = environment();
+        let components = environment.select(&["poller".to_owned()]).unwrap();
+        let mut history = vec![rev(1, ReleaseStatus::Superseded), rev(2, ReleaseStatus::PendingUpgrade)];
+        for revision in &mut history {
+            revision.release = "problemsolver-poller".into();
+        }
+        let (output, _, _) = Output::buffered(Format::Table, Style::PLAIN);
+        let error = preflight_releases(&components, &history, &output).unwrap_err();
+        assert!(error.hints()[0].contains("psctl rollback poller --unstick"));
+        history.pop();
+        history[0].status = ReleaseStatus::Deployed;
+        assert_eq!(preflight_releases(&components, &history, &output).unwrap(), [Some(1)]);
+        assert_eq!(preflight_releases(&components, &[], &output).unwrap(), [None]);
+    }
+
+    #[test]
+    fn registry_urls() {
+        assert_eq!(manifest_url("127.0.0.1:5000", "problemsolver-poller", "1.0"), "http://127.0.0.1:5000/v2/problemsolver-poller/manifests/1.0");
+        assert_eq!(manifest_url("ghcr.io/acme", "app", "v1"), "https://ghcr.io/acme/v2/app/manifests/v1");
+    }
+
+    #[test]
+    fn required_metrics_accept_declared_counters_without_samples() {
+        let text = "# HELP webhook_deliveries Deliveries.\n# TYPE webhook_deliveries counter\n\
+                    # TYPE webhook_queue_depth gauge\nwebhook_queue_depth 3\nworker_health_status{x=\"1\"} 1\n";
+        let required: Vec<String> = ["webhook_deliveries_total", "webhook_queue_depth", "worker_health_status", "circuit_breaker_opens_total"]
+            .map(str::to_owned)
+            .to_vec();
+        assert_eq!(missing_metrics(text, &required), ["circuit_breaker_opens_total"]);
+    }
+
+    #[test]
+    fn missing_secret_keys_are_listed_by_name() {
+        let present = ["DATABASE_URL".to_owned(), "BINANCE_API_KEY".to_owned()];
+        let required = environment().secret.required_keys;
+        assert_eq!(missing_keys(&present, &required), ["BINANCE_API_SECRET", "ENCRYPTION_MASTER_KEY"]);
+    }
 }

@@ -9,6 +9,7 @@ pub mod history;
 pub mod kill_switch;
 pub mod rollback;
 pub mod status;
+pub mod support;
 
 use crate::cli::Command;
 use crate::error::CommandResult;
