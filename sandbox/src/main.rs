@@ -1,3 +1,22 @@
-//! psctl-sandbox.
+//! psctl-sandbox: brings up, inspects and tears down the local Kubernetes test bed.
 
-fn main() {}
+mod base_image;
+mod cli;
+mod down;
+mod env;
+mod fault;
+mod pgproxy;
+mod probe;
+mod process;
+mod render;
+mod run;
+mod secrets;
+mod serve;
+mod settings;
+mod status;
+mod targets;
+mod up;
+
+fn main() -> std::process::ExitCode {
+    run::main()
+}

@@ -1,0 +1,161 @@
+//! The text files the sandbox generates (kubeconfig, psctl.yaml, Prometheus and registry
+//! configuration), as pure functions of the settings so they are tested without I/O.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::settings::{CONTEXT, Layout, RUNTIME_SECRET, Settings};
+
+/// A kubeconfig holding only the sandbox's cluster, context and user.
+pub fn kubeconfig(settings: &Settings) -> String {
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": CONTEXT, "cluster": {"server": settings.api_url()}}],
+        "users": [{"name": CONTEXT, "user": {}}],
+        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT, "namespace": "default"}}],
+        "current-context": CONTEXT,
+        "preferences": {},
+    });
+    to_yaml(&value)
+}
+
+/// The psctl.yaml with the environment `sandbox` (see the cross-team contract).
+pub fn psctl_config(settings: &Settings, layout: &Layout) -> String {
+    let value = json!({
+        "environments": {
+            "sandbox": {
+                "kube_context": CONTEXT,
+                "kubeconfig": path(&layout.kubeconfig()),
+                "namespace": "default",
+                "production": false,
+                "registry": settings.registry(),
+                "prometheus_url": settings.prometheus_url(),
+                "database_url_env": "DATABASE_URL",
+                "helm": path(&layout.helm()),
+                "secret": {
+                    "name": RUNTIME_SECRET,
+                    "required_keys": ["DATABASE_URL", "BINANCE_API_KEY", "BINANCE_API_SECRET", "ENCRYPTION_MASTER_KEY"],
+                },
+                "components": {
+                    "poller": {
+                        "release": "problemsolver-poller",
+                        "chart": "charts/poller",
+                        "image": "problemsolver-poller",
+                        "deployment": "problemsolver-poller",
+                        "selector": "app=problemsolver-poller",
+                        "values": {},
+                        "metrics": {
+                            "service": "problemsolver-poller-metrics", "port": 8002, "path": "/metrics",
+                            "required": ["problemsolver_poller_last_success_unixtime", "problemsolver_deposits_processed_total",
+                                         "problemsolver_deposits_errors_total", "problemsolver_collisions_total"],
+                        },
+                    },
+                    "webhook": {
+                        "release": "problemsolver-webhook",
+                        "chart": "charts/webhook-worker",
+                        "image": "problemsolver-webhook-worker",
+                        "deployment": "problemsolver-webhook",
+                        "selector": "app=problemsolver-webhook",
+                        "values": {},
+                        "metrics": {
+                            "service": "problemsolver-webhook-metrics", "port": 8001, "path": "/metrics",
+                            "required": ["webhook_deliveries_total", "webhook_queue_depth", "worker_health_status",
+                                         "circuit_breaker_opens_total"],
+                        },
+                        "canary": {"deployment": "problemsolver-webhook-canary", "steps": [10, 30, 60, 100], "bake": "5m"},
+                    },
+                },
+            },
+        },
+    });
+    to_yaml(&value)
+}
+
+/// Prometheus: one job over the file_sd list the daemon keeps from the API server's pods.
+pub fn prometheus_config(layout: &Layout) -> String {
+    let value = json!({
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s", "scrape_timeout": "4s"},
+        "scrape_configs": [{
+            "job_name": "sandbox-pods",
+            "file_sd_configs": [{"files": [path(&layout.prometheus_targets())], "refresh_interval": "5s"}],
+        }],
+    });
+    to_yaml(&value)
+}
+
+/// The Debian `docker-registry` (distribution v2) configuration: loopback only, state-dir storage.
+pub fn registry_config(settings: &Settings, layout: &Layout) -> String {
+    let value = json!({
+        "version": 0.1,
+        "log": {"level": "warn"},
+        "storage": {
+            "filesystem": {"rootdirectory": path(&layout.registry_dir().join("data"))},
+            "delete": {"enabled": true},
+            "maintenance": {"uploadpurging": {"enabled": false}},
+        },
+        "http": {"addr": settings.registry(), "headers": {"X-Content-Type-Options": ["nosniff"]}},
+        "health": {"storagedriver": {"enabled": true, "interval": "10s", "threshold": 3}},
+    });
+    to_yaml(&value)
+}
+
+fn path(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn to_yaml(value: &serde_json::Value) -> String {
+    // Serialising a JSON value built in this module cannot fail: it holds only strings, numbers,
+    // booleans, arrays and string-keyed maps.
+    serde_yaml::to_string(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout::new(PathBuf::from("/state"))
+    }
+
+    #[test]
+    fn kubeconfig_names_only_the_sandbox_context() {
+        let settings = Settings { api_port: 7443, ..Settings::default() };
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&kubeconfig(&settings)).unwrap();
+        assert_eq!(parsed["current-context"], "psctl-sandbox");
+        assert_eq!(parsed["contexts"].as_sequence().unwrap().len(), 1);
+        assert_eq!(parsed["clusters"][0]["cluster"]["server"], "http://127.0.0.1:7443");
+        assert_eq!(parsed["contexts"][0]["context"]["user"], "psctl-sandbox");
+    }
+
+    #[test]
+    fn psctl_config_has_the_sandbox_environment() {
+        let text = psctl_config(&Settings::default(), &layout());
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let env = &parsed["environments"]["sandbox"];
+        assert_eq!(env["kube_context"], "psctl-sandbox");
+        assert_eq!(env["kubeconfig"], "/state/kubeconfig");
+        assert_eq!(env["registry"], "127.0.0.1:5000");
+        assert_eq!(env["production"], false);
+        assert_eq!(env["components"]["webhook"]["canary"]["steps"][3], 100);
+        assert_eq!(env["components"]["poller"]["metrics"]["port"], 8002);
+        assert!(!text.contains("postgres://"), "the database URL must stay out of psctl.yaml");
+    }
+
+    #[test]
+    fn prometheus_reads_the_daemon_target_file_every_five_seconds() {
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&prometheus_config(&layout())).unwrap();
+        assert_eq!(parsed["global"]["scrape_interval"], "5s");
+        assert_eq!(parsed["scrape_configs"][0]["file_sd_configs"][0]["files"][0], "/state/prometheus/targets.json");
+    }
+
+    #[test]
+    fn registry_listens_on_loopback_and_stores_under_the_state_dir() {
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&registry_config(&Settings::default(), &layout())).unwrap();
+        assert_eq!(parsed["http"]["addr"], "127.0.0.1:5000");
+        assert_eq!(parsed["storage"]["filesystem"]["rootdirectory"], "/state/registry/data");
+    }
+}
