@@ -19,7 +19,9 @@ pub struct Claimed {
     pub merchant_id: Uuid,
     pub attempts: i32,
     pub max_attempts: i32,
-    /// The exact bytes to send: the Standard Webhooks envelope `{type, timestamp, data}`.
+    /// The exact bytes to send: the Standard Webhooks envelope `{type, timestamp, data}`: the
+    /// payload itself when the producer already wrote an envelope (the poller does), else one
+    /// built from `event_type`, `created_at` and the payload.
     pub body: String,
     pub webhook_url: String,
     pub webhook_secret_ciphertext: Vec<u8>,
@@ -99,11 +101,13 @@ pub async fn claim(
         FROM due, merchants m
         WHERE q.id = due.id AND m.id = q.merchant_id
         RETURNING q.id, q.merchant_id, q.attempts, q.max_attempts,
-            jsonb_build_object(
-                'type', q.event_type,
-                'timestamp', to_char(q.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                'data', q.payload
-            )::text AS body,
+            CASE WHEN q.payload ?& array['type', 'timestamp', 'data'] THEN q.payload::text
+                 ELSE jsonb_build_object(
+                     'type', q.event_type,
+                     'timestamp', to_char(q.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                     'data', q.payload
+                 )::text
+            END AS body,
             m.webhook_url, m.webhook_secret_ciphertext, m.webhook_secret_nonce, m.webhook_enabled,
             m.updated_at AS merchant_updated_at
         "#,

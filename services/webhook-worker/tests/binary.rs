@@ -184,3 +184,118 @@ async fn once_delivers_with_encrypted_secrets_and_logs_no_secret() {
     }
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn serves_probes_and_on_sigterm_finishes_in_flight_work_and_releases_the_rest() {
+    let db = TestDb::new("webhook_sigterm").await;
+    let sink = MerchantSink::start(SocketAddr::from(([127, 0, 0, 1], 0)), &whsec())
+        .await
+        .unwrap();
+    sink.set_behaviour(Behaviour {
+        delay_ms: 300,
+        ..Behaviour::default()
+    });
+    let key = MasterKey::parse("ENCRYPTION_MASTER_KEY", MASTER_KEY_HEX).unwrap();
+    let merchant = NewMerchant {
+        name: "sigterm test".to_owned(),
+        webhook_url: sink.url("/slow"),
+        webhook_secret: Secret::new(whsec()),
+    };
+    let merchant = create_merchant(&db.pool, &key, &merchant).await.unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_queue (merchant_id, event_type, payload)
+         SELECT $1, 'invoice.paid', jsonb_build_object('n', g) FROM generate_series(1, 20) g",
+    )
+    .bind(merchant)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let url = db.url();
+    let mut child = tokio::process::Command::new(BIN)
+        .env_clear()
+        .envs([
+            ("DATABASE_URL", url.expose().as_str()),
+            ("ENCRYPTION_MASTER_KEY", MASTER_KEY_HEX),
+            ("WEBHOOK_ALLOW_INSECURE_TARGETS", "true"),
+            ("WEBHOOK_ENDPOINT_RPS", "1000"),
+            ("WEBHOOK_CONCURRENCY", "4"),
+            ("WEBHOOK_PIPELINES", "1"),
+            ("WEBHOOK_BATCH_SIZE", "20"),
+            ("METRICS_ADDR", metrics_addr.as_str()),
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{metrics_addr}");
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(response) = http.get(format!("{base}/ready")).send().await
+            && response.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "/ready never answered 200");
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "webhook_deliveries_total",
+        "webhook_dead_letters_total",
+        "webhook_delivery_duration_seconds_bucket",
+        "webhook_queue_depth",
+        "worker_health_status 1",
+        "circuit_breaker_opens_total",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+
+    // Deliveries are in flight (each takes 300 ms at the sink); ask the worker to stop.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait())
+        .await
+        .expect("the worker must exit promptly after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    let counts: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT status, attempts, count(*) FROM webhook_queue WHERE lease_owner IS NULL GROUP BY 1, 2 ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let delivered = sink.summary().accepted;
+    assert!(delivered > 0, "in-flight deliveries finish: {counts:?}");
+    assert!(delivered < 20, "the worker stopped early: {counts:?}");
+    assert_eq!(
+        counts,
+        vec![
+            ("delivered".to_owned(), 1, delivered as i64),
+            ("pending".to_owned(), 0, 20 - delivered as i64),
+        ],
+        "finished rows are recorded, the rest released without an attempt, no lease left"
+    );
+    db.drop_db().await;
+}

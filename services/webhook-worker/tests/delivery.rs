@@ -49,6 +49,34 @@ async fn delivers_signed_webhooks_that_an_independent_verifier_accepts() {
 }
 
 #[tokio::test]
+async fn a_payload_that_is_already_an_envelope_is_sent_unchanged() {
+    let db = TestDb::new().await;
+    let sink = sink().await;
+    let merchant = merchant(&db.pool, &sink.url("/h")).await;
+    let envelope = serde_json::json!({
+        "type": "invoice.paid",
+        "timestamp": "2026-11-23T10:00:00.000000Z",
+        "data": {"invoice_id": "i-1", "amount": "0.009998"}
+    });
+    sqlx::query("INSERT INTO webhook_queue (merchant_id, event_type, payload) VALUES ($1, 'invoice.paid', $2)")
+        .bind(merchant)
+        .bind(&envelope)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let worker = worker(&db.pool, config("w1"));
+
+    worker.run_batch(&CancellationToken::new()).await.unwrap();
+
+    let deliveries = sink.deliveries();
+    assert_eq!(deliveries.len(), 1);
+    assert!(deliveries[0].verified);
+    let body: serde_json::Value = serde_json::from_str(&deliveries[0].body).unwrap();
+    assert_eq!(body, envelope);
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn failures_retry_with_backoff_and_keep_the_webhook_id() {
     let db = TestDb::new().await;
     let sink = sink().await;
