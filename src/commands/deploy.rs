@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::history::read_revisions;
 use super::support::{self, AuditNote};
+use crate::audit::AuditSink;
 use crate::cli::DeployArgs;
 use crate::cluster::{self, ClusterError, is_not_found};
 use crate::error::{CommandError, CommandResult, ExitStatus};
@@ -36,8 +37,18 @@ pub struct DeploySettings {
 
 impl DeploySettings {
     pub fn resolve(args: DeployArgs) -> Self {
-        let DeployArgs { components, tag, timeout, no_rollback } = args;
-        Self { components, tag, timeout, rollback: !no_rollback }
+        let DeployArgs {
+            components,
+            tag,
+            timeout,
+            no_rollback,
+        } = args;
+        Self {
+            components,
+            tag,
+            timeout,
+            rollback: !no_rollback,
+        }
     }
 }
 
@@ -74,11 +85,22 @@ impl Render for DeployPlan {
     fn render_table(&self, _style: &Style) -> String {
         let mut text = format!(
             "deploy plan for `{}` (context {}, namespace {}, timeout {}s, rollback on failure: {})\n",
-            self.environment, self.kube_context, self.namespace, self.timeout_seconds, self.rollback_on_failure
+            self.environment,
+            self.kube_context,
+            self.namespace,
+            self.timeout_seconds,
+            self.rollback_on_failure
         );
         text.push_str(&table::render(
             &["COMPONENT", "RELEASE", "IMAGE", "HELM"],
-            self.steps.iter().map(|s| [s.component.clone(), s.release.clone(), s.image.clone(), s.helm.clone()]),
+            self.steps.iter().map(|s| {
+                [
+                    s.component.clone(),
+                    s.release.clone(),
+                    s.image.clone(),
+                    s.helm.clone(),
+                ]
+            }),
         ));
         text
     }
@@ -94,7 +116,10 @@ pub fn plan(
     let components = environment.select(&settings.components)?;
     let mut steps = Vec::new();
     for component in components {
-        let repository = environment.registry.as_ref().map(|registry| format!("{registry}/{}", component.image));
+        let repository = environment
+            .registry
+            .as_ref()
+            .map(|registry| format!("{registry}/{}", component.image));
         let chart = support::resolve_chart(config, &component.chart);
         let description = match &settings.tag {
             Some(tag) => format!("psctl deploy {tag}"),
@@ -160,9 +185,13 @@ impl Render for DeployReport {
                 [
                     c.component.clone(),
                     c.release.clone(),
-                    c.previous_revision.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+                    c.previous_revision
+                        .map_or_else(|| "-".to_owned(), |r| r.to_string()),
                     c.result.clone(),
-                    c.rollout.as_ref().map(support::outcome_summary).unwrap_or_default(),
+                    c.rollout
+                        .as_ref()
+                        .map(support::outcome_summary)
+                        .unwrap_or_default(),
                 ]
             }),
         )
@@ -183,7 +212,11 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
         output,
         &format!(
             "deploy {} to `{}`?",
-            plan.steps.iter().map(|s| s.component.as_str()).collect::<Vec<_>>().join(", "),
+            plan.steps
+                .iter()
+                .map(|s| s.component.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             environment.name
         ),
     )?;
@@ -194,15 +227,24 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
     if let Some(tag) = &settings.tag {
         preflight_images(&environment, &selected, tag, output).await?;
     } else {
-        output.check(CheckState::Skip, "image tag", "no --tag: the chart's default image is deployed");
+        output.check(
+            CheckState::Skip,
+            "image tag",
+            "no --tag: the chart's default image is deployed",
+        );
     }
     let releases: Vec<String> = selected.iter().map(|c| c.release.clone()).collect();
     let history = read_revisions(&client, &environment.namespace, &releases).await?;
     let previous = preflight_releases(&selected, &history, output)?;
+    let audit = support::open_audit(global, &environment, output).await?;
     let me = lock::holder_identity("deploy");
     let deploy_lock = match DeployLock::acquire(&client, &environment.namespace, &me).await {
         Ok(held) => {
-            output.check(CheckState::Ok, "deploy lock", &format!("Lease `{}` acquired", lock::LEASE_NAME));
+            output.check(
+                CheckState::Ok,
+                "deploy lock",
+                &format!("Lease `{}` acquired", lock::LEASE_NAME),
+            );
             held
         }
         Err(error) => {
@@ -211,12 +253,23 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
         }
     };
 
-    let result = execute(&client, &environment, &settings, &plan, &previous, &helm, output).await;
+    let context = Context {
+        client: &client,
+        environment: &environment,
+        settings: &settings,
+        helm: &helm,
+        audit: audit.as_ref(),
+        output,
+    };
+    let result = execute(context, &plan, &previous).await;
     let released = deploy_lock.release().await;
     let (report, status, failure) = result;
     output.data(&report).context("writing the deploy report")?;
     if let Err(error) = released {
-        output.warn(format!("the deploy lock was not released cleanly: {error}; it expires in {}s", lock::LEASE_SECONDS));
+        output.warn(format!(
+            "the deploy lock was not released cleanly: {error}; it expires in {}s",
+            lock::LEASE_SECONDS
+        ));
     }
     match failure {
         None => Ok(status),
@@ -225,15 +278,30 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
 }
 
 /// Runs the plan; on failure rolls back every component changed by this run, newest first.
+/// What `execute` works with.
+#[derive(Clone, Copy)]
+struct Context<'a> {
+    client: &'a kube::Client,
+    environment: &'a Environment,
+    settings: &'a DeploySettings,
+    helm: &'a HelmTarget,
+    audit: &'a dyn AuditSink,
+    output: &'a Output,
+}
+
 async fn execute(
-    client: &kube::Client,
-    environment: &Environment,
-    settings: &DeploySettings,
+    context: Context<'_>,
     plan: &DeployPlan,
     previous: &[Option<u32>],
-    helm: &HelmTarget,
-    output: &Output,
 ) -> (DeployReport, ExitStatus, Option<CommandError>) {
+    let Context {
+        client,
+        environment,
+        settings,
+        helm,
+        audit,
+        output,
+    } = context;
     let mut results: Vec<ComponentResult> = plan
         .steps
         .iter()
@@ -253,8 +321,15 @@ async fn execute(
         output.detail(format!("  {}", step.helm));
         results[index].result = "failed".to_owned();
         if let Err(error) = step.command.run().await {
-            output.check(CheckState::Fail, &format!("helm upgrade {}", step.release), &error.to_string());
-            failure = Some(format!("helm upgrade of `{}` failed: {error}", step.release));
+            output.check(
+                CheckState::Fail,
+                &format!("helm upgrade {}", step.release),
+                &error.to_string(),
+            );
+            failure = Some(format!(
+                "helm upgrade of `{}` failed: {error}",
+                step.release
+            ));
             break;
         }
         let target = Target {
@@ -265,7 +340,10 @@ async fn execute(
         let outcome = match track::track(client, &target, &policy, settings.timeout, output).await {
             Ok(outcome) => outcome,
             Err(error) => {
-                failure = Some(format!("tracking the rollout of `{}` failed: {error}", step.deployment));
+                failure = Some(format!(
+                    "tracking the rollout of `{}` failed: {error}",
+                    step.deployment
+                ));
                 break;
             }
         };
@@ -274,13 +352,22 @@ async fn execute(
         let summary = support::outcome_summary(&outcome);
         results[index].rollout = Some(outcome);
         if !complete {
-            failure = Some(format!("the rollout of `{}` failed: {summary}", step.deployment));
+            failure = Some(format!(
+                "the rollout of `{}` failed: {summary}",
+                step.deployment
+            ));
             break;
         }
-        if let Some(component) = environment.components.iter().find(|c| c.name == step.component)
+        if let Some(component) = environment
+            .components
+            .iter()
+            .find(|c| c.name == step.component)
             && let Err(problem) = verify_component(client, environment, component, output).await
         {
-            failure = Some(format!("`{}` rolled out but failed verification: {problem}", step.component));
+            failure = Some(format!(
+                "`{}` rolled out but failed verification: {problem}",
+                step.component
+            ));
             break;
         }
         results[index].result = "deployed".to_owned();
@@ -288,17 +375,32 @@ async fn execute(
 
     let Some(failure) = failure else {
         for result in &results {
-            support::audit(output, environment, note(result, "succeeded")).await;
+            support::audit(audit, output, environment, note(result, "succeeded")).await;
         }
-        return (DeployReport { environment: environment.name.clone(), components: results }, ExitStatus::Success, None);
+        return (
+            DeployReport {
+                environment: environment.name.clone(),
+                components: results,
+            },
+            ExitStatus::Success,
+            None,
+        );
     };
     if !settings.rollback {
         for result in results.iter().filter(|r| r.result != "not_started") {
-            support::audit(output, environment, note(result, "failed")).await;
+            support::audit(audit, output, environment, note(result, "failed")).await;
         }
-        let error = CommandError::verification(anyhow::anyhow!("{failure}; left in place (--no-rollback)"))
-            .hint("roll back with `psctl rollback <component>` once you have looked");
-        return (DeployReport { environment: environment.name.clone(), components: results }, ExitStatus::VerificationFailed, Some(error));
+        let error =
+            CommandError::verification(anyhow::anyhow!("{failure}; left in place (--no-rollback)"))
+                .hint("roll back with `psctl rollback <component>` once you have looked");
+        return (
+            DeployReport {
+                environment: environment.name.clone(),
+                components: results,
+            },
+            ExitStatus::VerificationFailed,
+            Some(error),
+        );
     }
 
     let mut rollback_problems = Vec::new();
@@ -311,17 +413,40 @@ async fn execute(
             Some(revision) => (helm.rollback(&step.release, revision), "rolled_back"),
             None => (helm.uninstall(&step.release), "uninstalled"),
         };
-        output.info(format!("rolling back {}: {}", step.component, command.display()));
-        match rollback_one(client, environment, step, &command, results[index].previous_revision.is_some(), settings.timeout, output).await {
+        output.info(format!(
+            "rolling back {}: {}",
+            step.component,
+            command.display()
+        ));
+        match rollback_one(
+            client,
+            environment,
+            step,
+            &command,
+            results[index].previous_revision.is_some(),
+            settings.timeout,
+            output,
+        )
+        .await
+        {
             Ok(()) => results[index].result = undone.to_owned(),
             Err(problem) => {
                 results[index].result = "rollback_failed".to_owned();
                 rollback_problems.push(format!("{}: {problem}", step.component));
             }
         }
-        support::audit(output, environment, note(&results[index], &results[index].result.clone())).await;
+        support::audit(
+            audit,
+            output,
+            environment,
+            note(&results[index], &results[index].result.clone()),
+        )
+        .await;
     }
-    let report = DeployReport { environment: environment.name.clone(), components: results };
+    let report = DeployReport {
+        environment: environment.name.clone(),
+        components: results,
+    };
     if rollback_problems.is_empty() {
         let error = CommandError::verification(anyhow::anyhow!("{failure}; rolled back to the previous revisions"))
             .hint("`psctl history <component>` shows the failed revision; fix the image or values and deploy again");
@@ -333,9 +458,16 @@ async fn execute(
         )
         .hint("a human must act now: check `psctl status` and `psctl history <component>`")
         .hint("retry with `psctl rollback <component> --to-rev <N>`, or stop traffic with `psctl kill-switch on`");
-        for result in report.components.iter().filter(|r| r.result == "rollback_failed") {
+        for result in report
+            .components
+            .iter()
+            .filter(|r| r.result == "rollback_failed")
+        {
             if let Some(revision) = result.previous_revision {
-                error = error.hint(format!("`psctl rollback {} --to-rev {revision}` restores what ran before", result.component));
+                error = error.hint(format!(
+                    "`psctl rollback {} --to-rev {revision}` restores what ran before",
+                    result.component
+                ));
             }
         }
         (report, ExitStatus::RollbackFailed, Some(error))
@@ -353,7 +485,11 @@ async fn rollback_one(
 ) -> Result<(), String> {
     command.run().await.map_err(|e| e.to_string())?;
     if !track_it {
-        output.check(CheckState::Ok, &format!("uninstall {}", step.release), "the failed first install was removed");
+        output.check(
+            CheckState::Ok,
+            &format!("uninstall {}", step.release),
+            "the failed first install was removed",
+        );
         return Ok(());
     }
     let target = Target {
@@ -361,16 +497,24 @@ async fn rollback_one(
         deployment: step.deployment.clone(),
         selector: step.selector.clone(),
     };
-    let outcome = track::track(client, &target, &Policy::default(), timeout, output).await.map_err(|e| e.to_string())?;
+    let outcome = track::track(client, &target, &Policy::default(), timeout, output)
+        .await
+        .map_err(|e| e.to_string())?;
     support::report_outcome(output, &format!("rollback {}", step.deployment), &outcome);
-    if outcome.is_complete() { Ok(()) } else { Err(support::outcome_summary(&outcome)) }
+    if outcome.is_complete() {
+        Ok(())
+    } else {
+        Err(support::outcome_summary(&outcome))
+    }
 }
 
 fn note(result: &ComponentResult, outcome: &str) -> AuditNote {
     AuditNote {
         action: "deploy".to_owned(),
         target: result.release.clone(),
-        from_state: result.previous_revision.map_or_else(|| "absent".to_owned(), |r| format!("revision {r}")),
+        from_state: result
+            .previous_revision
+            .map_or_else(|| "absent".to_owned(), |r| format!("revision {r}")),
         to_state: result.result.clone(),
         outcome: outcome.to_owned(),
         details: serde_json::json!({ "component": result.component }),
@@ -386,7 +530,11 @@ pub async fn verify_component(
     output: &Output,
 ) -> Result<(), String> {
     let Some(metrics) = &component.metrics else {
-        output.check(CheckState::Skip, &format!("metrics {}", component.name), "no metrics endpoint configured");
+        output.check(
+            CheckState::Skip,
+            &format!("metrics {}", component.name),
+            "no metrics endpoint configured",
+        );
         return Ok(());
     };
     let path = format!(
@@ -396,8 +544,13 @@ pub async fn verify_component(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let attempt = async {
-            let request = http::Request::get(&path).body(Vec::new()).map_err(|e| e.to_string())?;
-            client.request_text(request).await.map_err(|e| e.to_string())
+            let request = http::Request::get(&path)
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
+            client
+                .request_text(request)
+                .await
+                .map_err(|e| e.to_string())
         };
         let problem = match attempt.await {
             Ok(text) => {
@@ -412,10 +565,17 @@ pub async fn verify_component(
                 }
                 format!("missing metrics: {}", missing.join(", "))
             }
-            Err(error) => format!("cannot read {}:{}{}: {error}", metrics.service, metrics.port, metrics.path),
+            Err(error) => format!(
+                "cannot read {}:{}{}: {error}",
+                metrics.service, metrics.port, metrics.path
+            ),
         };
         if tokio::time::Instant::now() >= deadline {
-            output.check(CheckState::Fail, &format!("metrics {}", component.name), &problem);
+            output.check(
+                CheckState::Fail,
+                &format!("metrics {}", component.name),
+                &problem,
+            );
             return Err(problem);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -438,10 +598,17 @@ pub fn missing_metrics(exposition: &str, required: &[String]) -> Vec<String> {
             present.insert(name.to_owned());
         }
     }
-    required.iter().filter(|name| !present.contains(name.as_str())).cloned().collect()
+    required
+        .iter()
+        .filter(|name| !present.contains(name.as_str()))
+        .cloned()
+        .collect()
 }
 
-async fn preflight_cluster(environment: &Environment, output: &Output) -> Result<kube::Client, CommandError> {
+async fn preflight_cluster(
+    environment: &Environment,
+    output: &Output,
+) -> Result<kube::Client, CommandError> {
     let client = match cluster::connect(environment).await {
         Ok(client) => client,
         Err(error) => {
@@ -453,10 +620,16 @@ async fn preflight_cluster(environment: &Environment, output: &Output) -> Result
         Ok(version) => output.check(
             CheckState::Ok,
             "cluster reachable",
-            &format!("context {} (Kubernetes {}.{})", environment.kube_context, version.major, version.minor),
+            &format!(
+                "context {} (Kubernetes {}.{})",
+                environment.kube_context, version.major, version.minor
+            ),
         ),
         Err(error) => {
-            let error = ClusterError::api(format!("reaching the API server of context `{}`", environment.kube_context))(error);
+            let error = ClusterError::api(format!(
+                "reaching the API server of context `{}`",
+                environment.kube_context
+            ))(error);
             output.check(CheckState::Fail, "cluster reachable", &error.to_string());
             return Err(error.into());
         }
@@ -465,12 +638,23 @@ async fn preflight_cluster(environment: &Environment, output: &Output) -> Result
     match namespaces.get(&environment.namespace).await {
         Ok(_) => output.check(CheckState::Ok, "namespace", &environment.namespace),
         Err(error) if is_not_found(&error) => {
-            output.check(CheckState::Fail, "namespace", &format!("`{}` does not exist", environment.namespace));
-            return Err(CommandError::usage(anyhow::anyhow!("namespace `{}` does not exist", environment.namespace))
-                .hint(format!("create it with `kubectl create namespace {}`", environment.namespace)));
+            output.check(
+                CheckState::Fail,
+                "namespace",
+                &format!("`{}` does not exist", environment.namespace),
+            );
+            return Err(CommandError::usage(anyhow::anyhow!(
+                "namespace `{}` does not exist",
+                environment.namespace
+            ))
+            .hint(format!(
+                "create it with `kubectl create namespace {}`",
+                environment.namespace
+            )));
         }
         Err(error) => {
-            let error = ClusterError::api(format!("reading namespace `{}`", environment.namespace))(error);
+            let error =
+                ClusterError::api(format!("reading namespace `{}`", environment.namespace))(error);
             output.check(CheckState::Fail, "cluster authorised", &error.to_string());
             return Err(error.into());
         }
@@ -480,17 +664,27 @@ async fn preflight_cluster(environment: &Environment, output: &Output) -> Result
 
 /// The runtime Secret exists and carries every required key. Values are registered with the
 /// redactor the moment they are read and never printed; only key names are reported.
-async fn preflight_secret(client: &kube::Client, environment: &Environment, output: &Output) -> Result<(), CommandError> {
+async fn preflight_secret(
+    client: &kube::Client,
+    environment: &Environment,
+    output: &Output,
+) -> Result<(), CommandError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &environment.namespace);
     let name = &environment.secret.name;
     let secret = match secrets.get(name).await {
         Ok(secret) => secret,
         Err(error) if is_not_found(&error) => {
-            output.check(CheckState::Fail, "runtime secret", &format!("`{name}` does not exist"));
+            output.check(
+                CheckState::Fail,
+                "runtime secret",
+                &format!("`{name}` does not exist"),
+            );
             return Err(CommandError::usage(anyhow::anyhow!("the runtime Secret `{name}` does not exist in `{}`", environment.namespace))
                 .hint("create it with `psctl secrets` or `kubectl create secret generic` (never put values on a command line you log)"));
         }
-        Err(error) => return Err(ClusterError::api(format!("reading Secret `{name}`"))(error).into()),
+        Err(error) => {
+            return Err(ClusterError::api(format!("reading Secret `{name}`"))(error).into());
+        }
     };
     let mut keys: Vec<String> = Vec::new();
     for (key, value) in secret.data.iter().flatten() {
@@ -503,10 +697,21 @@ async fn preflight_secret(client: &kube::Client, environment: &Environment, outp
     }
     let missing = missing_keys(&keys, &environment.secret.required_keys);
     if missing.is_empty() {
-        output.check(CheckState::Ok, "runtime secret", &format!("`{name}` has all {} required keys", environment.secret.required_keys.len()));
+        output.check(
+            CheckState::Ok,
+            "runtime secret",
+            &format!(
+                "`{name}` has all {} required keys",
+                environment.secret.required_keys.len()
+            ),
+        );
         Ok(())
     } else {
-        output.check(CheckState::Fail, "runtime secret", &format!("`{name}` lacks {}", missing.join(", ")));
+        output.check(
+            CheckState::Fail,
+            "runtime secret",
+            &format!("`{name}` lacks {}", missing.join(", ")),
+        );
         Err(CommandError::usage(anyhow::anyhow!("the runtime Secret `{name}` lacks required keys: {}", missing.join(", ")))
             .hint("add the missing keys to the Secret; the pods would fail with CreateContainerConfigError"))
     }
@@ -514,19 +719,34 @@ async fn preflight_secret(client: &kube::Client, environment: &Environment, outp
 
 /// Required key names missing from `present`. Pure.
 pub fn missing_keys(present: &[String], required: &[String]) -> Vec<String> {
-    required.iter().filter(|k| !present.contains(k)).cloned().collect()
+    required
+        .iter()
+        .filter(|k| !present.contains(k))
+        .cloned()
+        .collect()
 }
 
 /// Every image to deploy exists in the registry (registry HTTP API v2, manifest HEAD).
-async fn preflight_images(environment: &Environment, components: &[&Component], tag: &str, output: &Output) -> Result<(), CommandError> {
+async fn preflight_images(
+    environment: &Environment,
+    components: &[&Component],
+    tag: &str,
+    output: &Output,
+) -> Result<(), CommandError> {
     let Some(registry) = &environment.registry else {
-        output.check(CheckState::Skip, "image tag", "no registry configured for the environment");
+        output.check(
+            CheckState::Skip,
+            "image tag",
+            "no registry configured for the environment",
+        );
         return Ok(());
     };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
-        .map_err(|e| CommandError::usage(anyhow::Error::new(e).context("building the HTTP client")))?;
+        .map_err(|e| {
+            CommandError::usage(anyhow::Error::new(e).context("building the HTTP client"))
+        })?;
     for component in components {
         let url = manifest_url(registry, &component.image, tag);
         let reference = format!("{registry}/{}:{tag}", component.image);
@@ -558,13 +778,27 @@ async fn preflight_images(environment: &Environment, components: &[&Component], 
                 output.check(CheckState::Warn, "image tag", &format!("{reference}: the registry needs credentials psctl does not have; not verified"));
             }
             Ok(response) => {
-                output.check(CheckState::Fail, "image tag", &format!("{reference}: registry answered {}", response.status()));
-                return Err(CommandError::unreachable(anyhow::anyhow!("registry {registry} answered {} for {reference}", response.status())));
+                output.check(
+                    CheckState::Fail,
+                    "image tag",
+                    &format!("{reference}: registry answered {}", response.status()),
+                );
+                return Err(CommandError::unreachable(anyhow::anyhow!(
+                    "registry {registry} answered {} for {reference}",
+                    response.status()
+                )));
             }
             Err(error) => {
-                output.check(CheckState::Fail, "image tag", &format!("registry {registry} unreachable"));
-                return Err(CommandError::unreachable(anyhow::Error::new(error).context(format!("checking {reference} in registry {registry}")))
-                    .hint("is the registry up? for the sandbox: `psctl-sandbox up`"));
+                output.check(
+                    CheckState::Fail,
+                    "image tag",
+                    &format!("registry {registry} unreachable"),
+                );
+                return Err(CommandError::unreachable(
+                    anyhow::Error::new(error)
+                        .context(format!("checking {reference} in registry {registry}")),
+                )
+                .hint("is the registry up? for the sandbox: `psctl-sandbox up`"));
             }
         }
     }
@@ -591,17 +825,28 @@ fn registry_base(registry: &str) -> String {
 
 /// No selected release may be `pending-*`; returns each component's deployed revision (the
 /// rollback target), `None` for a first install.
-fn preflight_releases(components: &[&Component], history: &[Revision], output: &Output) -> Result<Vec<Option<u32>>, CommandError> {
+fn preflight_releases(
+    components: &[&Component],
+    history: &[Revision],
+    output: &Output,
+) -> Result<Vec<Option<u32>>, CommandError> {
     let mut previous = Vec::new();
     for component in components {
-        let own: Vec<Revision> = history.iter().filter(|r| r.release == component.release).cloned().collect();
+        let own: Vec<Revision> = history
+            .iter()
+            .filter(|r| r.release == component.release)
+            .cloned()
+            .collect();
         if let Some(current) = revision::current(&own)
             && current.status.is_pending()
         {
             output.check(
                 CheckState::Fail,
                 "release state",
-                &format!("`{}` is stuck in {} (revision {})", component.release, current.status, current.revision),
+                &format!(
+                    "`{}` is stuck in {} (revision {})",
+                    component.release, current.status, current.revision
+                ),
             );
             return Err(CommandError::usage(anyhow::anyhow!(
                 "release `{}` is stuck in {} at revision {}; a previous operation never finished",
@@ -609,14 +854,20 @@ fn preflight_releases(components: &[&Component], history: &[Revision], output: &
                 current.status,
                 current.revision
             ))
-            .hint(format!("recover it with `psctl rollback {} --unstick` (shows the plan first)", component.name)));
+            .hint(format!(
+                "recover it with `psctl rollback {} --unstick` (shows the plan first)",
+                component.name
+            )));
         }
         let deployed = revision::deployed(&own).map(|r| r.revision);
         output.check(
             CheckState::Ok,
             "release state",
             &match deployed {
-                Some(revision) => format!("`{}` at revision {revision} (rollback target)", component.release),
+                Some(revision) => format!(
+                    "`{}` at revision {revision} (rollback target)",
+                    component.release
+                ),
                 None => format!("`{}` not installed yet (first install)", component.release),
             },
         );
@@ -635,11 +886,19 @@ mod tests {
 
     fn environment() -> Environment {
         let text = "environments:\n  sandbox:\n    kube_context: psctl-sandbox\n    registry: 127.0.0.1:5000\n";
-        crate::settings::file::parse(Path::new("psctl.yaml"), text).unwrap().environments["sandbox"].clone()
+        crate::settings::file::parse(Path::new("psctl.yaml"), text)
+            .unwrap()
+            .environments["sandbox"]
+            .clone()
     }
 
     fn helm() -> HelmTarget {
-        HelmTarget { program: PathBuf::from("helm"), namespace: "default".into(), kube_context: "psctl-sandbox".into(), kubeconfig: None }
+        HelmTarget {
+            program: PathBuf::from("helm"),
+            namespace: "default".into(),
+            kube_context: "psctl-sandbox".into(),
+            kubeconfig: None,
+        }
     }
 
     fn settings(components: &[&str], tag: Option<&str>) -> DeploySettings {
@@ -653,22 +912,47 @@ mod tests {
 
     #[test]
     fn the_plan_deploys_components_in_configuration_order_with_the_tag() {
-        let plan = plan(&environment(), &settings(&[], Some("1.4.2")), &helm(), Path::new("psctl.yaml")).unwrap();
+        let plan = plan(
+            &environment(),
+            &settings(&[], Some("1.4.2")),
+            &helm(),
+            Path::new("psctl.yaml"),
+        )
+        .unwrap();
         let names: Vec<_> = plan.steps.iter().map(|s| s.release.as_str()).collect();
         assert_eq!(names, ["problemsolver-poller", "problemsolver-webhook"]);
-        assert_eq!(plan.steps[1].image, "127.0.0.1:5000/problemsolver-webhook-worker:1.4.2");
-        assert!(plan.steps[1].helm.ends_with("--set-string image.tag=1.4.2"), "{}", plan.steps[1].helm);
+        assert_eq!(
+            plan.steps[1].image,
+            "127.0.0.1:5000/problemsolver-webhook-worker:1.4.2"
+        );
+        assert!(
+            plan.steps[1].helm.ends_with("--set-string image.tag=1.4.2"),
+            "{}",
+            plan.steps[1].helm
+        );
     }
 
     #[test]
     fn an_unknown_component_is_a_usage_error() {
-        let error = plan(&environment(), &settings(&["api"], None), &helm(), Path::new("psctl.yaml")).unwrap_err();
+        let error = plan(
+            &environment(),
+            &settings(&["api"], None),
+            &helm(),
+            Path::new("psctl.yaml"),
+        )
+        .unwrap_err();
         assert_eq!(error.status(), ExitStatus::Usage);
     }
 
     #[test]
     fn the_dry_run_plan_renders_as_json_without_internal_fields() {
-        let plan = plan(&environment(), &settings(&["webhook"], Some("x")), &helm(), Path::new("psctl.yaml")).unwrap();
+        let plan = plan(
+            &environment(),
+            &settings(&["webhook"], Some("x")),
+            &helm(),
+            Path::new("psctl.yaml"),
+        )
+        .unwrap();
         let json = serde_json::to_value(&plan).unwrap();
         assert_eq!(json["steps"][0]["component"], "webhook");
         assert!(json["steps"][0].get("command").is_none());
@@ -678,7 +962,10 @@ mod tests {
     fn a_pending_release_blocks_the_deploy_with_the_unstick_hint() {
         let environment = environment();
         let components = environment.select(&["poller".to_owned()]).unwrap();
-        let mut history = vec![rev(1, ReleaseStatus::Superseded), rev(2, ReleaseStatus::PendingUpgrade)];
+        let mut history = vec![
+            rev(1, ReleaseStatus::Superseded),
+            rev(2, ReleaseStatus::PendingUpgrade),
+        ];
         for revision in &mut history {
             revision.release = "problemsolver-poller".into();
         }
@@ -687,30 +974,53 @@ mod tests {
         assert!(error.hints()[0].contains("psctl rollback poller --unstick"));
         history.pop();
         history[0].status = ReleaseStatus::Deployed;
-        assert_eq!(preflight_releases(&components, &history, &output).unwrap(), [Some(1)]);
-        assert_eq!(preflight_releases(&components, &[], &output).unwrap(), [None]);
+        assert_eq!(
+            preflight_releases(&components, &history, &output).unwrap(),
+            [Some(1)]
+        );
+        assert_eq!(
+            preflight_releases(&components, &[], &output).unwrap(),
+            [None]
+        );
     }
 
     #[test]
     fn registry_urls() {
-        assert_eq!(manifest_url("127.0.0.1:5000", "problemsolver-poller", "1.0"), "http://127.0.0.1:5000/v2/problemsolver-poller/manifests/1.0");
-        assert_eq!(manifest_url("ghcr.io/acme", "app", "v1"), "https://ghcr.io/acme/v2/app/manifests/v1");
+        assert_eq!(
+            manifest_url("127.0.0.1:5000", "problemsolver-poller", "1.0"),
+            "http://127.0.0.1:5000/v2/problemsolver-poller/manifests/1.0"
+        );
+        assert_eq!(
+            manifest_url("ghcr.io/acme", "app", "v1"),
+            "https://ghcr.io/acme/v2/app/manifests/v1"
+        );
     }
 
     #[test]
     fn required_metrics_accept_declared_counters_without_samples() {
         let text = "# HELP webhook_deliveries Deliveries.\n# TYPE webhook_deliveries counter\n\
                     # TYPE webhook_queue_depth gauge\nwebhook_queue_depth 3\nworker_health_status{x=\"1\"} 1\n";
-        let required: Vec<String> = ["webhook_deliveries_total", "webhook_queue_depth", "worker_health_status", "circuit_breaker_opens_total"]
-            .map(str::to_owned)
-            .to_vec();
-        assert_eq!(missing_metrics(text, &required), ["circuit_breaker_opens_total"]);
+        let required: Vec<String> = [
+            "webhook_deliveries_total",
+            "webhook_queue_depth",
+            "worker_health_status",
+            "circuit_breaker_opens_total",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(
+            missing_metrics(text, &required),
+            ["circuit_breaker_opens_total"]
+        );
     }
 
     #[test]
     fn missing_secret_keys_are_listed_by_name() {
         let present = ["DATABASE_URL".to_owned(), "BINANCE_API_KEY".to_owned()];
         let required = environment().secret.required_keys;
-        assert_eq!(missing_keys(&present, &required), ["BINANCE_API_SECRET", "ENCRYPTION_MASTER_KEY"]);
+        assert_eq!(
+            missing_keys(&present, &required),
+            ["BINANCE_API_SECRET", "ENCRYPTION_MASTER_KEY"]
+        );
     }
 }
