@@ -197,8 +197,9 @@ impl Worker {
         if rows.is_empty() {
             return Ok(totals);
         }
+        let over_limit = Mutex::new(HashMap::new());
         let processed: Vec<Processed> = futures::stream::iter(rows)
-            .map(|row| self.process(row, shutdown))
+            .map(|row| self.process(row, shutdown, &over_limit))
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
@@ -257,7 +258,15 @@ impl Worker {
         }
     }
 
-    async fn process(&self, row: Claimed, shutdown: &CancellationToken) -> Processed {
+    /// `over_limit` counts, per merchant, the rows of this batch already put back by the
+    /// per-endpoint limit, so they are spread over the following seconds at the merchant's rate
+    /// instead of all becoming due together.
+    async fn process(
+        &self,
+        row: Claimed,
+        shutdown: &CancellationToken,
+        over_limit: &Mutex<HashMap<Uuid, u32>>,
+    ) -> Processed {
         let plain = |completion| Processed {
             completion,
             disable_merchant: None,
@@ -293,9 +302,18 @@ impl Worker {
                     .unwrap_or_else(PoisonError::into_inner)
                     .abandon_probe(&row.merchant_id);
             }
+            let queued_before = {
+                let mut counts = over_limit.lock().unwrap_or_else(PoisonError::into_inner);
+                let count = counts.entry(row.merchant_id).or_insert(0);
+                *count += 1;
+                *count - 1
+            };
+            let spread = Duration::from_secs_f64(
+                f64::from(queued_before) / f64::from(self.config.per_endpoint_rps.get()),
+            );
             return plain(Completion::release(
                 row.id,
-                wait.max(Duration::from_millis(10)),
+                (wait + spread).max(Duration::from_millis(10)),
             ));
         }
         self.limits.global().await;

@@ -463,6 +463,17 @@ async fn per_endpoint_rate_limit_defers_without_charging_attempts() {
     .await
     .unwrap();
     assert_eq!(charged, 0);
+    // The 15 held back are spread at the merchant's rate (10/s), not all due at once.
+    let latest: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(next_attempt_at) - now())::float8 FROM webhook_queue WHERE status = 'pending'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        (1.2..=2.0).contains(&latest),
+        "last deferred row due in {latest} s"
+    );
     db.drop_db().await;
 }
 
