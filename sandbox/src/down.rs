@@ -20,12 +20,26 @@ pub fn down(layout: &Layout, purge: bool) -> anyhow::Result<Vec<String>> {
         ("registry", REGISTRY_BIN.to_owned()),
     ] {
         let stopped = process::stop(layout, name, &program, Duration::from_secs(10))?;
-        report.push(format!("{name}: {}", if stopped { "stopped" } else { "was not running" }));
+        report.push(format!(
+            "{name}: {}",
+            if stopped {
+                "stopped"
+            } else {
+                "was not running"
+            }
+        ));
     }
     // Only containers of this sandbox's node: another sandbox (tests) may share Docker.
     let ids = run(
         "docker",
-        &["ps", "-aq", "--filter", "label=psctl.sandbox=1", "--filter", &format!("label=psctl.sandbox.node={}", settings.node)],
+        &[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=psctl.sandbox=1",
+            "--filter",
+            &format!("label=psctl.sandbox.node={}", settings.node),
+        ],
     )?;
     let ids: Vec<&str> = ids.split_whitespace().collect();
     if !ids.is_empty() {
@@ -34,19 +48,32 @@ pub fn down(layout: &Layout, purge: bool) -> anyhow::Result<Vec<String>> {
         run("docker", &args)?;
     }
     report.push(format!("containers: {} removed", ids.len()));
-    let ours = run("docker", &["network", "inspect", "--format", "{{index .Labels \"psctl.sandbox.network\"}}", &settings.network])
-        .map(|label| label.trim() == settings.node)
-        .unwrap_or(false);
+    let ours = run(
+        "docker",
+        &[
+            "network",
+            "inspect",
+            "--format",
+            "{{index .Labels \"psctl.sandbox.network\"}}",
+            &settings.network,
+        ],
+    )
+    .map(|label| label.trim() == settings.node)
+    .unwrap_or(false);
     if ours {
         match run("docker", &["network", "rm", &settings.network]) {
             Ok(_) => report.push(format!("network {}: removed", settings.network)),
             Err(error) => report.push(format!("network {}: kept ({error})", settings.network)),
         }
     } else {
-        report.push(format!("network {}: not ours or absent, left alone", settings.network));
+        report.push(format!(
+            "network {}: not ours or absent, left alone",
+            settings.network
+        ));
     }
     if purge {
-        std::fs::remove_dir_all(&layout.root).with_context(|| format!("cannot remove `{}`", layout.root.display()))?;
+        std::fs::remove_dir_all(&layout.root)
+            .with_context(|| format!("cannot remove `{}`", layout.root.display()))?;
         report.push(format!("state {}: removed", layout.root.display()));
     }
     Ok(report)

@@ -35,11 +35,30 @@ mod tests {
     fn exports_cover_the_contract_and_quote_values() {
         let layout = Layout::new(PathBuf::from("/state/it's"));
         let text = export_lines(&variables(&layout, &Settings::default()));
-        for name in ["KUBECONFIG", "PSCTL_CONFIG", "PSCTL_ENV", "DATABASE_URL", "PROMETHEUS_URL", "PSCTL_REGISTRY", "HELM", "KUBECTL"] {
-            assert!(text.contains(&format!("export {name}=")), "{name} missing from:\n{text}");
+        for name in [
+            "KUBECONFIG",
+            "PSCTL_CONFIG",
+            "PSCTL_ENV",
+            "DATABASE_URL",
+            "PROMETHEUS_URL",
+            "PSCTL_REGISTRY",
+            "HELM",
+            "KUBECTL",
+        ] {
+            assert!(
+                text.contains(&format!("export {name}=")),
+                "{name} missing from:\n{text}"
+            );
         }
-        assert!(text.contains("export KUBECONFIG='/state/it'\\''s/kubeconfig'"), "{text}");
+        assert!(
+            text.contains("export KUBECONFIG='/state/it'\\''s/kubeconfig'"),
+            "{text}"
+        );
         assert!(text.contains("export PSCTL_ENV='sandbox'"));
-        assert!(text.contains("export DATABASE_URL='postgres://postgres@127.0.0.1:55433/problemsolver'"));
+        assert!(
+            text.contains(
+                "export DATABASE_URL='postgres://postgres@127.0.0.1:55433/problemsolver'"
+            )
+        );
     }
 }

@@ -13,7 +13,11 @@ use crate::settings::{Layout, Settings};
 use crate::up::{PROMETHEUS_BIN, REGISTRY_BIN, ensure_prometheus, ensure_registry};
 
 /// Applies one fault; returns a line for the user.
-pub async fn apply(layout: &Layout, settings: &Settings, command: FaultCommand) -> anyhow::Result<String> {
+pub async fn apply(
+    layout: &Layout,
+    settings: &Settings,
+    command: FaultCommand,
+) -> anyhow::Result<String> {
     match command {
         FaultCommand::Api(args) => api(settings, args).await,
         FaultCommand::Registry { state } => match state {
@@ -28,7 +32,12 @@ pub async fn apply(layout: &Layout, settings: &Settings, command: FaultCommand) 
         },
         FaultCommand::Prometheus { action } => match action {
             StartStop::Stop => {
-                process::stop(layout, "prometheus", PROMETHEUS_BIN, Duration::from_secs(10))?;
+                process::stop(
+                    layout,
+                    "prometheus",
+                    PROMETHEUS_BIN,
+                    Duration::from_secs(10),
+                )?;
                 Ok("prometheus: stopped".to_owned())
             }
             StartStop::Start => {
@@ -47,9 +56,16 @@ pub async fn apply(layout: &Layout, settings: &Settings, command: FaultCommand) 
                 .await
                 .context("the sandbox daemon does not answer: is the sandbox up?")?;
             if !response.status().is_success() {
-                anyhow::bail!("the daemon refused `postgres {action}`: {}", response.status());
+                anyhow::bail!(
+                    "the daemon refused `postgres {action}`: {}",
+                    response.status()
+                );
             }
-            Ok(format!("postgres endpoint 127.0.0.1:{}: {action}ped", settings.postgres_port).replace("startped", "started"))
+            Ok(format!(
+                "postgres endpoint 127.0.0.1:{}: {action}ped",
+                settings.postgres_port
+            )
+            .replace("startped", "started"))
         }
         FaultCommand::KillContainer { pod, namespace } => {
             let ids = run(
@@ -67,12 +83,17 @@ pub async fn apply(layout: &Layout, settings: &Settings, command: FaultCommand) 
             )?;
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if ids.is_empty() {
-                anyhow::bail!("no running container for pod `{namespace}/{pod}` (check `kubectl get pods -n {namespace}`)");
+                anyhow::bail!(
+                    "no running container for pod `{namespace}/{pod}` (check `kubectl get pods -n {namespace}`)"
+                );
             }
             let mut args = vec!["kill"];
             args.extend(&ids);
             run("docker", &args)?;
-            Ok(format!("pod {namespace}/{pod}: {} container(s) killed", ids.len()))
+            Ok(format!(
+                "pod {namespace}/{pod}: {} container(s) killed",
+                ids.len()
+            ))
         }
     }
 }
@@ -81,21 +102,39 @@ async fn api(settings: &Settings, args: ApiFaultArgs) -> anyhow::Result<String> 
     let client = http();
     let url = format!("{}/_sandbox/faults", settings.api_url());
     if args.clear {
-        client.delete(&url).send().await.context("the API server does not answer")?.error_for_status()?;
+        client
+            .delete(&url)
+            .send()
+            .await
+            .context("the API server does not answer")?
+            .error_for_status()?;
         return Ok("api: faults cleared".to_owned());
     }
     let Some(path) = args.path else {
-        let list = client.get(&url).send().await.context("the API server does not answer")?.error_for_status()?;
+        let list = client
+            .get(&url)
+            .send()
+            .await
+            .context("the API server does not answer")?
+            .error_for_status()?;
         return Ok(list.text().await?);
     };
     if args.status.is_none() && args.delay_ms.is_none() {
         anyhow::bail!("give --status and/or --delay-ms for the fault on `{path}`");
     }
     let body = json!({"path_regex": path, "method": args.method, "status": args.status, "delay_ms": args.delay_ms, "count": args.count});
-    let response = client.post(&url).json(&body).send().await.context("the API server does not answer")?;
+    let response = client
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .context("the API server does not answer")?;
     if !response.status().is_success() {
         let status = response.status();
-        anyhow::bail!("the API server refused the fault ({status}): {}", response.text().await.unwrap_or_default());
+        anyhow::bail!(
+            "the API server refused the fault ({status}): {}",
+            response.text().await.unwrap_or_default()
+        );
     }
     Ok(format!("api: fault added on `{path}`"))
 }

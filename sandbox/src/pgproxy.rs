@@ -49,7 +49,9 @@ pub async fn start(addrs: &[SocketAddr], upstream: String, switch: Switch) -> an
         let switch = switch.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
                 if !switch.enabled() {
                     drop(client);
                     continue;
@@ -57,7 +59,9 @@ pub async fn start(addrs: &[SocketAddr], upstream: String, switch: Switch) -> an
                 let upstream = upstream.clone();
                 let mut off = switch.changes.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
                     let mut client = client;
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -108,9 +112,17 @@ mod tests {
         switch.set(false);
         let mut rest = Vec::new();
         // The open connection is cut: reading ends (EOF or reset) instead of hanging.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_to_end(&mut rest)).await.unwrap();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut rest),
+        )
+        .await
+        .unwrap();
         let mut refused = TcpStream::connect(addr).await.unwrap();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), refused.read(&mut reply)).await.unwrap();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), refused.read(&mut reply))
+                .await
+                .unwrap();
         assert!(matches!(read, Ok(0) | Err(_)));
     }
 }

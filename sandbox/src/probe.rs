@@ -26,7 +26,12 @@ pub async fn tcp_open(addr: &str) -> bool {
 }
 
 /// Polls `check` until it holds or `timeout` passes; the error names `what` and where to look.
-pub async fn wait_for<F, Fut>(what: &str, hint: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+pub async fn wait_for<F, Fut>(
+    what: &str,
+    hint: &str,
+    timeout: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -37,7 +42,10 @@ where
             return Ok(());
         }
         if Instant::now() >= deadline {
-            anyhow::bail!("{what} did not become ready within {}s; {hint}", timeout.as_secs());
+            anyhow::bail!(
+                "{what} did not become ready within {}s; {hint}",
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

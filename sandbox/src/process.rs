@@ -18,16 +18,26 @@ pub fn running_pid(layout: &Layout, name: &str, program: &str) -> Option<u32> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let argv0 = cmdline.split(|byte| *byte == 0).next()?;
     let argv0 = String::from_utf8_lossy(argv0);
-    let wanted = Path::new(program).file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let wanted = Path::new(program)
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // A zombie (state Z) has exited already.
-    let zombie = state.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let zombie = state
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     (argv0.ends_with(&wanted) && !zombie).then_some(pid)
 }
 
 /// Starts `program args` detached (new session, stdin closed, output appended to the log file)
 /// and records its pid.
-pub fn spawn_detached(layout: &Layout, name: &str, program: &Path, args: &[String]) -> anyhow::Result<u32> {
+pub fn spawn_detached(
+    layout: &Layout,
+    name: &str,
+    program: &Path,
+    args: &[String],
+) -> anyhow::Result<u32> {
     std::fs::create_dir_all(layout.run_dir())?;
     std::fs::create_dir_all(layout.log_dir())?;
     let log_path = layout.log_file(name);
@@ -82,7 +92,11 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
         .status()
         .context("cannot run `kill`")?;
     if !status.success() {
-        tracing::debug!(pid, signal = name, "kill reported failure (process already gone?)");
+        tracing::debug!(
+            pid,
+            signal = name,
+            "kill reported failure (process already gone?)"
+        );
     }
     Ok(())
 }
@@ -113,7 +127,8 @@ mod tests {
     fn a_spawned_process_is_tracked_and_stopped_by_its_pid() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path().to_path_buf());
-        let pid = spawn_detached(&layout, "sleeper", Path::new("sleep"), &["30".to_owned()]).unwrap();
+        let pid =
+            spawn_detached(&layout, "sleeper", Path::new("sleep"), &["30".to_owned()]).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(running_pid(&layout, "sleeper", "sleep"), Some(pid));
         // The same pid under another program name is not ours.
@@ -125,7 +140,9 @@ mod tests {
 
     #[test]
     fn run_reports_the_failing_command() {
-        let error = run("sh", &["-c", "echo boom >&2; exit 3"]).unwrap_err().to_string();
+        let error = run("sh", &["-c", "echo boom >&2; exit 3"])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("boom"), "{error}");
     }
 }

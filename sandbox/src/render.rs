@@ -123,11 +123,17 @@ mod tests {
 
     #[test]
     fn kubeconfig_names_only_the_sandbox_context() {
-        let settings = Settings { api_port: 7443, ..Settings::default() };
+        let settings = Settings {
+            api_port: 7443,
+            ..Settings::default()
+        };
         let parsed: serde_yaml::Value = serde_yaml::from_str(&kubeconfig(&settings)).unwrap();
         assert_eq!(parsed["current-context"], "psctl-sandbox");
         assert_eq!(parsed["contexts"].as_sequence().unwrap().len(), 1);
-        assert_eq!(parsed["clusters"][0]["cluster"]["server"], "http://127.0.0.1:7443");
+        assert_eq!(
+            parsed["clusters"][0]["cluster"]["server"],
+            "http://127.0.0.1:7443"
+        );
         assert_eq!(parsed["contexts"][0]["context"]["user"], "psctl-sandbox");
     }
 
@@ -142,20 +148,31 @@ mod tests {
         assert_eq!(env["production"], false);
         assert_eq!(env["components"]["webhook"]["canary"]["steps"][3], 100);
         assert_eq!(env["components"]["poller"]["metrics"]["port"], 8002);
-        assert!(!text.contains("postgres://"), "the database URL must stay out of psctl.yaml");
+        assert!(
+            !text.contains("postgres://"),
+            "the database URL must stay out of psctl.yaml"
+        );
     }
 
     #[test]
     fn prometheus_reads_the_daemon_target_file_every_five_seconds() {
-        let parsed: serde_yaml::Value = serde_yaml::from_str(&prometheus_config(&layout())).unwrap();
+        let parsed: serde_yaml::Value =
+            serde_yaml::from_str(&prometheus_config(&layout())).unwrap();
         assert_eq!(parsed["global"]["scrape_interval"], "5s");
-        assert_eq!(parsed["scrape_configs"][0]["file_sd_configs"][0]["files"][0], "/state/prometheus/targets.json");
+        assert_eq!(
+            parsed["scrape_configs"][0]["file_sd_configs"][0]["files"][0],
+            "/state/prometheus/targets.json"
+        );
     }
 
     #[test]
     fn registry_listens_on_loopback_and_stores_under_the_state_dir() {
-        let parsed: serde_yaml::Value = serde_yaml::from_str(&registry_config(&Settings::default(), &layout())).unwrap();
+        let parsed: serde_yaml::Value =
+            serde_yaml::from_str(&registry_config(&Settings::default(), &layout())).unwrap();
         assert_eq!(parsed["http"]["addr"], "127.0.0.1:5000");
-        assert_eq!(parsed["storage"]["filesystem"]["rootdirectory"], "/state/registry/data");
+        assert_eq!(
+            parsed["storage"]["filesystem"]["rootdirectory"],
+            "/state/registry/data"
+        );
     }
 }

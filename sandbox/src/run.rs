@@ -14,15 +14,23 @@ pub fn main() -> ExitCode {
     // built panics. Failure means one is installed already, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The daemon logs its parts at info; one-shot commands speak through their own progress lines.
-    let default_level = if matches!(cli.command, Command::Serve) { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let default_level = if matches!(cli.command, Command::Serve) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -52,10 +60,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let elapsed = crate::up::up(&layout, &settings, &options).await?;
             eprintln!();
             eprintln!("psctl-sandbox: up in {:.1}s", elapsed.as_secs_f64());
-            eprintln!("  API server  {}   (context `psctl-sandbox` in {})", settings.api_url(), layout.kubeconfig().display());
-            eprintln!("  registry    {}   Prometheus {}", settings.registry(), settings.prometheus_url());
+            eprintln!(
+                "  API server  {}   (context `psctl-sandbox` in {})",
+                settings.api_url(),
+                layout.kubeconfig().display()
+            );
+            eprintln!(
+                "  registry    {}   Prometheus {}",
+                settings.registry(),
+                settings.prometheus_url()
+            );
             eprintln!("  database    {}", settings.database_url_host());
-            eprintln!("load it with:  eval \"$(psctl-sandbox --state-dir {} env)\"", layout.root.display());
+            eprintln!(
+                "load it with:  eval \"$(psctl-sandbox --state-dir {} env)\"",
+                layout.root.display()
+            );
             println!("sandbox_up_seconds={:.1} s", elapsed.as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
@@ -72,11 +91,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Table => print!("{}", crate::status::table(&parts)),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&parts)?),
             }
-            Ok(if parts.iter().all(|part| part.up) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if parts.iter().all(|part| part.up) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Env => {
             let settings = layout.load_settings()?;
-            print!("{}", crate::env::export_lines(&crate::env::variables(&layout, &settings)));
+            print!(
+                "{}",
+                crate::env::export_lines(&crate::env::variables(&layout, &settings))
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Fault(command) => {

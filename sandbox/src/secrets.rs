@@ -46,7 +46,12 @@ pub struct Generated {
     pub merchant_webhook_secret: Redacted,
 }
 
-const FILES: [&str; 4] = ["binance-api-key", "binance-api-secret", "encryption-master-key", "merchant-webhook-secret"];
+const FILES: [&str; 4] = [
+    "binance-api-key",
+    "binance-api-secret",
+    "encryption-master-key",
+    "merchant-webhook-secret",
+];
 
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
@@ -68,12 +73,18 @@ impl Generated {
     }
 
     fn values(&self) -> [&Redacted; 4] {
-        [&self.binance_api_key, &self.binance_api_secret, &self.encryption_master_key, &self.merchant_webhook_secret]
+        [
+            &self.binance_api_key,
+            &self.binance_api_secret,
+            &self.encryption_master_key,
+            &self.merchant_webhook_secret,
+        ]
     }
 
     /// Reads the secrets from `dir`, generating and writing (0600) any that are missing.
     pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot restrict `{}` to its owner", dir.display()))?;
         let fresh = Self::fresh();
@@ -81,7 +92,9 @@ impl Generated {
         for (name, candidate) in FILES.iter().zip(fresh.values()) {
             let path = dir.join(name);
             match std::fs::read_to_string(&path) {
-                Ok(text) if !text.trim().is_empty() => loaded.push(Redacted::new(text.trim().to_owned())),
+                Ok(text) if !text.trim().is_empty() => {
+                    loaded.push(Redacted::new(text.trim().to_owned()))
+                }
                 _ => {
                     write_private(&path, candidate.expose())?;
                     loaded.push(candidate.clone());
@@ -89,7 +102,11 @@ impl Generated {
             }
         }
         let mut values = loaded.into_iter();
-        let mut next = || values.next().unwrap_or_else(|| Redacted::new(String::new()));
+        let mut next = || {
+            values
+                .next()
+                .unwrap_or_else(|| Redacted::new(String::new()))
+        };
         Ok(Self {
             binance_api_key: next(),
             binance_api_secret: next(),
@@ -102,8 +119,12 @@ impl Generated {
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let read = |name: &str| -> anyhow::Result<Redacted> {
             let path = dir.join(name);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read `{}`: run `psctl-sandbox up` to generate it", path.display()))?;
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read `{}`: run `psctl-sandbox up` to generate it",
+                    path.display()
+                )
+            })?;
             Ok(Redacted::new(text.trim().to_owned()))
         };
         Ok(Self {
@@ -117,10 +138,19 @@ impl Generated {
     /// The runtime Secret's data (`problemsolver-secrets`).
     pub fn runtime_secret(&self, database_url: &str) -> BTreeMap<String, Redacted> {
         BTreeMap::from([
-            ("DATABASE_URL".to_owned(), Redacted::new(database_url.to_owned())),
+            (
+                "DATABASE_URL".to_owned(),
+                Redacted::new(database_url.to_owned()),
+            ),
             ("BINANCE_API_KEY".to_owned(), self.binance_api_key.clone()),
-            ("BINANCE_API_SECRET".to_owned(), self.binance_api_secret.clone()),
-            ("ENCRYPTION_MASTER_KEY".to_owned(), self.encryption_master_key.clone()),
+            (
+                "BINANCE_API_SECRET".to_owned(),
+                self.binance_api_secret.clone(),
+            ),
+            (
+                "ENCRYPTION_MASTER_KEY".to_owned(),
+                self.encryption_master_key.clone(),
+            ),
         ])
     }
 }
@@ -138,7 +168,8 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     file.write_all(contents.as_bytes())
         .with_context(|| format!("cannot write `{}`", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move `{}` into place", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move `{}` into place", path.display()))?;
     Ok(())
 }
 
@@ -155,7 +186,10 @@ mod tests {
         assert_eq!(first.encryption_master_key.expose().len(), 64);
         assert!(first.merchant_webhook_secret.expose().starts_with("whsec_"));
         for name in FILES {
-            let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         let loaded = Generated::load(dir.path()).unwrap();

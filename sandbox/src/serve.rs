@@ -15,7 +15,9 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use psctl_sandbox_apiserver::{ApiServer, ApiServerConfig, LogOptions, PodBackend, PodBackendError, PodLogs};
+use psctl_sandbox_apiserver::{
+    ApiServer, ApiServerConfig, LogOptions, PodBackend, PodBackendError, PodLogs,
+};
 use psctl_sandbox_cluster::kubelet::logs::LogsError;
 use psctl_sandbox_cluster::{Controllers, ControllersConfig, DockerLogs, Kubelet, KubeletConfig};
 use serde_json::json;
@@ -30,10 +32,26 @@ use crate::targets::target_groups;
 struct Logs(DockerLogs);
 
 impl PodBackend for Logs {
-    fn logs<'a>(&'a self, namespace: &'a str, pod: &'a str, container: Option<&'a str>, options: LogOptions) -> BoxFuture<'a, Result<PodLogs, PodBackendError>> {
+    fn logs<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+        container: Option<&'a str>,
+        options: LogOptions,
+    ) -> BoxFuture<'a, Result<PodLogs, PodBackendError>> {
         async move {
             // `follow` is answered with what exists now; streaming is a known difference.
-            match self.0.pod_logs(namespace, pod, container, options.tail_lines, options.previous).await {
+            match self
+                .0
+                .pod_logs(
+                    namespace,
+                    pod,
+                    container,
+                    options.tail_lines,
+                    options.previous,
+                )
+                .await
+            {
                 Ok(text) => Ok(PodLogs::Complete(text)),
                 Err(LogsError::NotFound(message)) => Err(PodBackendError::BadRequest(message)),
                 Err(other) => Err(PodBackendError::Internal(other.to_string())),
@@ -67,7 +85,10 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
 
     let postgres = pgproxy::Switch::new();
     pgproxy::start(
-        &[SocketAddr::from(([127, 0, 0, 1], settings.postgres_port)), SocketAddr::new(gateway, settings.postgres_port)],
+        &[
+            SocketAddr::from(([127, 0, 0, 1], settings.postgres_port)),
+            SocketAddr::new(gateway, settings.postgres_port),
+        ],
         settings.postgres_upstream()?,
         postgres.clone(),
     )
@@ -80,15 +101,23 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
     })
     .await
     .context("cannot start the API server")?;
-    let config = kube::Config::new(api.url().parse().context("the API server URL does not parse")?);
-    let client = kube::Client::try_from(config).context("cannot build a client for the API server")?;
+    let config = kube::Config::new(
+        api.url()
+            .parse()
+            .context("the API server URL does not parse")?,
+    );
+    let client =
+        kube::Client::try_from(config).context("cannot build a client for the API server")?;
 
     let controllers = Controllers::run(client.clone(), ControllersConfig::default());
     let kubelet = Kubelet::run(
         client.clone(),
         KubeletConfig {
             network: settings.network.clone(),
-            allowed_registries: vec![settings.registry(), format!("localhost:{}", settings.registry_port)],
+            allowed_registries: vec![
+                settings.registry(),
+                format!("localhost:{}", settings.registry_port),
+            ],
             ..KubeletConfig::new(&settings.node)
         },
     )
@@ -116,9 +145,15 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
         .route("/healthz", get(healthz))
         .route("/postgres/{action}", post(postgres_switch))
         .with_state(control);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], settings.control_port)))
-        .await
-        .with_context(|| format!("cannot bind the control endpoint to 127.0.0.1:{}", settings.control_port))?;
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], settings.control_port)))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot bind the control endpoint to 127.0.0.1:{}",
+                    settings.control_port
+                )
+            })?;
     tracing::info!(api = %api.url(), "sandbox daemon ready");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
@@ -145,10 +180,18 @@ async fn shutdown_signal() {
     }
 }
 
-async fn healthz(State(control): State<Control>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+async fn healthz(
+    State(control): State<Control>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
     let health = control.health.lock().await;
-    let controllers = health.controllers.as_ref().is_some_and(|handle| !handle.any_finished());
-    let kubelet = health.kubelet.as_ref().is_some_and(|handle| !handle.is_finished());
+    let controllers = health
+        .controllers
+        .as_ref()
+        .is_some_and(|handle| !handle.any_finished());
+    let kubelet = health
+        .kubelet
+        .as_ref()
+        .is_some_and(|handle| !handle.is_finished());
     let body = json!({
         "api": true,
         "controllers": controllers,
@@ -157,17 +200,32 @@ async fn healthz(State(control): State<Control>) -> (axum::http::StatusCode, Jso
         "postgres_endpoint": control.postgres.enabled(),
         "prometheus_targets": health.targets,
     });
-    let code = if controllers && kubelet { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let code = if controllers && kubelet {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body))
 }
 
-async fn postgres_switch(State(control): State<Control>, AxumPath(action): AxumPath<String>) -> (axum::http::StatusCode, String) {
+async fn postgres_switch(
+    State(control): State<Control>,
+    AxumPath(action): AxumPath<String>,
+) -> (axum::http::StatusCode, String) {
     match action.as_str() {
         "stop" => control.postgres.set(false),
         "start" => control.postgres.set(true),
-        other => return (axum::http::StatusCode::BAD_REQUEST, format!("unknown action `{other}`: use stop or start\n")),
+        other => {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("unknown action `{other}`: use stop or start\n"),
+            );
+        }
     }
-    (axum::http::StatusCode::OK, format!("postgres endpoint {action}ed\n"))
+    (
+        axum::http::StatusCode::OK,
+        format!("postgres endpoint {action}ed\n"),
+    )
 }
 
 /// Rewrites Prometheus' target file whenever the running pods change.
@@ -182,13 +240,17 @@ async fn keep_targets(client: kube::Client, layout: Layout, health: Arc<Mutex<He
         match pods.list(&ListParams::default()).await {
             Ok(list) => {
                 let groups = target_groups(&list.items);
-                let text = serde_json::to_string_pretty(&groups).unwrap_or_else(|_| "[]".to_owned());
+                let text =
+                    serde_json::to_string_pretty(&groups).unwrap_or_else(|_| "[]".to_owned());
                 if text != last {
                     let tmp = path.with_extension("tmp");
-                    let written = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path));
+                    let written =
+                        std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path));
                     match written {
                         Ok(()) => last = text,
-                        Err(error) => tracing::warn!(%error, path = %path.display(), "cannot write the Prometheus target file"),
+                        Err(error) => {
+                            tracing::warn!(%error, path = %path.display(), "cannot write the Prometheus target file")
+                        }
                     }
                 }
                 health.lock().await.targets = groups.len();
@@ -198,4 +260,3 @@ async fn keep_targets(client: kube::Client, layout: Layout, health: Arc<Mutex<He
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
-

@@ -86,20 +86,28 @@ impl Settings {
 
     /// The sandbox database as seen from this machine.
     pub fn database_url_host(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.postgres_port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{DATABASE}",
+            self.postgres_port
+        )
     }
 
     /// The sandbox database as seen from a container on the network (through its gateway).
     pub fn database_url_containers(&self, gateway: &str) -> String {
-        format!("postgres://postgres@{gateway}:{}/{DATABASE}", self.postgres_port)
+        format!(
+            "postgres://postgres@{gateway}:{}/{DATABASE}",
+            self.postgres_port
+        )
     }
 
     /// The admin URL pointed at another database of the same server.
     pub fn admin_url_for(&self, database: &str) -> anyhow::Result<String> {
-        let (base, _) = self
-            .postgres_admin_url
-            .rsplit_once('/')
-            .with_context(|| format!("the Postgres admin URL `{}` has no `/<database>` part", self.postgres_admin_url))?;
+        let (base, _) = self.postgres_admin_url.rsplit_once('/').with_context(|| {
+            format!(
+                "the Postgres admin URL `{}` has no `/<database>` part",
+                self.postgres_admin_url
+            )
+        })?;
         Ok(format!("{base}/{database}"))
     }
 
@@ -109,9 +117,16 @@ impl Settings {
             .postgres_admin_url
             .split_once("://")
             .map(|(_, rest)| rest)
-            .with_context(|| format!("the Postgres admin URL `{}` has no scheme", self.postgres_admin_url))?;
+            .with_context(|| {
+                format!(
+                    "the Postgres admin URL `{}` has no scheme",
+                    self.postgres_admin_url
+                )
+            })?;
         let authority = rest.split('/').next().unwrap_or(rest);
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        let host_port = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
         if host_port.contains(':') {
             Ok(host_port.to_owned())
         } else {
@@ -136,7 +151,8 @@ impl Layout {
         if let Some(dir) = flag {
             return Ok(Self::new(absolute(&dir)?));
         }
-        let home = std::env::var_os("HOME").context("HOME is not set: pass --state-dir or set PSCTL_SANDBOX_DIR")?;
+        let home = std::env::var_os("HOME")
+            .context("HOME is not set: pass --state-dir or set PSCTL_SANDBOX_DIR")?;
         Ok(Self::new(PathBuf::from(home).join(".cache/psctl/sandbox")))
     }
 
@@ -190,16 +206,29 @@ impl Layout {
     pub fn load_settings(&self) -> anyhow::Result<Settings> {
         let path = self.settings();
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("no sandbox at `{}` (cannot read `{}`): run `psctl-sandbox up` first", self.root.display(), path.display())
+            format!(
+                "no sandbox at `{}` (cannot read `{}`): run `psctl-sandbox up` first",
+                self.root.display(),
+                path.display()
+            )
         })?;
-        serde_json::from_str(&text).with_context(|| format!("`{}` is not valid sandbox settings; `psctl-sandbox up` rewrites it", path.display()))
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "`{}` is not valid sandbox settings; `psctl-sandbox up` rewrites it",
+                path.display()
+            )
+        })
     }
 
     /// The Docker network gateway recorded by `up`.
     pub fn load_gateway(&self) -> anyhow::Result<String> {
         let path = self.gateway();
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read `{}`: run `psctl-sandbox up` first", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read `{}`: run `psctl-sandbox up` first",
+                path.display()
+            )
+        })?;
         Ok(text.trim().to_owned())
     }
 }
@@ -208,7 +237,9 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     if path.is_absolute() {
         Ok(path.to_path_buf())
     } else {
-        Ok(std::env::current_dir().context("cannot read the current directory")?.join(path))
+        Ok(std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(path))
     }
 }
 
@@ -229,15 +260,24 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(settings.api_url(), "http://127.0.0.1:7000");
-        assert_eq!(settings.database_url_host(), "postgres://postgres@127.0.0.1:7001/problemsolver");
-        assert_eq!(settings.database_url_containers("172.30.0.1"), "postgres://postgres@172.30.0.1:7001/problemsolver");
+        assert_eq!(
+            settings.database_url_host(),
+            "postgres://postgres@127.0.0.1:7001/problemsolver"
+        );
+        assert_eq!(
+            settings.database_url_containers("172.30.0.1"),
+            "postgres://postgres@172.30.0.1:7001/problemsolver"
+        );
     }
 
     #[test]
     fn upstream_and_admin_urls_are_derived_from_the_admin_url() {
         let settings = Settings::default();
         assert_eq!(settings.postgres_upstream().unwrap(), "127.0.0.1:55432");
-        assert_eq!(settings.admin_url_for("x").unwrap(), "postgres://postgres@127.0.0.1:55432/x");
+        assert_eq!(
+            settings.admin_url_for("x").unwrap(),
+            "postgres://postgres@127.0.0.1:55432/x"
+        );
         let bare = Settings {
             postgres_admin_url: "postgres://db.local/postgres".to_owned(),
             ..Settings::default()

@@ -23,13 +23,17 @@ pub fn target_groups(pods: &[Pod]) -> Vec<TargetGroup> {
         if status.phase.as_deref() != Some("Running") || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Some(ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) else { continue };
+        let Some(ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let pod_labels = pod.metadata.labels.clone().unwrap_or_default();
         let path = annotations.get("prometheus.io/path").cloned();
         let mut ports: Vec<i32> = Vec::new();
         if annotations.get("prometheus.io/scrape").map(String::as_str) == Some("true")
-            && let Some(port) = annotations.get("prometheus.io/port").and_then(|port| port.parse().ok())
+            && let Some(port) = annotations
+                .get("prometheus.io/port")
+                .and_then(|port| port.parse().ok())
         {
             ports.push(port);
         }
@@ -46,8 +50,17 @@ pub fn target_groups(pods: &[Pod]) -> Vec<TargetGroup> {
         ports.dedup();
         for port in ports {
             let mut labels = BTreeMap::new();
-            labels.insert("namespace".to_owned(), pod.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()));
-            labels.insert("pod".to_owned(), pod.metadata.name.clone().unwrap_or_default());
+            labels.insert(
+                "namespace".to_owned(),
+                pod.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned()),
+            );
+            labels.insert(
+                "pod".to_owned(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            );
             for key in ["app", "track"] {
                 if let Some(value) = pod_labels.get(key) {
                     labels.insert(key.to_owned(), value.clone());
@@ -91,7 +104,12 @@ mod tests {
 
     #[test]
     fn running_pods_are_scraped_on_their_metrics_port_with_their_labels() {
-        let groups = target_groups(&[pod("worker-1", "Running", Some("172.30.0.5"), serde_json::json!({}))]);
+        let groups = target_groups(&[pod(
+            "worker-1",
+            "Running",
+            Some("172.30.0.5"),
+            serde_json::json!({}),
+        )]);
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].targets, vec!["172.30.0.5:8001"]);
         assert_eq!(groups[0].labels["pod"], "worker-1");
@@ -119,7 +137,10 @@ mod tests {
                 "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9100", "prometheus.io/path": "/m"}}}),
         );
         let groups = target_groups(&[annotated]);
-        let targets: Vec<&str> = groups.iter().map(|group| group.targets[0].as_str()).collect();
+        let targets: Vec<&str> = groups
+            .iter()
+            .map(|group| group.targets[0].as_str())
+            .collect();
         assert_eq!(targets, vec!["172.30.0.6:8001", "172.30.0.6:9100"]);
         assert_eq!(groups[0].labels["namespace"], "team");
         assert_eq!(groups[1].labels["__metrics_path__"], "/m");

@@ -36,7 +36,10 @@ fn step(name: &str) -> Instant {
 }
 
 fn done(name: &str, started: Instant, detail: &str) {
-    eprintln!("psctl-sandbox: {name}: {detail} ({:.1}s)", started.elapsed().as_secs_f64());
+    eprintln!(
+        "psctl-sandbox: {name}: {detail} ({:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn script(repo: &Path, name: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -45,7 +48,12 @@ fn script(repo: &Path, name: &str, args: &[&str]) -> anyhow::Result<String> {
         .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
-        .with_context(|| format!("cannot run `{}`; pass --repo with the psctl checkout", path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot run `{}`; pass --repo with the psctl checkout",
+                path.display()
+            )
+        })?;
     if !output.status.success() {
         anyhow::bail!("`{}` failed ({})", path.display(), output.status);
     }
@@ -53,9 +61,18 @@ fn script(repo: &Path, name: &str, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Runs every step; returns the total time.
-pub async fn up(layout: &Layout, settings: &Settings, options: &UpOptions) -> anyhow::Result<Duration> {
+pub async fn up(
+    layout: &Layout,
+    settings: &Settings,
+    options: &UpOptions,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    std::fs::create_dir_all(&layout.root).with_context(|| format!("cannot create the state directory `{}`", layout.root.display()))?;
+    std::fs::create_dir_all(&layout.root).with_context(|| {
+        format!(
+            "cannot create the state directory `{}`",
+            layout.root.display()
+        )
+    })?;
     std::fs::write(layout.settings(), serde_json::to_string_pretty(settings)?)?;
 
     if options.bootstrap {
@@ -65,14 +82,22 @@ pub async fn up(layout: &Layout, settings: &Settings, options: &UpOptions) -> an
     }
     if options.tools && options.repo.join("scripts/fetch-tools.sh").exists() {
         let t = step("tools");
-        script(&options.repo, "fetch-tools.sh", &[&layout.root.display().to_string()])?;
+        script(
+            &options.repo,
+            "fetch-tools.sh",
+            &[&layout.root.display().to_string()],
+        )?;
         done("tools", t, "kubectl and helm in place");
     }
 
     let t = step("network");
     let gateway = ensure_network(settings)?;
     std::fs::write(layout.gateway(), format!("{gateway}\n"))?;
-    done("network", t, &format!("`{}` gateway {gateway}", settings.network));
+    done(
+        "network",
+        t,
+        &format!("`{}` gateway {gateway}", settings.network),
+    );
 
     let t = step("postgres");
     if settings.postgres_admin_url == Settings::default().postgres_admin_url {
@@ -82,7 +107,14 @@ pub async fn up(layout: &Layout, settings: &Settings, options: &UpOptions) -> an
     let merchant_url = format!("http://{gateway}:{}/webhook", settings.merchant_port);
     write_runtime_env(layout, settings, &secrets, &gateway)?;
     prepare_database(settings, &secrets, &merchant_url).await?;
-    done("postgres", t, &format!("database `{}` migrated, merchant seeded", crate::settings::DATABASE));
+    done(
+        "postgres",
+        t,
+        &format!(
+            "database `{}` migrated, merchant seeded",
+            crate::settings::DATABASE
+        ),
+    );
 
     let t = step("registry");
     ensure_registry(layout, settings).await?;
@@ -94,17 +126,31 @@ pub async fn up(layout: &Layout, settings: &Settings, options: &UpOptions) -> an
 
     let t = step("configuration");
     std::fs::write(layout.kubeconfig(), render::kubeconfig(settings))?;
-    std::fs::write(layout.psctl_config(), render::psctl_config(settings, layout))?;
+    std::fs::write(
+        layout.psctl_config(),
+        render::psctl_config(settings, layout),
+    )?;
     done("configuration", t, "kubeconfig and psctl.yaml written");
 
     let t = step("daemon");
     ensure_daemon(layout, settings).await?;
     apply_runtime_secret(settings, &secrets, &gateway).await?;
-    done("daemon", t, &format!("API server {} with controllers, kubelet and merchant sink", settings.api_url()));
+    done(
+        "daemon",
+        t,
+        &format!(
+            "API server {} with controllers, kubelet and merchant sink",
+            settings.api_url()
+        ),
+    );
 
     let t = step("prometheus");
     ensure_prometheus(layout, settings).await?;
-    done("prometheus", t, &format!("{} up", settings.prometheus_url()));
+    done(
+        "prometheus",
+        t,
+        &format!("{} up", settings.prometheus_url()),
+    );
 
     Ok(started.elapsed())
 }
@@ -114,43 +160,77 @@ pub fn ensure_network(settings: &Settings) -> anyhow::Result<String> {
     if run("docker", &["network", "inspect", &settings.network]).is_err() {
         run(
             "docker",
-            &["network", "create", "--driver", "bridge", "--label", &format!("psctl.sandbox.network={}", settings.node), &settings.network],
+            &[
+                "network",
+                "create",
+                "--driver",
+                "bridge",
+                "--label",
+                &format!("psctl.sandbox.network={}", settings.node),
+                &settings.network,
+            ],
         )
         .context("cannot create the sandbox Docker network (is Docker running?)")?;
     }
-    let gateway = run("docker", &["network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", &settings.network])?;
+    let gateway = run(
+        "docker",
+        &[
+            "network",
+            "inspect",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &settings.network,
+        ],
+    )?;
     let gateway = gateway.trim().to_owned();
     if gateway.is_empty() {
-        anyhow::bail!("the Docker network `{}` has no gateway address", settings.network);
+        anyhow::bail!(
+            "the Docker network `{}` has no gateway address",
+            settings.network
+        );
     }
     Ok(gateway)
 }
 
-async fn prepare_database(settings: &Settings, secrets: &Generated, merchant_url: &str) -> anyhow::Result<()> {
+async fn prepare_database(
+    settings: &Settings,
+    secrets: &Generated,
+    merchant_url: &str,
+) -> anyhow::Result<()> {
     use problemsolver_core::crypto::{MasterKey, NewMerchant, create_merchant};
 
     let admin = sqlx::PgPool::connect(&settings.postgres_admin_url)
         .await
         .context("cannot connect to the Postgres server (scripts/postgres.sh start)")?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(crate::settings::DATABASE)
-        .fetch_one(&admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(crate::settings::DATABASE)
+            .fetch_one(&admin)
+            .await?;
     if !exists {
         // A literal: sqlx refuses dynamic SQL, and the name is a constant anyway.
-        sqlx::query("CREATE DATABASE problemsolver").execute(&admin).await?;
+        sqlx::query("CREATE DATABASE problemsolver")
+            .execute(&admin)
+            .await?;
     }
     admin.close().await;
     let pool = sqlx::PgPool::connect(&settings.admin_url_for(crate::settings::DATABASE)?)
         .await
         .context("cannot connect to the sandbox database")?;
-    problemsolver_core::db::MIGRATOR.run(&pool).await.context("cannot migrate the sandbox database")?;
-    let key = MasterKey::parse("ENCRYPTION_MASTER_KEY", secrets.encryption_master_key.expose())
-        .map_err(|error| anyhow::anyhow!("the generated master key is unusable: {error}"))?;
-    let existing: Option<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM merchants WHERE name = $1 ORDER BY created_at LIMIT 1")
-        .bind(SEED_MERCHANT)
-        .fetch_optional(&pool)
-        .await?;
+    problemsolver_core::db::MIGRATOR
+        .run(&pool)
+        .await
+        .context("cannot migrate the sandbox database")?;
+    let key = MasterKey::parse(
+        "ENCRYPTION_MASTER_KEY",
+        secrets.encryption_master_key.expose(),
+    )
+    .map_err(|error| anyhow::anyhow!("the generated master key is unusable: {error}"))?;
+    let existing: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM merchants WHERE name = $1 ORDER BY created_at LIMIT 1")
+            .bind(SEED_MERCHANT)
+            .fetch_optional(&pool)
+            .await?;
     match existing {
         // Re-encrypt on every `up`: the gateway address or the master key may have changed.
         Some(id) => {
@@ -169,7 +249,9 @@ async fn prepare_database(settings: &Settings, secrets: &Generated, merchant_url
             let merchant = NewMerchant {
                 name: SEED_MERCHANT.to_owned(),
                 webhook_url: merchant_url.to_owned(),
-                webhook_secret: problemsolver_core::Secret::new(secrets.merchant_webhook_secret.expose().to_owned()),
+                webhook_secret: problemsolver_core::Secret::new(
+                    secrets.merchant_webhook_secret.expose().to_owned(),
+                ),
             };
             create_merchant(&pool, &key, &merchant).await?;
         }
@@ -186,14 +268,27 @@ pub async fn ensure_registry(layout: &Layout, settings: &Settings) -> anyhow::Re
         return Ok(());
     }
     if !Path::new(REGISTRY_BIN).exists() {
-        anyhow::bail!("`{REGISTRY_BIN}` is missing: install the Debian package docker-registry (scripts/bootstrap.sh)");
+        anyhow::bail!(
+            "`{REGISTRY_BIN}` is missing: install the Debian package docker-registry (scripts/bootstrap.sh)"
+        );
     }
     std::fs::create_dir_all(layout.registry_dir().join("data"))?;
     let config = layout.registry_dir().join("config.yml");
     std::fs::write(&config, render::registry_config(settings, layout))?;
-    process::spawn_detached(layout, "registry", Path::new(REGISTRY_BIN), &["serve".to_owned(), config.display().to_string()])?;
+    process::spawn_detached(
+        layout,
+        "registry",
+        Path::new(REGISTRY_BIN),
+        &["serve".to_owned(), config.display().to_string()],
+    )?;
     let log = layout.log_file("registry");
-    wait_for("the registry", &format!("see `{}`", log.display()), Duration::from_secs(30), || http_ok(&client, &url)).await
+    wait_for(
+        "the registry",
+        &format!("see `{}`", log.display()),
+        Duration::from_secs(30),
+        || http_ok(&client, &url),
+    )
+    .await
 }
 
 /// Starts `psctl-sandbox serve` detached unless the daemon already answers.
@@ -203,17 +298,48 @@ pub async fn ensure_daemon(layout: &Layout, settings: &Settings) -> anyhow::Resu
     if http_ok(&client, &health).await {
         return Ok(());
     }
-    let exe = std::env::current_exe().context("cannot find this program's path to start the daemon")?;
-    process::stop(layout, "daemon", &exe.display().to_string(), Duration::from_secs(5))?;
-    process::spawn_detached(layout, "daemon", &exe, &["--state-dir".to_owned(), layout.root.display().to_string(), "serve".to_owned()])?;
+    let exe =
+        std::env::current_exe().context("cannot find this program's path to start the daemon")?;
+    process::stop(
+        layout,
+        "daemon",
+        &exe.display().to_string(),
+        Duration::from_secs(5),
+    )?;
+    process::spawn_detached(
+        layout,
+        "daemon",
+        &exe,
+        &[
+            "--state-dir".to_owned(),
+            layout.root.display().to_string(),
+            "serve".to_owned(),
+        ],
+    )?;
     let log = layout.log_file("daemon");
-    wait_for("the sandbox daemon", &format!("see `{}`", log.display()), Duration::from_secs(60), || http_ok(&client, &health)).await?;
+    wait_for(
+        "the sandbox daemon",
+        &format!("see `{}`", log.display()),
+        Duration::from_secs(60),
+        || http_ok(&client, &health),
+    )
+    .await?;
     let version = format!("{}/version", settings.api_url());
-    wait_for("the API server", &format!("see `{}`", log.display()), Duration::from_secs(10), || http_ok(&client, &version)).await
+    wait_for(
+        "the API server",
+        &format!("see `{}`", log.display()),
+        Duration::from_secs(10),
+        || http_ok(&client, &version),
+    )
+    .await
 }
 
 /// Creates or replaces the runtime Secret in `default` with the generated values.
-async fn apply_runtime_secret(settings: &Settings, secrets: &Generated, gateway: &str) -> anyhow::Result<()> {
+async fn apply_runtime_secret(
+    settings: &Settings,
+    secrets: &Generated,
+    gateway: &str,
+) -> anyhow::Result<()> {
     let client = kube_client(settings)?;
     let api: Api<Secret> = Api::namespaced(client, "default");
     let data = secrets
@@ -225,7 +351,13 @@ async fn apply_runtime_secret(settings: &Settings, secrets: &Generated, gateway:
         metadata: kube::api::ObjectMeta {
             name: Some(RUNTIME_SECRET.to_owned()),
             namespace: Some("default".to_owned()),
-            labels: Some([("app.kubernetes.io/managed-by".to_owned(), "psctl-sandbox".to_owned())].into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "psctl-sandbox".to_owned(),
+                )]
+                .into(),
+            ),
             ..Default::default()
         },
         type_: Some("Opaque".to_owned()),
@@ -233,7 +365,11 @@ async fn apply_runtime_secret(settings: &Settings, secrets: &Generated, gateway:
         ..Default::default()
     };
     // Errors from the API carry object names, never data; `kube::Error` does not echo bodies sent.
-    match api.get_opt(RUNTIME_SECRET).await.context("cannot read the runtime Secret")? {
+    match api
+        .get_opt(RUNTIME_SECRET)
+        .await
+        .context("cannot read the runtime Secret")?
+    {
         Some(existing) => {
             secret.metadata.resource_version = existing.metadata.resource_version;
             api.replace(RUNTIME_SECRET, &PostParams::default(), &secret)
@@ -241,7 +377,9 @@ async fn apply_runtime_secret(settings: &Settings, secrets: &Generated, gateway:
                 .context("cannot update the runtime Secret")?;
         }
         None => {
-            api.create(&PostParams::default(), &secret).await.context("cannot create the runtime Secret")?;
+            api.create(&PostParams::default(), &secret)
+                .await
+                .context("cannot create the runtime Secret")?;
         }
     }
     Ok(())
@@ -249,7 +387,12 @@ async fn apply_runtime_secret(settings: &Settings, secrets: &Generated, gateway:
 
 /// A client for the sandbox API server.
 pub fn kube_client(settings: &Settings) -> anyhow::Result<kube::Client> {
-    let config = kube::Config::new(settings.api_url().parse().context("the API server URL does not parse")?);
+    let config = kube::Config::new(
+        settings
+            .api_url()
+            .parse()
+            .context("the API server URL does not parse")?,
+    );
     kube::Client::try_from(config).context("cannot build a client for the sandbox API server")
 }
 
@@ -267,17 +410,28 @@ pub async fn ensure_prometheus(layout: &Layout, settings: &Settings) -> anyhow::
     if http_ok(&client, &ready).await {
         return Ok(());
     }
-    let program = which(PROMETHEUS_BIN).context("`prometheus` is missing: install the Debian package prometheus (scripts/bootstrap.sh)")?;
+    let program = which(PROMETHEUS_BIN).context(
+        "`prometheus` is missing: install the Debian package prometheus (scripts/bootstrap.sh)",
+    )?;
     let args = vec![
         format!("--config.file={}", config.display()),
         format!("--storage.tsdb.path={}", dir.join("data").display()),
-        format!("--web.listen-address=127.0.0.1:{}", settings.prometheus_port),
+        format!(
+            "--web.listen-address=127.0.0.1:{}",
+            settings.prometheus_port
+        ),
         "--web.enable-lifecycle".to_owned(),
         "--storage.tsdb.retention.time=2d".to_owned(),
     ];
     process::spawn_detached(layout, "prometheus", &program, &args)?;
     let log = layout.log_file("prometheus");
-    wait_for("Prometheus", &format!("see `{}`", log.display()), Duration::from_secs(60), || http_ok(&client, &ready)).await
+    wait_for(
+        "Prometheus",
+        &format!("see `{}`", log.display()),
+        Duration::from_secs(60),
+        || http_ok(&client, &ready),
+    )
+    .await
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -290,11 +444,15 @@ fn which(program: &str) -> Option<PathBuf> {
 
 /// Writes a 0600 env file with the secrets the runtime Secret holds, for people who need them
 /// outside the cluster (never printed).
-pub fn write_runtime_env(layout: &Layout, settings: &Settings, secrets: &Generated, gateway: &str) -> anyhow::Result<()> {
+pub fn write_runtime_env(
+    layout: &Layout,
+    settings: &Settings,
+    secrets: &Generated,
+    gateway: &str,
+) -> anyhow::Result<()> {
     let mut text = String::new();
     for (key, value) in secrets.runtime_secret(&settings.database_url_containers(gateway)) {
         text.push_str(&format!("{key}={}\n", value.expose()));
     }
     write_private(&layout.secrets_dir().join("runtime.env"), &text)
 }
-

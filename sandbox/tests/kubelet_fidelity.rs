@@ -8,7 +8,13 @@ use std::time::Duration;
 
 use support::{Namespace, eventually, sandbox};
 
-fn pod(namespace: &Namespace<'_>, name: &str, image: &str, command: &str, readiness_port: Option<u16>) {
+fn pod(
+    namespace: &Namespace<'_>,
+    name: &str,
+    image: &str,
+    command: &str,
+    readiness_port: Option<u16>,
+) {
     let probe = readiness_port
         .map(|port| format!("      readinessProbe:\n        httpGet: {{path: /, port: {port}}}\n        periodSeconds: 1\n"))
         .unwrap_or_default();
@@ -37,7 +43,8 @@ fn a_good_image_becomes_ready() {
     pod(&namespace, "good", &image, "sleep 3600", None);
     eventually("pod Ready", Duration::from_secs(90), || {
         let pod = pod_json(&namespace, "good");
-        if ready(&pod) && pod["status"]["phase"] == "Running" && pod["status"]["podIP"].is_string() {
+        if ready(&pod) && pod["status"]["phase"] == "Running" && pod["status"]["podIP"].is_string()
+        {
             Ok(())
         } else {
             Err(pod["status"].to_string())
@@ -49,12 +56,22 @@ fn a_good_image_becomes_ready() {
 fn a_missing_tag_gives_image_pull_back_off() {
     let sandbox = sandbox();
     let namespace = sandbox.namespace("pull");
-    let image = format!("{}/psctl-sandbox-test/busybox:does-not-exist", sandbox.registry);
+    let image = format!(
+        "{}/psctl-sandbox-test/busybox:does-not-exist",
+        sandbox.registry
+    );
     pod(&namespace, "missing", &image, "true", None);
     eventually("ImagePullBackOff", Duration::from_secs(120), || {
         let pod = pod_json(&namespace, "missing");
-        let reason = pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str().unwrap_or_default().to_owned();
-        if reason == "ImagePullBackOff" { Ok(()) } else { Err(format!("waiting reason `{reason}`")) }
+        let reason = pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if reason == "ImagePullBackOff" {
+            Ok(())
+        } else {
+            Err(format!("waiting reason `{reason}`"))
+        }
     });
 }
 
@@ -67,7 +84,9 @@ fn an_exiting_binary_crash_loops_with_rising_restarts() {
     let first = eventually("CrashLoopBackOff", Duration::from_secs(120), || {
         let pod = pod_json(&namespace, "crash");
         let status = &pod["status"]["containerStatuses"][0];
-        let reason = status["state"]["waiting"]["reason"].as_str().unwrap_or_default();
+        let reason = status["state"]["waiting"]["reason"]
+            .as_str()
+            .unwrap_or_default();
         let restarts = status["restartCount"].as_i64().unwrap_or(0);
         if reason == "CrashLoopBackOff" && restarts >= 1 {
             assert_eq!(status["lastState"]["terminated"]["exitCode"], 3);
@@ -77,10 +96,19 @@ fn an_exiting_binary_crash_loops_with_rising_restarts() {
         }
     });
     eventually("restart count rising", Duration::from_secs(120), || {
-        let restarts = pod_json(&namespace, "crash")["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0);
-        if restarts > first { Ok(()) } else { Err(format!("still {restarts}")) }
+        let restarts =
+            pod_json(&namespace, "crash")["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0);
+        if restarts > first {
+            Ok(())
+        } else {
+            Err(format!("still {restarts}"))
+        }
     });
-    let previous = namespace.kubectl(&["logs", "crash", "--previous"]).ok("logs --previous");
+    let previous = namespace
+        .kubectl(&["logs", "crash", "--previous"])
+        .ok("logs --previous");
     assert!(previous.contains("dying"), "{previous}");
 }
 
@@ -93,11 +121,19 @@ fn a_failing_readiness_probe_keeps_the_pod_not_ready() {
     pod(&namespace, "unready", &image, "sleep 3600", Some(8081));
     eventually("pod running", Duration::from_secs(90), || {
         let pod = pod_json(&namespace, "unready");
-        if pod["status"]["phase"] == "Running" { Ok(()) } else { Err(pod["status"].to_string()) }
+        if pod["status"]["phase"] == "Running" {
+            Ok(())
+        } else {
+            Err(pod["status"].to_string())
+        }
     });
     std::thread::sleep(Duration::from_secs(8));
     let pod = pod_json(&namespace, "unready");
     assert_eq!(pod["status"]["phase"], "Running");
-    assert!(!ready(&pod), "a pod whose probe fails must not be Ready: {}", pod["status"]);
+    assert!(
+        !ready(&pod),
+        "a pod whose probe fails must not be Ready: {}",
+        pod["status"]
+    );
     assert_eq!(pod["status"]["containerStatuses"][0]["ready"], false);
 }

@@ -23,7 +23,8 @@ pub struct Sandbox {
 fn state_dir() -> PathBuf {
     match std::env::var_os("PSCTL_SANDBOX_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/psctl/sandbox"),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/psctl/sandbox"),
     }
 }
 
@@ -79,7 +80,11 @@ impl Run {
 
     /// Asserts success and returns stdout.
     pub fn ok(self, what: &str) -> String {
-        assert_eq!(self.code, 0, "{what} failed ({}):\nstdout: {}\nstderr: {}", self.code, self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "{what} failed ({}):\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
         self.stdout
     }
 }
@@ -109,7 +114,12 @@ impl Sandbox {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("kubectl runs");
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write manifest");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write manifest");
         Run::from(child.wait_with_output().expect("kubectl ends"))
     }
 
@@ -129,8 +139,17 @@ impl Sandbox {
     pub fn namespace(&self, test: &str) -> Namespace<'_> {
         let name = format!("t-{test}-{}", std::process::id());
         let _ = self.kubectl(&["delete", "namespace", &name, "--wait=false"]);
-        self.kubectl(&["create", "namespace", &name]).ok("create namespace");
-        Namespace { sandbox: self, name }
+        // `apply` sends JSON; `kubectl create namespace` sends protobuf, which the emulated API
+        // server decodes only for the kinds Helm writes.
+        self.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"),
+        )
+        .ok("create namespace");
+        Namespace {
+            sandbox: self,
+            name,
+        }
     }
 
     /// A kube-rs client for the sandbox.
@@ -145,12 +164,15 @@ impl Sandbox {
     pub fn busybox_image(&self, tag: &str) -> String {
         static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
         let image = format!("{}/psctl-sandbox-test/busybox:{tag}", self.registry);
-        let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut built = BUILT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if built.contains(&image) {
             return image;
         }
         let context = tempfile::tempdir().expect("temp dir");
-        std::fs::copy("/usr/bin/busybox", context.path().join("busybox")).expect("busybox is installed (Debian package busybox)");
+        std::fs::copy("/bin/busybox", context.path().join("busybox"))
+            .expect("busybox is installed (Debian package busybox)");
         std::fs::write(
             context.path().join("Dockerfile"),
             format!(
@@ -159,7 +181,16 @@ impl Sandbox {
             ),
         )
         .expect("write Dockerfile");
-        run_ok("docker", &["build", "-q", "-t", &image, &context.path().display().to_string()]);
+        run_ok(
+            "docker",
+            &[
+                "build",
+                "-q",
+                "-t",
+                &image,
+                &context.path().display().to_string(),
+            ],
+        );
         run_ok("docker", &["push", "-q", &image]);
         built.push(image.clone());
         image
@@ -168,8 +199,15 @@ impl Sandbox {
 
 /// Runs a host command that must succeed.
 pub fn run_ok(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().unwrap_or_else(|error| panic!("{program} runs: {error}"));
-    assert!(output.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("{program} runs: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -181,7 +219,9 @@ pub struct Namespace<'a> {
 
 impl Drop for Namespace<'_> {
     fn drop(&mut self) {
-        let _ = self.sandbox.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+        let _ = self
+            .sandbox
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
 
@@ -195,7 +235,9 @@ impl Namespace<'_> {
     pub fn apply(&self, manifest: &str) -> String {
         let mut args = vec!["-n", self.name.as_str()];
         args.extend_from_slice(&["apply", "-f", "-"]);
-        self.sandbox.kubectl_stdin(&args, manifest).ok("kubectl apply")
+        self.sandbox
+            .kubectl_stdin(&args, manifest)
+            .ok("kubectl apply")
     }
 
     /// `kubectl get … -o json` as a value.
@@ -209,12 +251,19 @@ impl Namespace<'_> {
 
 /// Polls `check` every 500 ms until it returns Some or `timeout` passes (then panics with the
 /// last observation).
-pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         match check() {
             Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => panic!("{what}: not reached within {}s; last: {last}", timeout.as_secs()),
+            Err(last) if Instant::now() >= deadline => panic!(
+                "{what}: not reached within {}s; last: {last}",
+                timeout.as_secs()
+            ),
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }
@@ -222,5 +271,7 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> R
 
 /// The repository's test fixtures.
 pub fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
 }
