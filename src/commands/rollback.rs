@@ -1,13 +1,627 @@
-//! `psctl rollback`: being built; see issue 4.
+//! `psctl rollback`: return a component to an earlier Helm revision (default: the last one that
+//! was deployed successfully), or to the Deployment's previous ReplicaSet (`--undo`), or recover
+//! a release stuck in `pending-*` (`--unstick`). Each builds a plan first, tracks the result
+//! like a deploy, takes the deploy Lease and writes the audit trail.
 
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde::Serialize;
+
+use super::history::read_revisions;
+use super::support::{self, AuditNote};
 use crate::cli::RollbackArgs;
-use crate::error::{CommandError, CommandResult};
-use crate::output::Output;
-use crate::settings::GlobalSettings;
+use crate::cluster::{self, ClusterError};
+use crate::error::{CommandError, CommandResult, ExitStatus};
+use crate::helm::driver::HelmCommand;
+use crate::helm::revision;
+use crate::helm::storage::{self, Revision};
+use crate::lock::{self, DeployLock};
+use crate::output::{CheckState, Output, Render, Style};
+use crate::rollout::diagnosis::{Policy, REVISION_ANNOTATION};
+use crate::rollout::track::{self, Target};
+use crate::settings::{Component, Environment, GlobalSettings};
 
-pub async fn run(_args: RollbackArgs, global: &GlobalSettings, _output: &Output) -> CommandResult {
-    let _environment = global.environment()?;
-    Err(CommandError::usage(anyhow::anyhow!(
-        "`psctl rollback` is not available in this build yet"
-    )))
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Helm(Option<u32>),
+    Undo,
+    Unstick,
+}
+
+/// One step of a rollback plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Run Helm.
+    Helm {
+        command: String,
+        #[serde(skip)]
+        run: HelmCommand,
+    },
+    /// Delete the release Secret of a revision that never finished.
+    DeleteRevision {
+        secret: String,
+        revision: u32,
+        status: String,
+    },
+    /// Put an earlier ReplicaSet's pod template back on the Deployment.
+    RestoreTemplate {
+        deployment: String,
+        from_revision: String,
+        to_revision: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackPlan {
+    pub component: String,
+    pub release: String,
+    pub mode: String,
+    pub current_revision: Option<u32>,
+    pub target_revision: Option<u32>,
+    pub steps: Vec<Step>,
+}
+
+impl Render for RollbackPlan {
+    fn render_table(&self, _style: &Style) -> String {
+        let mut text = format!(
+            "rollback plan for {} (release {}, {}): revision {} -> {}\n",
+            self.component,
+            self.release,
+            self.mode,
+            self.current_revision
+                .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            self.target_revision
+                .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+        );
+        for (index, step) in self.steps.iter().enumerate() {
+            let line = match step {
+                Step::Helm { command, .. } => command.clone(),
+                Step::DeleteRevision {
+                    secret,
+                    revision,
+                    status,
+                } => {
+                    format!("delete Secret {secret} (revision {revision}, {status})")
+                }
+                Step::RestoreTemplate {
+                    deployment,
+                    from_revision,
+                    to_revision,
+                } => {
+                    format!(
+                        "restore the pod template of ReplicaSet revision {to_revision} on Deployment {deployment} (now {from_revision})"
+                    )
+                }
+            };
+            text.push_str(&format!("  {}. {line}\n", index + 1));
+        }
+        text
+    }
+}
+
+/// The Helm rollback plan. Pure.
+fn helm_plan(
+    component: &Component,
+    history: &[Revision],
+    wanted: Option<u32>,
+    helm: &crate::helm::driver::HelmTarget,
+) -> Result<RollbackPlan, CommandError> {
+    let current = revision::current(history);
+    if let Some(current) = current
+        && current.status.is_pending()
+    {
+        return Err(CommandError::usage(anyhow::anyhow!(
+            "release `{}` is stuck in {} at revision {}",
+            component.release,
+            current.status,
+            current.revision
+        ))
+        .hint(format!(
+            "recover it first with `psctl rollback {} --unstick`",
+            component.name
+        )));
+    }
+    let target = revision::rollback_target(&component.release, history, wanted)?;
+    let run = helm.rollback(&component.release, target.revision);
+    Ok(RollbackPlan {
+        component: component.name.clone(),
+        release: component.release.clone(),
+        mode: "helm".to_owned(),
+        current_revision: current.map(|r| r.revision),
+        target_revision: Some(target.revision),
+        steps: vec![Step::Helm {
+            command: run.display(),
+            run,
+        }],
+    })
+}
+
+/// The `--unstick` plan: drop the unfinished revision, then re-apply the last good one (or
+/// uninstall when a first install never finished). Pure.
+pub fn unstick_plan(
+    component: &Component,
+    history: &[Revision],
+    helm: &crate::helm::driver::HelmTarget,
+) -> Result<RollbackPlan, CommandError> {
+    let Some(current) = revision::current(history) else {
+        return Err(CommandError::usage(anyhow::anyhow!(
+            "release `{}` has no revisions",
+            component.release
+        )));
+    };
+    if !current.status.is_pending() {
+        return Err(CommandError::usage(anyhow::anyhow!(
+            "release `{}` is not stuck: revision {} is {}",
+            component.release,
+            current.revision,
+            current.status
+        ))
+        .hint("use `psctl rollback` without --unstick to change revision"));
+    }
+    let mut steps = vec![Step::DeleteRevision {
+        secret: storage::secret_name(&component.release, current.revision),
+        revision: current.revision,
+        status: current.status.to_string(),
+    }];
+    let earlier: Vec<Revision> = history
+        .iter()
+        .filter(|r| r.revision < current.revision)
+        .cloned()
+        .collect();
+    let good = earlier
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.status,
+                storage::ReleaseStatus::Deployed | storage::ReleaseStatus::Superseded
+            )
+        })
+        .max_by_key(|r| r.revision);
+    let target = match good {
+        Some(good) => {
+            let run = helm.rollback(&component.release, good.revision);
+            steps.push(Step::Helm {
+                command: run.display(),
+                run,
+            });
+            Some(good.revision)
+        }
+        None if earlier.is_empty() => {
+            let run = helm.uninstall(&component.release);
+            steps.push(Step::Helm {
+                command: run.display(),
+                run,
+            });
+            None
+        }
+        None => {
+            return Err(CommandError::usage(anyhow::anyhow!(
+                "release `{}` has no successfully deployed revision before {}; recovering needs a decision",
+                component.release,
+                current.revision
+            ))
+            .hint(format!("inspect `psctl history {}` and uninstall or redeploy by hand", component.name)));
+        }
+    };
+    Ok(RollbackPlan {
+        component: component.name.clone(),
+        release: component.release.clone(),
+        mode: "unstick".to_owned(),
+        current_revision: Some(current.revision),
+        target_revision: target,
+        steps,
+    })
+}
+
+/// Picks the ReplicaSet to return to for `--undo`: the highest revision below the
+/// Deployment's current one. Pure.
+pub fn undo_target<'a>(
+    current: Option<&str>,
+    replica_sets: &'a [ReplicaSet],
+) -> Option<(&'a ReplicaSet, u64)> {
+    let current: u64 = current?.parse().ok()?;
+    replica_sets
+        .iter()
+        .filter_map(|rs| {
+            let revision: u64 = rs
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(REVISION_ANNOTATION)?
+                .parse()
+                .ok()?;
+            (revision < current).then_some((rs, revision))
+        })
+        .max_by_key(|(_, revision)| *revision)
+}
+
+pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
+    let RollbackArgs {
+        component,
+        to_rev,
+        undo,
+        unstick,
+        timeout,
+    } = args;
+    let mode = match (undo, unstick) {
+        (true, _) => Mode::Undo,
+        (_, true) => Mode::Unstick,
+        _ => Mode::Helm(to_rev),
+    };
+    let environment = global.environment()?;
+    let component = match component {
+        Some(name) => environment.component(&name)?.clone(),
+        None if environment.components.len() == 1 => environment.components[0].clone(),
+        None => {
+            return Err(CommandError::usage(anyhow::anyhow!(
+                "name the component to roll back; configured: {}",
+                environment
+                    .components
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    let client = cluster::connect(&environment).await?;
+    let helm = support::helm_target(&environment);
+    let plan = match mode {
+        Mode::Undo => undo_plan(&client, &environment, &component).await?,
+        Mode::Helm(wanted) => {
+            let history = read_revisions(
+                &client,
+                &environment.namespace,
+                std::slice::from_ref(&component.release),
+            )
+            .await?;
+            helm_plan(&component, &history, wanted, &helm)?
+        }
+        Mode::Unstick => {
+            let history = read_revisions(
+                &client,
+                &environment.namespace,
+                std::slice::from_ref(&component.release),
+            )
+            .await?;
+            unstick_plan(&component, &history, &helm)?
+        }
+    };
+    if global.dry_run {
+        output.data(&plan).context("writing the plan")?;
+        return Ok(ExitStatus::Success);
+    }
+    output.info(plan.render_table(&output.style()).trim_end());
+    support::confirm(
+        global,
+        output,
+        &format!("execute this plan in `{}`?", environment.name),
+    )?;
+    let audit = support::open_audit(global, &environment, output).await?;
+    let held = DeployLock::acquire(
+        &client,
+        &environment.namespace,
+        &lock::holder_identity("rollback"),
+    )
+    .await?;
+    let result = execute(&client, &environment, &component, &plan, timeout, output).await;
+    let outcome = if result.is_ok() {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    support::audit(
+        audit.as_ref(),
+        output,
+        &environment,
+        AuditNote {
+            action: format!("rollback ({})", plan.mode),
+            target: component.release.clone(),
+            from_state: plan
+                .current_revision
+                .map_or_else(|| "-".to_owned(), |r| format!("revision {r}")),
+            to_state: plan
+                .target_revision
+                .map_or_else(|| "uninstalled".to_owned(), |r| format!("revision {r}")),
+            outcome: outcome.to_owned(),
+            details: serde_json::json!({"component": component.name}),
+        },
+    )
+    .await;
+    if let Err(error) = held.release().await {
+        output.warn(format!("the deploy lock was not released cleanly: {error}"));
+    }
+    output.data(&plan).context("writing the rollback report")?;
+    result.map(|()| ExitStatus::Success)
+}
+
+async fn undo_plan(
+    client: &kube::Client,
+    environment: &Environment,
+    component: &Component,
+) -> Result<RollbackPlan, CommandError> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &environment.namespace);
+    let deployment = deployments
+        .get(&component.deployment)
+        .await
+        .map_err(ClusterError::api(format!(
+            "reading Deployment `{}`",
+            component.deployment
+        )))?;
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &environment.namespace);
+    let list = replica_sets
+        .list(&ListParams::default().labels(&component.selector))
+        .await
+        .map_err(ClusterError::api(format!(
+            "listing ReplicaSets of `{}`",
+            component.deployment
+        )))?;
+    let uid = deployment.metadata.uid.clone();
+    let owned: Vec<ReplicaSet> = list
+        .items
+        .into_iter()
+        .filter(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .collect();
+    let current = deployment
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION_ANNOTATION))
+        .cloned();
+    let Some((_, target)) = undo_target(current.as_deref(), &owned) else {
+        return Err(CommandError::usage(anyhow::anyhow!(
+            "Deployment `{}` has no earlier ReplicaSet revision to return to",
+            component.deployment
+        ))
+        .hint("the ReplicaSet history is limited by revisionHistoryLimit; use Helm revisions instead (drop --undo)"));
+    };
+    Ok(RollbackPlan {
+        component: component.name.clone(),
+        release: component.release.clone(),
+        mode: "undo".to_owned(),
+        current_revision: current.as_deref().and_then(|c| c.parse().ok()),
+        target_revision: u32::try_from(target).ok(),
+        steps: vec![Step::RestoreTemplate {
+            deployment: component.deployment.clone(),
+            from_revision: current.unwrap_or_default(),
+            to_revision: target.to_string(),
+        }],
+    })
+}
+
+async fn execute(
+    client: &kube::Client,
+    environment: &Environment,
+    component: &Component,
+    plan: &RollbackPlan,
+    timeout: Duration,
+    output: &Output,
+) -> Result<(), CommandError> {
+    let mut needs_tracking = false;
+    for step in &plan.steps {
+        match step {
+            Step::Helm { run, .. } => {
+                run.run().await?;
+                needs_tracking = run.args.first().map(String::as_str) == Some("rollback");
+                output.check(CheckState::Ok, "helm", &run.display());
+            }
+            Step::DeleteRevision { secret, .. } => {
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), &environment.namespace);
+                secrets
+                    .delete(secret, &DeleteParams::default())
+                    .await
+                    .map_err(ClusterError::api(format!(
+                        "deleting release Secret `{secret}`"
+                    )))?;
+                output.check(CheckState::Ok, "unfinished revision removed", secret);
+            }
+            Step::RestoreTemplate {
+                deployment,
+                to_revision,
+                ..
+            } => {
+                restore_template(client, environment, component, deployment, to_revision).await?;
+                needs_tracking = true;
+                output.check(
+                    CheckState::Ok,
+                    "pod template restored",
+                    &format!("revision {to_revision}"),
+                );
+            }
+        }
+    }
+    if !needs_tracking {
+        return Ok(());
+    }
+    let target = Target {
+        namespace: environment.namespace.clone(),
+        deployment: component.deployment.clone(),
+        selector: component.selector.clone(),
+    };
+    let outcome = track::track(client, &target, &Policy::default(), timeout, output).await?;
+    support::report_outcome(
+        output,
+        &format!("rollout {}", component.deployment),
+        &outcome,
+    );
+    if outcome.is_complete() {
+        Ok(())
+    } else {
+        Err(CommandError::verification(anyhow::anyhow!(
+            "the rollback of `{}` did not roll out: {}",
+            component.name,
+            support::outcome_summary(&outcome)
+        ))
+        .hint("a human must look now: `psctl status`, then `psctl rollback <component> --to-rev <N>` or `psctl kill-switch on`"))
+    }
+}
+
+async fn restore_template(
+    client: &kube::Client,
+    environment: &Environment,
+    component: &Component,
+    deployment: &str,
+    to_revision: &str,
+) -> Result<(), CommandError> {
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &environment.namespace);
+    let list = replica_sets
+        .list(&ListParams::default().labels(&component.selector))
+        .await
+        .map_err(ClusterError::api(format!(
+            "listing ReplicaSets of `{deployment}`"
+        )))?;
+    let source = list
+        .items
+        .into_iter()
+        .find(|rs| {
+            rs.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REVISION_ANNOTATION))
+                .map(String::as_str)
+                == Some(to_revision)
+        })
+        .ok_or_else(|| {
+            CommandError::usage(anyhow::anyhow!(
+                "ReplicaSet revision {to_revision} of `{deployment}` disappeared"
+            ))
+        })?;
+    let mut template = source.spec.and_then(|s| s.template).unwrap_or_default();
+    // The hash label belongs to the ReplicaSet; the controller adds it back.
+    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.remove("pod-template-hash");
+    }
+    // Replace (not patch) so keys that exist only in the newer template disappear too; the
+    // resourceVersion makes a concurrent edit fail instead of being overwritten.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &environment.namespace);
+    let mut current = deployments
+        .get(deployment)
+        .await
+        .map_err(ClusterError::api(format!(
+            "reading Deployment `{deployment}`"
+        )))?;
+    if let Some(spec) = current.spec.as_mut() {
+        spec.template = template;
+    }
+    deployments
+        .replace(deployment, &PostParams::default(), &current)
+        .await
+        .map_err(ClusterError::api(format!(
+            "restoring the template of `{deployment}`"
+        )))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::helm::driver::HelmTarget;
+    use crate::helm::revision::tests::rev;
+    use crate::helm::storage::ReleaseStatus::*;
+    use std::path::PathBuf;
+
+    fn component() -> Component {
+        crate::settings::file::default_components().remove(1)
+    }
+
+    fn helm() -> HelmTarget {
+        HelmTarget {
+            program: PathBuf::from("helm"),
+            namespace: "default".into(),
+            kube_context: "c".into(),
+            kubeconfig: None,
+        }
+    }
+
+    #[test]
+    fn the_default_plan_returns_to_the_last_good_revision() {
+        let plan = helm_plan(
+            &component(),
+            &[rev(1, Superseded), rev(2, Failed), rev(3, Deployed)],
+            None,
+            &helm(),
+        )
+        .unwrap();
+        assert_eq!(
+            (plan.current_revision, plan.target_revision),
+            (Some(3), Some(1))
+        );
+        assert!(
+            matches!(&plan.steps[0], Step::Helm { command, .. } if command.starts_with("helm rollback problemsolver-webhook 1 "))
+        );
+    }
+
+    #[test]
+    fn a_pending_release_must_be_unstuck_first() {
+        let error = helm_plan(
+            &component(),
+            &[rev(1, Deployed), rev(2, PendingUpgrade)],
+            None,
+            &helm(),
+        )
+        .unwrap_err();
+        assert!(error.hints()[0].contains("--unstick"));
+    }
+
+    #[test]
+    fn unstick_deletes_the_pending_revision_then_reapplies_the_last_good_one() {
+        let plan = unstick_plan(
+            &component(),
+            &[rev(1, Superseded), rev(2, Deployed), rev(3, PendingUpgrade)],
+            &helm(),
+        )
+        .unwrap();
+        assert_eq!(plan.target_revision, Some(2));
+        assert!(
+            matches!(&plan.steps[0], Step::DeleteRevision { secret, revision: 3, .. } if secret == "sh.helm.release.v1.problemsolver-webhook.v3")
+        );
+        assert!(
+            matches!(&plan.steps[1], Step::Helm { command, .. } if command.starts_with("helm rollback problemsolver-webhook 2 "))
+        );
+        let text = plan.render_table(&Style::PLAIN);
+        assert!(text.contains("1. delete Secret sh.helm.release.v1.problemsolver-webhook.v3 (revision 3, pending-upgrade)"), "{text}");
+    }
+
+    #[test]
+    fn unstick_of_a_first_install_uninstalls_and_refuses_healthy_releases() {
+        let plan = unstick_plan(&component(), &[rev(1, PendingInstall)], &helm()).unwrap();
+        assert!(
+            matches!(&plan.steps[1], Step::Helm { command, .. } if command.starts_with("helm uninstall problemsolver-webhook"))
+        );
+        assert!(
+            unstick_plan(&component(), &[rev(1, Deployed)], &helm())
+                .unwrap_err()
+                .error()
+                .to_string()
+                .contains("is not stuck")
+        );
+    }
+
+    #[test]
+    fn undo_picks_the_previous_replica_set_revision() {
+        let rs = |name: &str, revision: &str| {
+            serde_json::from_value::<ReplicaSet>(serde_json::json!({"metadata": {"name": name, "annotations": {REVISION_ANNOTATION: revision}}})).unwrap()
+        };
+        let sets = [
+            rs("a", "1"),
+            rs("b", "3"),
+            rs("c", "4"),
+            rs("d", "not-a-number"),
+        ];
+        let (chosen, revision) = undo_target(Some("4"), &sets).unwrap();
+        assert_eq!((chosen.metadata.name.as_deref(), revision), (Some("b"), 3));
+        assert!(undo_target(Some("1"), &sets).is_none());
+        assert!(undo_target(None, &sets).is_none());
+    }
 }

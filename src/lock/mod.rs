@@ -30,18 +30,28 @@ pub enum Decision {
 
 /// Decides what to do given the Lease as read (`None` = absent).
 pub fn decide(existing: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
-    let Some(lease) = existing else { return Decision::Create };
+    let Some(lease) = existing else {
+        return Decision::Create;
+    };
     let spec = lease.spec.clone().unwrap_or_default();
     let resource_version = lease.metadata.resource_version.clone();
     let holder = spec.holder_identity.clone().unwrap_or_default();
     if holder.is_empty() || holder == me {
         return Decision::Take { resource_version };
     }
-    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0);
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0);
     let duration = i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS));
     let fresh = renewed.is_some_and(|renewed| now.as_second() < renewed.as_second() + duration);
     if fresh {
-        let since = spec.acquire_time.as_ref().map(|t| t.0.to_string()).unwrap_or_else(|| "an unknown time".to_owned());
+        let since = spec
+            .acquire_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_else(|| "an unknown time".to_owned());
         Decision::Refuse { holder, since }
     } else {
         Decision::Take { resource_version }
@@ -67,7 +77,9 @@ impl Classify for LockError {
     fn hints(&self) -> Vec<String> {
         match self {
             Self::Held { .. } => vec![
-                format!("wait for it to finish; a holder that died releases the lock after {LEASE_SECONDS}s without renewal"),
+                format!(
+                    "wait for it to finish; a holder that died releases the lock after {LEASE_SECONDS}s without renewal"
+                ),
                 format!("inspect it with `kubectl get lease {LEASE_NAME} -o yaml`"),
             ],
             Self::Cluster(error) => error.hints(),
@@ -85,7 +97,9 @@ pub struct DeployLock {
 
 /// `user@host pid N`: enough to find the operator or CI job holding the lock.
 pub fn holder_identity(operation: &str) -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_owned());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
@@ -97,7 +111,11 @@ pub fn holder_identity(operation: &str) -> String {
 
 fn lease_object(me: &str, now: Timestamp, resource_version: Option<String>) -> Lease {
     Lease {
-        metadata: ObjectMeta { name: Some(LEASE_NAME.to_owned()), resource_version, ..ObjectMeta::default() },
+        metadata: ObjectMeta {
+            name: Some(LEASE_NAME.to_owned()),
+            resource_version,
+            ..ObjectMeta::default()
+        },
         spec: Some(LeaseSpec {
             holder_identity: Some(me.to_owned()),
             acquire_time: Some(MicroTime(now)),
@@ -110,19 +128,35 @@ fn lease_object(me: &str, now: Timestamp, resource_version: Option<String>) -> L
 
 impl DeployLock {
     /// Takes the Lease in `namespace` for `me`, or says who holds it.
-    pub async fn acquire(client: &kube::Client, namespace: &str, me: &str) -> Result<Self, LockError> {
+    pub async fn acquire(
+        client: &kube::Client,
+        namespace: &str,
+        me: &str,
+    ) -> Result<Self, LockError> {
         let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
         let existing = match api.get(LEASE_NAME).await {
             Ok(lease) => Some(lease),
             Err(error) if is_not_found(&error) => None,
-            Err(error) => return Err(ClusterError::api(format!("reading Lease `{LEASE_NAME}`"))(error).into()),
+            Err(error) => {
+                return Err(
+                    ClusterError::api(format!("reading Lease `{LEASE_NAME}`"))(error).into(),
+                );
+            }
         };
         let now = Timestamp::now();
         let result = match decide(existing.as_ref(), me, now) {
             Decision::Refuse { holder, since } => return Err(LockError::Held { holder, since }),
-            Decision::Create => api.create(&PostParams::default(), &lease_object(me, now, None)).await,
+            Decision::Create => {
+                api.create(&PostParams::default(), &lease_object(me, now, None))
+                    .await
+            }
             Decision::Take { resource_version } => {
-                api.replace(LEASE_NAME, &PostParams::default(), &lease_object(me, now, resource_version)).await
+                api.replace(
+                    LEASE_NAME,
+                    &PostParams::default(),
+                    &lease_object(me, now, resource_version),
+                )
+                .await
             }
         };
         if let Err(error) = result {
@@ -134,12 +168,19 @@ impl DeployLock {
                     .ok()
                     .and_then(|l| l.spec.and_then(|s| s.holder_identity))
                     .unwrap_or_else(|| "another psctl".to_owned());
-                return Err(LockError::Held { holder, since: "just now".to_owned() });
+                return Err(LockError::Held {
+                    holder,
+                    since: "just now".to_owned(),
+                });
             }
             return Err(ClusterError::api(format!("taking Lease `{LEASE_NAME}`"))(error).into());
         }
         let renewal = tokio::spawn(renew(api.clone(), me.to_owned()));
-        Ok(Self { api, holder: me.to_owned(), renewal })
+        Ok(Self {
+            api,
+            holder: me.to_owned(),
+            renewal,
+        })
     }
 
     /// Stops renewing and deletes the Lease if it is still ours.
@@ -148,13 +189,25 @@ impl DeployLock {
         let lease = match self.api.get(LEASE_NAME).await {
             Ok(lease) => lease,
             Err(error) if is_not_found(&error) => return Ok(()),
-            Err(error) => return Err(ClusterError::api(format!("reading Lease `{LEASE_NAME}`"))(error)),
+            Err(error) => {
+                return Err(ClusterError::api(format!("reading Lease `{LEASE_NAME}`"))(
+                    error,
+                ));
+            }
         };
-        if lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) != Some(self.holder.as_str()) {
+        if lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            != Some(self.holder.as_str())
+        {
             return Ok(());
         }
         let params = DeleteParams {
-            preconditions: Some(Preconditions { resource_version: lease.metadata.resource_version.clone(), uid: None }),
+            preconditions: Some(Preconditions {
+                resource_version: lease.metadata.resource_version.clone(),
+                uid: None,
+            }),
             ..DeleteParams::default()
         };
         match self.api.delete(LEASE_NAME, &params).await {
@@ -175,14 +228,24 @@ async fn renew(api: Api<Lease>, me: String) {
     let period = Duration::from_secs(u64::try_from(LEASE_SECONDS / 3).unwrap_or(20));
     loop {
         tokio::time::sleep(period).await;
-        let Ok(mut lease) = api.get(LEASE_NAME).await else { continue };
-        let Some(spec) = lease.spec.as_mut() else { continue };
+        let Ok(mut lease) = api.get(LEASE_NAME).await else {
+            continue;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            continue;
+        };
         if spec.holder_identity.as_deref() != Some(me.as_str()) {
-            tracing::warn!("the deploy lock was taken over by {:?}", spec.holder_identity);
+            tracing::warn!(
+                "the deploy lock was taken over by {:?}",
+                spec.holder_identity
+            );
             return;
         }
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        if let Err(error) = api.replace(LEASE_NAME, &PostParams::default(), &lease).await {
+        if let Err(error) = api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
             tracing::warn!(%error, "cannot renew the deploy lock");
         }
     }
@@ -214,13 +277,18 @@ mod tests {
         let held = lease("ci@runner pid 9 (deploy)", 0, 50);
         assert_eq!(
             decide(Some(&held), "me", at(100)),
-            Decision::Refuse { holder: "ci@runner pid 9 (deploy)".into(), since: at(0).to_string() }
+            Decision::Refuse {
+                holder: "ci@runner pid 9 (deploy)".into(),
+                since: at(0).to_string()
+            }
         );
     }
 
     #[test]
     fn an_expired_or_own_or_released_lease_is_taken_with_its_version() {
-        let take = Decision::Take { resource_version: Some("7".into()) };
+        let take = Decision::Take {
+            resource_version: Some("7".into()),
+        };
         assert_eq!(decide(Some(&lease("other", 0, 10)), "me", at(71)), take);
         assert_eq!(decide(Some(&lease("me", 0, 70)), "me", at(71)), take);
         assert_eq!(decide(Some(&lease("", 0, 70)), "me", at(71)), take);

@@ -33,9 +33,20 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    Complete { progress: Progress, seconds: f64 },
-    Failed { diagnosis: Diagnosis, logs: Vec<String>, seconds: f64 },
-    TimedOut { progress: Option<Progress>, diagnosis: Option<Diagnosis>, seconds: f64 },
+    Complete {
+        progress: Progress,
+        seconds: f64,
+    },
+    Failed {
+        diagnosis: Diagnosis,
+        logs: Vec<String>,
+        seconds: f64,
+    },
+    TimedOut {
+        progress: Option<Progress>,
+        diagnosis: Option<Diagnosis>,
+        seconds: f64,
+    },
 }
 
 impl Outcome {
@@ -69,10 +80,21 @@ pub async fn track(
         watcher::Config::default().fields(&format!("metadata.name={}", target.deployment)),
         notify.clone(),
     );
-    let (replica_set_store, replica_set_task) =
-        spawn_reflector(replica_sets, watcher::Config::default().labels(&target.selector), notify.clone());
-    let (pod_store, pod_task) = spawn_reflector(pods.clone(), watcher::Config::default().labels(&target.selector), notify.clone());
-    let _guards = [AbortOnDrop(deployment_task), AbortOnDrop(replica_set_task), AbortOnDrop(pod_task)];
+    let (replica_set_store, replica_set_task) = spawn_reflector(
+        replica_sets,
+        watcher::Config::default().labels(&target.selector),
+        notify.clone(),
+    );
+    let (pod_store, pod_task) = spawn_reflector(
+        pods.clone(),
+        watcher::Config::default().labels(&target.selector),
+        notify.clone(),
+    );
+    let _guards = [
+        AbortOnDrop(deployment_task),
+        AbortOnDrop(replica_set_task),
+        AbortOnDrop(pod_task),
+    ];
 
     let ready = async {
         let _ = deployment_store.wait_until_ready().await;
@@ -81,8 +103,13 @@ pub async fn track(
     };
     if tokio::time::timeout(timeout, ready).await.is_err() {
         return Err(ClusterError::Api {
-            action: format!("watching Deployment `{}`: no initial list within the timeout", target.deployment),
-            source: kube::Error::Api(Box::new(kube::core::Status::failure("watch not established", "Timeout").with_code(504))),
+            action: format!(
+                "watching Deployment `{}`: no initial list within the timeout",
+                target.deployment
+            ),
+            source: kube::Error::Api(Box::new(
+                kube::core::Status::failure("watch not established", "Timeout").with_code(504),
+            )),
         });
     }
 
@@ -93,7 +120,11 @@ pub async fn track(
     loop {
         let snapshot = Snapshot {
             deployment: deployment_store.state().first().map(|d| (**d).clone()),
-            replica_sets: replica_set_store.state().iter().map(|r| (**r).clone()).collect(),
+            replica_sets: replica_set_store
+                .state()
+                .iter()
+                .map(|r| (**r).clone())
+                .collect(),
             pods: pod_store.state().iter().map(|p| (**p).clone()).collect(),
             events: Vec::new(),
             now: Timestamp::now(),
@@ -111,15 +142,23 @@ pub async fn track(
                 return Ok(Outcome::Complete { progress, seconds });
             }
             Verdict::Failed(diagnosis)
-                if diagnosis.reason == FailureReason::DeploymentMissing && started.elapsed() < MISSING_GRACE => {}
+                if diagnosis.reason == FailureReason::DeploymentMissing
+                    && started.elapsed() < MISSING_GRACE => {}
             Verdict::Failed(diagnosis) => {
                 spinner.finish();
-                let diagnosis = enrich(client, &target.namespace, snapshot, policy, diagnosis).await;
+                let diagnosis =
+                    enrich(client, &target.namespace, snapshot, policy, diagnosis).await;
                 let logs = match (&diagnosis.pod, &diagnosis.container) {
-                    (Some(pod), Some(container)) => last_logs(&pods, pod, container, &diagnosis.reason).await,
+                    (Some(pod), Some(container)) => {
+                        last_logs(&pods, pod, container, &diagnosis.reason).await
+                    }
                     _ => Vec::new(),
                 };
-                return Ok(Outcome::Failed { diagnosis, logs, seconds });
+                return Ok(Outcome::Failed {
+                    diagnosis,
+                    logs,
+                    seconds,
+                });
             }
             Verdict::Progressing(progress) => {
                 if last_progress.as_ref().map(|p| &p.message) != Some(&progress.message) {
@@ -132,7 +171,11 @@ pub async fn track(
         if now >= deadline {
             spinner.finish();
             let stuck = first_unready_pod(&snapshot.pods);
-            return Ok(Outcome::TimedOut { progress: last_progress, diagnosis: stuck, seconds });
+            return Ok(Outcome::TimedOut {
+                progress: last_progress,
+                diagnosis: stuck,
+                seconds,
+            });
         }
         tokio::select! {
             () = notify.notified() => {}
@@ -150,12 +193,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, notify: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: Arc<Notify>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
@@ -169,14 +224,28 @@ where
 }
 
 /// Adds the failing pod's (or Deployment's) events to the diagnosis.
-async fn enrich(client: &kube::Client, namespace: &str, mut snapshot: Snapshot, policy: &Policy, diagnosis: Diagnosis) -> Diagnosis {
+async fn enrich(
+    client: &kube::Client,
+    namespace: &str,
+    mut snapshot: Snapshot,
+    policy: &Policy,
+    diagnosis: Diagnosis,
+) -> Diagnosis {
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);
     let object = diagnosis
         .pod
         .clone()
-        .or_else(|| snapshot.deployment.as_ref().and_then(|d| d.metadata.name.clone()))
+        .or_else(|| {
+            snapshot
+                .deployment
+                .as_ref()
+                .and_then(|d| d.metadata.name.clone())
+        })
         .unwrap_or_default();
-    match events.list(&ListParams::default().fields(&format!("involvedObject.name={object}"))).await {
+    match events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={object}")))
+        .await
+    {
         Ok(list) => snapshot.events = list.items,
         Err(error) => tracing::debug!(%error, "cannot list events"),
     }
@@ -187,10 +256,27 @@ async fn enrich(client: &kube::Client, namespace: &str, mut snapshot: Snapshot, 
 }
 
 /// The last log lines of the failing container (its previous instance when it crashed).
-async fn last_logs(pods: &Api<Pod>, pod: &str, container: &str, reason: &FailureReason) -> Vec<String> {
-    let crashed = matches!(reason, FailureReason::CrashLoopBackOff | FailureReason::OomKilled);
-    for previous in if crashed { vec![true, false] } else { vec![false] } {
-        let params = LogParams { container: Some(container.to_owned()), tail_lines: Some(LOG_LINES), previous, ..LogParams::default() };
+async fn last_logs(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    reason: &FailureReason,
+) -> Vec<String> {
+    let crashed = matches!(
+        reason,
+        FailureReason::CrashLoopBackOff | FailureReason::OomKilled
+    );
+    for previous in if crashed {
+        vec![true, false]
+    } else {
+        vec![false]
+    } {
+        let params = LogParams {
+            container: Some(container.to_owned()),
+            tail_lines: Some(LOG_LINES),
+            previous,
+            ..LogParams::default()
+        };
         if let Ok(text) = pods.logs(pod, &params).await
             && !text.trim().is_empty()
         {
@@ -206,17 +292,32 @@ pub fn pod_lines(pods: &[Pod]) -> BTreeMap<String, String> {
         .filter_map(|pod| {
             let name = pod.metadata.name.clone()?;
             let status = pod.status.as_ref();
-            let containers = status.and_then(|s| s.container_statuses.as_ref()).cloned().unwrap_or_default();
+            let containers = status
+                .and_then(|s| s.container_statuses.as_ref())
+                .cloned()
+                .unwrap_or_default();
             let ready = containers.iter().filter(|c| c.ready).count();
             let restarts: i32 = containers.iter().map(|c| c.restart_count).sum();
             let waiting = containers
                 .iter()
                 .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
                 .next();
-            let phase = waiting.or_else(|| status.and_then(|s| s.phase.clone())).unwrap_or_else(|| "Pending".to_owned());
-            let phase = if pod.metadata.deletion_timestamp.is_some() { "Terminating".to_owned() } else { phase };
-            let total = pod.spec.as_ref().map_or(containers.len(), |s| s.containers.len());
-            Some((name, format!("{phase}, ready {ready}/{total}, restarts {restarts}")))
+            let phase = waiting
+                .or_else(|| status.and_then(|s| s.phase.clone()))
+                .unwrap_or_else(|| "Pending".to_owned());
+            let phase = if pod.metadata.deletion_timestamp.is_some() {
+                "Terminating".to_owned()
+            } else {
+                phase
+            };
+            let total = pod
+                .spec
+                .as_ref()
+                .map_or(containers.len(), |s| s.containers.len());
+            Some((
+                name,
+                format!("{phase}, ready {ready}/{total}, restarts {restarts}"),
+            ))
         })
         .collect()
 }
@@ -224,7 +325,11 @@ pub fn pod_lines(pods: &[Pod]) -> BTreeMap<String, String> {
 fn first_unready_pod(pods: &[Pod]) -> Option<Diagnosis> {
     pods.iter().find_map(|pod| {
         let status = pod.status.as_ref()?;
-        let unready = status.container_statuses.iter().flatten().find(|c| !c.ready)?;
+        let unready = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .find(|c| !c.ready)?;
         let reason = unready
             .state
             .as_ref()
@@ -254,6 +359,9 @@ mod tests {
                 "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
         }))
         .unwrap();
-        assert_eq!(pod_lines(&[pod])["web-1"], "CrashLoopBackOff, ready 0/1, restarts 3");
+        assert_eq!(
+            pod_lines(&[pod])["web-1"],
+            "CrashLoopBackOff, ready 0/1, restarts 3"
+        );
     }
 }
