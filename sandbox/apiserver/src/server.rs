@@ -1,0 +1,572 @@
+//! HTTP plumbing: the listener and its connections (HTTP/1.1 and h2c), fault injection, routing
+//! of discovery, admin and resource paths to [`crate::handlers`], and the body codecs (JSON in
+//! and out, Kubernetes protobuf in).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::faults::FaultSpec;
+use crate::handlers::{DeleteOptions, Part, ScaleChange, State};
+use crate::patch::PatchKind;
+use crate::query::{Query, ResourcePath, split_path};
+use crate::status::ApiError;
+use crate::{
+    ApiServerConfig, LogOptions, PodBackendError, PodLogs, discovery, protobuf, proxy,
+    watch as watches,
+};
+
+/// The response body type of every handler.
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Request bodies larger than this are refused (Helm release Secrets stay far below it).
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Failure to start the server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The address could not be bound.
+    #[error("cannot listen on `{addr}`: {source}; choose another port in ApiServerConfig::bind")]
+    Bind {
+        /// Requested address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Initial objects could not be created.
+    #[error("cannot seed the initial objects: {0}")]
+    Seed(ApiError),
+}
+
+/// Entry point.
+pub struct ApiServer;
+
+/// A started server: its address and the handle to stop it.
+pub struct RunningApiServer {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    state: Arc<State>,
+}
+
+impl ApiServer {
+    /// Binds `config.bind` and serves in the background until [`RunningApiServer::shutdown`].
+    pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, StartError> {
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.bind,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let (shutdown, shutdown_receiver) = watch::channel(false);
+        let state =
+            State::new(config, local_addr, shutdown_receiver.clone()).map_err(StartError::Seed)?;
+        let task = tokio::spawn(accept_loop(listener, state.clone(), shutdown_receiver));
+        tracing::info!(%local_addr, "sandbox API server listening");
+        Ok(RunningApiServer {
+            local_addr,
+            shutdown,
+            task,
+            state,
+        })
+    }
+}
+
+impl RunningApiServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://<addr>`, the server URL for a kubeconfig.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// The current global resourceVersion (for tests and diagnostics).
+    pub fn resource_version(&self) -> u64 {
+        self.state.store.resource_version()
+    }
+
+    /// Stops accepting, ends open watches, and waits for the accept loop to finish.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Resolves when the server stops on its own (it only does on shutdown).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _) = match accepted {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let mut connection_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, request).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                }
+                _ = connection_shutdown.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A JSON response.
+pub fn json_response(code: u16, value: &Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() =
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error_response(error: &ApiError) -> Response<Body> {
+    json_response(error.code, &error.to_status())
+}
+
+fn text_response(code: u16, text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn stream_response(
+    content_type: &'static str,
+    stream: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
+) -> Response<Body> {
+    let mut response = Response::new(StreamBody::new(stream.map_ok(Frame::data)).boxed_unsync());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    response
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|error| {
+            ApiError::bad_request(format!(
+                "cannot read the request body (at most {MAX_BODY_BYTES} bytes): {error}"
+            ))
+        })
+}
+
+fn content_type(request_headers: &http::HeaderMap) -> String {
+    request_headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned()
+}
+
+/// Decodes an object body: JSON, YAML, or Kubernetes protobuf.
+fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "application/vnd.kubernetes.protobuf" => protobuf::decode_object(body),
+        "application/yaml" => serde_yaml::from_slice(body)
+            .map_err(|error| ApiError::bad_request(format!("error decoding YAML: {error}"))),
+        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+            .map_err(|error| ApiError::bad_request(format!("error decoding JSON: {error}"))),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+/// Decodes an optional `DeleteOptions` body; an empty or undecodable one is treated as absent,
+/// as kubectl and client-go may send protobuf or nothing.
+fn decode_delete_options(content_type: &str, body: &[u8]) -> Option<Value> {
+    if body.is_empty() {
+        return None;
+    }
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return protobuf::decode_delete_options(body).ok();
+    }
+    serde_json::from_slice(body).ok()
+}
+
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    if !path.starts_with("/_sandbox/")
+        && let Some(injection) = state.faults.check(method.as_str(), &path)
+    {
+        if let Some(delay) = injection.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(error) = injection.error {
+            return error_response(&error);
+        }
+    }
+    match route(&state, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(%method, %path, code = error.code, reason = error.reason, "request failed");
+            error_response(&error)
+        }
+    }
+}
+
+async fn route(state: &Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let method = request.method().clone();
+    let resources = state.resource_table();
+    match (method.clone(), path.as_str()) {
+        (_, "/_sandbox/faults") => return faults(state, request).await,
+        (Method::GET, "/version") => {
+            return Ok(json_response(
+                200,
+                &discovery::version(&state.config.version),
+            ));
+        }
+        (Method::GET, "/healthz" | "/livez" | "/readyz") => return Ok(text_response(200, "ok")),
+        (Method::GET, "/api") => {
+            return Ok(json_response(
+                200,
+                &discovery::core_versions(&state.local_addr.to_string()),
+            ));
+        }
+        (Method::GET, "/apis") => return Ok(json_response(200, &discovery::groups(&resources))),
+        (Method::GET, "/api/v1") => {
+            return discovery::resource_list(&resources, "", "v1")
+                .map(|list| json_response(200, &list))
+                .ok_or_else(|| ApiError::no_route(&path));
+        }
+        _ => {}
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if method == Method::GET {
+        let version = state.config.version.as_str();
+        match segments.as_slice() {
+            ["openapi", "v3"] => {
+                return Ok(json_response(200, &discovery::openapi_v3_root(&resources)));
+            }
+            ["openapi", "v3", "api", gv] => {
+                return discovery::openapi_v3_group_version(&resources, "", gv, version)
+                    .map(|doc| json_response(200, &doc))
+                    .ok_or_else(|| ApiError::no_route(&path));
+            }
+            ["openapi", "v3", "apis", group, gv] => {
+                return discovery::openapi_v3_group_version(&resources, group, gv, version)
+                    .map(|doc| json_response(200, &doc))
+                    .ok_or_else(|| ApiError::no_route(&path));
+            }
+            ["apis", group] => {
+                return discovery::group(&resources, group)
+                    .map(|found| json_response(200, &found))
+                    .ok_or_else(|| ApiError::no_route(&path));
+            }
+            ["apis", group, version] => {
+                return discovery::resource_list(&resources, group, version)
+                    .map(|list| json_response(200, &list))
+                    .ok_or_else(|| ApiError::no_route(&path));
+            }
+            _ => {}
+        }
+    }
+    let is_namespaced =
+        |group: &str, version: &str, plural: &str| state.is_namespaced(group, version, plural);
+    let Some(target) = split_path(request.uri().path(), &is_namespaced) else {
+        return Err(ApiError::no_route(&path));
+    };
+    resource(state, request, target).await
+}
+
+async fn faults(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    match *request.method() {
+        Method::GET => Ok(json_response(200, &json!(state.faults.list()))),
+        Method::DELETE => {
+            state.faults.clear();
+            Ok(json_response(200, &json!({ "cleared": true })))
+        }
+        Method::POST => {
+            let body = read_body(request.into_body()).await?;
+            let spec: FaultSpec = serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(format!("invalid fault: {error}; expected {{\"path_regex\", \"method\"?, \"status\"?, \"delay_ms\"?, \"count\"?}}")))?;
+            state.faults.add(spec)?;
+            Ok(json_response(201, &json!(state.faults.list())))
+        }
+        _ => Err(ApiError::method_not_allowed(
+            "use GET, POST or DELETE on /_sandbox/faults",
+        )),
+    }
+}
+
+async fn resource(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+    target: ResourcePath,
+) -> Result<Response<Body>, ApiError> {
+    let info = state
+        .find(&target.group, &target.version, &target.resource)
+        .ok_or_else(|| ApiError::no_route(request.uri().path()))?;
+    let query = Query::parse(request.uri().query());
+    let namespace = target.namespace.as_deref();
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let dry_run = query.dry_run();
+    let Some(name) = target.name.clone() else {
+        return match method {
+            Method::GET if query.flag("watch") => Ok(stream_response(
+                "application/json",
+                watches::start(state, &info, namespace, &query)?,
+            )),
+            Method::GET => Ok(json_response(200, &state.list(&info, namespace, &query)?)),
+            Method::POST => {
+                let body = read_body(request.into_body()).await?;
+                let object = decode_object(&content_type(&headers), &body)?;
+                Ok(json_response(
+                    201,
+                    &state.create(&info, namespace, object, dry_run)?,
+                ))
+            }
+            Method::DELETE => {
+                let body = read_body(request.into_body()).await?;
+                let options = DeleteOptions::from_request(
+                    &query,
+                    decode_delete_options(&content_type(&headers), &body).as_ref(),
+                )?;
+                Ok(json_response(
+                    200,
+                    &state.delete_collection(&info, namespace, &query, &options)?,
+                ))
+            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on a collection of {}",
+                info.plural
+            ))),
+        };
+    };
+    match target.subresource.as_deref() {
+        None => match method {
+            Method::GET => Ok(json_response(200, &*state.get(&info, namespace, &name)?)),
+            Method::PUT => {
+                let body = read_body(request.into_body()).await?;
+                let object = decode_object(&content_type(&headers), &body)?;
+                let (code, stored) =
+                    state.update(&info, namespace, &name, object, Part::Main, dry_run)?;
+                Ok(json_response(code, &stored))
+            }
+            Method::PATCH => {
+                let kind = PatchKind::from_content_type(&content_type(&headers))?;
+                let body = read_body(request.into_body()).await?;
+                let (code, stored) =
+                    state.patch(&info, namespace, &name, (kind, &body), Part::Main, dry_run)?;
+                Ok(json_response(code, &stored))
+            }
+            Method::DELETE => {
+                let body = read_body(request.into_body()).await?;
+                let options = DeleteOptions::from_request(
+                    &query,
+                    decode_delete_options(&content_type(&headers), &body).as_ref(),
+                )?;
+                Ok(json_response(
+                    200,
+                    &state.delete(&info, namespace, &name, &options)?,
+                ))
+            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on {}",
+                info.plural
+            ))),
+        },
+        Some(sub) if !info.has_subresource(sub) => Err(ApiError::no_route(request.uri().path())),
+        Some("status") => match method {
+            Method::GET => Ok(json_response(200, &*state.get(&info, namespace, &name)?)),
+            Method::PUT => {
+                let body = read_body(request.into_body()).await?;
+                let object = decode_object(&content_type(&headers), &body)?;
+                Ok(json_response(
+                    200,
+                    &state
+                        .update(&info, namespace, &name, object, Part::Status, dry_run)?
+                        .1,
+                ))
+            }
+            Method::PATCH => {
+                let kind = PatchKind::from_content_type(&content_type(&headers))?;
+                let body = read_body(request.into_body()).await?;
+                Ok(json_response(
+                    200,
+                    &state
+                        .patch(
+                            &info,
+                            namespace,
+                            &name,
+                            (kind, &body),
+                            Part::Status,
+                            dry_run,
+                        )?
+                        .1,
+                ))
+            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on {}/status",
+                info.plural
+            ))),
+        },
+        Some("scale") => match method {
+            Method::GET => Ok(json_response(
+                200,
+                &state.get_scale(&info, namespace, &name)?,
+            )),
+            Method::PUT => {
+                let body = read_body(request.into_body()).await?;
+                let scale = decode_object(&content_type(&headers), &body)?;
+                Ok(json_response(
+                    200,
+                    &state.write_scale(
+                        &info,
+                        namespace,
+                        &name,
+                        ScaleChange::Replace(&scale),
+                        dry_run,
+                    )?,
+                ))
+            }
+            Method::PATCH => {
+                let kind = PatchKind::from_content_type(&content_type(&headers))?;
+                let body = read_body(request.into_body()).await?;
+                Ok(json_response(
+                    200,
+                    &state.write_scale(
+                        &info,
+                        namespace,
+                        &name,
+                        ScaleChange::Patch(kind, &body),
+                        dry_run,
+                    )?,
+                ))
+            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on {}/scale",
+                info.plural
+            ))),
+        },
+        Some("log") if method == Method::GET => {
+            logs(state, namespace.unwrap_or("default"), &name, &query).await
+        }
+        Some("proxy") => {
+            proxy::forward(
+                state,
+                &info,
+                namespace.unwrap_or("default"),
+                &name,
+                &target.rest,
+                request,
+            )
+            .await
+        }
+        Some(sub) => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on {}/{sub}",
+            info.plural
+        ))),
+    }
+}
+
+async fn logs(
+    state: &Arc<State>,
+    namespace: &str,
+    pod: &str,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let info = state
+        .find("", "v1", "pods")
+        .ok_or_else(|| ApiError::internal("pods are not registered"))?;
+    state.get(&info, Some(namespace), pod)?;
+    let backend = state.config.pod_backend.clone().ok_or_else(|| {
+        ApiError::service_unavailable(
+            "no kubelet is connected to this API server: pod logs are unavailable",
+        )
+    })?;
+    let options = LogOptions {
+        tail_lines: query.integer("tailLines")?,
+        previous: query.flag("previous"),
+        follow: query.flag("follow"),
+        timestamps: query.flag("timestamps"),
+        since_seconds: query.integer("sinceSeconds")?,
+        limit_bytes: query.integer("limitBytes")?,
+    };
+    let container = query
+        .get("container")
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned);
+    match backend
+        .logs(namespace, pod, container.as_deref(), options)
+        .await
+    {
+        Ok(PodLogs::Complete(text)) => Ok(text_response(200, text)),
+        Ok(PodLogs::Stream(stream)) => Ok(stream_response("text/plain; charset=utf-8", stream)),
+        Err(PodBackendError::BadRequest(message)) => Err(ApiError::bad_request(message)),
+        Err(PodBackendError::Internal(message)) => Err(ApiError::internal(message)),
+    }
+}
