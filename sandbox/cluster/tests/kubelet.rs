@@ -397,3 +397,73 @@ async fn secret_env_resolves_and_a_missing_secret_is_a_config_error() {
     .await;
     assert_eq!(message, "secret \"absent\" not found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_overrun_is_reported_as_oom_killed() {
+    let h = harness().await;
+    let mut container = shell("a=xxxxxxxxxxxxxxxx; while true; do a=\"$a$a\"; done");
+    container.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+        limits: Some(
+            [(
+                "memory".to_owned(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("16Mi".to_owned()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    });
+    h.pods
+        .create(&PostParams::default(), &pod("hungry", container))
+        .await
+        .expect("create pod");
+    let terminated = eventually("OOMKilled termination", Duration::from_secs(30), || async {
+        let pod = get(&h.pods, "hungry").await;
+        let last = main_status(&pod)
+            .and_then(|status| status.last_state)
+            .and_then(|state| state.terminated);
+        (
+            last.filter(|t| t.reason.as_deref() == Some("OOMKilled")),
+            describe(&pod),
+        )
+    })
+    .await;
+    assert_eq!(terminated.exit_code, 137);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_failure_restarts_the_container() {
+    let h = harness().await;
+    // Serves for a moment, then stops answering while the process keeps running.
+    let mut container = shell(
+        "httpd -p 8080 -h /www; sleep 2; kill $(pidof httpd) 2>/dev/null || killall httpd; sleep 600",
+    );
+    container.liveness_probe = Some(http_probe(8080));
+    h.pods
+        .create(&PostParams::default(), &pod("liveness", container))
+        .await
+        .expect("create pod");
+    eventually("a liveness restart", Duration::from_secs(40), || async {
+        let pod = get(&h.pods, "liveness").await;
+        let restarts = main_status(&pod)
+            .map(|status| status.restart_count)
+            .unwrap_or(0);
+        ((restarts >= 1).then_some(()), describe(&pod))
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(h.client.clone(), "default");
+    let killing = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some("Killing"))
+        .filter_map(|event| event.message)
+        .collect::<Vec<_>>();
+    assert!(
+        killing
+            .iter()
+            .any(|m| m.contains("failed liveness probe, will be restarted")),
+        "{killing:?}"
+    );
+}
