@@ -193,6 +193,11 @@ impl MerchantSink {
         self.shared.lock().summary
     }
 
+    /// Deliveries that have arrived, including those still being answered (see `delay_ms`).
+    pub fn arrived(&self) -> u64 {
+        self.shared.lock().requests
+    }
+
     /// How many times `webhook_id` was accepted.
     pub fn accepted_count(&self, webhook_id: &str) -> u32 {
         self.shared

@@ -9,6 +9,7 @@ pub mod config;
 pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
+pub mod secrets;
 pub mod signing;
 pub mod ssrf;
 pub mod worker;

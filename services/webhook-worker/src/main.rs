@@ -13,23 +13,10 @@ use problemsolver_core::http::{MetricsServer, Readiness, Shutdown};
 use problemsolver_core::{config, telemetry};
 use problemsolver_webhook_worker::config::Args;
 use problemsolver_webhook_worker::metrics::Metrics;
-use problemsolver_webhook_worker::signing::SigningKey;
+use problemsolver_webhook_worker::secrets::MasterKeyOpener;
 use problemsolver_webhook_worker::ssrf::TargetPolicy;
-use problemsolver_webhook_worker::worker::{SecretOpener, Worker};
+use problemsolver_webhook_worker::worker::Worker;
 use prometheus_client::registry::Registry;
-
-/// Decrypts merchants' secrets with the master key.
-struct MasterKeyOpener(MasterKey);
-
-impl SecretOpener for MasterKeyOpener {
-    fn open(&self, ciphertext: &[u8], nonce: &[u8]) -> Result<SigningKey, String> {
-        let secret = self
-            .0
-            .decrypt(ciphertext, nonce)
-            .map_err(|error| error.to_string())?;
-        SigningKey::from_whsec(secret.expose()).map_err(|error| error.to_string())
-    }
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -267,7 +267,13 @@ async fn serves_probes_and_on_sigterm_finishes_in_flight_work_and_releases_the_r
     }
 
     // Deliveries are in flight (each takes 300 ms at the sink); ask the worker to stop.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for _ in 0..100 {
+        if sink.arrived() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(sink.arrived() > 0, "no delivery started");
     let pid = child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
