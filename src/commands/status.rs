@@ -1,13 +1,328 @@
-//! `psctl status`: being built; see issue 4.
+//! `psctl status`: one screen per environment: each component's release and revision, its
+//! pods (ready, restarts, age, image), the poller's last success and the webhook queue depth,
+//! read from the metrics endpoints through the API server's service proxy.
 
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams};
+use serde::Serialize;
+
+use super::history::read_revisions;
 use crate::cli::StatusArgs;
-use crate::error::{CommandError, CommandResult};
-use crate::output::Output;
-use crate::settings::GlobalSettings;
+use crate::cluster::{self, ClusterError};
+use crate::error::{CommandResult, ExitStatus};
+use crate::helm::revision;
+use crate::output::{Output, Render, Style, table};
+use crate::settings::{Component, Environment, GlobalSettings};
 
-pub async fn run(_args: StatusArgs, global: &GlobalSettings, _output: &Output) -> CommandResult {
-    let _environment = global.environment()?;
-    Err(CommandError::usage(anyhow::anyhow!(
-        "`psctl status` is not available in this build yet"
-    )))
+/// The `-o json` schema of `psctl status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub environment: String,
+    pub namespace: String,
+    pub components: Vec<ComponentStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ComponentStatus {
+    pub component: String,
+    pub release: String,
+    pub revision: Option<u32>,
+    pub release_status: Option<String>,
+    pub image_tag: Option<String>,
+    pub pods: Vec<PodStatus>,
+    /// Selected gauges from the metrics endpoint (e.g. `problemsolver_poller_last_success_unixtime`,
+    /// `webhook_queue_depth`); absent when the endpoint could not be read.
+    pub metrics: Option<std::collections::BTreeMap<String, f64>>,
+    /// Why `metrics` is absent.
+    pub metrics_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PodStatus {
+    pub name: String,
+    pub ready: String,
+    pub phase: String,
+    pub restarts: i32,
+    pub age_seconds: Option<i64>,
+    pub image: String,
+    pub track: Option<String>,
+}
+
+/// Gauges worth one glance at 3 a.m.
+const HEADLINE_METRICS: [&str; 5] = [
+    "problemsolver_poller_last_success_unixtime",
+    "problemsolver_poller_consecutive_errors",
+    "webhook_queue_depth",
+    "worker_health_status",
+    "problemsolver_poller_is_leader",
+];
+
+impl Render for Status {
+    fn render_table(&self, _style: &Style) -> String {
+        let now = Timestamp::now().as_second();
+        let mut text = format!(
+            "environment {} (namespace {})\n\n",
+            self.environment, self.namespace
+        );
+        text.push_str(&table::render(
+            &[
+                "COMPONENT",
+                "RELEASE",
+                "REVISION",
+                "STATUS",
+                "IMAGE TAG",
+                "HEALTH",
+            ],
+            self.components.iter().map(|c| {
+                [
+                    c.component.clone(),
+                    c.release.clone(),
+                    c.revision.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+                    c.release_status
+                        .clone()
+                        .unwrap_or_else(|| "not installed".to_owned()),
+                    c.image_tag.clone().unwrap_or_default(),
+                    health_line(c, now),
+                ]
+            }),
+        ));
+        text.push('\n');
+        text.push_str(&table::render(
+            &["POD", "READY", "STATUS", "RESTARTS", "AGE", "IMAGE"],
+            self.components.iter().flat_map(|c| c.pods.iter()).map(|p| {
+                [
+                    p.name.clone(),
+                    p.ready.clone(),
+                    p.phase.clone(),
+                    p.restarts.to_string(),
+                    p.age_seconds.map(human_age).unwrap_or_default(),
+                    p.image.clone(),
+                ]
+            }),
+        ));
+        text
+    }
+}
+
+fn health_line(component: &ComponentStatus, now: i64) -> String {
+    let Some(metrics) = &component.metrics else {
+        return component
+            .metrics_error
+            .clone()
+            .map(|e| format!("metrics unavailable: {e}"))
+            .unwrap_or_default();
+    };
+    let mut parts = Vec::new();
+    if let Some(last) = metrics.get("problemsolver_poller_last_success_unixtime") {
+        // Whole seconds are all an operator needs; the gauge is a Unix time.
+        #[allow(clippy::cast_possible_truncation)]
+        let ago = now - *last as i64;
+        parts.push(if *last > 0.0 {
+            format!("last poll success {} ago", human_age(ago))
+        } else {
+            "no successful poll yet".to_owned()
+        });
+    }
+    if let Some(depth) = metrics.get("webhook_queue_depth") {
+        parts.push(format!("queue depth {depth}"));
+    }
+    if let Some(health) = metrics.get("worker_health_status") {
+        parts.push(if *health >= 1.0 {
+            "worker healthy".to_owned()
+        } else {
+            "worker UNHEALTHY".to_owned()
+        });
+    }
+    parts.join(", ")
+}
+
+fn human_age(seconds: i64) -> String {
+    match seconds {
+        s if s < 0 => "0s".to_owned(),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+pub async fn run(args: StatusArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
+    let StatusArgs {} = args;
+    let environment = global.environment()?;
+    let client = cluster::connect(&environment).await?;
+    let releases: Vec<String> = environment
+        .components
+        .iter()
+        .map(|c| c.release.clone())
+        .collect();
+    let history = read_revisions(&client, &environment.namespace, &releases).await?;
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &environment.namespace);
+    let mut components = Vec::new();
+    for component in &environment.components {
+        let own: Vec<_> = history
+            .iter()
+            .filter(|r| r.release == component.release)
+            .cloned()
+            .collect();
+        let current = revision::current(&own);
+        let pods = pods_api
+            .list(&ListParams::default().labels(&component.selector))
+            .await
+            .map_err(ClusterError::api(format!(
+                "listing pods of `{}`",
+                component.name
+            )))?;
+        let (metrics, metrics_error) = match read_metrics(&client, &environment, component).await {
+            Ok(metrics) => (metrics, None),
+            Err(error) => (None, Some(error)),
+        };
+        components.push(ComponentStatus {
+            component: component.name.clone(),
+            release: component.release.clone(),
+            revision: current.map(|r| r.revision),
+            release_status: current.map(|r| r.status.to_string()),
+            image_tag: current.map(|r| r.image_tag.clone()),
+            pods: pods.items.iter().map(pod_status).collect(),
+            metrics,
+            metrics_error,
+        });
+    }
+    let status = Status {
+        environment: environment.name.clone(),
+        namespace: environment.namespace.clone(),
+        components,
+    };
+    output.data(&status).context("writing the status")?;
+    Ok(ExitStatus::Success)
+}
+
+fn pod_status(pod: &Pod) -> PodStatus {
+    let status = pod.status.as_ref();
+    let containers = status
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    let total = pod
+        .spec
+        .as_ref()
+        .map_or(containers.len(), |s| s.containers.len());
+    let waiting = containers
+        .iter()
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
+    PodStatus {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        ready: format!("{}/{total}", containers.iter().filter(|c| c.ready).count()),
+        phase: waiting
+            .or_else(|| status.and_then(|s| s.phase.clone()))
+            .unwrap_or_else(|| "Pending".to_owned()),
+        restarts: containers.iter().map(|c| c.restart_count).sum(),
+        age_seconds: pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| Timestamp::now().as_second() - t.0.as_second()),
+        image: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default(),
+        track: pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("track"))
+            .cloned(),
+    }
+}
+
+async fn read_metrics(
+    client: &kube::Client,
+    environment: &Environment,
+    component: &Component,
+) -> Result<Option<std::collections::BTreeMap<String, f64>>, String> {
+    let Some(metrics) = &component.metrics else {
+        return Ok(None);
+    };
+    let path = format!(
+        "/api/v1/namespaces/{}/services/{}:{}/proxy{}",
+        environment.namespace, metrics.service, metrics.port, metrics.path
+    );
+    let request = http::Request::get(&path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    let text = tokio::time::timeout(Duration::from_secs(5), client.request_text(request))
+        .await
+        .map_err(|_| "timed out after 5s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(Some(headline_metrics(&text)))
+}
+
+/// Sums each headline gauge over its series. Pure.
+pub fn headline_metrics(exposition: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut values = std::collections::BTreeMap::new();
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        if !HEADLINE_METRICS.contains(&name) {
+            continue;
+        }
+        if let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *values.entry(name.to_owned()).or_insert(0.0) += value;
+        }
+    }
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headline_metrics_are_extracted_and_summed() {
+        let text = "# TYPE webhook_queue_depth gauge\nwebhook_queue_depth 4\n\
+                    problemsolver_poller_last_success_unixtime 1790000000\nother_metric 9\n\
+                    worker_health_status{pod=\"a\"} 1\n";
+        let metrics = headline_metrics(text);
+        assert_eq!(metrics.len(), 3);
+        assert_eq!(metrics["webhook_queue_depth"], 4.0);
+        assert_eq!(
+            metrics["problemsolver_poller_last_success_unixtime"],
+            1_790_000_000.0
+        );
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        assert_eq!(human_age(59), "59s");
+        assert_eq!(human_age(600), "10m");
+        assert_eq!(human_age(7200), "2h");
+        assert_eq!(human_age(3 * 86400), "3d");
+    }
+
+    #[test]
+    fn the_health_line_summarises_the_gauges() {
+        let component = ComponentStatus {
+            component: "webhook".into(),
+            release: "r".into(),
+            revision: Some(1),
+            release_status: Some("deployed".into()),
+            image_tag: None,
+            pods: Vec::new(),
+            metrics: Some(
+                [
+                    ("webhook_queue_depth".to_owned(), 2.0),
+                    ("worker_health_status".to_owned(), 0.0),
+                ]
+                .into(),
+            ),
+            metrics_error: None,
+        };
+        assert_eq!(
+            health_line(&component, 0),
+            "queue depth 2, worker UNHEALTHY"
+        );
+    }
 }
