@@ -190,12 +190,18 @@ pub struct RollbackArgs {
     pub release: String,
     /// Revision to roll back to (default: the previous one).
     pub revision: Option<u32>,
-    /// Wait until resources are ready (not supported by the engine's rollback; warned).
+    /// Wait until resources are ready.
     #[arg(long, num_args = 0..=1, default_missing_value = "watcher", require_equals = true)]
     pub wait: Option<String>,
     /// Time to wait for any individual Kubernetes operation.
     #[arg(long, default_value = "5m0s")]
     pub timeout: String,
+    /// Limit the maximum number of revisions saved per release (0 = no limit).
+    #[arg(long, default_value_t = 10)]
+    pub history_max: u32,
+    /// Delete new resources created by this rollback when it fails.
+    #[arg(long)]
+    pub cleanup_on_fail: bool,
 }
 
 /// `helm status`.

@@ -6,7 +6,7 @@ use crate::cli::{
 };
 use crate::engine::{Connection, Engine, EngineError, ReleaseOptions};
 use crate::release;
-use crate::{duration, values};
+use crate::{duration, rollback, values};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use std::io::Write;
@@ -122,16 +122,55 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Rollback(args) => {
             let connection = connect(&engine, &global)?;
-            duration::parse_seconds(&args.timeout)?;
-            if args.wait.is_some() {
-                eprintln!(
-                    "warning: the Helm engine's rollback does not wait for readiness; \
-                     not waiting (check the rollout with kubectl rollout status)"
-                );
+            let timeout = duration::parse_seconds(&args.timeout)?;
+            let answer = connection.history(&args.release).map_err(not_found)?;
+            let releases = release::parse_many(&answer).context("reading the engine's answer")?;
+            let current = releases.iter().map(|r| r.revision).max().unwrap_or(0);
+            if current == 0 {
+                bail!("release: not found");
             }
+            let target = match args.revision {
+                Some(0) | None if current <= 1 => bail!("release has no previous version"),
+                Some(0) | None => current - 1,
+                Some(revision) => u64::from(revision),
+            };
+            if !releases.iter().any(|r| r.revision == target) {
+                bail!("release has no {target} version");
+            }
+            let recorded = rollback::read_revision(
+                &rollback::Target {
+                    kubeconfig: global.kubeconfig.as_deref(),
+                    context: global.kube_context.as_deref(),
+                    namespace: global.namespace.as_deref().unwrap_or("default"),
+                },
+                &args.release,
+                target,
+            )?;
+            let chart = tempfile::tempdir().context("creating a directory for the chart")?;
+            rollback::write_chart(&recorded, chart.path())?;
+            let chart_path = chart
+                .path()
+                .to_str()
+                .context("the temporary directory path is not UTF-8")?;
+            let values = match recorded.get("config") {
+                Some(Value::Object(map)) => Value::Object(map.clone()),
+                _ => Value::Object(Map::new()),
+            };
+            let options = ReleaseOptions {
+                install: Some(false),
+                wait: args.wait.is_some(),
+                timeout_seconds: timeout,
+                max_history: Some(args.history_max),
+                server_side_apply: "auto".to_string(),
+                disable_openapi_validation: true,
+                // Exactly the recorded values, not merged with the current ones.
+                reset_values: Some(true),
+                cleanup_on_fail: Some(args.cleanup_on_fail),
+                ..ReleaseOptions::default()
+            };
             connection
-                .rollback(&args.release, args.revision.unwrap_or(0))
-                .map_err(not_found)?;
+                .upgrade(&args.release, chart_path, &values, None, &options)
+                .context("rollback failed")?;
             writeln!(out, "Rollback was a success! Happy Helming!")?;
             Ok(())
         }

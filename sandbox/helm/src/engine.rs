@@ -10,7 +10,8 @@
 //! (owned by the library, valid until the next call on the same thread). Every call here is
 //! made from the calling thread and the message is copied at once.
 //!
-//! Nothing else may call into the library: all `unsafe` lives in this module.
+//! Nothing else may call into the library: all `unsafe` lives in this module. The library's
+//! rollback entry point is not bound: it fails on every call (see `rollback`).
 
 use std::ffi::{CStr, CString, c_char, c_int, c_ulonglong, c_void};
 use std::path::{Path, PathBuf};
@@ -90,7 +91,6 @@ pub struct Engine {
     status: NameAction,
     history: NameAction,
     lint: NameAction,
-    rollback: NameFlagAction,
     get_values: NameFlagAction,
 }
 
@@ -179,7 +179,6 @@ impl Engine {
             status: symbol!(library, "helm_sdkpy_status"),
             history: symbol!(library, "helm_sdkpy_history"),
             lint: symbol!(library, "helm_sdkpy_lint"),
-            rollback: symbol!(library, "helm_sdkpy_rollback"),
             get_values: symbol!(library, "helm_sdkpy_get_values"),
             _library: library,
         })
@@ -422,13 +421,6 @@ impl Connection<'_> {
     /// Lints the chart at `chart`; returns the engine's lint report JSON.
     pub fn lint(&self, chart: &str) -> Result<String, EngineError> {
         self.name_action(self.engine.lint, chart)
-    }
-
-    /// Rolls back to `revision` (0 = the previous one).
-    pub fn rollback(&self, release: &str, revision: u32) -> Result<String, EngineError> {
-        let revision = c_int::try_from(revision)
-            .map_err(|_| EngineError::Failed(format!("revision {revision} is out of range")))?;
-        self.name_flag_action(self.engine.rollback, release, revision)
     }
 
     /// User-supplied values (`all` = merged with the chart's defaults).

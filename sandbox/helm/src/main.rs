@@ -7,6 +7,7 @@ mod duration;
 mod engine;
 mod release;
 mod render;
+mod rollback;
 mod values;
 
 use clap::Parser;
