@@ -1,5 +1,8 @@
 //! Shared test setup: a server on a free loopback port and a kube-rs client for it.
 
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 
 use kube::Client;
