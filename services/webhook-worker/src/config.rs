@@ -102,6 +102,13 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("`WEBHOOK_BACKOFF_MAX_MS` must be at least `WEBHOOK_BACKOFF_BASE_MS`")]
     BackoffRange,
+    #[error(
+        "`WEBHOOK_LEASE_SECS` ({lease}) is shorter than a batch can take ({needed} s: \
+         `WEBHOOK_REQUEST_TIMEOUT_SECS` times `WEBHOOK_BATCH_SIZE` / `WEBHOOK_CONCURRENCY` rounds, plus 5 s); \
+         leases would expire mid-batch and rows be delivered twice. Raise `WEBHOOK_LEASE_SECS` or lower \
+         `WEBHOOK_BATCH_SIZE` / `WEBHOOK_REQUEST_TIMEOUT_SECS`"
+    )]
+    LeaseTooShort { lease: u64, needed: u64 },
 }
 
 /// Variables read outside clap: the secret ones are never shown with their values.
@@ -155,6 +162,18 @@ impl Args {
         nonzero(u64::from(*breaker_failures), "WEBHOOK_BREAKER_FAILURES")?;
         if backoff_max_ms < backoff_base_ms {
             return Err(ConfigError::BackoffRange);
+        }
+        // Every row of a batch must be finished before its lease runs out, even if each round
+        // of concurrent requests runs into the timeout.
+        let rounds = u64::from(*batch_size).div_ceil(*concurrency as u64);
+        let needed = request_timeout_secs
+            .saturating_mul(rounds)
+            .saturating_add(5);
+        if *lease_secs < needed {
+            return Err(ConfigError::LeaseTooShort {
+                lease: *lease_secs,
+                needed,
+            });
         }
         let policy = if *allow_insecure_targets {
             TargetPolicy::Insecure
@@ -243,5 +262,16 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, ConfigError::BackoffRange);
         assert!(Args::try_parse_from(["w", "--global-rps", "0"]).is_err());
+        let err = parse(&["--concurrency", "1", "--batch-size", "200"])
+            .worker_config()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::LeaseTooShort {
+                lease: 60,
+                needed: 2005
+            }
+        );
+        assert!(err.to_string().contains("WEBHOOK_LEASE_SECS"));
     }
 }

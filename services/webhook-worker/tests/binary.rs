@@ -159,6 +159,7 @@ async fn once_delivers_with_encrypted_secrets_and_logs_no_secret() {
             // One at a time, so the breaker's effect on later calls is exact.
             ("WEBHOOK_CONCURRENCY", "1"),
             ("WEBHOOK_PIPELINES", "1"),
+            ("WEBHOOK_BATCH_SIZE", "4"),
             ("RUST_LOG", "trace"),
             ("LOG_FORMAT", "json"),
         ],
