@@ -19,7 +19,6 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use psctl_sandbox_cluster::controllers::ControllersConfig;
 use psctl_sandbox_cluster::{Controllers, Kubelet};
-use support::fake_api::FakeApi;
 use support::*;
 
 fn labels(app: &str) -> BTreeMap<String, String> {
@@ -151,9 +150,8 @@ async fn running_containers(node: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_rolls_out_updates_rolls_back_scales_and_is_collected() {
     ensure_image().await;
-    let api = FakeApi::start().await;
-    let client = api.client();
     let node = unique("test-node");
+    let (_api, client) = api(&node).await;
     let _cleanup = NodeCleanup(node.clone());
     let _kubelet = Kubelet::run(client.clone(), kubelet_config(&node))
         .await
@@ -355,9 +353,8 @@ async fn deployment_rolls_out_updates_rolls_back_scales_and_is_collected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_rollout_reports_progress_deadline_exceeded() {
     ensure_image().await;
-    let api = FakeApi::start().await;
-    let client = api.client();
     let node = unique("test-node");
+    let (_api, client) = api(&node).await;
     let _cleanup = NodeCleanup(node.clone());
     let _kubelet = Kubelet::run(client.clone(), kubelet_config(&node))
         .await

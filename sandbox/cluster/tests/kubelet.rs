@@ -15,13 +15,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use psctl_sandbox_cluster::{DockerLogs, Kubelet};
-use support::fake_api::FakeApi;
 use support::*;
 
 struct Harness {
-    _api: FakeApi,
+    _api: psctl_sandbox_apiserver::RunningApiServer,
     _kubelet: psctl_sandbox_cluster::KubeletHandle,
     _cleanup: NodeCleanup,
     node: String,
@@ -31,9 +30,8 @@ struct Harness {
 
 async fn harness() -> Harness {
     ensure_image().await;
-    let api = FakeApi::start().await;
-    let client = api.client();
     let node = unique("test-node");
+    let (api, client) = api(&node).await;
     let cleanup = NodeCleanup(node.clone());
     let kubelet = Kubelet::run(client.clone(), kubelet_config(&node))
         .await
@@ -128,8 +126,16 @@ async fn good_image_becomes_ready_serves_logs_and_is_removed_on_delete() {
         Some(h.node.clone())
     );
 
-    let logs = DockerLogs::for_node(&h.node)
-        .pod_logs("default", "web", None, Some(10), false)
+    // Through the API server's pods/log, served by DockerLogs.
+    let logs = h
+        .pods
+        .logs(
+            "web",
+            &LogParams {
+                tail_lines: Some(10),
+                ..LogParams::default()
+            },
+        )
         .await
         .expect("logs");
     assert!(logs.contains("started"), "{logs:?}");
@@ -265,8 +271,16 @@ async fn exiting_binary_crash_loops_with_rising_restart_count() {
         .and_then(|state| state.terminated)
         .expect("lastState.terminated");
     assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
-    let logs = DockerLogs::for_node(&h.node)
-        .pod_logs("default", "crash", Some("main"), None, true)
+    let logs = h
+        .pods
+        .logs(
+            "crash",
+            &LogParams {
+                container: Some("main".to_owned()),
+                previous: true,
+                ..LogParams::default()
+            },
+        )
         .await
         .expect("previous logs");
     assert_eq!(logs, "boom\n");

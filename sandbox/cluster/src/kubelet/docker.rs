@@ -526,13 +526,13 @@ impl Docker {
     }
 
     /// `docker logs` with timestamps, both streams.
-    pub async fn logs(&self, id: &str, tail: Option<i64>) -> Result<(String, String), DockerError> {
-        let mut args = vec!["logs".to_owned(), "--timestamps".to_owned()];
-        if let Some(tail) = tail {
-            args.push("--tail".to_owned());
-            args.push(tail.max(0).to_string());
-        }
-        args.push(id.to_owned());
+    pub async fn logs(
+        &self,
+        id: &str,
+        tail: Option<i64>,
+        since_seconds: Option<i64>,
+    ) -> Result<(String, String), DockerError> {
+        let args = logs_args(id, tail, since_seconds, false);
         let output = tokio::time::timeout(
             Duration::from_secs(60),
             Command::new(&self.binary)
@@ -563,9 +563,33 @@ impl Docker {
     }
 }
 
-/// Merges timestamped stdout and stderr lines back into one stream in time order, then strips
-/// the timestamps (Docker's RFC 3339 nano prefixes sort lexically), keeping the last `tail` lines.
-pub fn merge_logs(stdout: &str, stderr: &str, tail: Option<i64>) -> String {
+/// The `docker logs` argv (always with timestamps, which order merged streams).
+pub fn logs_args(
+    id: &str,
+    tail: Option<i64>,
+    since_seconds: Option<i64>,
+    follow: bool,
+) -> Vec<String> {
+    let mut args = vec!["logs".to_owned(), "--timestamps".to_owned()];
+    if follow {
+        args.push("--follow".to_owned());
+    }
+    if let Some(tail) = tail {
+        args.push("--tail".to_owned());
+        args.push(tail.max(0).to_string());
+    }
+    if let Some(since) = since_seconds {
+        args.push("--since".to_owned());
+        args.push(format!("{}s", since.max(0)));
+    }
+    args.push(id.to_owned());
+    args
+}
+
+/// Merges timestamped stdout and stderr lines back into one stream in time order (Docker's
+/// RFC 3339 nano prefixes sort lexically), keeping the last `tail` lines, with or without the
+/// timestamps.
+pub fn merge_logs(stdout: &str, stderr: &str, tail: Option<i64>, timestamps: bool) -> String {
     let mut lines: Vec<(&str, &str)> = stdout
         .lines()
         .chain(stderr.lines())
@@ -579,7 +603,11 @@ pub fn merge_logs(stdout: &str, stderr: &str, tail: Option<i64>) -> String {
         None => 0,
     };
     let mut text = String::new();
-    for (_, line) in lines.into_iter().skip(skip) {
+    for (stamp, line) in lines.into_iter().skip(skip) {
+        if timestamps {
+            text.push_str(stamp);
+            text.push(' ');
+        }
         text.push_str(line);
         text.push('\n');
     }
@@ -666,7 +694,15 @@ mod tests {
     fn logs_merge_by_timestamp_and_tail() {
         let stdout = "2026-11-23T10:00:01.000000001Z one\n2026-11-23T10:00:03.000000000Z three\n";
         let stderr = "2026-11-23T10:00:02.000000000Z two\n";
-        assert_eq!(merge_logs(stdout, stderr, None), "one\ntwo\nthree\n");
-        assert_eq!(merge_logs(stdout, stderr, Some(2)), "two\nthree\n");
+        assert_eq!(merge_logs(stdout, stderr, None, false), "one\ntwo\nthree\n");
+        assert_eq!(merge_logs(stdout, stderr, Some(2), false), "two\nthree\n");
+        assert_eq!(
+            merge_logs(stdout, stderr, Some(1), true),
+            "2026-11-23T10:00:03.000000000Z three\n"
+        );
+        assert_eq!(
+            logs_args("abc", Some(5), Some(60), true).join(" "),
+            "logs --timestamps --follow --tail 5 --since 60s abc"
+        );
     }
 }

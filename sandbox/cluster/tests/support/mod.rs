@@ -3,13 +3,15 @@
 
 #![allow(dead_code)]
 
-pub mod fake_api;
-
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::sync::Arc;
+
+use psctl_sandbox_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use psctl_sandbox_cluster::DockerLogs;
 use psctl_sandbox_cluster::kubelet::{Backoff, KubeletConfig};
 use tokio::process::Command;
 
@@ -55,6 +57,23 @@ pub async fn ensure_image() {
             assert!(ok, "could not build the test image: {output}");
         })
         .await;
+}
+
+/// Starts the sandbox API server on a free loopback port, with this node's container logs behind
+/// `pods/log`, and returns it with a client.
+pub async fn api(node: &str) -> (RunningApiServer, kube::Client) {
+    let server = ApiServer::start(ApiServerConfig {
+        bind: ([127, 0, 0, 1], 0).into(),
+        pod_backend: Some(Arc::new(DockerLogs::for_node(node))),
+        ..ApiServerConfig::default()
+    })
+    .await
+    .expect("API server starts");
+    // kube and reqwest enable more than one rustls backend; a process must pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = kube::Config::new(server.url().parse().expect("server URL"));
+    let client = kube::Client::try_from(config).expect("client");
+    (server, client)
 }
 
 /// A short unique suffix for names.
