@@ -26,26 +26,22 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
-    #[error("{action}")]
-    Api {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error("{action}: {}", describe(error))]
+    Api { action: String, error: kube::Error },
 }
 
 impl ClusterError {
     /// Wraps an API error with what psctl was doing.
     pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
         let action = action.into();
-        move |source| Self::Api { action, source }
+        move |error| Self::Api { action, error }
     }
 
     /// The API's status code, when the server answered.
     pub fn status_code(&self) -> Option<u16> {
         match self {
             Self::Api {
-                source: kube::Error::Api(status),
+                error: kube::Error::Api(status),
                 ..
             } => Some(status.code),
             _ => None,
@@ -60,7 +56,7 @@ impl Classify for ClusterError {
             Self::Client { .. } => ExitStatus::Unreachable,
             // The server answered: a refusal (403, 404, 409, 422) is not "unreachable".
             Self::Api {
-                source: kube::Error::Api(status),
+                error: kube::Error::Api(status),
                 ..
             } if status.code != 401 && status.code < 500 => ExitStatus::Usage,
             Self::Api { .. } => ExitStatus::Unreachable,
@@ -72,10 +68,10 @@ impl Classify for ClusterError {
             Self::Kubeconfig { .. } | Self::Context { .. } => vec![
                 "set `kubeconfig:` and `kube_context:` for the environment in psctl.yaml, or load the sandbox with `eval \"$(psctl-sandbox env)\"`".to_owned(),
             ],
-            Self::Api { source: kube::Error::Api(status), .. } if status.code == 403 || status.code == 401 => {
+            Self::Api { error: kube::Error::Api(status), .. } if status.code == 403 || status.code == 401 => {
                 vec!["the context's credentials are not authorised for this; check the RBAC of the user in the kubeconfig".to_owned()]
             }
-            Self::Api { source: kube::Error::Api(_), .. } => Vec::new(),
+            Self::Api { error: kube::Error::Api(_), .. } => Vec::new(),
             Self::Client { .. } | Self::Api { .. } => {
                 vec!["is the cluster up? for the sandbox: `psctl-sandbox up`".to_owned()]
             }
@@ -111,6 +107,27 @@ pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterE
         context: environment.kube_context.clone(),
         source,
     })
+}
+
+/// A kube error in one line: the API's own message and code, without the Debug dump.
+pub fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if status.reason.is_empty() => {
+            format!("{} (HTTP {})", status.message, status.code)
+        }
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    }
 }
 
 /// True when `error` is the API saying "not found".

@@ -448,7 +448,7 @@ async fn execute(
         components: results,
     };
     if rollback_problems.is_empty() {
-        let error = CommandError::verification(anyhow::anyhow!("{failure}; rolled back to the previous revisions"))
+        let error = CommandError::verification(anyhow::anyhow!("{failure}; undone: previous revisions restored, failed first installs uninstalled"))
             .hint("`psctl history <component>` shows the failed revision; fix the image or values and deploy again");
         (report, ExitStatus::VerificationFailed, Some(error))
     } else {

@@ -257,7 +257,7 @@ async fn read_metrics(
     let text = tokio::time::timeout(Duration::from_secs(5), client.request_text(request))
         .await
         .map_err(|_| "timed out after 5s".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::cluster::describe(&e))?;
     Ok(Some(headline_metrics(&text)))
 }
 

@@ -107,7 +107,7 @@ pub async fn track(
                 "watching Deployment `{}`: no initial list within the timeout",
                 target.deployment
             ),
-            source: kube::Error::Api(Box::new(
+            error: kube::Error::Api(Box::new(
                 kube::core::Status::failure("watch not established", "Timeout").with_code(504),
             )),
         });
