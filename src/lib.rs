@@ -4,9 +4,11 @@
 //! Layout: `cli` (clap types) → `settings` (resolved configuration) → `commands` (one file per
 //! subcommand, thin) over library modules that each own one concern: `cluster` (Kubernetes
 //! access), `helm` (the Helm driver and Helm's release storage), `rollout` (tracking and
-//! diagnosis), `lock` (the deploy Lease), `output` (printing and redaction).
+//! diagnosis), `lock` (the deploy Lease), `output` (printing and redaction), `canary` (gate
+//! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail).
 
 pub mod audit;
+pub mod canary;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
