@@ -37,21 +37,40 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "PSCTL_CONFIG",
+        hide_env_values = true,
         default_value = "psctl.yaml",
         value_name = "FILE"
     )]
     pub config: PathBuf,
 
     /// Environment from the configuration file to act on (optional when the file has exactly one).
-    #[arg(long = "env", global = true, env = "PSCTL_ENV", value_name = "NAME")]
+    #[arg(
+        long = "env",
+        global = true,
+        env = "PSCTL_ENV",
+        hide_env_values = true,
+        value_name = "NAME"
+    )]
     pub environment: Option<String>,
 
     /// Kubernetes context, overriding the environment's `kube_context`.
-    #[arg(long, global = true, env = "PSCTL_CONTEXT", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "PSCTL_CONTEXT",
+        hide_env_values = true,
+        value_name = "NAME"
+    )]
     pub context: Option<String>,
 
     /// Namespace, overriding the environment's `namespace`.
-    #[arg(long, global = true, env = "PSCTL_NAMESPACE", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "PSCTL_NAMESPACE",
+        hide_env_values = true,
+        value_name = "NAME"
+    )]
     pub namespace: Option<String>,
 
     /// Output format for data written to stdout.
@@ -60,6 +79,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "PSCTL_OUTPUT",
+        hide_env_values = true,
         value_enum,
         default_value_t = OutputFormat::Table
     )]
