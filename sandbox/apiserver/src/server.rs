@@ -24,7 +24,7 @@ use crate::patch::PatchKind;
 use crate::query::{Query, ResourcePath, split_path};
 use crate::status::ApiError;
 use crate::{
-    ApiServerConfig, LogOptions, PodBackendError, PodLogs, discovery, protobuf, proxy,
+    ApiServerConfig, LogOptions, PodBackendError, PodLogs, discovery, protobuf, proxy, table,
     watch as watches,
 };
 
@@ -374,13 +374,27 @@ async fn resource(
     let method = request.method().clone();
     let headers = request.headers().clone();
     let dry_run = query.dry_run();
+    let as_table = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(table::wants_table)
+        .then(|| table::Include::from_query(query.get("includeObject")));
     let Some(name) = target.name.clone() else {
         return match method {
             Method::GET if query.flag("watch") => Ok(stream_response(
                 "application/json",
-                watches::start(state, &info, namespace, &query)?,
+                watches::start(state, &info, namespace, &query, as_table)?,
             )),
-            Method::GET => Ok(json_response(200, &state.list(&info, namespace, &query)?)),
+            Method::GET => match as_table {
+                Some(include) => {
+                    let (items, version) = state.select(&info, namespace, &query)?;
+                    Ok(json_response(
+                        200,
+                        &table::table(&info, &items, Some(version), include, true),
+                    ))
+                }
+                None => Ok(json_response(200, &state.list(&info, namespace, &query)?)),
+            },
             Method::POST => {
                 let body = read_body(request.into_body()).await?;
                 let object = decode_object(&content_type(&headers), &body)?;
@@ -408,7 +422,16 @@ async fn resource(
     };
     match target.subresource.as_deref() {
         None => match method {
-            Method::GET => Ok(json_response(200, &*state.get(&info, namespace, &name)?)),
+            Method::GET => {
+                let object = state.get(&info, namespace, &name)?;
+                match as_table {
+                    Some(include) => Ok(json_response(
+                        200,
+                        &table::table(&info, &[object], None, include, true),
+                    )),
+                    None => Ok(json_response(200, &object)),
+                }
+            }
             Method::PUT => {
                 let body = read_body(request.into_body()).await?;
                 let object = decode_object(&content_type(&headers), &body)?;

@@ -19,6 +19,7 @@ use crate::resources::ResourceInfo;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::store::WatchEvent;
+use crate::table::{self, Include};
 
 /// The body of a watch response.
 pub type WatchBody = BoxStream<'static, Result<Bytes, std::io::Error>>;
@@ -31,6 +32,8 @@ fn line(event_type: &str, object: &Value) -> Bytes {
 
 struct Filter {
     info: ResourceInfo,
+    /// Render objects as single-row Tables (kubectl get --watch).
+    table: Option<Include>,
     namespace: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
@@ -51,6 +54,29 @@ impl Filter {
             && self.wants_object(&event.object)
     }
 
+    /// One event line; as a Table, only the first carries column definitions, as the real
+    /// server sends them.
+    fn event(&self, event_type: &str, object: &Arc<Value>, columns_sent: &mut bool) -> Bytes {
+        match self.table {
+            None => line(event_type, object),
+            Some(include) => {
+                let version = object
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|text| text.parse().ok());
+                let rendered = table::table(
+                    &self.info,
+                    std::slice::from_ref(object),
+                    version,
+                    include,
+                    !*columns_sent,
+                );
+                *columns_sent = true;
+                line(event_type, &rendered)
+            }
+        }
+    }
+
     fn bookmark(&self, version: u64, initial_end: bool) -> Bytes {
         let mut metadata = json!({ "resourceVersion": version.to_string() });
         if initial_end {
@@ -69,9 +95,11 @@ pub fn start(
     info: &ResourceInfo,
     namespace: Option<&str>,
     query: &Query,
+    table: Option<Include>,
 ) -> Result<WatchBody, ApiError> {
     let filter = Filter {
         info: info.clone(),
+        table,
         namespace: if info.namespaced {
             namespace.map(str::to_owned)
         } else {
@@ -86,7 +114,8 @@ pub fn start(
         Some(text) => Some(text.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {text:?}: it must be a resourceVersion this server returned")))?),
     };
     let snapshot_wanted = send_initial || from.is_none();
-    let allow_bookmarks = query.flag("allowWatchBookmarks");
+    // Bookmarks are not Tables; kubectl's table watches do not need them.
+    let allow_bookmarks = query.flag("allowWatchBookmarks") && table.is_none();
     let timeout = Duration::from_secs(
         query
             .integer("timeoutSeconds")?
@@ -113,19 +142,26 @@ pub fn start(
     tokio::spawn(async move {
         let mut live = subscription.live;
         let mut last = subscription.current;
-        let mut initial: Vec<Bytes> = subscription
+        let mut columns_sent = false;
+        let mut initial: Vec<Bytes> = Vec::new();
+        for object in subscription
             .snapshot
             .iter()
             .filter(|object| filter.wants_object(object))
-            .map(|object| line("ADDED", object))
-            .collect();
+        {
+            initial.push(filter.event("ADDED", object, &mut columns_sent));
+        }
         if send_initial {
             initial.push(filter.bookmark(last, true));
         }
         for event in &subscription.backlog {
             last = last.max(event.resource_version);
             if filter.wants(event) {
-                initial.push(line(event.event_type.as_str(), &event.object));
+                initial.push(filter.event(
+                    event.event_type.as_str(),
+                    &event.object,
+                    &mut columns_sent,
+                ));
             }
         }
         if let Some(highest) = subscription.backlog.last() {
@@ -157,7 +193,7 @@ pub fn start(
                         if !filter.wants(&event) {
                             continue;
                         }
-                        line(event.event_type.as_str(), &event.object)
+                        filter.event(event.event_type.as_str(), &event.object, &mut columns_sent)
                     }
                     // A watcher too slow to keep up ends its stream; it resumes from the last
                     // version it saw, or re-lists if that has left the history.
