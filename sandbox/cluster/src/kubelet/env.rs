@@ -244,6 +244,12 @@ pub fn resolve_env(
         };
         set(&mut vars, &mut order, var.name.clone(), value);
     }
+    if let Some(name) = secret_on_command_line(container, secrets) {
+        return Err(format!(
+            "command or args of container {} expand $({name}), which comes from a Secret; the sandbox never puts secret values on a command line: read {name} from the environment instead",
+            container.name
+        ));
+    }
     let mut resolved = Vec::with_capacity(order.len());
     for name in order {
         let value = vars.remove(&name).unwrap_or_default();
@@ -255,6 +261,67 @@ pub fn resolve_env(
         resolved.push((name, value));
     }
     Ok(resolved)
+}
+
+/// The `$(NAME)` references in a string (`$$(` escapes are not references).
+pub fn references(input: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = input;
+    while let Some(position) = rest.find('$') {
+        let after = &rest[position + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            rest = stripped;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            found.push(inner[..end].to_owned());
+            rest = &inner[end + 1..];
+        } else {
+            rest = after;
+        }
+    }
+    found
+}
+
+/// The first Secret-backed variable (directly, through `envFrom`, or through another variable's
+/// `$(…)`) that the container's command or args would expand, if any: expanding it would put a
+/// secret into the argv of `docker create`.
+pub fn secret_on_command_line(
+    container: &Container,
+    secrets: &HashMap<String, Secret>,
+) -> Option<String> {
+    let mut secret_backed: Vec<String> = Vec::new();
+    for source in container.env_from.iter().flatten() {
+        if let Some(reference) = &source.secret_ref
+            && let Some(secret) = secrets.get(&reference.name)
+        {
+            let prefix = source.prefix.clone().unwrap_or_default();
+            for key in secret.data.iter().flatten().map(|(key, _)| key) {
+                secret_backed.push(format!("{prefix}{key}"));
+            }
+        }
+    }
+    for var in container.env.iter().flatten() {
+        let from_secret = var
+            .value_from
+            .as_ref()
+            .is_some_and(|source| source.secret_key_ref.is_some());
+        let through = var.value.as_deref().is_some_and(|value| {
+            references(value)
+                .iter()
+                .any(|name| secret_backed.contains(name))
+        });
+        if from_secret || through {
+            secret_backed.push(var.name.clone());
+        }
+    }
+    container
+        .command
+        .iter()
+        .flatten()
+        .chain(container.args.iter().flatten())
+        .flat_map(|item| references(item))
+        .find(|name| secret_backed.contains(name))
 }
 
 /// Expands `$(VAR)` in command and args against the resolved environment.
@@ -429,6 +496,36 @@ mod tests {
         let error = resolve_env(&container, &pod(), None, "h", &secrets(), &HashMap::new())
             .expect_err("missing key");
         assert_eq!(error, "couldn't find key API_KEY in Secret app-secrets");
+    }
+
+    #[test]
+    fn secrets_are_never_expanded_onto_the_command_line() {
+        let container = Container {
+            name: "main".to_owned(),
+            env: Some(vec![
+                from(
+                    "DATABASE_URL",
+                    secret_ref("app-secrets", "DATABASE_URL", false),
+                ),
+                var("DSN", "$(DATABASE_URL)?sslmode=disable"),
+                var("PORT", "8080"),
+            ]),
+            args: Some(vec!["--port=$(PORT)".to_owned(), "--dsn=$(DSN)".to_owned()]),
+            ..Container::default()
+        };
+        let error = resolve_env(&container, &pod(), None, "h", &secrets(), &HashMap::new())
+            .expect_err("refused");
+        assert!(
+            error.contains("$(DSN)") && !error.contains("postgres://"),
+            "{error}"
+        );
+        let mut fine = container.clone();
+        fine.args = Some(vec![
+            "--port=$(PORT)".to_owned(),
+            "--escaped=$$(DSN)".to_owned(),
+        ]);
+        assert!(resolve_env(&fine, &pod(), None, "h", &secrets(), &HashMap::new()).is_ok());
+        assert_eq!(references("a $(X) $$(Y) $(Z"), vec!["X".to_owned()]);
     }
 
     #[test]
