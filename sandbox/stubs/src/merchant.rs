@@ -285,8 +285,7 @@ async fn receive(
         let k = inner.requests as f64;
         inner.requests += 1;
         let rate = inner.behaviour.fail_rate;
-        // Fails exactly `rate` of the requests, spread evenly, without randomness.
-        let fail = ((k + 1.0) * rate).floor() > (k * rate).floor();
+        let fail = should_fail(k, rate);
         (inner.behaviour.clone(), fail)
     };
     if behaviour.delay_ms > 0 {
@@ -346,6 +345,12 @@ async fn receive(
         }
     }
     response
+}
+
+/// Whether the `k`-th request (0-based) fails: exactly `rate` of the requests, spread evenly,
+/// without randomness, so tests can count on it.
+fn should_fail(k: f64, rate: f64) -> bool {
+    ((k + 1.0) * rate).floor() > (k * rate).floor()
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -424,6 +429,108 @@ mod tests {
         let mut missing = good.clone();
         missing.remove("webhook-signature");
         assert!(verify(&key, &missing, body, at).is_err());
+    }
+
+    /// One HTTP/1.1 exchange over a fresh connection: (status, raw response head, body).
+    async fn exchange(addr: SocketAddr, request: String) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    fn post(path: &str, headers: &[(&str, String)], body: &str) -> String {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: sink\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        request
+    }
+
+    #[tokio::test]
+    async fn http_control_drives_failures_and_reports_deliveries() {
+        let secret = "whsec_dGVzdC1rZXktZm9yLXRoZS1zaW5r";
+        let sink = MerchantSink::start(SocketAddr::from(([127, 0, 0, 1], 0)), secret)
+            .await
+            .unwrap();
+        let addr = sink.addr();
+        let key = BASE64.decode("dGVzdC1rZXktZm9yLXRoZS1zaW5r").unwrap();
+        let signed = |id: &str, body: &str| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                .to_string();
+            let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+            mac.update(format!("{id}.{now}.{body}").as_bytes());
+            let signature = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+            vec![
+                ("webhook-id", id.to_owned()),
+                ("webhook-timestamp", now),
+                ("webhook-signature", signature),
+            ]
+        };
+
+        let control = r#"{"fail_rate": 1.0, "status": 429, "retry_after": "7"}"#;
+        let (status, _, _) = exchange(addr, post("/_control", &[], control)).await;
+        assert_eq!(status, 200);
+        let (status, head, _) = exchange(addr, post("/hook", &signed("msg_1", "{}"), "{}")).await;
+        assert_eq!(status, 429);
+        assert!(head.contains("retry-after: 7"), "{head}");
+
+        exchange(addr, post("/_control", &[], "{}")).await;
+        let (status, _, _) = exchange(addr, post("/hook", &signed("msg_1", "{}"), "{}")).await;
+        assert_eq!(status, 204);
+        exchange(addr, post("/hook", &signed("msg_1", "{}"), "{}")).await;
+        let (status, _, _) = exchange(
+            addr,
+            post("/hook", &[("webhook-id", "msg_2".to_owned())], "{}"),
+        )
+        .await;
+        assert_eq!(status, 401, "unsigned deliveries are refused");
+        let (status, _, _) = exchange(addr, post("/_control", &[], r#"{"fail_rate": 2}"#)).await;
+        assert_eq!(status, 400);
+
+        let get = "GET /_deliveries HTTP/1.1\r\nHost: sink\r\nConnection: close\r\n\r\n".to_owned();
+        let (status, _, body) = exchange(addr, get.clone()).await;
+        assert_eq!(status, 200);
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(report["summary"]["received"], 4);
+        assert_eq!(report["summary"]["accepted"], 2);
+        assert_eq!(report["summary"]["duplicates"], 1);
+        assert_eq!(report["summary"]["unverified"], 1);
+        assert_eq!(report["deliveries"][0]["status"], 429);
+        assert_eq!(report["deliveries"][1]["verified"], true);
+        assert_eq!(sink.accepted_count("msg_1"), 2);
+
+        let delete =
+            "DELETE /_deliveries HTTP/1.1\r\nHost: sink\r\nConnection: close\r\n\r\n".to_owned();
+        assert_eq!(exchange(addr, delete).await.0, 204);
+        assert_eq!(sink.summary(), Summary::default());
+    }
+
+    #[test]
+    fn failure_share_is_exact_and_spread() {
+        let failed: Vec<bool> = (0..8u32).map(|k| should_fail(f64::from(k), 0.25)).collect();
+        assert_eq!(
+            failed,
+            [false, false, false, true, false, false, false, true]
+        );
+        assert!((0..10u32).all(|k| should_fail(f64::from(k), 1.0)));
+        assert!((0..10u32).all(|k| !should_fail(f64::from(k), 0.0)));
+        let half = (0..1000u32)
+            .filter(|k| should_fail(f64::from(*k), 0.5))
+            .count();
+        assert_eq!(half, 500);
     }
 
     #[test]
