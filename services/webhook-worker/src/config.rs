@@ -16,7 +16,8 @@ use crate::worker::WorkerConfig;
 #[derive(Debug, Parser)]
 #[command(name = "problemsolver-webhook-worker", version, after_long_help = ENVIRONMENT_HELP, after_help = ENVIRONMENT_HELP)]
 pub struct Args {
-    /// Deliver what is due now, then exit (0 when the queue was reachable).
+    /// Deliver what is due now, then exit: 0 when the queue was reachable, 1 otherwise. No
+    /// metrics server is started in this mode.
     #[arg(long)]
     pub once: bool,
 
