@@ -81,10 +81,12 @@ where
 
 /// Logs go to stderr; `RUST_LOG` wins, else `-v`/`-q` choose the level.
 fn init_tracing(verbosity: i8) {
+    // kube's client logs every non-2xx answer at ERROR, though psctl receives each one as a
+    // value and reports it itself; below -vv those lines would only duplicate or alarm.
     let default = match verbosity {
-        i8::MIN..=-1 => "error",
-        0 => "warn",
-        1 => "psctl=info,warn",
+        i8::MIN..=-1 => "error,kube_client=off",
+        0 => "warn,kube_client=off",
+        1 => "psctl=info,warn,kube_client=off",
         _ => "psctl=debug,kube=info,info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
