@@ -351,6 +351,60 @@ pub(crate) mod tests {
         assert!(!json.contains("s3cr3t-config-value"));
     }
 
+    /// Payloads written by the real Helm v4 engine (the sandbox's helm CLI): `upgrade --install`
+    /// of charts/poller with image tag 1.4.2, then again with 1.4.3; the Secrets' `release` values.
+    #[test]
+    fn decodes_release_secrets_written_by_the_real_helm_engine() {
+        let first = decode_release(
+            "sh.helm.release.v1.fixture-release.v1",
+            include_bytes!("fixtures/fixture-release.v1.release"),
+        )
+        .unwrap();
+        let second = decode_release(
+            "sh.helm.release.v1.fixture-release.v2",
+            include_bytes!("fixtures/fixture-release.v2.release"),
+        )
+        .unwrap();
+        let summary = |r: &Revision| {
+            (
+                r.release.clone(),
+                r.revision,
+                r.status.clone(),
+                r.chart.clone(),
+                r.app_version.clone(),
+                r.image_tag.clone(),
+            )
+        };
+        assert_eq!(
+            summary(&first),
+            (
+                "fixture-release".into(),
+                1,
+                ReleaseStatus::Superseded,
+                "poller-0.1.0".into(),
+                "0.1.0".into(),
+                "1.4.2".into()
+            )
+        );
+        assert_eq!(
+            summary(&second),
+            (
+                "fixture-release".into(),
+                2,
+                ReleaseStatus::Deployed,
+                "poller-0.1.0".into(),
+                "0.1.0".into(),
+                "1.4.3".into()
+            )
+        );
+        assert_eq!(second.description, "Upgrade complete");
+        assert!(
+            second.updated.starts_with("2026-11-23T11:00:43"),
+            "{}",
+            second.updated
+        );
+    }
+
     #[test]
     fn pending_and_unknown_statuses_survive() {
         let payload = encode_like_helm(&release_json("r", 4, "pending-upgrade", "x"));
