@@ -481,3 +481,58 @@ async fn liveness_failure_restarts_the_container() {
         "{killing:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_style_security_context_runs_with_a_writable_tmp_only() {
+    use k8s_openapi::api::core::v1::{
+        Capabilities, EmptyDirVolumeSource, PodSecurityContext, SecurityContext, Volume,
+        VolumeMount,
+    };
+    let h = harness().await;
+    let mut container = shell(
+        "id -u; echo data > /tmp/file && cat /tmp/file; touch /root-write 2>/dev/null && echo root-writable || echo root-read-only; sleep 60",
+    );
+    container.security_context = Some(SecurityContext {
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    });
+    container.volume_mounts = Some(vec![VolumeMount {
+        name: "tmp".to_owned(),
+        mount_path: "/tmp".to_owned(),
+        ..VolumeMount::default()
+    }]);
+    let mut secure = pod("secure", container);
+    if let Some(spec) = secure.spec.as_mut() {
+        spec.security_context = Some(PodSecurityContext {
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            run_as_non_root: Some(true),
+            ..PodSecurityContext::default()
+        });
+        spec.volumes = Some(vec![Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }]);
+    }
+    h.pods
+        .create(&PostParams::default(), &secure)
+        .await
+        .expect("create pod");
+    let logs = eventually("the script's output", Duration::from_secs(30), || async {
+        let logs = h.pods.logs("secure", &LogParams::default()).await;
+        match logs {
+            Ok(text) if text.contains("read-only") || text.contains("writable") => {
+                (Some(text), String::new())
+            }
+            other => (None, format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(logs, "65532\ndata\nroot-read-only\n");
+}

@@ -100,6 +100,14 @@ pub struct ContainerLaunch {
     pub user: Option<(i64, Option<i64>)>,
     /// `readOnlyRootFilesystem`.
     pub read_only: bool,
+    /// emptyDir volumes as tmpfs mounts: (mount path, size limit in bytes).
+    pub tmpfs: Vec<(String, Option<u64>)>,
+    /// Capabilities to drop (`ALL` included).
+    pub cap_drop: Vec<String>,
+    /// Capabilities to add.
+    pub cap_add: Vec<String>,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
 }
 
 /// The `docker create` argv for a launch, with the env file path if any.
@@ -149,6 +157,34 @@ pub fn create_args(launch: &ContainerLaunch, env_file: Option<&str>) -> Vec<Stri
     }
     if launch.read_only {
         args.push("--read-only".to_owned());
+    }
+    for (path, size) in &launch.tmpfs {
+        // Docker copies the mode of an existing directory at the mount point over `mode=`, so
+        // the mount is also owned by the container's user, as an emptyDir is writable by it.
+        let mut options = format!("{path}:rw,mode=1777");
+        if let Some((user, group)) = launch.user {
+            options.push_str(&format!(",uid={user}"));
+            if let Some(group) = group {
+                options.push_str(&format!(",gid={group}"));
+            }
+        }
+        if let Some(bytes) = size {
+            options.push_str(&format!(",size={bytes}"));
+        }
+        args.push("--tmpfs".to_owned());
+        args.push(options);
+    }
+    for capability in &launch.cap_drop {
+        args.push("--cap-drop".to_owned());
+        args.push(capability.clone());
+    }
+    for capability in &launch.cap_add {
+        args.push("--cap-add".to_owned());
+        args.push(capability.clone());
+    }
+    if launch.no_new_privileges {
+        args.push("--security-opt".to_owned());
+        args.push("no-new-privileges".to_owned());
     }
     let mut trailing = Vec::new();
     if let Some((entrypoint, rest)) = launch.command.split_first() {
@@ -633,6 +669,10 @@ mod tests {
             cpus: Some(0.5),
             user: Some((1000, None)),
             read_only: true,
+            tmpfs: vec![("/tmp".to_owned(), Some(64 * 1024 * 1024))],
+            cap_drop: vec!["ALL".to_owned()],
+            cap_add: Vec::new(),
+            no_new_privileges: true,
         };
         let args = create_args(&launch, Some("/tmp/env"));
         let joined = args.join(" ");
@@ -640,6 +680,7 @@ mod tests {
             joined,
             "create --name psctl_default_web_1 --label psctl.sandbox=1 --network psctl-sandbox --hostname web \
              --env-file /tmp/env --memory 67108864 --memory-swap 67108864 --cpus 0.500 --user 1000 --read-only \
+             --tmpfs /tmp:rw,mode=1777,uid=1000,size=67108864 --cap-drop ALL --security-opt no-new-privileges \
              --entrypoint /bin/server 127.0.0.1:5000/web:1 --serve --port=80"
         );
         // Only args: the image's entrypoint stays.
@@ -650,6 +691,9 @@ mod tests {
             cpus: None,
             user: None,
             read_only: false,
+            tmpfs: Vec::new(),
+            cap_drop: Vec::new(),
+            no_new_privileges: false,
             hostname: None,
             labels: BTreeMap::new(),
             ..launch

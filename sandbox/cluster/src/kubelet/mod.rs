@@ -10,6 +10,7 @@ pub mod env;
 pub mod logs;
 pub mod probe;
 pub mod status;
+pub mod volumes;
 mod worker;
 
 use std::collections::{HashMap, HashSet};

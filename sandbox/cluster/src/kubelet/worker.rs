@@ -22,7 +22,7 @@ use super::docker::{
     LABEL_POD, LABEL_SANDBOX, LABEL_UID, parse_quantity,
 };
 use super::probe::{self, ProbeKind, ProbeTracker, Transition};
-use super::{KubeletConfig, env, status};
+use super::{KubeletConfig, env, status, volumes};
 use crate::events::{EventType, Recorder, object_reference};
 
 /// Shared pieces every pod worker uses.
@@ -374,8 +374,12 @@ impl PodWorker {
             }
         };
         // 5. Environment.
-        let env = match self.resolve_env(pod, spec).await {
-            Ok(env) => env,
+        let prepared = match self.resolve_env(pod, spec).await {
+            Ok(env) => volumes::tmpfs_mounts(pod, spec).map(|mounts| (env, mounts)),
+            Err(message) => Err(message),
+        };
+        let (env, mounts) = match prepared {
+            Ok(prepared) => prepared,
             Err(message) => {
                 let announce = self.containers[index]
                     .waiting
@@ -397,7 +401,7 @@ impl PodWorker {
             }
         };
         // 6. Create and start.
-        let launch = self.launch(pod, index, spec, network_mode, &env);
+        let launch = self.launch(pod, index, spec, network_mode, &env, mounts);
         match docker.create_and_start(&launch, &env).await {
             Ok(id) => {
                 let runtime = &mut self.containers[index];
@@ -661,6 +665,7 @@ impl PodWorker {
         spec: &Container,
         network: String,
         env: &[(String, String)],
+        tmpfs: Vec<(String, Option<u64>)>,
     ) -> ContainerLaunch {
         let runtime = &self.containers[index];
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -725,6 +730,17 @@ impl PodWorker {
             read_only: security
                 .and_then(|context| context.read_only_root_filesystem)
                 .unwrap_or(false),
+            tmpfs,
+            cap_drop: security
+                .and_then(|context| context.capabilities.as_ref())
+                .and_then(|capabilities| capabilities.drop.clone())
+                .unwrap_or_default(),
+            cap_add: security
+                .and_then(|context| context.capabilities.as_ref())
+                .and_then(|capabilities| capabilities.add.clone())
+                .unwrap_or_default(),
+            no_new_privileges: security.and_then(|context| context.allow_privilege_escalation)
+                == Some(false),
         }
     }
 

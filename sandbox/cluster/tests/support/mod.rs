@@ -48,7 +48,7 @@ pub async fn ensure_image() {
             assert!(busybox_ok, "/bin/busybox is missing: install Debian's busybox-static (scripts/bootstrap.sh does)");
             let script = format!(
                 "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/www $d/tmp; cp /bin/busybox $d/bin/busybox; \
-                 for c in sh sleep httpd echo cat env false true kill killall pidof; do ln -s busybox $d/bin/$c; done; \
+                 for c in sh sleep httpd echo cat env false true kill killall pidof id touch; do ln -s busybox $d/bin/$c; done; \
                  echo ok > $d/www/index.html; \
                  tar -C $d -c . | docker import --change 'ENV PATH=/bin' --change 'CMD [\"/bin/sh\"]' - {IMAGE} >/dev/null; \
                  rm -rf $d; docker tag {IMAGE} {IMAGE_V2}"
