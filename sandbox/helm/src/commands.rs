@@ -6,7 +6,7 @@ use crate::cli::{
 };
 use crate::engine::{Connection, Engine, EngineError, ReleaseOptions};
 use crate::release;
-use crate::{duration, rollback, values};
+use crate::{duration, rollback, storage, values};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use std::io::Write;
@@ -47,7 +47,6 @@ pub fn run(cli: Cli) -> Result<()> {
             options.cleanup_on_fail = Some(args.cleanup_on_fail);
             options.reset_values = Some(args.reset_values);
             options.reuse_values = Some(args.reuse_values);
-            warn_unsupported(&args.apply);
             let exists = match connection.status(&args.release) {
                 Ok(_) => true,
                 Err(EngineError::ReleaseNotFound(_)) => false,
@@ -81,7 +80,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     "INSTALLATION FAILED"
                 }
             })?;
-            let release = release::parse_one(&answer).context("reading the engine's answer")?;
+            let mut release = release::parse_one(&answer).context("reading the engine's answer")?;
+            apply_description(&global, &mut release, args.apply.description.as_deref())?;
             if exists && args.apply.output == OutputFormat::Table {
                 writeln!(
                     out,
@@ -96,7 +96,6 @@ pub fn run(cli: Cli) -> Result<()> {
             let connection = connect(&engine, &global)?;
             let user_values = collect_values(&args.values)?;
             let options = release_options(&args.apply)?;
-            warn_unsupported(&args.apply);
             let answer = connection
                 .install(
                     &args.release,
@@ -106,7 +105,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     &options,
                 )
                 .context("INSTALLATION FAILED")?;
-            let release = release::parse_one(&answer).context("reading the engine's answer")?;
+            let mut release = release::parse_one(&answer).context("reading the engine's answer")?;
+            apply_description(&global, &mut release, args.apply.description.as_deref())?;
             release::write_status(&mut out, &release, args.apply.output)?;
             Ok(())
         }
@@ -137,15 +137,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if !releases.iter().any(|r| r.revision == target) {
                 bail!("release has no {target} version");
             }
-            let recorded = rollback::read_revision(
-                &rollback::Target {
-                    kubeconfig: global.kubeconfig.as_deref(),
-                    context: global.kube_context.as_deref(),
-                    namespace: global.namespace.as_deref().unwrap_or("default"),
-                },
-                &args.release,
-                target,
-            )?;
+            let recorded = storage::read_revision(&storage_target(&global), &args.release, target)?;
             let chart = tempfile::tempdir().context("creating a directory for the chart")?;
             rollback::write_chart(&recorded, chart.path())?;
             let chart_path = chart
@@ -168,9 +160,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 cleanup_on_fail: Some(args.cleanup_on_fail),
                 ..ReleaseOptions::default()
             };
-            connection
+            let answer = connection
                 .upgrade(&args.release, chart_path, &values, None, &options)
                 .context("rollback failed")?;
+            let rolled = release::parse_one(&answer).context("reading the engine's answer")?;
+            storage::set_description(
+                &storage_target(&global),
+                &args.release,
+                rolled.revision,
+                &format!("Rollback to {target}"),
+            )?;
             writeln!(out, "Rollback was a success! Happy Helming!")?;
             Ok(())
         }
@@ -358,13 +357,35 @@ pub fn release_options(apply: &ApplyArgs) -> Result<ReleaseOptions> {
     })
 }
 
-fn warn_unsupported(apply: &ApplyArgs) {
-    if apply.description.is_some() {
-        eprintln!(
-            "warning: --description is not supported by the Helm engine library; the release \
-             keeps the engine's own description"
-        );
+fn storage_target(global: &GlobalArgs) -> storage::Target<'_> {
+    storage::Target {
+        kubeconfig: global.kubeconfig.as_deref(),
+        context: global.kube_context.as_deref(),
+        namespace: global.namespace.as_deref().unwrap_or("default"),
     }
+}
+
+/// `--description`: the engine has no such option, so the stored revision is edited after the
+/// engine wrote it, and the printed summary shows it.
+fn apply_description(
+    global: &GlobalArgs,
+    release: &mut release::Release,
+    description: Option<&str>,
+) -> Result<()> {
+    if let Some(description) = description {
+        storage::set_description(
+            &storage_target(global),
+            &release.name,
+            release.revision,
+            description,
+        )
+        .context("setting the release description")?;
+        release.description = description.to_owned();
+        if let Some(info) = release.raw.get_mut("info").and_then(Value::as_object_mut) {
+            info.insert("description".into(), Value::String(description.to_owned()));
+        }
+    }
+    Ok(())
 }
 
 /// The Helm version compiled into the engine, read from the Go build information embedded in

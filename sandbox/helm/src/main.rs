@@ -8,6 +8,7 @@ mod engine;
 mod release;
 mod render;
 mod rollback;
+mod storage;
 mod values;
 
 use clap::Parser;

@@ -9,79 +9,7 @@
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use serde_json::Value;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-
-/// Where the release lives and how to reach the cluster.
-pub struct Target<'a> {
-    pub kubeconfig: Option<&'a Path>,
-    pub context: Option<&'a str>,
-    pub namespace: &'a str,
-}
-
-/// Name of the Secret holding one revision, as Helm's storage driver names it.
-pub fn secret_name(release: &str, revision: u64) -> String {
-    format!("sh.helm.release.v1.{release}.v{revision}")
-}
-
-/// Decodes the `release` value of a release Secret: base64 text of (usually gzipped) JSON.
-pub fn decode_release(stored: &[u8]) -> Result<Value> {
-    let text: Vec<u8> = stored
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(&text)
-        .context("the release record is not base64")?;
-    let json = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .context("the release record is not valid gzip")?;
-        out
-    } else {
-        raw
-    };
-    serde_json::from_slice(&json).context("the release record is not JSON")
-}
-
-/// Reads revision `revision` of `release` from the cluster.
-pub fn read_revision(target: &Target<'_>, release: &str, revision: u64) -> Result<Value> {
-    use k8s_openapi::api::core::v1::Secret;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
-    runtime.block_on(async {
-        let kubeconfig = match target.kubeconfig {
-            Some(path) => kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig `{}`", path.display()))?,
-            None => kube::config::Kubeconfig::read().context("reading the kubeconfig")?,
-        };
-        let options = kube::config::KubeConfigOptions {
-            context: target.context.map(str::to_owned),
-            ..Default::default()
-        };
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-            .await
-            .context("loading the kube context")?;
-        let client = kube::Client::try_from(config).context("creating the cluster client")?;
-        let secrets: kube::Api<Secret> = kube::Api::namespaced(client, target.namespace);
-        let name = secret_name(release, revision);
-        let secret = secrets
-            .get_opt(&name)
-            .await
-            .with_context(|| format!("reading the release record `{name}`"))?
-            .with_context(|| format!("release: revision {revision} of `{release}` not found"))?;
-        let stored = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get("release"))
-            .with_context(|| format!("the release record `{name}` has no `release` key"))?;
-        decode_release(&stored.0)
-    })
-}
 
 fn file_data(file: &Value, what: &str) -> Result<(PathBuf, Vec<u8>)> {
     let name = file
@@ -170,15 +98,6 @@ pub fn write_chart(release: &Value, dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::io::Write;
-
-    fn encode(value: &Value) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(value.to_string().as_bytes()).unwrap();
-        base64::engine::general_purpose::STANDARD
-            .encode(gz.finish().unwrap())
-            .into_bytes()
-    }
 
     fn b64(text: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(text)
@@ -195,14 +114,6 @@ mod tests {
                 "files": [{"name": "rules/alerts.yaml", "data": b64("groups: []\n")}]
             }
         })
-    }
-
-    #[test]
-    fn decodes_helm_release_records() {
-        assert_eq!(decode_release(&encode(&recorded())).unwrap(), recorded());
-        let plain = base64::engine::general_purpose::STANDARD.encode("{\"a\":1}");
-        assert_eq!(decode_release(plain.as_bytes()).unwrap(), json!({"a": 1}));
-        assert!(decode_release(b"not base64!").is_err());
     }
 
     #[test]
@@ -236,10 +147,5 @@ mod tests {
         let mut dependent = recorded();
         dependent["chart"]["metadata"]["dependencies"] = json!([{"name": "sub"}]);
         assert!(chart_files(&dependent).is_err());
-    }
-
-    #[test]
-    fn secret_names_follow_helm() {
-        assert_eq!(secret_name("web", 3), "sh.helm.release.v1.web.v3");
     }
 }

@@ -175,9 +175,12 @@ async fn install_upgrade_history_rollback_uninstall() {
             "charts/webhook-worker",
             "--set-string",
             "image.tag=two",
+            "--description",
+            "psctl deploy two",
         ])
         .await;
     assert!(stdout.contains("has been upgraded"), "{stdout}");
+    assert!(stdout.contains("DESCRIPTION: psctl deploy two"), "{stdout}");
     assert_eq!(cluster.image(release).await, format!("{repository}:two"));
     assert_eq!(
         history(&cluster.ok(&["history", release, "-o", "json"]).await),
@@ -205,9 +208,13 @@ async fn install_upgrade_history_rollback_uninstall() {
         ),
         vec![(2, "superseded".into()), (3, "deployed".into())]
     );
+    let table = cluster.ok(&["history", release]).await;
+    assert!(table.contains("psctl deploy two"), "{table}");
+    assert!(table.contains("Rollback to 1"), "{table}");
     let status: Value =
         serde_json::from_str(&cluster.ok(&["status", release, "-o", "json"]).await).unwrap();
     assert_eq!(status["info"]["status"], "deployed");
+    assert_eq!(status["info"]["description"], "Rollback to 1");
     assert_eq!(status["version"], 3);
     let list: Value = serde_json::from_str(&cluster.ok(&["list", "-o", "json"]).await).unwrap();
     assert_eq!(list[0]["name"], release);
