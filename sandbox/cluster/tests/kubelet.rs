@@ -536,3 +536,75 @@ async fn chart_style_security_context_runs_with_a_writable_tmp_only() {
     .await;
     assert_eq!(logs, "65532\ndata\nroot-read-only\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_kubelet_adopts_running_containers_and_removes_orphans() {
+    ensure_image().await;
+    let node = unique("test-node");
+    let _cleanup = NodeCleanup(node.clone());
+    let (_api, client) = api(&node).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let first = Kubelet::run(client.clone(), kubelet_config(&node))
+        .await
+        .expect("kubelet starts");
+    pods.create(&PostParams::default(), &pod("keeper", shell("sleep 600")))
+        .await
+        .expect("create pod");
+    let container_id = |pod: &Pod| main_status(pod).and_then(|status| status.container_id);
+    let before = eventually("keeper running", Duration::from_secs(30), || async {
+        let pod = get(&pods, "keeper").await;
+        let running = main_status(&pod)
+            .and_then(|status| status.state)
+            .and_then(|state| state.running)
+            .is_some();
+        (
+            running.then(|| container_id(&pod)).flatten(),
+            describe(&pod),
+        )
+    })
+    .await;
+    drop(first);
+
+    // While no kubelet runs, a container of a pod that no longer exists appears.
+    let orphan = tokio::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--label",
+            "psctl.sandbox=1",
+            "--label",
+            &format!("psctl.sandbox.node={node}"),
+            "--label",
+            "psctl.sandbox.pod-uid=gone",
+            IMAGE,
+            "sleep",
+            "600",
+        ])
+        .output()
+        .await
+        .expect("docker run");
+    assert!(
+        orphan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&orphan.stderr)
+    );
+
+    let _second = Kubelet::run(client.clone(), kubelet_config(&node))
+        .await
+        .expect("kubelet restarts");
+    assert!(
+        containers_of("gone").await.is_empty(),
+        "orphan container survived the restart"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pod = get(&pods, "keeper").await;
+    assert_eq!(
+        container_id(&pod),
+        Some(before),
+        "the running container must be adopted, not replaced"
+    );
+    assert_eq!(
+        main_status(&pod).map(|status| status.restart_count),
+        Some(0)
+    );
+}

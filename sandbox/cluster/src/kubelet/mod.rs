@@ -15,6 +15,7 @@ mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -85,6 +86,7 @@ pub enum KubeletError {
 #[derive(Debug)]
 pub struct KubeletHandle {
     task: JoinHandle<()>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl KubeletHandle {
@@ -96,6 +98,7 @@ impl KubeletHandle {
 
 impl Drop for KubeletHandle {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.task.abort();
     }
 }
@@ -117,6 +120,7 @@ impl Kubelet {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
+        let stopping = Arc::new(AtomicBool::new(false));
         let shared = worker::Shared {
             events: Recorder::new(client.clone(), "kubelet", Some(config.node_name.clone())),
             client,
@@ -124,9 +128,11 @@ impl Kubelet {
             docker,
             http,
             host_ip,
+            stopping: stopping.clone(),
         };
         Ok(KubeletHandle {
             task: tokio::spawn(pod_loop(shared)),
+            stopping,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
@@ -34,6 +35,9 @@ pub(crate) struct Shared {
     pub events: Recorder,
     pub http: reqwest::Client,
     pub host_ip: String,
+    /// Set when the kubelet itself stops: workers then leave their containers running for the
+    /// next kubelet to adopt instead of tearing them down.
+    pub stopping: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +125,9 @@ pub(crate) async fn run_pod(shared: Shared, mut updates: watch::Receiver<Arc<Pod
         tokio::select! {
             changed = updates.changed() => {
                 if changed.is_err() {
+                    if worker.shared.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
                     break;
                 }
                 pod = updates.borrow_and_update().clone();
@@ -252,6 +259,13 @@ impl PodWorker {
                         self.pod_ip = info.ip.clone();
                     }
                     self.containers[index].image_id = info.image_id.clone();
+                    // Docker's start time is the truth, also for containers adopted after a
+                    // kubelet restart.
+                    if let (Some(current), Some(started)) =
+                        (self.containers[index].current.as_mut(), info.started_at)
+                    {
+                        current.started_at = started;
+                    }
                     self.run_probes(pod, index, spec, &instance).await;
                     return;
                 }
