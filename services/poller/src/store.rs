@@ -118,7 +118,10 @@ pub struct MatchOutcome {
 /// status stay unprocessed until Binance reports them successful.
 pub async fn match_batch(pool: &PgPool, batch_size: i64) -> Result<MatchOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let (processed, credited): (i64, i64) = sqlx::query_as(
+    // Every write below reads only `paid` (payment ids are generated up front), never a join of
+    // one CTE against another: CTE row estimates are guesses, and a nested loop between two
+    // 5,000-row CTEs costs seconds per batch.
+    let (candidate_ids, credited): (Option<Vec<i64>>, i64) = sqlx::query_as(
         "WITH candidates AS (
              SELECT id, binance_deposit_id, tx_id, coin, network, address, amount
                FROM deposit_raw
@@ -133,61 +136,79 @@ pub async fn match_batch(pool: &PgPool, batch_size: i64) -> Result<MatchOutcome,
               WHERE i.status = 'pending' AND i.coin = c.coin AND i.network = c.network
                 AND i.address = c.address AND i.publish_amount = c.amount
           RETURNING i.id AS invoice_id, i.merchant_id, i.coin, i.network, i.address, i.base_amount,
-                    i.is_smoke, i.paid_at, c.id AS deposit_id, c.binance_deposit_id, c.tx_id, c.amount
+                    i.is_smoke, i.paid_at, c.id AS deposit_id, c.binance_deposit_id, c.tx_id, c.amount,
+                    gen_random_uuid() AS payment_id
          ), payment AS (
-             INSERT INTO payments (invoice_id, deposit_id, merchant_id, coin, network, amount, tx_id)
-             SELECT invoice_id, deposit_id, merchant_id, coin, network, amount, tx_id FROM paid
-          RETURNING id, invoice_id
+             INSERT INTO payments (id, invoice_id, deposit_id, merchant_id, coin, network, amount, tx_id)
+             SELECT payment_id, invoice_id, deposit_id, merchant_id, coin, network, amount, tx_id FROM paid
          ), ledger AS (
              INSERT INTO ledger_entries (merchant_id, invoice_id, payment_id, entry_type, coin, change_amount, description)
-             SELECT p.merchant_id, p.invoice_id, pay.id, 'credit', p.coin, p.amount,
-                    'deposit ' || p.binance_deposit_id || ' tx ' || p.tx_id
-               FROM paid p JOIN payment pay ON pay.invoice_id = p.invoice_id
+             SELECT merchant_id, invoice_id, payment_id, 'credit', coin, amount,
+                    'deposit ' || binance_deposit_id || ' tx ' || tx_id
+               FROM paid
          ), hook AS (
              INSERT INTO webhook_queue (merchant_id, invoice_id, event_type, payload, is_smoke)
-             SELECT p.merchant_id, p.invoice_id, $2, jsonb_build_object(
+             SELECT merchant_id, invoice_id, $2, jsonb_build_object(
                         'type', $2::text,
-                        'timestamp', to_char(p.paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        'timestamp', to_char(paid_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
                         'data', jsonb_build_object(
-                            'invoice_id', p.invoice_id,
-                            'merchant_id', p.merchant_id,
-                            'payment_id', pay.id,
+                            'invoice_id', invoice_id,
+                            'merchant_id', merchant_id,
+                            'payment_id', payment_id,
                             'status', 'paid',
-                            'coin', p.coin,
-                            'network', p.network,
-                            'address', p.address,
-                            'amount', trim_scale(p.amount)::text,
-                            'base_amount', trim_scale(p.base_amount)::text,
-                            'tx_id', p.tx_id,
-                            'binance_deposit_id', p.binance_deposit_id)),
-                    p.is_smoke
-               FROM paid p JOIN payment pay ON pay.invoice_id = p.invoice_id
+                            'coin', coin,
+                            'network', network,
+                            'address', address,
+                            'amount', trim_scale(amount)::text,
+                            'base_amount', trim_scale(base_amount)::text,
+                            'tx_id', tx_id,
+                            'binance_deposit_id', binance_deposit_id)),
+                    is_smoke
+               FROM paid
          ), marked AS (
              UPDATE deposit_raw d
                 SET processed_at = now(), updated_at = now(), matched_invoice_id = p.invoice_id
-               FROM candidates c LEFT JOIN paid p ON p.deposit_id = c.id
-              WHERE d.id = c.id
-          RETURNING d.id, d.binance_deposit_id, d.tx_id, d.coin, d.network, d.address, d.amount,
-                    d.matched_invoice_id
-         ), unmatched AS (
-             INSERT INTO system_events (source, kind, severity, message, details)
-             SELECT 'poller', 'deposit.unmatched', 'warning',
-                    'successful deposit matched no pending invoice; it was recorded but not credited',
-                    jsonb_build_object('deposit_id', m.id, 'binance_deposit_id', m.binance_deposit_id,
-                                       'tx_id', m.tx_id, 'coin', m.coin, 'network', m.network,
-                                       'address', m.address, 'amount', trim_scale(m.amount)::text)
-               FROM marked m WHERE m.matched_invoice_id IS NULL
+               FROM paid p
+              WHERE d.id = p.deposit_id
          )
-         SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM paid)",
+         SELECT (SELECT array_agg(id) FROM candidates), (SELECT count(*) FROM paid)",
     )
     .bind(batch_size)
     .bind(INVOICE_PAID_EVENT)
     .fetch_one(&mut *tx)
     .await?;
+    let candidate_ids = candidate_ids.unwrap_or_default();
+    // Candidates still unprocessed now matched nothing: record them, uncredited, for a human.
+    let unmatched = sqlx::query(
+        "WITH marked AS (
+             UPDATE deposit_raw
+                SET processed_at = now(), updated_at = now()
+              WHERE id = ANY($1) AND processed_at IS NULL
+          RETURNING id, binance_deposit_id, tx_id, coin, network, address, amount
+         )
+         INSERT INTO system_events (source, kind, severity, message, details)
+         SELECT 'poller', 'deposit.unmatched', 'warning',
+                'successful deposit matched no pending invoice; it was recorded but not credited',
+                jsonb_build_object('deposit_id', id, 'binance_deposit_id', binance_deposit_id,
+                                   'tx_id', tx_id, 'coin', coin, 'network', network,
+                                   'address', address, 'amount', trim_scale(amount)::text)
+           FROM marked",
+    )
+    .bind(&candidate_ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     tx.commit().await?;
+    let credited = u64::try_from(credited).unwrap_or(0);
+    if unmatched > 0 {
+        tracing::warn!(
+            unmatched,
+            "successful deposits matched no pending invoice (see system_events)"
+        );
+    }
     Ok(MatchOutcome {
-        processed: u64::try_from(processed).unwrap_or(0),
-        credited: u64::try_from(credited).unwrap_or(0),
+        processed: candidate_ids.len() as u64,
+        credited,
     })
 }
 

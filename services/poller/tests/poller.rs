@@ -764,3 +764,48 @@ async fn help_documents_every_environment_variable() {
         assert!(help.contains(name), "--help lacks {name}:\n{help}");
     }
 }
+
+#[tokio::test]
+async fn merchant_secrets_are_stored_encrypted_and_decrypt_with_the_master_key() {
+    let db = TestDb::new("merchant").await;
+    let merchant_id = merchant(&db.pool).await;
+    let (ciphertext, nonce): (Vec<u8>, Vec<u8>) = sqlx::query_as(
+        "SELECT webhook_secret_ciphertext, webhook_secret_nonce FROM merchants WHERE id = $1",
+    )
+    .bind(merchant_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(nonce.len(), 12);
+    assert!(
+        !ciphertext.windows(6).any(|w| w == b"whsec_"),
+        "stored in clear"
+    );
+    let key = MasterKey::parse("ENCRYPTION_MASTER_KEY", MASTER_KEY).unwrap();
+    let secret = problemsolver_core::crypto::merchant_secret(&db.pool, &key, merchant_id)
+        .await
+        .unwrap();
+    assert_eq!(secret.expose(), "whsec_dGVzdA==");
+    let wrong = MasterKey::parse("ENCRYPTION_MASTER_KEY", &"11".repeat(32)).unwrap();
+    assert!(
+        problemsolver_core::crypto::merchant_secret(&db.pool, &wrong, merchant_id)
+            .await
+            .is_err()
+    );
+
+    // create_invoice refuses nonsense with a clear database error.
+    let bad = NewInvoice {
+        merchant_id,
+        coin: "USDT".to_owned(),
+        network: NETWORK.to_owned(),
+        address: ADDRESS.to_owned(),
+        base_amount: dec("0"),
+        is_smoke: false,
+    };
+    let error = create_invoice(&db.pool, &bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("base_amount must be positive"), "{error}");
+    db.drop_db().await;
+}
