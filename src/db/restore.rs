@@ -69,17 +69,19 @@ pub fn plan_restore(
         backup: backup.to_owned(),
         live: live.label(),
         into: target.label(),
-        pg_restore_args: pg_restore_args(backup),
+        pg_restore_args: pg_restore_args(backup, into),
     };
     Ok((plan, target))
 }
 
-/// The `pg_restore` argv; the target database travels as PGDATABASE. `--exit-on-error` so a
-/// partial restore is a failure, not a warning at the end of a long log.
-pub fn pg_restore_args(backup: &Path) -> Vec<String> {
+/// The `pg_restore` argv: the target is named by database name only (host, user and password
+/// travel in the libpq environment). `--exit-on-error` so a partial restore is a failure, not a
+/// warning at the end of a long log.
+pub fn pg_restore_args(backup: &Path, into: &str) -> Vec<String> {
     vec![
         "--exit-on-error".to_owned(),
         "--no-password".to_owned(),
+        format!("--dbname={into}"),
         backup.display().to_string(),
     ]
 }
@@ -171,7 +173,12 @@ mod tests {
         assert_eq!(plan.into, "db:5432/payments_restore");
         assert_eq!(
             plan.pg_restore_args,
-            ["--exit-on-error", "--no-password", "/b/x.dump"]
+            [
+                "--exit-on-error",
+                "--no-password",
+                "--dbname=payments_restore",
+                "/b/x.dump"
+            ]
         );
         assert!(!plan.pg_restore_args.iter().any(|a| a.contains("pw")));
         assert_eq!(target.database(), "payments_restore");
