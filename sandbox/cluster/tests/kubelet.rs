@@ -608,3 +608,46 @@ async fn a_restarted_kubelet_adopts_running_containers_and_removes_orphans() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_pods_image_restarts_its_container() {
+    let h = harness().await;
+    h.pods
+        .create(&PostParams::default(), &pod("swap", shell("sleep 600")))
+        .await
+        .expect("create pod");
+    let running_image = |pod: &Pod| {
+        main_status(pod)
+            .filter(|status| {
+                status
+                    .state
+                    .as_ref()
+                    .and_then(|state| state.running.as_ref())
+                    .is_some()
+            })
+            .map(|status| (status.image, status.restart_count, status.container_id))
+    };
+    let (_, _, first_id) = eventually("swap running", Duration::from_secs(30), || async {
+        let pod = get(&h.pods, "swap").await;
+        (running_image(&pod), describe(&pod))
+    })
+    .await;
+    let patch = serde_json::json!({"spec": {"containers": [{"name": "main", "image": IMAGE_V2}]}});
+    h.pods
+        .patch(
+            "swap",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(patch),
+        )
+        .await
+        .expect("patch image");
+    let (image, restarts, second_id) =
+        eventually("running the new image", Duration::from_secs(30), || async {
+            let pod = get(&h.pods, "swap").await;
+            let found = running_image(&pod).filter(|(image, _, _)| image == IMAGE_V2);
+            (found, describe(&pod))
+        })
+        .await;
+    assert_eq!((image.as_str(), restarts), (IMAGE_V2, 1));
+    assert_ne!(first_id, second_id);
+}

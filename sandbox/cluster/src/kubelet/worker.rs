@@ -45,6 +45,8 @@ struct Instance {
     id: String,
     started: Instant,
     started_at: Timestamp,
+    /// The image the instance was started from; empty when adopted (unknown, never compared).
+    image: String,
 }
 
 #[derive(Debug)]
@@ -190,6 +192,7 @@ impl PodWorker {
                         id,
                         started: Instant::now(),
                         started_at: Timestamp::now(),
+                        image: String::new(),
                     });
                     runtime.waiting = None;
                     runtime.previous = mine.pop().map(|(_, id)| id);
@@ -265,6 +268,27 @@ impl PodWorker {
                         (self.containers[index].current.as_mut(), info.started_at)
                     {
                         current.started_at = started;
+                    }
+                    let wanted_image = spec.image.clone().unwrap_or_default();
+                    if !instance.image.is_empty() && instance.image != wanted_image {
+                        // The pod's image was changed in place (`kubectl set image pod/…`): the
+                        // real kubelet kills the container and starts the new definition.
+                        self.event(
+                            pod,
+                            Some(&spec.name),
+                            EventType::Normal,
+                            "Killing",
+                            &format!(
+                                "Container {} definition changed, will be restarted",
+                                spec.name
+                            ),
+                        )
+                        .await;
+                        self.containers[index].image_ready = false;
+                        if let Err(error) = docker.stop(&instance.id, self.grace(pod)).await {
+                            tracing::debug!(%error, "could not stop a changed container");
+                        }
+                        return;
                     }
                     self.run_probes(pod, index, spec, &instance).await;
                     return;
@@ -427,6 +451,7 @@ impl PodWorker {
                     id,
                     started: now,
                     started_at: Timestamp::now(),
+                    image: spec.image.clone().unwrap_or_default(),
                 });
                 runtime.probes = trackers(spec, now);
                 self.event(
@@ -873,9 +898,17 @@ impl PodWorker {
                 })
         };
         let restart_count = runtime.starts.saturating_sub(1);
+        // The image of the instance that runs, which lags the spec after an in-place change.
+        let image = runtime
+            .current
+            .as_ref()
+            .map(|instance| instance.image.clone())
+            .filter(|image| !image.is_empty())
+            .or_else(|| spec.image.clone())
+            .unwrap_or_default();
         ContainerStatus {
             name: runtime.name.clone(),
-            image: spec.image.clone().unwrap_or_default(),
+            image,
             image_id: if runtime.image_id.is_empty() {
                 String::new()
             } else {
