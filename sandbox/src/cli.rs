@@ -65,6 +65,9 @@ pub struct UpArgs {
     /// Admin URL of the Postgres server to use (no password; trust or peer auth).
     #[arg(long)]
     pub postgres_admin_url: Option<String>,
+    /// Name of the sandbox database on the Postgres server.
+    #[arg(long)]
+    pub database: Option<String>,
     /// Docker network for pods.
     #[arg(long)]
     pub network: Option<String>,

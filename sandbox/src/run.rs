@@ -131,6 +131,7 @@ fn merge(previous: Settings, args: UpArgs) -> Settings {
         postgres_port,
         merchant_port,
         postgres_admin_url,
+        database,
         network,
         node,
     } = args;
@@ -143,6 +144,7 @@ fn merge(previous: Settings, args: UpArgs) -> Settings {
         merchant_port: merchant_port.unwrap_or(previous.merchant_port),
         binance_port: previous.binance_port,
         postgres_admin_url: postgres_admin_url.unwrap_or(previous.postgres_admin_url),
+        database: database.unwrap_or(previous.database),
         network: network.unwrap_or(previous.network),
         node: node.unwrap_or(previous.node),
     }

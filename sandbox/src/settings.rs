@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the kubeconfig cluster, context and user the sandbox writes.
 pub const CONTEXT: &str = "psctl-sandbox";
-/// The sandbox database's name.
+/// The sandbox database's default name.
 pub const DATABASE: &str = "problemsolver";
 /// The runtime Secret the services read.
 pub const RUNTIME_SECRET: &str = "problemsolver-secrets";
@@ -39,6 +39,9 @@ pub struct Settings {
     pub binance_port: u16,
     /// The Postgres server the proxy forwards to (admin URL, trust auth, no secret in it).
     pub postgres_admin_url: String,
+    /// The sandbox database on that server (isolated sandboxes use their own).
+    #[serde(default = "default_database")]
+    pub database: String,
     /// The Docker network pods join.
     pub network: String,
     /// The node name of the kubelet; containers carry it as a label, which is how `down` finds
@@ -57,13 +60,43 @@ impl Default for Settings {
             merchant_port: 18080,
             binance_port: 18081,
             postgres_admin_url: "postgres://postgres@127.0.0.1:55432/postgres".to_owned(),
+            database: DATABASE.to_owned(),
             network: "psctl-sandbox".to_owned(),
             node: "psctl-sandbox".to_owned(),
         }
     }
 }
 
+fn default_database() -> String {
+    DATABASE.to_owned()
+}
+
 impl Settings {
+    /// Checks what the shell, SQL and Docker will see: names must be plain identifiers.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let plain = |value: &str| {
+            !value.is_empty()
+                && value
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+        };
+        if !plain(&self.database)
+            || self.database.contains('-')
+            || self.database.as_bytes()[0].is_ascii_digit()
+        {
+            anyhow::bail!(
+                "invalid database name `{}`: use letters, digits and `_`, starting with a letter",
+                self.database
+            );
+        }
+        for (what, value) in [("network", &self.network), ("node", &self.node)] {
+            if !plain(value) {
+                anyhow::bail!("invalid {what} name `{value}`: use letters, digits, `-` and `_`");
+            }
+        }
+        Ok(())
+    }
+
     /// `127.0.0.1:<registry_port>`, the registry as image references name it.
     pub fn registry(&self) -> String {
         format!("127.0.0.1:{}", self.registry_port)
@@ -87,16 +120,16 @@ impl Settings {
     /// The sandbox database as seen from this machine.
     pub fn database_url_host(&self) -> String {
         format!(
-            "postgres://postgres@127.0.0.1:{}/{DATABASE}",
-            self.postgres_port
+            "postgres://postgres@127.0.0.1:{}/{}",
+            self.postgres_port, self.database
         )
     }
 
     /// The sandbox database as seen from a container on the network (through its gateway).
     pub fn database_url_containers(&self, gateway: &str) -> String {
         format!(
-            "postgres://postgres@{gateway}:{}/{DATABASE}",
-            self.postgres_port
+            "postgres://postgres@{gateway}:{}/{}",
+            self.postgres_port, self.database
         )
     }
 
@@ -283,11 +316,38 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(bare.postgres_upstream().unwrap(), "db.local:5432");
+        let isolated = Settings {
+            database: "sbx_two".to_owned(),
+            ..Settings::default()
+        };
+        assert!(isolated.database_url_host().ends_with("/sbx_two"));
+        assert!(
+            isolated
+                .database_url_containers("10.0.0.1")
+                .ends_with("/sbx_two")
+        );
         let broken = Settings {
             postgres_admin_url: "nonsense".to_owned(),
             ..Settings::default()
         };
         assert!(broken.postgres_upstream().is_err());
+    }
+
+    #[test]
+    fn names_that_would_need_quoting_are_refused() {
+        assert!(Settings::default().validate().is_ok());
+        for database in ["", "drop table", "a-b", "1db", "x;y"] {
+            let settings = Settings {
+                database: database.to_owned(),
+                ..Settings::default()
+            };
+            assert!(settings.validate().is_err(), "{database:?}");
+        }
+        let settings = Settings {
+            network: "net work".to_owned(),
+            ..Settings::default()
+        };
+        assert!(settings.validate().is_err());
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub async fn up(
     options: &UpOptions,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
+    settings.validate()?;
     std::fs::create_dir_all(&layout.root).with_context(|| {
         format!(
             "cannot create the state directory `{}`",
@@ -110,10 +111,7 @@ pub async fn up(
     done(
         "postgres",
         t,
-        &format!(
-            "database `{}` migrated, merchant seeded",
-            crate::settings::DATABASE
-        ),
+        &format!("database `{}` migrated, merchant seeded", settings.database),
     );
 
     let t = step("registry");
@@ -204,17 +202,18 @@ async fn prepare_database(
         .context("cannot connect to the Postgres server (scripts/postgres.sh start)")?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(crate::settings::DATABASE)
+            .bind(&settings.database)
             .fetch_one(&admin)
             .await?;
     if !exists {
-        // A literal: sqlx refuses dynamic SQL, and the name is a constant anyway.
-        sqlx::query("CREATE DATABASE problemsolver")
+        // The name passed `Settings::validate` (a plain identifier), so quoting it is safe.
+        let statement = format!("CREATE DATABASE \"{}\"", settings.database);
+        sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(&admin)
             .await?;
     }
     admin.close().await;
-    let pool = sqlx::PgPool::connect(&settings.admin_url_for(crate::settings::DATABASE)?)
+    let pool = sqlx::PgPool::connect(&settings.admin_url_for(&settings.database)?)
         .await
         .context("cannot connect to the sandbox database")?;
     problemsolver_core::db::MIGRATOR
