@@ -263,7 +263,7 @@ impl Worker {
     /// instead of all becoming due together.
     async fn process(
         &self,
-        row: Claimed,
+        mut row: Claimed,
         shutdown: &CancellationToken,
         over_limit: &Mutex<HashMap<Uuid, u32>>,
     ) -> Processed {
@@ -320,13 +320,21 @@ impl Worker {
 
         let key = match self.signing_key(&row) {
             Ok(key) => key,
-            Err(error) => return plain(self.failed(&row, None, error, None)),
+            Err(error) => {
+                if permit == Permit::Probe {
+                    self.breakers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .abandon_probe(&row.merchant_id);
+                }
+                return plain(self.failed(&row, None, error, None));
+            }
         };
         let timestamp = Utc::now().timestamp();
         let headers = sign_delivery(&key, row.id, timestamp, row.body.as_bytes());
         let (attempt, elapsed) = self
             .client
-            .deliver(&row.webhook_url, &headers, row.body.clone())
+            .deliver(&row.webhook_url, &headers, std::mem::take(&mut row.body))
             .await;
         self.metrics
             .delivery_duration
@@ -347,6 +355,12 @@ impl Worker {
                 self.metrics.breaker_opens.inc();
                 tracing::warn!(merchant_id = %row.merchant_id, "circuit breaker opened for merchant endpoint");
             }
+        } else if permit == Permit::Probe {
+            // Our own refusal says nothing about the endpoint's health; let another row probe.
+            self.breakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .abandon_probe(&row.merchant_id);
         }
         self.metrics.attempt(success);
 
