@@ -255,3 +255,88 @@ async fn retention_prunes_only_psctl_backups() {
     pool.close().await;
     live.drop_now().await;
 }
+
+#[tokio::test]
+async fn without_an_audit_trail_restore_proceeds_only_with_allow_no_audit() {
+    let live = TestDb::create("noaudit").await;
+    let pool = live.pool().await;
+    db_support::migrate(&pool).await;
+    db_support::seed_payments(&pool, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let backup = psctl(
+        dir.path(),
+        &[
+            "db",
+            "backup",
+            "--database-url",
+            &live.url,
+            "--dir",
+            backups.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(backup.code, 0, "{backup:#?}");
+    let file = backup.json()["file"].as_str().unwrap().to_owned();
+    // The live database loses its audit table (the test is superuser; no trigger guards DROP).
+    sqlx::query("DROP TABLE ops_audit")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let into = db_support::unique_name("noaudit_restored");
+    let args = [
+        "db",
+        "restore",
+        "--database-url",
+        &live.url,
+        "--backup",
+        &file,
+        "--into",
+        &into,
+        "--yes",
+    ];
+    let refused = psctl(dir.path(), &args, &[]);
+    assert_eq!(refused.code, 3, "{refused:#?}");
+    assert!(
+        refused.stderr.contains("audit trail is unavailable"),
+        "{refused:#?}"
+    );
+    assert!(refused.stderr.contains("--allow-no-audit"), "{refused:#?}");
+    let exists = |name: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            )
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert!(
+        !exists(into.clone()).await,
+        "refused before creating anything"
+    );
+
+    let mut allowed_args = args.to_vec();
+    allowed_args.push("--allow-no-audit");
+    let allowed = psctl(dir.path(), &allowed_args, &[]);
+    assert_eq!(allowed.code, 0, "{allowed:#?}");
+    assert!(
+        allowed.stderr.contains("WITHOUT an audit trail"),
+        "{allowed:#?}"
+    );
+    assert!(
+        allowed.stderr.contains("audit record NOT written"),
+        "{allowed:#?}"
+    );
+    assert!(exists(into.clone()).await);
+
+    pool.close().await;
+    db_support::drop_database(&into).await;
+    live.drop_now().await;
+}
