@@ -62,6 +62,9 @@ pub struct UpArgs {
     /// Merchant webhook sink port (network gateway).
     #[arg(long)]
     pub merchant_port: Option<u16>,
+    /// Binance stub port (network gateway).
+    #[arg(long)]
+    pub binance_port: Option<u16>,
     /// Admin URL of the Postgres server to use (no password; trust or peer auth).
     #[arg(long)]
     pub postgres_admin_url: Option<String>,

@@ -22,7 +22,8 @@ pub fn kubeconfig(settings: &Settings) -> String {
 }
 
 /// The psctl.yaml with the environment `sandbox` (see the cross-team contract).
-pub fn psctl_config(settings: &Settings, layout: &Layout) -> String {
+pub fn psctl_config(settings: &Settings, layout: &Layout, gateway: &str) -> String {
+    let binance_base = settings.binance_url(gateway);
     let value = json!({
         "environments": {
             "sandbox": {
@@ -45,7 +46,8 @@ pub fn psctl_config(settings: &Settings, layout: &Layout) -> String {
                         "image": "problemsolver-poller",
                         "deployment": "problemsolver-poller",
                         "selector": "app=problemsolver-poller",
-                        "values": {},
+                        // The poller talks to the sandbox's Binance stub, reachable from containers.
+                        "values": {"env": {"BINANCE_API_BASE": binance_base}},
                         "metrics": {
                             "service": "problemsolver-poller-metrics", "port": 8002, "path": "/metrics",
                             "required": ["problemsolver_poller_last_success_unixtime", "problemsolver_deposits_processed_total",
@@ -139,7 +141,7 @@ mod tests {
 
     #[test]
     fn psctl_config_has_the_sandbox_environment() {
-        let text = psctl_config(&Settings::default(), &layout());
+        let text = psctl_config(&Settings::default(), &layout(), "172.30.0.1");
         let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let env = &parsed["environments"]["sandbox"];
         assert_eq!(env["kube_context"], "psctl-sandbox");
@@ -148,6 +150,10 @@ mod tests {
         assert_eq!(env["production"], false);
         assert_eq!(env["components"]["webhook"]["canary"]["steps"][3], 100);
         assert_eq!(env["components"]["poller"]["metrics"]["port"], 8002);
+        assert_eq!(
+            env["components"]["poller"]["values"]["env"]["BINANCE_API_BASE"],
+            "http://172.30.0.1:18081"
+        );
         assert!(
             !text.contains("postgres://"),
             "the database URL must stay out of psctl.yaml"

@@ -65,6 +65,7 @@ struct Health {
     controllers: Option<psctl_sandbox_cluster::ControllersHandle>,
     kubelet: Option<psctl_sandbox_cluster::KubeletHandle>,
     merchant_url: String,
+    binance_url: String,
     targets: usize,
 }
 
@@ -72,6 +73,21 @@ struct Health {
 struct Control {
     health: Arc<Mutex<Health>>,
     postgres: pgproxy::Switch,
+    binance: Arc<problemsolver_stubs::binance::BinanceStubHandle>,
+}
+
+/// A deposit scripted through `POST /binance/deposits` (what a test or a demo needs to say).
+#[derive(Debug, serde::Deserialize)]
+struct ScriptedDeposit {
+    id: String,
+    coin: String,
+    network: String,
+    address: String,
+    amount: String,
+    /// Milliseconds since the epoch; now when absent.
+    insert_time_ms: Option<i64>,
+    /// Binance's deposit status; 1 (success) when absent.
+    status: Option<i32>,
 }
 
 /// Runs the daemon until SIGTERM or Ctrl-C.
@@ -130,20 +146,36 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
     )
     .await?;
 
+    let binance = problemsolver_stubs::binance::BinanceStub::start(
+        SocketAddr::new(gateway, settings.binance_port),
+        secrets.binance_api_key.expose(),
+        secrets.binance_api_secret.expose(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot bind the Binance stub to {gateway}:{}",
+            settings.binance_port
+        )
+    })?;
+
     let control = Control {
         health: Arc::new(Mutex::new(Health {
             controllers: Some(controllers),
             kubelet: Some(kubelet),
             merchant_url: merchant.url("/webhook"),
+            binance_url: binance.base_url(),
             targets: 0,
         })),
         postgres,
+        binance: Arc::new(binance),
     };
     tokio::spawn(keep_targets(client, layout.clone(), control.health.clone()));
 
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/postgres/{action}", post(postgres_switch))
+        .route("/binance/deposits", post(push_deposit))
         .with_state(control);
     let listener =
         tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], settings.control_port)))
@@ -197,6 +229,7 @@ async fn healthz(
         "controllers": controllers,
         "kubelet": kubelet,
         "merchant_sink": health.merchant_url,
+        "binance_stub": health.binance_url,
         "postgres_endpoint": control.postgres.enabled(),
         "prometheus_targets": health.targets,
     });
@@ -226,6 +259,31 @@ async fn postgres_switch(
         axum::http::StatusCode::OK,
         format!("postgres endpoint {action}ed\n"),
     )
+}
+
+async fn push_deposit(
+    State(control): State<Control>,
+    Json(deposit): Json<ScriptedDeposit>,
+) -> axum::http::StatusCode {
+    let insert_time = deposit.insert_time_ms.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+    });
+    let mut stub = problemsolver_stubs::binance::StubDeposit::success(
+        &deposit.id,
+        &deposit.coin,
+        &deposit.network,
+        &deposit.address,
+        &deposit.amount,
+        insert_time,
+    );
+    if let Some(status) = deposit.status {
+        stub = stub.with_status(status);
+    }
+    control.binance.push_deposit(stub);
+    axum::http::StatusCode::CREATED
 }
 
 /// Rewrites Prometheus' target file whenever the running pods change.

@@ -112,6 +112,11 @@ impl Settings {
         format!("http://127.0.0.1:{}", self.control_port)
     }
 
+    /// The Binance stub as containers reach it.
+    pub fn binance_url(&self, gateway: &str) -> String {
+        format!("http://{gateway}:{}", self.binance_port)
+    }
+
     /// The Prometheus URL.
     pub fn prometheus_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.prometheus_port)

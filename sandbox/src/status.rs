@@ -71,6 +71,12 @@ pub async fn collect(layout: &Layout, settings: &Settings) -> Vec<Part> {
         .unwrap_or_default()
         .to_owned();
     parts.push(part("merchant-sink", !sink.is_empty(), sink));
+    let binance = health
+        .as_ref()
+        .and_then(|value| value["binance_stub"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    parts.push(part("binance-stub", !binance.is_empty(), binance));
     let postgres_addr = format!("127.0.0.1:{}", settings.postgres_port);
     let postgres_up = flag("postgres_endpoint")
         && tcp_open(&postgres_addr).await

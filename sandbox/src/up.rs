@@ -126,7 +126,7 @@ pub async fn up(
     std::fs::write(layout.kubeconfig(), render::kubeconfig(settings))?;
     std::fs::write(
         layout.psctl_config(),
-        render::psctl_config(settings, layout),
+        render::psctl_config(settings, layout, &gateway),
     )?;
     done("configuration", t, "kubeconfig and psctl.yaml written");
 
