@@ -673,7 +673,7 @@ impl State {
     ) -> Result<(u16, Value), ApiError> {
         let key = key(info, namespace, name);
         let create_on_update = !info.custom
-            && matches!(info.kind.as_str(), "Endpoints" | "Event" | "Node" | "Lease")
+            && matches!(info.kind.as_str(), "Endpoints" | "Event" | "Node")
             && part == Part::Main;
         if self.store.get(&key).is_none() && create_on_update {
             let mut incoming = incoming;

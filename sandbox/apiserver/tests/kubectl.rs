@@ -151,6 +151,25 @@ async fn apply_get_describe_scale_delete() {
             && yaml.contains("kubectl.kubernetes.io/last-applied-configuration"),
         "{yaml}"
     );
+    let table = kubectl.ok(&["get", "deployments"]).await;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|row| row.starts_with("web ") && row.contains("0/2")),
+        "{table}"
+    );
     let names = kubectl.ok(&["get", "deploy,svc", "-o", "name"]).await;
     assert!(
         names.contains("deployment.apps/web") && names.contains("service/web"),
@@ -295,6 +314,52 @@ async fn get_watch_streams_changes() {
         vec!["ADDED watched 1", "MODIFIED watched 2", "DELETED watched 2"],
         "stdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    test.server.shutdown().await;
+}
+
+/// Answers every log request with two numbered lines naming the pod and container.
+struct NumberedLogs;
+
+impl psctl_sandbox_apiserver::PodBackend for NumberedLogs {
+    fn logs<'a>(
+        &'a self,
+        _namespace: &'a str,
+        pod: &'a str,
+        container: Option<&'a str>,
+        options: psctl_sandbox_apiserver::LogOptions,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<psctl_sandbox_apiserver::PodLogs, psctl_sandbox_apiserver::PodBackendError>,
+    > {
+        use futures::FutureExt;
+        async move {
+            let lines = options.tail_lines.unwrap_or(2);
+            let text: String = (1..=lines)
+                .map(|index| format!("{pod}/{} line {index}\n", container.unwrap_or("-")))
+                .collect();
+            Ok(psctl_sandbox_apiserver::PodLogs::Complete(text))
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test]
+async fn logs_through_the_pod_backend() {
+    let test =
+        common::start_with(|config| config.pod_backend = Some(std::sync::Arc::new(NumberedLogs)))
+            .await;
+    let kubectl = Kubectl::new(&test.server.url());
+    kubectl.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: p1}\nspec: {containers: [{name: app, image: img}]}\n").await;
+    let logs = kubectl.ok(&["logs", "p1", "--tail=3"]).await;
+    assert_eq!(logs, "p1/app line 1\np1/app line 2\np1/app line 3\n");
+    let pods = kubectl.ok(&["get", "pods"]).await;
+    assert!(
+        pods.lines()
+            .nth(1)
+            .is_some_and(|row| row.split_whitespace().collect::<Vec<_>>()[..4]
+                == ["p1", "0/1", "Pending", "0"]),
+        "{pods}"
     );
     test.server.shutdown().await;
 }
