@@ -96,7 +96,7 @@ pub fn default_backup_dir() -> PathBuf {
 }
 
 /// Asks `question` on the terminal; `--yes` answers it; without a terminal the answer is no.
-fn confirm(global: &GlobalSettings, output: &Output, question: &str) -> Result<(), CommandError> {
+fn confirm(global: &GlobalSettings, question: &str) -> Result<(), CommandError> {
     if global.yes {
         return Ok(());
     }
@@ -106,7 +106,7 @@ fn confirm(global: &GlobalSettings, output: &Output, question: &str) -> Result<(
                 .hint("pass --yes to confirm non-interactively"),
         );
     }
-    let answer = prompt(output, &format!("{question} [y/N] "))?;
+    let answer = prompt(&format!("{question} [y/N] "))?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {
@@ -116,9 +116,9 @@ fn confirm(global: &GlobalSettings, output: &Output, question: &str) -> Result<(
     }
 }
 
-fn prompt(output: &Output, text: &str) -> Result<String, CommandError> {
-    // The prompt must be visible even under -q, and it never carries a secret.
-    let _ = output;
+/// Written straight to stderr: the prompt must be visible even under `-q`, and the text never
+/// carries a secret (it names databases by `host:port/db` only).
+fn prompt(text: &str) -> Result<String, CommandError> {
     let mut stderr = std::io::stderr();
     let _ = write!(stderr, "{text}");
     let _ = stderr.flush();
@@ -241,12 +241,9 @@ async fn migrate_command(
             && !global.dry_run
             && std::io::stdin().is_terminal()
         {
-            Some(prompt(
-                output,
-                &format!(
-                    "Downgrading the PRODUCTION schema of `{environment}`. Type the environment name to confirm: "
-                ),
-            )?)
+            Some(prompt(&format!(
+                "Downgrading the PRODUCTION schema of `{environment}`. Type the environment name to confirm: "
+            ))?)
         } else {
             None
         };
@@ -279,7 +276,6 @@ async fn migrate_command(
         .join(", ");
     confirm(
         global,
-        output,
         &format!("migrate {} ({steps})?", target.url.label()),
     )?;
 
@@ -550,7 +546,6 @@ async fn restore_command(
     }
     confirm(
         global,
-        output,
         &format!(
             "restore {} into the new database {}?",
             backup_file.display(),
