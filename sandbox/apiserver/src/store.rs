@@ -60,6 +60,9 @@ pub struct WatchEvent {
     pub key: ObjectKey,
     /// The object after the change (before it, for deletions, with the deletion's version).
     pub object: Arc<Value>,
+    /// The object before a modification (to tell selector-filtered watchers that an object
+    /// entered or left their selection).
+    pub previous: Option<Arc<Value>>,
 }
 
 /// What a mutation decided to do with the object under its key.
@@ -256,6 +259,11 @@ impl Store {
             event_type,
             key: key.clone(),
             object: object.clone(),
+            previous: if event_type == EventType::Modified {
+                current
+            } else {
+                None
+            },
         });
         inner.history.push_back(event.clone());
         while inner.history.len() > self.history_limit {

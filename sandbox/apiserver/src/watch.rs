@@ -18,7 +18,7 @@ use crate::query::Query;
 use crate::resources::ResourceInfo;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::store::WatchEvent;
+use crate::store::{EventType, WatchEvent};
 use crate::table::{self, Include};
 
 /// The body of a watch response.
@@ -44,14 +44,31 @@ impl Filter {
         self.labels.matches(object) && self.fields.matches(object)
     }
 
-    fn wants(&self, event: &WatchEvent) -> bool {
-        event.key.group == self.info.group
+    /// The event type this watcher sees for `event`, if any: a modification that moves an
+    /// object into the selection is ADDED, one that moves it out is DELETED, as the real
+    /// server reports them.
+    fn wants(&self, event: &WatchEvent) -> Option<&'static str> {
+        let ours = event.key.group == self.info.group
             && event.key.resource == self.info.plural
             && self
                 .namespace
                 .as_deref()
-                .is_none_or(|namespace| event.key.namespace == namespace)
-            && self.wants_object(&event.object)
+                .is_none_or(|namespace| event.key.namespace == namespace);
+        if !ours {
+            return None;
+        }
+        let now = self.wants_object(&event.object);
+        let before = event
+            .previous
+            .as_deref()
+            .is_some_and(|previous| self.wants_object(previous));
+        match (event.event_type, before, now) {
+            (EventType::Modified, false, true) => Some("ADDED"),
+            (EventType::Modified, true, false) => Some("DELETED"),
+            (EventType::Modified, false, false) => None,
+            (_, _, true) => Some(event.event_type.as_str()),
+            (_, _, false) => None,
+        }
     }
 
     /// One event line; as a Table, only the first carries column definitions, as the real
@@ -156,12 +173,8 @@ pub fn start(
         }
         for event in &subscription.backlog {
             last = last.max(event.resource_version);
-            if filter.wants(event) {
-                initial.push(filter.event(
-                    event.event_type.as_str(),
-                    &event.object,
-                    &mut columns_sent,
-                ));
+            if let Some(event_type) = filter.wants(event) {
+                initial.push(filter.event(event_type, &event.object, &mut columns_sent));
             }
         }
         if let Some(highest) = subscription.backlog.last() {
@@ -190,10 +203,10 @@ pub fn start(
                             continue;
                         }
                         last = event.resource_version;
-                        if !filter.wants(&event) {
+                        let Some(event_type) = filter.wants(&event) else {
                             continue;
-                        }
-                        filter.event(event.event_type.as_str(), &event.object, &mut columns_sent)
+                        };
+                        filter.event(event_type, &event.object, &mut columns_sent)
                     }
                     // A watcher too slow to keep up ends its stream; it resumes from the last
                     // version it saw, or re-lists if that has left the history.

@@ -519,9 +519,17 @@ async fn watcher_sees_every_change_in_order_and_resumes() {
     api.delete("one", &DeleteParams::default())
         .await
         .expect("delete");
+    // Relabelling moves objects into and out of the selection.
+    let relabel = |app: &str| Patch::Merge(json!({ "metadata": { "labels": { "app": app } } }));
+    api.patch("ignored", &PatchParams::default(), &relabel("w"))
+        .await
+        .expect("relabel in");
+    api.patch("ignored", &PatchParams::default(), &relabel("gone"))
+        .await
+        .expect("relabel out");
 
     let mut seen = Vec::new();
-    while seen.len() < 3 {
+    while seen.len() < 5 {
         let event = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
             .await
             .expect("in time")
@@ -540,7 +548,16 @@ async fn watcher_sees_every_change_in_order_and_resumes() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(seen, vec!["apply one 1", "apply one 2", "delete one"]);
+    assert_eq!(
+        seen,
+        vec![
+            "apply one 1",
+            "apply one 2",
+            "delete one",
+            "apply ignored 1",
+            "delete ignored"
+        ]
+    );
 
     // Resuming from the version before the changes replays them all, in order, with rising versions.
     let mut raw = api
@@ -550,7 +567,7 @@ async fn watcher_sees_every_change_in_order_and_resumes() {
         .boxed();
     let mut replay = Vec::new();
     let mut last_version = 0u64;
-    while replay.len() < 4 {
+    while replay.len() < 6 {
         let event = tokio::time::timeout(Duration::from_secs(5), raw.try_next())
             .await
             .expect("in time")
@@ -578,7 +595,14 @@ async fn watcher_sees_every_change_in_order_and_resumes() {
     }
     assert_eq!(
         replay,
-        vec!["ADDED one", "ADDED ignored", "MODIFIED one", "DELETED one"]
+        vec![
+            "ADDED one",
+            "ADDED ignored",
+            "MODIFIED one",
+            "DELETED one",
+            "MODIFIED ignored",
+            "MODIFIED ignored"
+        ]
     );
     test.server.shutdown().await;
 }
