@@ -101,6 +101,23 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Identifies this program's build (size and modification time of its executable), so `up` can
+/// tell that a running daemon is older than the binary asking.
+pub fn build_stamp() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return String::new();
+    };
+    let Ok(metadata) = std::fs::metadata(&exe) else {
+        return String::new();
+    };
+    let modified = metadata
+        .modified()
+        .ok()
+        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |age| age.as_secs());
+    format!("{}-{modified}", metadata.len())
+}
+
 /// Runs a command to completion, failing with its stderr when it exits non-zero.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new(program)

@@ -232,6 +232,7 @@ async fn healthz(
         "binance_stub": health.binance_url,
         "postgres_endpoint": control.postgres.enabled(),
         "prometheus_targets": health.targets,
+        "build": crate::process::build_stamp(),
     });
     let code = if controllers && kubelet {
         axum::http::StatusCode::OK

@@ -295,6 +295,20 @@ pub async fn ensure_daemon(layout: &Layout, settings: &Settings) -> anyhow::Resu
     let client = http();
     let health = format!("{}/healthz", settings.control_url());
     if http_ok(&client, &health).await {
+        let running: Option<serde_json::Value> = match client.get(&health).send().await {
+            Ok(response) => response.json().await.ok(),
+            Err(_) => None,
+        };
+        let running = running
+            .and_then(|value| value["build"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if running != process::build_stamp() {
+            // Restarting would empty the API server under whoever uses it: say so instead.
+            eprintln!(
+                "psctl-sandbox: warning: the running daemon is another build of psctl-sandbox; \
+                 `psctl-sandbox down && psctl-sandbox up` restarts it (the API server starts empty)"
+            );
+        }
         return Ok(());
     }
     let exe =
