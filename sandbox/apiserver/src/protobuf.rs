@@ -4,7 +4,7 @@
 //! client-go may send `DeleteOptions` this way; answers are always JSON.
 
 use base64::Engine as _;
-use k8s_pb::api::core::v1::{ConfigMap, Secret};
+use k8s_pb::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_pb::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Time};
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -98,7 +98,8 @@ fn encode_bytes(data: &std::collections::BTreeMap<String, Vec<u8>>) -> Value {
     )
 }
 
-/// Decodes a protobuf object body into its JSON form. Secrets and ConfigMaps are understood;
+/// Decodes a protobuf object body into its JSON form. Secrets, ConfigMaps, Namespaces and
+/// ServiceAccounts (what Helm and kubectl's typed `create` commands send) are understood;
 /// other kinds are a 415 so the client knows to send JSON.
 pub fn decode_object(body: &[u8]) -> Result<Value, ApiError> {
     let unknown = envelope(body)?;
@@ -141,8 +142,24 @@ pub fn decode_object(body: &[u8]) -> Result<Value, ApiError> {
             }
             Ok(object)
         }
+        ("v1", "Namespace") => {
+            let namespace = Namespace::decode(raw.as_slice()).map_err(decode_error)?;
+            let mut object = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": metadata(&namespace.metadata.unwrap_or_default()) });
+            if let Some(spec) = namespace.spec.filter(|spec| !spec.finalizers.is_empty()) {
+                object["spec"] = json!({ "finalizers": spec.finalizers });
+            }
+            Ok(object)
+        }
+        ("v1", "ServiceAccount") => {
+            let account = ServiceAccount::decode(raw.as_slice()).map_err(decode_error)?;
+            let mut object = json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(&account.metadata.unwrap_or_default()) });
+            if let Some(automount) = account.automount_service_account_token {
+                object["automountServiceAccountToken"] = json!(automount);
+            }
+            Ok(object)
+        }
         _ => Err(ApiError::unsupported_media_type(&format!(
-            "application/vnd.kubernetes.protobuf ({api_version} {kind}: only v1 Secret and ConfigMap are decoded; send JSON)"
+            "application/vnd.kubernetes.protobuf ({api_version} {kind}: only v1 Secret, ConfigMap, Namespace and ServiceAccount are decoded; send JSON)"
         ))),
     }
 }
@@ -223,6 +240,21 @@ mod tests {
         assert_eq!(decode_object(b"{}").expect_err("no magic").code, 400);
         let other = encode_envelope("apps/v1", "Deployment", &Secret::default());
         assert_eq!(decode_object(&other).expect_err("unsupported").code, 415);
+    }
+
+    #[test]
+    fn namespace_decodes() {
+        let namespace = Namespace {
+            metadata: Some(ObjectMeta {
+                name: Some("team".to_owned()),
+                ..ObjectMeta::default()
+            }),
+            ..Namespace::default()
+        };
+        let object =
+            decode_object(&encode_envelope("v1", "Namespace", &namespace)).expect("decodes");
+        assert_eq!(object["kind"], "Namespace");
+        assert_eq!(object["metadata"]["name"], "team");
     }
 
     #[test]
