@@ -429,6 +429,7 @@ impl State {
         }
         self.default_object(info, &mut object, None)?;
         Self::after_create_status(info, &mut object);
+        drop_empty_metadata(&mut object);
         Ok((key(info, namespace, &name), object))
     }
 
@@ -647,7 +648,8 @@ impl State {
         Ok(new)
     }
 
-    fn outcome_for(new: Value) -> Outcome {
+    fn outcome_for(mut new: Value) -> Outcome {
+        drop_empty_metadata(&mut new);
         if is_terminating(&new)
             && !has_finalizers(&new)
             && !matches!(
@@ -1037,6 +1039,23 @@ impl State {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        });
+    }
+}
+
+/// Removes empty `labels`, `annotations`, `finalizers` and `ownerReferences`: the real server
+/// never returns them empty (Go's `omitempty`), and clients diffing objects rely on that.
+fn drop_empty_metadata(object: &mut Value) {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.retain(|key, value| {
+            let collection = matches!(
+                key.as_str(),
+                "labels" | "annotations" | "finalizers" | "ownerReferences"
+            );
+            let empty = value.is_null()
+                || value.as_object().is_some_and(|map| map.is_empty())
+                || value.as_array().is_some_and(|list| list.is_empty());
+            !(collection && empty)
         });
     }
 }
