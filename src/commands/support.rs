@@ -169,7 +169,7 @@ pub async fn open_audit(
     }
     match crate::audit::open(url, global.allow_no_audit, output).await {
         Ok(sink) => {
-            output.check(CheckState::Ok, "audit trail", "ready");
+            output.check(CheckState::Ok, "audit trail", "opened");
             Ok(sink)
         }
         Err(error) => {

@@ -25,7 +25,11 @@ pub enum Decision {
     /// Free or expired (or already ours): take it, guarded by this resourceVersion.
     Take { resource_version: Option<String> },
     /// Held by someone else whose lease is still fresh.
-    Refuse { holder: String, since: String },
+    Refuse {
+        holder: String,
+        since: String,
+        lease_seconds: i32,
+    },
 }
 
 /// Decides what to do given the Lease as read (`None` = absent).
@@ -52,7 +56,11 @@ pub fn decide(existing: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
             .as_ref()
             .map(|t| t.0.to_string())
             .unwrap_or_else(|| "an unknown time".to_owned());
-        Decision::Refuse { holder, since }
+        Decision::Refuse {
+            holder,
+            since,
+            lease_seconds: spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS),
+        }
     } else {
         Decision::Take { resource_version }
     }
@@ -61,7 +69,11 @@ pub fn decide(existing: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("another psctl operation holds the deploy lock: `{holder}` since {since}")]
-    Held { holder: String, since: String },
+    Held {
+        holder: String,
+        since: String,
+        lease_seconds: i32,
+    },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
@@ -145,7 +157,17 @@ impl DeployLock {
         };
         let now = Timestamp::now();
         let result = match decide(existing.as_ref(), me, now) {
-            Decision::Refuse { holder, since } => return Err(LockError::Held { holder, since }),
+            Decision::Refuse {
+                holder,
+                since,
+                lease_seconds,
+            } => {
+                return Err(LockError::Held {
+                    holder,
+                    since,
+                    lease_seconds,
+                });
+            }
             Decision::Create => {
                 api.create(&PostParams::default(), &lease_object(me, now, None))
                     .await
@@ -171,6 +193,7 @@ impl DeployLock {
                 return Err(LockError::Held {
                     holder,
                     since: "just now".to_owned(),
+                    lease_seconds: LEASE_SECONDS,
                 });
             }
             return Err(ClusterError::api(format!("taking Lease `{LEASE_NAME}`"))(error).into());
@@ -279,7 +302,8 @@ mod tests {
             decide(Some(&held), "me", at(100)),
             Decision::Refuse {
                 holder: "ci@runner pid 9 (deploy)".into(),
-                since: at(0).to_string()
+                since: at(0).to_string(),
+                lease_seconds: LEASE_SECONDS,
             }
         );
     }
