@@ -49,9 +49,6 @@ where
         }
     };
     let global = GlobalSettings::resolve(cli.global);
-    // Both rustls back-ends are linked (kube uses ring, reqwest's default is aws-lc-rs): pick one
-    // for the process, or the first TLS client panics. An error means one was already installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     init_tracing(global.verbosity);
     let output = Output::stdio(global.format, global.verbosity);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

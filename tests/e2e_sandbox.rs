@@ -34,7 +34,6 @@ fn sandbox_config() -> PathBuf {
 
 impl Sandbox {
     async fn new(test: &str) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let base = psctl::settings::file::load(&sandbox_config())
             .expect("the sandbox's psctl.yaml is valid");
         let environment = base

@@ -10,9 +10,6 @@ use crate::settings::{Layout, Settings, repo_root};
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Both rustls back-ends are in the dependency graph; without a choice, the first TLS client
-    // built panics. Failure means one is installed already, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     // The daemon logs its parts at info; one-shot commands speak through their own progress lines.
     let default_level = if matches!(cli.command, Command::Serve) {
         "info"

@@ -24,9 +24,6 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    // kube and reqwest can link both rustls back-ends (a whole-workspace build does), and the
-    // first Kubernetes client would panic unless the process picks one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that stopped reading (`helm history | head`) is not a failure.

@@ -131,8 +131,6 @@ async fn install_upgrade_history_rollback_uninstall() {
         ),
     )
     .unwrap();
-    // A whole-workspace build links both rustls back-ends: pick one before building a client.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = kube::Config::new(server.url().parse().unwrap());
     let cluster = Cluster {
         kubeconfig,

@@ -154,7 +154,6 @@ impl Sandbox {
 
     /// A kube-rs client for the sandbox.
     pub fn client(&self) -> kube::Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = kube::Config::new(self.api_url.parse().expect("API URL parses"));
         kube::Client::try_from(config).expect("client builds")
     }

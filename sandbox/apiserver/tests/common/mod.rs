@@ -22,9 +22,6 @@ pub async fn start_with(configure: impl FnOnce(&mut ApiServerConfig)) -> TestSer
     };
     configure(&mut config);
     let server = ApiServer::start(config).await.expect("server starts");
-    // In a whole-workspace build kube and reqwest link both rustls back-ends, and a client
-    // panics unless the process has picked one; the sandbox and psctl pick ring too.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let kube_config = kube::Config::new(server.url().parse().expect("valid URL"));
     let client = Client::try_from(kube_config).expect("client builds");
     TestServer { server, client }

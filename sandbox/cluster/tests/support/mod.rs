@@ -69,8 +69,6 @@ pub async fn api(node: &str) -> (RunningApiServer, kube::Client) {
     })
     .await
     .expect("API server starts");
-    // kube and reqwest enable more than one rustls backend; a process must pick one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = kube::Config::new(server.url().parse().expect("server URL"));
     let client = kube::Client::try_from(config).expect("client");
     (server, client)
