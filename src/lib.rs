@@ -17,6 +17,7 @@ pub mod error;
 pub mod helm;
 pub mod lock;
 pub mod output;
+pub mod prom;
 pub mod rollout;
 pub mod settings;
 
