@@ -113,17 +113,20 @@ impl Prometheus {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, PromError> {
-        let url = format!("{}{path}", self.base);
-        let response =
-            self.http
-                .get(&url)
-                .query(query)
-                .send()
-                .await
-                .map_err(|e| PromError::Unreachable {
-                    url: self.base.clone(),
-                    reason: error_chain(&e),
-                })?;
+        let url = url::Url::parse_with_params(&format!("{}{path}", self.base), query)
+            .map_err(|e| PromError::Unreachable {
+                url: self.base.clone(),
+                reason: format!("not a valid URL: {e}"),
+            })?;
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| PromError::Unreachable {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
         let status = response.status();
         let body = response.text().await.map_err(|e| PromError::Unreachable {
             url: self.base.clone(),
