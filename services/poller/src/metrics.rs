@@ -18,6 +18,10 @@ pub struct Metrics {
     pub poll_duration: Histogram,
     pub consecutive_errors: Gauge,
     pub is_leader: Gauge,
+    /// Credited deposits whose payment, ledger credit, invoice and webhook row were checked.
+    pub reconciliation_checked: Counter,
+    /// Of those, deposits whose records did not add up.
+    pub reconciliation_mismatches: Counter,
 }
 
 impl Metrics {
@@ -30,6 +34,8 @@ impl Metrics {
             poll_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             consecutive_errors: Gauge::default(),
             is_leader: Gauge::default(),
+            reconciliation_checked: Counter::default(),
+            reconciliation_mismatches: Counter::default(),
         };
         registry.register(
             "problemsolver_poller_last_success_unixtime",
@@ -66,6 +72,16 @@ impl Metrics {
             "problemsolver_poller_is_leader",
             "1 when this replica holds the poller lock",
             metrics.is_leader.clone(),
+        );
+        registry.register(
+            "problemsolver_reconciliation_checked",
+            "Credited deposits reconciled against payment, ledger credit, invoice and webhook row",
+            metrics.reconciliation_checked.clone(),
+        );
+        registry.register(
+            "problemsolver_reconciliation_mismatches",
+            "Reconciled deposits whose records did not add up",
+            metrics.reconciliation_mismatches.clone(),
         );
         metrics
     }

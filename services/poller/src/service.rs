@@ -34,6 +34,8 @@ pub struct CycleReport {
     pub processed: u64,
     pub credited: u64,
     pub collisions: u64,
+    pub reconciled: u64,
+    pub mismatches: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub struct Poller {
     settings: Settings,
     consecutive_errors: i64,
     backoff_until: Option<Instant>,
+    /// Highest credited `deposit_raw.id` reconciled so far (0: start from the oldest).
+    reconciled_through: i64,
 }
 
 fn unix_now() -> i64 {
@@ -83,6 +87,7 @@ impl Poller {
             settings,
             consecutive_errors: 0,
             backoff_until: None,
+            reconciled_through: 0,
         }
     }
 
@@ -160,7 +165,34 @@ impl Poller {
                 break;
             }
         }
+        self.reconcile(report).await?;
         poll_result
+    }
+
+    /// Checks the deposits credited since the last pass (the whole history, a batch per
+    /// cycle, after a restart) and counts what does not add up.
+    async fn reconcile(&mut self, report: &mut CycleReport) -> Result<(), CycleError> {
+        let outcome = store::reconcile_after(
+            &self.pool,
+            self.reconciled_through,
+            self.settings.match_batch_size,
+        )
+        .await?;
+        self.reconciled_through = outcome.last_id;
+        report.reconciled += outcome.checked;
+        report.mismatches += outcome.mismatches;
+        self.metrics.reconciliation_checked.inc_by(outcome.checked);
+        self.metrics
+            .reconciliation_mismatches
+            .inc_by(outcome.mismatches);
+        if outcome.mismatches > 0 {
+            tracing::error!(
+                mismatches = outcome.mismatches,
+                deposit_ids = ?outcome.mismatching_ids,
+                "reconciliation: credited deposits whose payment, ledger credit, invoice or webhook row do not add up"
+            );
+        }
+        Ok(())
     }
 
     async fn poll_binance(&mut self, report: &mut CycleReport) -> Result<(), CycleError> {

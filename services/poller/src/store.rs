@@ -99,6 +99,70 @@ pub async fn save_checkpoint(
     Ok(())
 }
 
+/// What one reconciliation pass found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileOutcome {
+    /// Credited deposits examined.
+    pub checked: u64,
+    /// Deposits of `checked` whose records do not add up.
+    pub mismatches: u64,
+    /// Highest `deposit_raw.id` examined (the next pass starts after it).
+    pub last_id: i64,
+    /// The ids of the mismatching deposits (at most the first 20), for the log.
+    pub mismatching_ids: Vec<i64>,
+}
+
+/// Reconciles up to `limit` credited deposits with `id > after_id`, oldest first: each must
+/// have exactly one payment for its invoice with the same amount, a ledger credit of that
+/// amount for the payment, a paid invoice and an `invoice.paid` webhook row. Matching writes
+/// all of them in one transaction, so a mismatch means records were changed behind the
+/// poller's back.
+pub async fn reconcile_after(
+    pool: &PgPool,
+    after_id: i64,
+    limit: i64,
+) -> Result<ReconcileOutcome, sqlx::Error> {
+    let rows: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT d.id,
+                (p.id IS NOT NULL
+                 AND p.invoice_id = d.matched_invoice_id
+                 AND p.amount = d.amount
+                 AND EXISTS (SELECT 1 FROM ledger_entries l
+                              WHERE l.payment_id = p.id AND l.entry_type = 'credit'
+                                AND l.change_amount = p.amount)
+                 AND EXISTS (SELECT 1 FROM invoices i
+                              WHERE i.id = d.matched_invoice_id AND i.status = 'paid')
+                 AND EXISTS (SELECT 1 FROM webhook_queue w
+                              WHERE w.invoice_id = d.matched_invoice_id AND w.event_type = $3)
+                ) AS consistent
+           FROM deposit_raw d
+           LEFT JOIN payments p ON p.deposit_id = d.id
+          WHERE d.id > $1 AND d.processed_at IS NOT NULL AND d.matched_invoice_id IS NOT NULL
+          ORDER BY d.id
+          LIMIT $2",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .bind(INVOICE_PAID_EVENT)
+    .fetch_all(pool)
+    .await?;
+    let mut outcome = ReconcileOutcome {
+        last_id: after_id,
+        ..ReconcileOutcome::default()
+    };
+    for (id, consistent) in rows {
+        outcome.checked += 1;
+        outcome.last_id = id;
+        if !consistent {
+            outcome.mismatches += 1;
+            if outcome.mismatching_ids.len() < 20 {
+                outcome.mismatching_ids.push(id);
+            }
+        }
+    }
+    Ok(outcome)
+}
+
 /// What one matching batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MatchOutcome {

@@ -226,6 +226,42 @@ async fn full_flow_credits_invoice_once_and_queues_webhook() {
 }
 
 #[tokio::test]
+async fn reconciliation_counts_credited_deposits_and_finds_records_changed_behind_its_back() {
+    let mut h = harness("reconcile", settings()).await;
+    let merchant_id = merchant(&h.db.pool).await;
+    let first = invoice(&h.db.pool, merchant_id, "7").await;
+    invoice(&h.db.pool, merchant_id, "8").await;
+    h.stub.push_deposit(deposit("7001", "7"));
+    h.stub.push_deposit(deposit("7002", "8"));
+    let report = led(&mut h).await;
+    assert_eq!(
+        (report.credited, report.reconciled, report.mismatches),
+        (2, 2, 0)
+    );
+    assert_eq!(h.metrics.reconciliation_checked.get(), 2);
+    assert_eq!(h.metrics.reconciliation_mismatches.get(), 0);
+    // Incremental: the next cycle has nothing new to check.
+    let again = led(&mut h).await;
+    assert_eq!((again.reconciled, again.mismatches), (0, 0));
+
+    // Someone deletes the first invoice's webhook row: a restarted poller (which reconciles
+    // the history from the start) counts exactly that deposit as a mismatch.
+    sqlx::query("DELETE FROM webhook_queue WHERE invoice_id = $1")
+        .bind(first.id)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    h.poller.shutdown().await;
+    let (poller, metrics, _) = poller_for(&h.db, &h.stub.base_url(), settings());
+    h.poller = poller;
+    let report = led(&mut h).await;
+    assert_eq!((report.reconciled, report.mismatches), (2, 1));
+    assert_eq!(metrics.reconciliation_mismatches.get(), 1);
+    h.poller.shutdown().await;
+    h.db.drop_db().await;
+}
+
+#[tokio::test]
 async fn second_deposit_for_a_paid_invoice_is_recorded_not_credited() {
     let mut h = harness("dup", settings()).await;
     let merchant_id = merchant(&h.db.pool).await;
