@@ -142,6 +142,10 @@ pub enum Command {
     Db(DbArgs),
     /// List the audit trail of operator actions (newest last).
     Audit(AuditArgs),
+    /// Build both service images, tag them immutably, scan and push them, print their digests.
+    Build(BuildArgs),
+    /// Create, update and check the runtime Secret without putting a value on a command line.
+    Secrets(SecretsArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (roff).
@@ -231,6 +235,100 @@ pub enum KillSwitchState {
     On,
     Off,
 }
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The tag is `<git-sha12>[-dirty-<diff8>][-<ci-build>]` unless --tag is given. A tag \
+already in the registry is never overwritten: the same image is reported as already present, \
+another image is refused (exit 2). A dirty work tree is refused for production environments.\n\n\
+Examples:\n  psctl build --env sandbox\n  \
+psctl build --env sandbox --prebuilt \"$CARGO_TARGET_DIR/release\" -o json\n  \
+psctl build --env production --ci-build \"$GITHUB_RUN_NUMBER\"\n  \
+psctl build --env sandbox --component webhook --dry-run"
+)]
+pub struct BuildArgs {
+    /// Component whose image to build (repeatable; default: every component).
+    #[arg(long = "component", short = 'c', value_name = "NAME")]
+    pub components: Vec<String>,
+
+    /// Use this tag instead of the one derived from git (CI pipelines with their own scheme).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// CI build number appended to the derived tag: `<git-sha12>-<ID>`.
+    #[arg(
+        long,
+        env = "PSCTL_CI_BUILD",
+        value_name = "ID",
+        conflicts_with = "tag"
+    )]
+    pub ci_build: Option<String>,
+
+    /// Directory holding already built service binaries; skips `cargo build --release`.
+    #[arg(long, value_name = "DIR")]
+    pub prebuilt: Option<PathBuf>,
+
+    /// Base image to run the binaries on (the Dockerfile's RUNTIME_BASE), overriding the
+    /// environment's `build.runtime_base`.
+    #[arg(long, value_name = "IMAGE")]
+    pub runtime_base: Option<String>,
+
+    /// Container tool, overriding the environment's `build.tool` [default: docker].
+    #[arg(long, value_enum)]
+    pub tool: Option<crate::settings::BuildTool>,
+
+    /// Build from a dirty work tree even for a production environment (the tag says `-dirty-`).
+    #[arg(long)]
+    pub allow_dirty: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    pub command: SecretsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Create or update the runtime Secret from an env file or the process environment.
+    Apply(SecretsApplyArgs),
+    /// Which required keys are present, missing or empty, and when the Secret last changed.
+    Check(SecretsCheckArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Values are read from FILE or the process environment only, never from \
+the command line, and are never printed: the diff shows key names, whether each value is added, \
+changed, unchanged or removed, its length class and a keyed fingerprint (see docs/secrets.md).\n\n\
+Examples:\n  psctl secrets apply --env sandbox --from-env-file runtime.env --dry-run\n  \
+psctl secrets apply --env sandbox --from-env-file runtime.env --yes -v\n  \
+BINANCE_API_KEY=… psctl secrets apply --env production --from-env BINANCE_API_KEY"
+)]
+pub struct SecretsApplyArgs {
+    /// Env file with `KEY=VALUE` lines (`#` comments, optional `export`, single or double quotes).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "from_env",
+        conflicts_with = "from_env"
+    )]
+    pub from_env_file: Option<PathBuf>,
+
+    /// Read these keys from psctl's own environment (repeatable, or several after one flag).
+    #[arg(long, value_name = "KEY", num_args = 1..)]
+    pub from_env: Vec<String>,
+
+    /// Remove keys the Secret has but the input does not (default: keep them).
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl secrets check --env sandbox\n  psctl secrets check --env production -o json"
+)]
+pub struct SecretsCheckArgs {}
 
 #[derive(Debug, Args)]
 #[command(

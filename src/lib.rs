@@ -8,6 +8,7 @@
 //! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail).
 
 pub mod audit;
+pub mod build;
 pub mod canary;
 pub mod cli;
 pub mod cluster;
@@ -18,7 +19,9 @@ pub mod helm;
 pub mod lock;
 pub mod output;
 pub mod prom;
+pub mod registry;
 pub mod rollout;
+pub mod secrets;
 pub mod settings;
 
 use std::ffi::OsString;

@@ -22,6 +22,7 @@ use crate::helm::revision;
 use crate::helm::storage::Revision;
 use crate::lock::{self, DeployLock};
 use crate::output::{CheckState, Output, Render, Style, table};
+use crate::registry::{MANIFEST_ACCEPT, manifest_url, tags_url};
 use crate::rollout::diagnosis::Policy;
 use crate::rollout::track::{self, Outcome, Target};
 use crate::settings::{Component, Environment, GlobalSettings};
@@ -752,11 +753,7 @@ async fn preflight_images(
         let reference = format!("{registry}/{}:{tag}", component.image);
         let response = http
             .head(&url)
-            .header(
-                reqwest::header::ACCEPT,
-                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
-                 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json",
-            )
+            .header(reqwest::header::ACCEPT, MANIFEST_ACCEPT)
             .send()
             .await;
         match response {
@@ -803,24 +800,6 @@ async fn preflight_images(
         }
     }
     Ok(())
-}
-
-/// The registry API v2 manifest URL; loopback registries speak plain HTTP.
-pub fn manifest_url(registry: &str, image: &str, tag: &str) -> String {
-    format!("{}/v2/{image}/manifests/{tag}", registry_base(registry))
-}
-
-fn tags_url(registry: &str, image: &str) -> String {
-    format!("{}/v2/{image}/tags/list", registry_base(registry))
-}
-
-fn registry_base(registry: &str) -> String {
-    if registry.starts_with("http://") || registry.starts_with("https://") {
-        return registry.trim_end_matches('/').to_owned();
-    }
-    let host = registry.split(':').next().unwrap_or(registry);
-    let plain = host == "localhost" || host.starts_with("127.") || host == "[::1]";
-    format!("{}://{registry}", if plain { "http" } else { "https" })
 }
 
 /// No selected release may be `pending-*`; returns each component's deployed revision (the
@@ -981,18 +960,6 @@ mod tests {
         assert_eq!(
             preflight_releases(&components, &[], &output).unwrap(),
             [None]
-        );
-    }
-
-    #[test]
-    fn registry_urls() {
-        assert_eq!(
-            manifest_url("127.0.0.1:5000", "problemsolver-poller", "1.0"),
-            "http://127.0.0.1:5000/v2/problemsolver-poller/manifests/1.0"
-        );
-        assert_eq!(
-            manifest_url("ghcr.io/acme", "app", "v1"),
-            "https://ghcr.io/acme/v2/app/manifests/v1"
         );
     }
 

@@ -2,12 +2,14 @@
 //! below is the only place that knows every command.
 
 pub mod audit;
+pub mod build;
 pub mod completions;
 pub mod db;
 pub mod deploy;
 pub mod history;
 pub mod kill_switch;
 pub mod rollback;
+pub mod secrets;
 pub mod status;
 pub mod support;
 
@@ -26,6 +28,8 @@ pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output
         Command::KillSwitch(args) => kill_switch::run(args, global, output).await,
         Command::Db(args) => db::run(args, global, output).await,
         Command::Audit(args) => audit::run(args, global, output).await,
+        Command::Build(args) => build::run(args, global, output).await,
+        Command::Secrets(args) => secrets::run(args, global, output).await,
         Command::Completions(args) => completions::completions(args, output),
         Command::Man(args) => completions::man(args, output),
     }

@@ -76,7 +76,16 @@ struct RawEnvironment {
     database_url_env: Option<String>,
     helm: Option<PathBuf>,
     secret: Option<RawSecret>,
+    build: Option<RawBuild>,
     components: Option<IndexMap<String, RawComponent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuild {
+    runtime_base: Option<String>,
+    tool: Option<String>,
+    dockerfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +101,7 @@ struct RawComponent {
     release: Option<String>,
     chart: Option<PathBuf>,
     image: Option<String>,
+    binary: Option<String>,
     deployment: Option<String>,
     selector: Option<String>,
     values: Option<serde_yaml::Mapping>,
@@ -139,8 +149,54 @@ pub struct Environment {
     pub database_url_env: String,
     pub helm: Option<PathBuf>,
     pub secret: SecretSpec,
+    /// How `psctl build` makes the images.
+    pub build: BuildSpec,
     /// In file order: `deploy` without `--component` walks them in this order.
     pub components: Vec<Component>,
+}
+
+/// The `build:` section of an environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// The image the service binaries run on (the Dockerfile's `RUNTIME_BASE`); `None` keeps
+    /// the Dockerfile's default (distroless).
+    pub runtime_base: Option<String>,
+    /// The program that builds and pushes images.
+    pub tool: BuildTool,
+    /// The Dockerfile, relative to the configuration file's directory or the working directory.
+    pub dockerfile: PathBuf,
+}
+
+impl Default for BuildSpec {
+    fn default() -> Self {
+        Self {
+            runtime_base: None,
+            tool: BuildTool::Docker,
+            dockerfile: PathBuf::from("Dockerfile"),
+        }
+    }
+}
+
+/// Which container tool `psctl build` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildTool {
+    /// `docker build` and `docker push`.
+    Docker,
+    /// `docker buildx build --load` and `docker push`.
+    Buildx,
+    /// `podman build` and `podman push`.
+    Podman,
+}
+
+impl BuildTool {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Buildx => "buildx",
+            Self::Podman => "podman",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +213,8 @@ pub struct Component {
     pub chart: PathBuf,
     /// Repository under the environment's registry.
     pub image: String,
+    /// The cargo package and binary the image runs (default: the image name).
+    pub binary: String,
     pub deployment: String,
     /// Label selector of the component's pods, e.g. `app=problemsolver-poller`.
     pub selector: String,
@@ -240,6 +298,7 @@ pub fn default_components() -> Vec<Component> {
             release: "problemsolver-poller".to_owned(),
             chart: PathBuf::from("charts/poller"),
             image: "problemsolver-poller".to_owned(),
+            binary: "problemsolver-poller".to_owned(),
             deployment: "problemsolver-poller".to_owned(),
             selector: "app=problemsolver-poller".to_owned(),
             values: serde_yaml::Mapping::new(),
@@ -260,6 +319,7 @@ pub fn default_components() -> Vec<Component> {
             release: "problemsolver-webhook".to_owned(),
             chart: PathBuf::from("charts/webhook-worker"),
             image: "problemsolver-webhook-worker".to_owned(),
+            binary: "problemsolver-webhook-worker".to_owned(),
             deployment: "problemsolver-webhook".to_owned(),
             selector: "app=problemsolver-webhook".to_owned(),
             values: serde_yaml::Mapping::new(),
@@ -368,6 +428,7 @@ fn validate_environment(
         database_url_env,
         helm,
         secret,
+        build,
         components,
     } = raw;
     let kube_context = required_text(kube_context, &key("kube_context"), invalid)?;
@@ -397,6 +458,31 @@ fn validate_environment(
                     .map(|k| (*k).to_owned())
                     .collect()
             }),
+        },
+    };
+    let build = match build {
+        None => BuildSpec::default(),
+        Some(RawBuild {
+            runtime_base,
+            tool,
+            dockerfile,
+        }) => BuildSpec {
+            runtime_base: match runtime_base {
+                Some(base) => Some(non_empty(base, &key("build.runtime_base"), invalid)?),
+                None => None,
+            },
+            tool: match tool.as_deref() {
+                None | Some("docker") => BuildTool::Docker,
+                Some("buildx") => BuildTool::Buildx,
+                Some("podman") => BuildTool::Podman,
+                Some(other) => {
+                    return Err(invalid(
+                        key("build.tool"),
+                        &format!("`{other}` is not a build tool; use docker, buildx or podman"),
+                    ));
+                }
+            },
+            dockerfile: dockerfile.unwrap_or_else(|| PathBuf::from("Dockerfile")),
         },
     };
     if let Some(url) = &prometheus_url
@@ -451,6 +537,7 @@ fn validate_environment(
         database_url_env: database_url_env.unwrap_or_else(|| DEFAULT_DATABASE_URL_ENV.to_owned()),
         helm: helm.map(|p| resolve_relative(base, p)),
         secret,
+        build,
         components,
     })
 }
@@ -466,6 +553,7 @@ fn validate_component(
         release,
         chart,
         image,
+        binary,
         deployment,
         selector,
         values,
@@ -484,6 +572,10 @@ fn validate_component(
         ));
     };
     let image = required_text(image, &key("image"), invalid)?;
+    let binary = match binary {
+        Some(binary) => non_empty(binary, &key("binary"), invalid)?,
+        None => image.clone(),
+    };
     let deployment = required_text(deployment, &key("deployment"), invalid)?;
     let selector = required_text(selector, &key("selector"), invalid)?;
     if !selector.contains('=') {
@@ -536,6 +628,7 @@ fn validate_component(
         release,
         chart,
         image,
+        binary,
         deployment,
         selector,
         values: values.unwrap_or_default(),
@@ -606,6 +699,10 @@ environments:
     prometheus_url: http://127.0.0.1:9090
     database_url_env: DATABASE_URL
     helm: /root/.cache/psctl/sandbox/bin/helm
+    build:
+      runtime_base: 127.0.0.1:5000/psctl-base:bookworm
+      tool: docker
+      dockerfile: Dockerfile
     secret:
       name: problemsolver-secrets
       required_keys: [DATABASE_URL, BINANCE_API_KEY, BINANCE_API_SECRET, ENCRYPTION_MASTER_KEY]
@@ -644,6 +741,24 @@ environments:
         assert_eq!(sandbox.kube_context, "psctl-sandbox");
         assert_eq!(sandbox.components, default_components());
         assert_eq!(sandbox.secret.required_keys, DEFAULT_REQUIRED_KEYS);
+        assert_eq!(
+            sandbox.build.runtime_base.as_deref(),
+            Some("127.0.0.1:5000/psctl-base:bookworm")
+        );
+    }
+
+    #[test]
+    fn the_build_section_defaults_to_docker_and_the_distroless_base() {
+        let config = parse(
+            Path::new("psctl.yaml"),
+            "environments: {dev: {kube_context: kind-dev}}",
+        )
+        .unwrap();
+        assert_eq!(config.environments["dev"].build, BuildSpec::default());
+        assert!(
+            error_text("environments: {dev: {kube_context: c, build: {tool: kaniko}}}")
+                .contains("environments.dev.build.tool: `kaniko` is not a build tool")
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod file;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use file::{CanarySpec, Component, ConfigError, Environment, MetricsSpec, SecretSpec};
+pub use file::{
+    BuildSpec, BuildTool, CanarySpec, Component, ConfigError, Environment, MetricsSpec, SecretSpec,
+};
 
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::error::{Classify, ExitStatus};

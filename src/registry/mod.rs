@@ -1,0 +1,350 @@
+//! Container registries over the distribution HTTP API v2: where a manifest lives, and what a
+//! tag currently points at (its manifest digest and image configuration digest).
+//!
+//! Shared by `deploy` (the tag must exist) and `build` (a tag must never be overwritten with
+//! other content). Anonymous access only; loopback registries are spoken to over plain HTTP.
+
+use std::time::Duration;
+
+use crate::error::{Classify, ExitStatus};
+
+/// Every manifest media type psctl accepts, most specific first.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// A registry address split into the HTTP base and the repository prefix: `ghcr.io/acme` is
+/// the host `ghcr.io` with every repository under `acme/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryAddress {
+    /// `http://127.0.0.1:5000` or `https://ghcr.io`.
+    pub base: String,
+    /// `acme/` or empty.
+    pub prefix: String,
+}
+
+impl RegistryAddress {
+    /// Parses `host[:port][/prefix]`, optionally with an explicit `http://` or `https://`.
+    pub fn parse(registry: &str) -> Self {
+        let (scheme, rest) = if let Some(rest) = registry.strip_prefix("http://") {
+            (Some("http"), rest)
+        } else if let Some(rest) = registry.strip_prefix("https://") {
+            (Some("https"), rest)
+        } else {
+            (None, registry)
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, prefix) = match rest.split_once('/') {
+            Some((host, prefix)) => (host, format!("{prefix}/")),
+            None => (rest, String::new()),
+        };
+        let scheme = scheme.unwrap_or_else(|| if is_loopback(host) { "http" } else { "https" });
+        Self {
+            base: format!("{scheme}://{host}"),
+            prefix,
+        }
+    }
+
+    /// `<base>/v2/<prefix><image>/manifests/<reference>`.
+    pub fn manifest_url(&self, image: &str, reference: &str) -> String {
+        format!(
+            "{}/v2/{}{image}/manifests/{reference}",
+            self.base, self.prefix
+        )
+    }
+
+    /// `<base>/v2/<prefix><image>/tags/list`.
+    pub fn tags_url(&self, image: &str) -> String {
+        format!("{}/v2/{}{image}/tags/list", self.base, self.prefix)
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let name = if let Some(bracketed) = host.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or(bracketed)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
+    name == "localhost" || name.starts_with("127.") || name == "::1"
+}
+
+/// The registry API v2 manifest URL of `image:tag` under `registry`.
+pub fn manifest_url(registry: &str, image: &str, tag: &str) -> String {
+    RegistryAddress::parse(registry).manifest_url(image, tag)
+}
+
+/// The registry API v2 tag list URL of `image` under `registry`.
+pub fn tags_url(registry: &str, image: &str) -> String {
+    RegistryAddress::parse(registry).tags_url(image)
+}
+
+/// What a tag points at in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteManifest {
+    /// The manifest's own digest (`Docker-Content-Digest`), what `image@sha256:…` pulls.
+    pub digest: String,
+    /// The image configuration digest (`config.digest`); equals the local image ID of the image
+    /// that was pushed. `None` for an index (multi-platform list).
+    pub config_digest: Option<String>,
+    pub media_type: String,
+}
+
+impl RemoteManifest {
+    /// True when the image with local ID `image_id` is what this manifest describes.
+    pub fn matches_image_id(&self, image_id: &str) -> bool {
+        self.config_digest.as_deref() == Some(image_id) || self.digest == image_id
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {registry} unreachable while reading {url}")]
+    Unreachable {
+        registry: String,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "registry {registry} needs credentials for {url} (HTTP {status}); psctl reads registries anonymously"
+    )]
+    Unauthorized {
+        registry: String,
+        url: String,
+        status: u16,
+    },
+    #[error("registry {registry} answered HTTP {status} for {url}")]
+    Status {
+        registry: String,
+        url: String,
+        status: u16,
+    },
+    #[error("registry {registry} sent a manifest psctl cannot read at {url}: {reason}")]
+    Malformed {
+        registry: String,
+        url: String,
+        reason: String,
+    },
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+impl Classify for RegistryError {
+    fn exit_status(&self) -> ExitStatus {
+        match self {
+            Self::Unauthorized { .. } | Self::Client(_) => ExitStatus::Usage,
+            Self::Unreachable { .. } | Self::Status { .. } | Self::Malformed { .. } => {
+                ExitStatus::Unreachable
+            }
+        }
+    }
+
+    fn hints(&self) -> Vec<String> {
+        match self {
+            Self::Unreachable { .. } => {
+                vec!["is the registry up? for the sandbox: `psctl-sandbox up`".to_owned()]
+            }
+            Self::Unauthorized { .. } => vec![
+                "grant anonymous pull on the repository, or use a registry psctl can read without credentials".to_owned(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A small anonymous registry client.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    registry: String,
+    address: RegistryAddress,
+    http: reqwest::Client,
+}
+
+impl Registry {
+    pub fn new(registry: &str) -> Result<Self, RegistryError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(RegistryError::Client)?;
+        Ok(Self {
+            registry: registry.to_owned(),
+            address: RegistryAddress::parse(registry),
+            http,
+        })
+    }
+
+    /// `<registry>/<image>`: the repository as Docker names it.
+    pub fn repository(&self, image: &str) -> String {
+        format!("{}/{image}", self.registry.trim_end_matches('/'))
+    }
+
+    /// Checks that the registry answers its API root (`/v2/`); 401 counts as answering.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        let url = format!("{}/v2/", self.address.base);
+        let response =
+            self.http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|source| RegistryError::Unreachable {
+                    registry: self.registry.clone(),
+                    url: url.clone(),
+                    source,
+                })?;
+        match response.status().as_u16() {
+            200 | 401 => Ok(()),
+            status => Err(RegistryError::Status {
+                registry: self.registry.clone(),
+                url,
+                status,
+            }),
+        }
+    }
+
+    /// What `image:reference` points at, or `None` when the registry does not have it.
+    pub async fn manifest(
+        &self,
+        image: &str,
+        reference: &str,
+    ) -> Result<Option<RemoteManifest>, RegistryError> {
+        let url = self.address.manifest_url(image, reference);
+        let response = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, MANIFEST_ACCEPT)
+            .send()
+            .await
+            .map_err(|source| RegistryError::Unreachable {
+                registry: self.registry.clone(),
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        match status {
+            200 => {}
+            404 => return Ok(None),
+            401 | 403 => {
+                return Err(RegistryError::Unauthorized {
+                    registry: self.registry.clone(),
+                    url,
+                    status,
+                });
+            }
+            _ => {
+                return Err(RegistryError::Status {
+                    registry: self.registry.clone(),
+                    url,
+                    status,
+                });
+            }
+        }
+        let header_digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| RegistryError::Unreachable {
+                registry: self.registry.clone(),
+                url: url.clone(),
+                source,
+            })?;
+        parse_manifest(&body, header_digest)
+            .map(Some)
+            .map_err(|reason| RegistryError::Malformed {
+                registry: self.registry.clone(),
+                url,
+                reason,
+            })
+    }
+}
+
+/// Reads a manifest body. The digest is the registry's header when sent, else the SHA-256 of
+/// the body (which is how the registry computes it). Pure.
+pub fn parse_manifest(
+    body: &[u8],
+    header_digest: Option<String>,
+) -> Result<RemoteManifest, String> {
+    use sha2::Digest as _;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let media_type = value["mediaType"].as_str().unwrap_or_default().to_owned();
+    let config_digest = value["config"]["digest"].as_str().map(str::to_owned);
+    if config_digest.is_none() && value.get("manifests").is_none() {
+        return Err("neither `config.digest` nor `manifests` present".to_owned());
+    }
+    let digest = header_digest
+        .unwrap_or_else(|| format!("sha256:{}", hex::encode(sha2::Sha256::digest(body))));
+    Ok(RemoteManifest {
+        digest,
+        config_digest,
+        media_type,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_use_http_and_others_https() {
+        assert_eq!(
+            manifest_url("127.0.0.1:5000", "problemsolver-poller", "1.0"),
+            "http://127.0.0.1:5000/v2/problemsolver-poller/manifests/1.0"
+        );
+        assert_eq!(
+            manifest_url("localhost:5000", "a", "b"),
+            "http://localhost:5000/v2/a/manifests/b"
+        );
+        assert_eq!(
+            manifest_url("registry.example.com", "a", "b"),
+            "https://registry.example.com/v2/a/manifests/b"
+        );
+        assert_eq!(
+            tags_url("http://10.0.0.5:5000/", "a"),
+            "http://10.0.0.5:5000/v2/a/tags/list"
+        );
+    }
+
+    #[test]
+    fn a_registry_path_is_a_repository_prefix_not_part_of_the_host() {
+        assert_eq!(
+            manifest_url("ghcr.io/acme", "app", "v1"),
+            "https://ghcr.io/v2/acme/app/manifests/v1"
+        );
+        assert_eq!(
+            RegistryAddress::parse("127.0.0.1:5000/team/sub"),
+            RegistryAddress {
+                base: "http://127.0.0.1:5000".into(),
+                prefix: "team/sub/".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_docker_manifest_yields_its_config_digest() {
+        let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
+            "config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"sha256:abc"},"layers":[]}"#;
+        let manifest = parse_manifest(body, Some("sha256:def".into())).unwrap();
+        assert_eq!(manifest.config_digest.as_deref(), Some("sha256:abc"));
+        assert_eq!(manifest.digest, "sha256:def");
+        assert!(manifest.matches_image_id("sha256:abc"));
+        assert!(!manifest.matches_image_id("sha256:other"));
+    }
+
+    #[test]
+    fn without_the_header_the_digest_is_the_body_hash() {
+        let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+        let manifest = parse_manifest(body, None).unwrap();
+        assert!(manifest.config_digest.is_none());
+        use sha2::Digest as _;
+        let expected = format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)));
+        assert_eq!(manifest.digest, expected);
+        assert!(manifest.matches_image_id(&expected));
+        assert!(parse_manifest(b"{}", None).is_err());
+        assert!(parse_manifest(b"nope", None).is_err());
+    }
+}
