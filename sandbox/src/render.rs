@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::settings::{CONTEXT, Layout, RUNTIME_SECRET, Settings};
+use crate::settings::{BASE_IMAGE, CONTEXT, Layout, RUNTIME_SECRET, Settings};
 
 /// A kubeconfig holding only the sandbox's cluster, context and user.
 pub fn kubeconfig(settings: &Settings) -> String {
@@ -35,6 +35,9 @@ pub fn psctl_config(settings: &Settings, layout: &Layout, gateway: &str) -> Stri
                 "prometheus_url": settings.prometheus_url(),
                 "database_url_env": "DATABASE_URL",
                 "helm": path(&layout.helm()),
+                // Nothing can be pulled here: `psctl build` runs the services on the base image
+                // `up` made and pushed to the sandbox registry.
+                "build": {"runtime_base": format!("{}/{BASE_IMAGE}", settings.registry())},
                 "secret": {
                     "name": RUNTIME_SECRET,
                     "required_keys": ["DATABASE_URL", "BINANCE_API_KEY", "BINANCE_API_SECRET", "ENCRYPTION_MASTER_KEY"],
@@ -148,6 +151,10 @@ mod tests {
         assert_eq!(env["kubeconfig"], "/state/kubeconfig");
         assert_eq!(env["registry"], "127.0.0.1:5000");
         assert_eq!(env["production"], false);
+        assert_eq!(
+            env["build"]["runtime_base"],
+            "127.0.0.1:5000/psctl-base:bookworm"
+        );
         assert_eq!(env["components"]["webhook"]["canary"]["steps"][3], 100);
         assert_eq!(env["components"]["poller"]["metrics"]["port"], 8002);
         assert_eq!(
