@@ -23,6 +23,7 @@ pub mod registry;
 pub mod rollout;
 pub mod secrets;
 pub mod settings;
+pub mod smoke;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -2,7 +2,8 @@
 //! watches, automatic rollback to the recorded revisions on failure.
 //!
 //! Plan → preflight → execute → report. The plan (Helm argv per component) is a value printed
-//! under `--dry-run`; the smoke suite will hook in at [`verify_component`].
+//! under `--dry-run`; after each rollout the smoke suite verifies the component
+//! ([`verify_component`]).
 
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ use crate::registry::{MANIFEST_ACCEPT, manifest_url, tags_url};
 use crate::rollout::diagnosis::Policy;
 use crate::rollout::track::{self, Outcome, Target};
 use crate::settings::{Component, Environment, GlobalSettings};
+use crate::smoke::{
+    self, Category as SmokeCategory, Selection, SmokeContext, SmokeSettings, Verdict,
+};
 
 /// `deploy` arguments, resolved.
 #[derive(Debug, Clone)]
@@ -522,88 +526,57 @@ fn note(result: &ComponentResult, outcome: &str) -> AuditNote {
     }
 }
 
-/// Post-rollout verification: the metrics endpoint serves every required metric. The smoke
-/// suite, when configured, runs here too.
+/// Moved to the smoke suite; kept here for existing callers.
+pub use crate::smoke::metrics::missing_metrics;
+
+/// How long post-rollout smoke checks keep retrying while the new pods settle.
+pub const POST_DEPLOY_SMOKE_WAIT: Duration = Duration::from_secs(30);
+
+/// Post-rollout verification: the smoke suite's `cluster` and `metrics` categories for the
+/// component (pods Ready and not restarting, the metrics endpoint valid with every required
+/// name, the poller's freshness). Failing checks are retried for [`POST_DEPLOY_SMOKE_WAIT`]; a
+/// failure that remains is a failed rollout (the caller rolls back). The functional check is
+/// not part of a deploy: run `psctl smoke` afterwards (see docs/smoke.md).
 pub async fn verify_component(
     client: &kube::Client,
     environment: &Environment,
     component: &Component,
     output: &Output,
 ) -> Result<(), String> {
-    let Some(metrics) = &component.metrics else {
-        output.check(
-            CheckState::Skip,
-            &format!("metrics {}", component.name),
-            "no metrics endpoint configured",
-        );
-        return Ok(());
+    let selection = Selection {
+        categories: vec![SmokeCategory::Cluster, SmokeCategory::Metrics],
+        components: vec![component.name.clone()],
+        pod_selector: None,
+        explicit: false,
     };
-    let path = format!(
-        "/api/v1/namespaces/{}/services/{}:{}/proxy{}",
-        environment.namespace, metrics.service, metrics.port, metrics.path
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = async {
-            let request = http::Request::get(&path)
-                .body(Vec::new())
-                .map_err(|e| e.to_string())?;
-            client
-                .request_text(request)
-                .await
-                .map_err(|e| e.to_string())
+    let settings = SmokeSettings {
+        wait: POST_DEPLOY_SMOKE_WAIT,
+        ..SmokeSettings::default()
+    };
+    let context = SmokeContext::new(environment.clone(), client.clone(), None, None, settings);
+    let report = smoke::run(&context, &selection)
+        .await
+        .map_err(|error| error.to_string())?;
+    for check in &report.checks {
+        let state = match check.result {
+            Verdict::Pass => CheckState::Ok,
+            Verdict::Fail => CheckState::Fail,
+            Verdict::Skipped => CheckState::Skip,
         };
-        let problem = match attempt.await {
-            Ok(text) => {
-                let missing = missing_metrics(&text, &metrics.required);
-                if missing.is_empty() {
-                    output.check(
-                        CheckState::Ok,
-                        &format!("metrics {}", component.name),
-                        &format!("{} required metrics present", metrics.required.len()),
-                    );
-                    return Ok(());
-                }
-                format!("missing metrics: {}", missing.join(", "))
-            }
-            Err(error) => format!(
-                "cannot read {}:{}{}: {error}",
-                metrics.service, metrics.port, metrics.path
-            ),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            output.check(
-                CheckState::Fail,
-                &format!("metrics {}", component.name),
-                &problem,
-            );
-            return Err(problem);
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        output.check(state, &format!("smoke {}", check.name), &check.evidence);
     }
-}
-
-/// Required metric names absent from a Prometheus text exposition. A counter that has never
-/// been incremented has a `# TYPE` line but no sample, so declared families count as present.
-pub fn missing_metrics(exposition: &str, required: &[String]) -> Vec<String> {
-    let mut present = std::collections::BTreeSet::new();
-    for line in exposition.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some(name) = rest.split_whitespace().next() {
-                present.insert(name.to_owned());
-                present.insert(format!("{name}_total"));
-            }
-        } else if !line.starts_with('#') && !line.is_empty() {
-            let name = line.split(['{', ' ']).next().unwrap_or_default();
-            present.insert(name.to_owned());
-        }
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(format!(
+            "post-deploy smoke failed: {}",
+            report
+                .failures()
+                .map(|c| format!("{}: {}", c.name, c.evidence))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
     }
-    required
-        .iter()
-        .filter(|name| !present.contains(name.as_str()))
-        .cloned()
-        .collect()
 }
 
 async fn preflight_cluster(
@@ -960,24 +933,6 @@ mod tests {
         assert_eq!(
             preflight_releases(&components, &[], &output).unwrap(),
             [None]
-        );
-    }
-
-    #[test]
-    fn required_metrics_accept_declared_counters_without_samples() {
-        let text = "# HELP webhook_deliveries Deliveries.\n# TYPE webhook_deliveries counter\n\
-                    # TYPE webhook_queue_depth gauge\nwebhook_queue_depth 3\nworker_health_status{x=\"1\"} 1\n";
-        let required: Vec<String> = [
-            "webhook_deliveries_total",
-            "webhook_queue_depth",
-            "worker_health_status",
-            "circuit_breaker_opens_total",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        assert_eq!(
-            missing_metrics(text, &required),
-            ["circuit_breaker_opens_total"]
         );
     }
 

@@ -9,22 +9,31 @@ pub mod deploy;
 pub mod history;
 pub mod kill_switch;
 pub mod rollback;
+pub mod smoke;
 pub mod secrets;
 pub mod status;
 pub mod support;
 
 use crate::cli::Command;
-use crate::error::CommandResult;
-use crate::output::Output;
+use crate::error::{CommandError, CommandResult};
+use crate::output::{Format, Output};
 use crate::settings::GlobalSettings;
 
 /// Runs one parsed subcommand.
 pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output) -> CommandResult {
+    // Refused before anything runs: a deploy must not happen only for its report to be unprintable.
+    if global.format == Format::Junit && !matches!(command, Command::Smoke(_)) {
+        return Err(CommandError::usage(anyhow::anyhow!(
+            "`-o junit` is only available for `psctl smoke`"
+        ))
+        .hint("use `-o table` or `-o json` for this command"));
+    }
     match command {
         Command::Deploy(args) => deploy::run(args, global, output).await,
         Command::History(args) => history::run(args, global, output).await,
         Command::Rollback(args) => rollback::run(args, global, output).await,
         Command::Status(args) => status::run(args, global, output).await,
+        Command::Smoke(args) => smoke::run(args, global, output).await,
         Command::KillSwitch(args) => kill_switch::run(args, global, output).await,
         Command::Db(args) => db::run(args, global, output).await,
         Command::Audit(args) => audit::run(args, global, output).await,

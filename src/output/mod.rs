@@ -21,6 +21,8 @@ use crate::error::CommandError;
 pub enum Format {
     Table,
     Json,
+    /// JUnit XML, for results that are test-like (`psctl smoke`).
+    Junit,
 }
 
 /// Data a command prints: serialisable for `-o json`, renderable as a table otherwise.
@@ -29,6 +31,11 @@ pub enum Format {
 pub trait Render: Serialize {
     /// The table form, ending with a newline.
     fn render_table(&self, style: &Style) -> String;
+
+    /// The JUnit XML form, for data that is a set of test results; `None` for everything else.
+    fn render_junit(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Presentation switches shared by every printer.
@@ -156,6 +163,12 @@ impl Output {
                 json
             }
             Format::Table => value.render_table(&self.style),
+            Format::Junit => value.render_junit().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "`-o junit` is only available for test-like results (`psctl smoke`)",
+                )
+            })?,
         };
         self.write_stdout(&text)
     }
