@@ -188,8 +188,7 @@ step_params!(
 );
 
 /// One step as written in the file: its type is the single key of the list item.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Build(BuildParams),
     SecretsCheck(SecretsCheckParams),
@@ -208,6 +207,27 @@ pub enum Action {
 }
 
 impl Action {
+    /// The step `kind` with default parameters (validation of required ones comes later).
+    pub fn with_defaults(kind: &str) -> Option<Action> {
+        Some(match kind {
+            "build" => Action::Build(Default::default()),
+            "secrets-check" => Action::SecretsCheck(Default::default()),
+            "db-backup" => Action::DbBackup(Default::default()),
+            "db-migrate" => Action::DbMigrate(Default::default()),
+            "db-verify" => Action::DbVerify(Default::default()),
+            "db-restore" => Action::DbRestore(Default::default()),
+            "deploy" => Action::Deploy(Default::default()),
+            "smoke" => Action::Smoke(Default::default()),
+            "canary" => Action::Canary(Default::default()),
+            "approval" => Action::Approval(Default::default()),
+            "kill-switch" => Action::KillSwitch(Default::default()),
+            "rollback" => Action::Rollback(Default::default()),
+            "evidence" => Action::Evidence(Default::default()),
+            "status" => Action::Status(Default::default()),
+            _ => return None,
+        })
+    }
+
     /// The step type as written in YAML.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -258,6 +278,79 @@ impl Action {
             self,
             Action::Deploy(_) | Action::Canary(_) | Action::Rollback(_)
         )
+    }
+}
+
+/// Every step type, as written in YAML.
+pub const STEP_TYPES: &[&str] = &[
+    "build",
+    "secrets-check",
+    "db-backup",
+    "db-migrate",
+    "db-verify",
+    "db-restore",
+    "deploy",
+    "smoke",
+    "canary",
+    "approval",
+    "kill-switch",
+    "rollback",
+    "evidence",
+    "status",
+];
+
+/// A step is a mapping with exactly one key, its type: `- deploy: {components: [poller]}`.
+/// Read straight from the YAML map (not through a buffered enum) so that errors inside the
+/// parameters keep their line numbers.
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StepVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for StepVisitor {
+            type Value = Action;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a step: a mapping with one key, the step type, e.g. `deploy: {}`")
+            }
+
+            /// `- status` alone: a step with every parameter at its default.
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Action, E> {
+                Action::with_defaults(value).ok_or_else(|| E::unknown_variant(value, STEP_TYPES))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Action, A::Error> {
+                use serde::de::Error as _;
+                let Some(kind) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom("an empty step: write its type, e.g. `status: {}`"));
+                };
+                let action = match kind.as_str() {
+                    "build" => Action::Build(map.next_value()?),
+                    "secrets-check" => Action::SecretsCheck(map.next_value()?),
+                    "db-backup" => Action::DbBackup(map.next_value()?),
+                    "db-migrate" => Action::DbMigrate(map.next_value()?),
+                    "db-verify" => Action::DbVerify(map.next_value()?),
+                    "db-restore" => Action::DbRestore(map.next_value()?),
+                    "deploy" => Action::Deploy(map.next_value()?),
+                    "smoke" => Action::Smoke(map.next_value()?),
+                    "canary" => Action::Canary(map.next_value()?),
+                    "approval" => Action::Approval(map.next_value()?),
+                    "kill-switch" => Action::KillSwitch(map.next_value()?),
+                    "rollback" => Action::Rollback(map.next_value()?),
+                    "evidence" => Action::Evidence(map.next_value()?),
+                    "status" => Action::Status(map.next_value()?),
+                    other => return Err(A::Error::unknown_variant(other, STEP_TYPES)),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(A::Error::custom(format!(
+                        "a step has exactly one type, but `{extra}` follows `{kind}`; \
+                         put `name` and `on_failure` inside the step's parameters"
+                    )));
+                }
+                Ok(action)
+            }
+        }
+
+        deserializer.deserialize_any(StepVisitor)
     }
 }
 
@@ -406,8 +499,11 @@ fn resolve_vars(
         #[serde(default)]
         vars: IndexMap<String, serde_yaml::Value>,
     }
-    // Read `vars:` leniently (the rest of the file is checked after substitution).
-    let declared = match serde_yaml::from_str::<serde_yaml::Value>(text) {
+    // Read `vars:` leniently (the rest of the file is checked after substitution). `${x}` is
+    // not valid YAML everywhere (inside a flow mapping `{` opens a mapping), so this pass
+    // sees each reference as a plain placeholder word and turns them back inside `vars:`.
+    let masked = mask_references(text);
+    let declared = match serde_yaml::from_str::<serde_yaml::Value>(&masked) {
         Ok(serde_yaml::Value::Mapping(map)) => {
             let vars_value = map.get("vars").cloned().unwrap_or(serde_yaml::Value::Null);
             if vars_value.is_null() {
@@ -463,7 +559,7 @@ fn resolve_vars(
             ));
         }
         let value = match value {
-            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::String(s) => unmask_references(s),
             serde_yaml::Value::Number(n) => n.to_string(),
             serde_yaml::Value::Bool(b) => b.to_string(),
             _ => {
@@ -499,6 +595,56 @@ fn resolve_vars(
         }
     }
     Ok(vars)
+}
+
+const MASK_START: &str = "psctl-var-";
+const MASK_END: &str = "-end";
+
+/// `${name}` → `psctl-var-name-end` (names hold no `-`, so the mapping is reversible).
+fn mask_references(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) if valid_name(&after[..end]) => {
+                out.push_str(MASK_START);
+                out.push_str(&after[..end]);
+                out.push_str(MASK_END);
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn unmask_references(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(MASK_START) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + MASK_START.len()..];
+        match after.find(MASK_END) {
+            Some(end) if valid_name(&after[..end]) => {
+                out.push_str("${");
+                out.push_str(&after[..end]);
+                out.push('}');
+                rest = &after[end + MASK_END.len()..];
+            }
+            _ => {
+                out.push_str(MASK_START);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Replaces every `${name}`; an unknown name is an error naming its line.

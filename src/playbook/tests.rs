@@ -185,6 +185,35 @@ fn step_parameters_are_validated() {
 }
 
 #[test]
+fn a_bare_step_type_means_default_parameters() {
+    let plan = parse_ok("name: x\nsteps:\n  - status\n  - smoke\n")
+        .plan(&environment())
+        .unwrap();
+    assert_eq!(plan.steps[0].command, ["status"]);
+    assert_eq!(plan.steps[1].command, ["smoke"]);
+    let error = parse_err("name: x\nsteps:\n  - status\n  - statsu\n");
+    assert!(error.starts_with("p.yaml:4:"), "{error}");
+    assert!(error.contains("unknown variant `statsu`"), "{error}");
+}
+
+#[test]
+fn an_empty_variable_leaves_an_optional_parameter_unset() {
+    let text = "name: x\nvars:\n  rev: \"\"\nsteps:\n  - rollback: {component: webhook, to_rev: ${rev}}\n";
+    let plan = parse_ok(text).plan(&environment()).unwrap();
+    assert_eq!(plan.steps[0].command, ["rollback", "webhook"]);
+    let mut ctx = context();
+    ctx.overrides.push(("rev".into(), "3".into()));
+    let plan = parse("p.yaml", text, &ctx).unwrap().plan(&environment()).unwrap();
+    assert_eq!(plan.steps[0].command, ["rollback", "webhook", "--to-rev", "3"]);
+}
+
+#[test]
+fn two_types_in_one_step_are_refused() {
+    let error = parse_err("name: x\nsteps:\n  - deploy: {}\n    smoke: {}\n");
+    assert!(error.contains("exactly one type"), "{error}");
+}
+
+#[test]
 fn an_empty_playbook_is_refused() {
     assert!(parse_err("name: x\nsteps: []\n").contains("at least one step"));
 }
