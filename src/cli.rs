@@ -139,6 +139,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Post-deploy validation: pods, metrics, monitoring, a paid smoke invoice, ledger integrity.
     Smoke(SmokeArgs),
+    /// Phased canary promotion (10/30/60/100) with statistical gates and automatic abort.
+    #[command(subcommand)]
+    Canary(CanaryCommand),
     /// Emergency stop: scale components to zero and restore them exactly.
     #[command(name = "kill-switch")]
     KillSwitch(KillSwitchArgs),
@@ -283,6 +286,129 @@ pub enum SmokeCategory {
     Functional,
     /// Ledger append-only guard and reconciliation counts.
     Integrity,
+}
+
+/// `psctl canary` subcommands. The run's state lives in the ConfigMap `psctl-canary-<component>`,
+/// so any operator can follow, pause, promote or abort it from any machine.
+#[derive(Debug, Subcommand)]
+pub enum CanaryCommand {
+    /// Deploy TAG as the canary track and promote it step by step while the gates pass.
+    Start(CanaryStartArgs),
+    /// Show a run: step, weights, every evaluation with its figures.
+    Status(CanaryTargetArgs),
+    /// End the current step now and continue (or, with --full, promote to 100 % at once).
+    Promote(CanaryPromoteArgs),
+    /// Scale the canary to zero (kept for investigation) and restore stable.
+    Abort(CanaryTargetArgs),
+    /// Continue a run from its recorded step (after a crash, or after a pause).
+    Resume(CanaryResumeArgs),
+}
+
+/// Which component's canary, plus how long a scale or rollout may take.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  psctl canary status --env sandbox\n  \
+psctl canary abort --env sandbox --component webhook --yes")]
+pub struct CanaryTargetArgs {
+    /// Component whose canary to act on (default: the only component with a canary track).
+    #[arg(long, short = 'c', value_name = "NAME")]
+    pub component: Option<String>,
+
+    /// Upper bound for each scale, rollout or promotion the command waits for.
+    #[arg(long, default_value = "5m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl canary start --env sandbox --component webhook --tag 1.4.3 --yes\n  \
+psctl canary start --tag 1.4.3 --steps 10,30,60,100 --bake 5m --interval 30s\n  \
+psctl canary start --tag 1.4.3 --values new-release.yaml --dry-run\n\n\
+Each step scales the canary and stable Deployments to the weight (10 % of 10 replicas is 1 canary\n\
++ 9 stable), smokes the canary pods, then compares canary and stable in Prometheus every\n\
+interval. A step passes after its bake with enough evidence; it extends while inconclusive and\n\
+then pauses for a human. Two failed evaluations in a row, or the absolute guardrail, abort:\n\
+the canary is scaled to zero and stable restored (exit 1). Reaching 100 % promotes: stable is\n\
+upgraded to TAG with Helm and the canary track removed. See docs/canary.md."
+)]
+pub struct CanaryStartArgs {
+    /// Component to canary (default: the only component with a `canary:` section).
+    #[arg(long, short = 'c', value_name = "NAME")]
+    pub component: Option<String>,
+
+    /// Image tag of the new release (must exist in the registry).
+    #[arg(long, value_name = "TAG")]
+    pub tag: String,
+
+    /// Canary weights in percent, increasing; 100 means promotion [default: from psctl.yaml,
+    /// else 10,30,60,100].
+    #[arg(long, value_delimiter = ',', value_name = "PERCENT,...")]
+    pub steps: Option<Vec<u8>>,
+
+    /// How long each step must pass before the next [default: from psctl.yaml, else 5m].
+    #[arg(long, value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub bake: Option<Duration>,
+
+    /// How often the gates are evaluated [default: from psctl.yaml, else 30s].
+    #[arg(long, value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub interval: Option<Duration>,
+
+    /// Canary requests needed in a step before the error-rate gate can pass [default: 50].
+    #[arg(long, value_name = "N")]
+    pub min_requests: Option<f64>,
+
+    /// Probability needed to call the canary worse, or not worse, than stable [default: 0.95].
+    #[arg(long, value_name = "P")]
+    pub confidence: Option<f64>,
+
+    /// What an inconclusive step does at its bake limit [default: pause].
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub on_inconclusive: Option<CanaryInconclusive>,
+
+    /// Extra chart values of the new release (YAML, no secrets): applied to the canary track,
+    /// and to stable at promotion.
+    #[arg(long, value_name = "FILE")]
+    pub values: Option<PathBuf>,
+
+    /// Upper bound for each scale, rollout or promotion the run waits for.
+    #[arg(long, default_value = "5m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+/// What an inconclusive step does once its bake has been extended to the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CanaryInconclusive {
+    /// Stop and wait for `psctl canary promote` or `psctl canary abort`.
+    Pause,
+    /// Abort the canary.
+    Abort,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl canary promote --env sandbox --yes\n  \
+psctl canary promote --env sandbox --full --yes\n\n\
+While another psctl drives the run, the request is stored in the run's state and acted on at its\n\
+next evaluation. A paused run is continued by this command itself."
+)]
+pub struct CanaryPromoteArgs {
+    #[command(flatten)]
+    pub target: CanaryTargetArgs,
+
+    /// Skip every remaining step: upgrade stable to the canary's tag now.
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl canary resume --env sandbox --yes\n\n\
+A run whose psctl died continues at the recorded step, with the step's clock and tally: if the\n\
+dead process still holds the deploy Lease, resume waits for it to expire (60 s) unless the\n\
+holder is a process of this host that no longer exists. A paused run restarts its step's bake."
+)]
+pub struct CanaryResumeArgs {
+    #[command(flatten)]
+    pub target: CanaryTargetArgs,
 }
 
 #[derive(Debug, Args)]

@@ -88,6 +88,69 @@ impl Default for GatePolicy {
     }
 }
 
+/// Checks a policy's values make sense; the message names the field and the allowed range.
+pub fn check_policy(policy: &GatePolicy) -> Result<(), String> {
+    let checks: [(&str, bool, &str); 9] = [
+        (
+            "confidence",
+            policy.confidence > 0.5 && policy.confidence < 1.0,
+            "between 0.5 and 1 (exclusive), e.g. 0.95",
+        ),
+        (
+            "margin_relative",
+            policy.margin_relative >= 0.0 && policy.margin_relative.is_finite(),
+            "0 or more, e.g. 0.5",
+        ),
+        (
+            "margin_absolute",
+            (0.0..1.0).contains(&policy.margin_absolute),
+            "between 0 and 1, e.g. 0.001",
+        ),
+        (
+            "min_requests",
+            policy.min_requests >= 0.0 && policy.min_requests.is_finite(),
+            "0 or more, e.g. 50",
+        ),
+        (
+            "latency_ceiling_ms",
+            policy.latency_ceiling_ms > 0.0,
+            "more than 0, e.g. 500",
+        ),
+        (
+            "latency_tolerance",
+            policy.latency_tolerance >= 1.0 && policy.latency_tolerance.is_finite(),
+            "1 or more, e.g. 1.2",
+        ),
+        (
+            "guardrail_error_rate",
+            policy.guardrail_error_rate > 0.0 && policy.guardrail_error_rate < 1.0,
+            "between 0 and 1 (exclusive), e.g. 0.01",
+        ),
+        (
+            "consecutive_failures_to_abort",
+            policy.consecutive_failures_to_abort >= 1,
+            "1 or more, e.g. 2",
+        ),
+        (
+            "max_bake_factor",
+            policy.max_bake_factor >= 1.0 && policy.max_bake_factor.is_finite(),
+            "1 or more, e.g. 3",
+        ),
+    ];
+    for (field, valid, range) in checks {
+        if !valid {
+            return Err(format!("`{field}` must be {range}"));
+        }
+    }
+    if policy.latency_slack_ms < 0.0 || policy.guardrail_window.is_zero() {
+        return Err(
+            "`latency_slack_ms` must be 0 or more and `guardrail_window` more than 0 seconds"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
 /// Serde helper: durations as whole seconds.
 mod duration_secs {
     use std::time::Duration;
@@ -161,7 +224,7 @@ pub struct Observation {
 }
 
 /// The outcome of one gate over one evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum GateOutcome {
     Pass { detail: String },
@@ -171,7 +234,18 @@ pub enum GateOutcome {
 }
 
 impl GateOutcome {
-    fn detail(&self) -> &str {
+    /// `pass`, `fail`, `inconclusive` or `no-data`, as serialized.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GateOutcome::Pass { .. } => "pass",
+            GateOutcome::Fail { .. } => "fail",
+            GateOutcome::Inconclusive { .. } => "inconclusive",
+            GateOutcome::NoData { .. } => "no-data",
+        }
+    }
+
+    /// The figures or the reason behind the outcome.
+    pub fn detail(&self) -> &str {
         match self {
             GateOutcome::Pass { detail }
             | GateOutcome::Fail { detail }
@@ -182,7 +256,7 @@ impl GateOutcome {
 }
 
 /// Every gate's outcome for one evaluation, and the verdict they add up to.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub verdict: Verdict,
     pub error_rate: GateOutcome,
@@ -194,7 +268,7 @@ pub struct Evaluation {
     pub prob_not_worse: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     /// Every gate passed with enough evidence.
@@ -397,7 +471,7 @@ fn guardrail_gate(policy: &GatePolicy, canary: &TrackFigures) -> GateOutcome {
 }
 
 /// What the runner should do after an evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "kebab-case")]
 pub enum StepDecision {
     /// Keep baking this step.
@@ -659,6 +733,23 @@ mod tests {
         let evaluation = evaluate(&policy, &obs);
         assert_eq!(evaluation.verdict, Verdict::Fail);
         assert!(evaluation.summary().contains("allowed 145 ms"));
+    }
+
+    #[test]
+    fn policies_out_of_range_are_refused_by_name() {
+        assert_eq!(check_policy(&GatePolicy::default()), Ok(()));
+        let error = check_policy(&GatePolicy {
+            confidence: 1.5,
+            ..GatePolicy::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("`confidence`"), "{error}");
+        let error = check_policy(&GatePolicy {
+            consecutive_failures_to_abort: 0,
+            ..GatePolicy::default()
+        })
+        .unwrap_err();
+        assert!(error.contains("`consecutive_failures_to_abort`"), "{error}");
     }
 
     #[test]

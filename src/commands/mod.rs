@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod build;
+pub mod canary;
 pub mod completions;
 pub mod db;
 pub mod deploy;
@@ -34,6 +35,7 @@ pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output
         Command::Rollback(args) => rollback::run(args, global, output).await,
         Command::Status(args) => status::run(args, global, output).await,
         Command::Smoke(args) => smoke::run(args, global, output).await,
+        Command::Canary(command) => canary::run(command, global, output).await,
         Command::KillSwitch(args) => kill_switch::run(args, global, output).await,
         Command::Db(args) => db::run(args, global, output).await,
         Command::Audit(args) => audit::run(args, global, output).await,

@@ -124,6 +124,9 @@ struct RawCanary {
     deployment: Option<String>,
     steps: Option<Vec<u8>>,
     bake: Option<String>,
+    interval: Option<String>,
+    policy: Option<crate::canary::gate::GatePolicy>,
+    metrics: Option<crate::canary::queries::MetricNames>,
 }
 
 // ---- validated types ----
@@ -232,12 +235,23 @@ pub struct MetricsSpec {
     pub required: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How `psctl canary` promotes a component (see docs/canary.md).
+#[derive(Debug, Clone, PartialEq)]
 pub struct CanarySpec {
+    /// The canary track's Deployment (the chart renders it as `<release>-canary`).
     pub deployment: String,
     pub steps: Vec<u8>,
     pub bake: Duration,
+    /// How often the gates are evaluated (default 30 s).
+    pub interval: Duration,
+    /// Gate thresholds; unspecified fields keep the defaults.
+    pub policy: crate::canary::gate::GatePolicy,
+    /// Which metrics measure requests, failures and latency (default: the webhook worker's).
+    pub metrics: crate::canary::queries::MetricNames,
 }
+
+/// Gate evaluations of a canary step happen this often unless configured.
+pub const DEFAULT_CANARY_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Environment {
     /// The component called `name`, or an error listing the configured ones.
@@ -337,6 +351,9 @@ pub fn default_components() -> Vec<Component> {
                 deployment: "problemsolver-webhook-canary".to_owned(),
                 steps: vec![10, 30, 60, 100],
                 bake: Duration::from_secs(300),
+                interval: DEFAULT_CANARY_INTERVAL,
+                policy: crate::canary::gate::GatePolicy::default(),
+                metrics: crate::canary::queries::MetricNames::default(),
             }),
         },
     ]
@@ -604,7 +621,7 @@ fn validate_component(
         )
         .transpose()?;
     let canary = canary
-        .map(|RawCanary { deployment, steps, bake }| {
+        .map(|RawCanary { deployment, steps, bake, interval, policy, metrics }| {
             let steps = steps.unwrap_or_else(|| vec![10, 30, 60, 100]);
             if steps.is_empty() || steps.iter().any(|s| *s == 0 || *s > 100) || !steps.windows(2).all(|w| w[0] < w[1]) {
                 return Err(invalid(
@@ -616,10 +633,27 @@ fn validate_component(
                 Some(text) => parse_duration(&text).map_err(|e| invalid(key("canary.bake"), &e))?,
                 None => Duration::from_secs(300),
             };
+            let interval = match interval {
+                Some(text) => parse_duration(&text).map_err(|e| invalid(key("canary.interval"), &e))?,
+                None => DEFAULT_CANARY_INTERVAL,
+            };
+            if interval.is_zero() || interval > bake {
+                return Err(invalid(
+                    key("canary.interval"),
+                    "must be more than zero and at most the bake, e.g. `30s`",
+                ));
+            }
+            let policy = policy.unwrap_or_default();
+            if let Err(message) = crate::canary::gate::check_policy(&policy) {
+                return Err(invalid(key("canary.policy"), &message));
+            }
             Ok(CanarySpec {
                 deployment: required_text(deployment, &key("canary.deployment"), invalid)?,
                 steps,
                 bake,
+                interval,
+                policy,
+                metrics: metrics.unwrap_or_default(),
             })
         })
         .transpose()?;

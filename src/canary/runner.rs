@@ -1,0 +1,645 @@
+//! The canary run loop: for each step, set the weights, smoke the canary, then evaluate the
+//! gates every interval until the step advances, pauses or aborts; after the last step,
+//! promote. It is the controller for the length of the run, and it writes its state after every
+//! change so another psctl can resume it.
+//!
+//! All I/O (cluster, Prometheus, Helm, clock) sits behind [`Backend`], so the whole loop runs in
+//! tests on scripted figures and a fake clock. Weight 100 % is not baked: with no stable track
+//! left there is nothing to compare against, so reaching it means promotion.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::canary::gate::{Observation, StepDecision, decide, evaluate};
+use crate::canary::state::{CanaryRun, OperatorRequest, RunStatus, Split, WindowRecord};
+
+/// What one Prometheus read produced: the figures, and why some are missing when they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub observation: Observation,
+    pub note: Option<String>,
+}
+
+/// The edges of the run. Errors are one-line explanations: the loop records and prints them.
+pub trait Backend {
+    /// Unix seconds.
+    fn now(&self) -> i64;
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
+    /// Scales the tracks to `split` (creating the canary track if needed) and waits until both
+    /// are rolled out. An error means the canary cannot run: the loop aborts.
+    fn set_weights(
+        &self,
+        run: &CanaryRun,
+        split: Split,
+    ) -> impl Future<Output = Result<String, String>>;
+    /// The functional check of the canary pods at each step.
+    fn smoke(&self, run: &CanaryRun) -> impl Future<Output = Result<String, String>>;
+    /// Canary and stable figures since the step started (`elapsed` ago), and the canary's over
+    /// the guardrail window.
+    fn observe(&self, run: &CanaryRun, elapsed: Duration) -> impl Future<Output = Observed>;
+    /// Persists the state. Returns an operator request another psctl stored since the last
+    /// save (the stored copy's request is consumed).
+    fn save(
+        &self,
+        run: &CanaryRun,
+    ) -> impl Future<Output = Result<Option<OperatorRequest>, String>>;
+    /// Stable to the new tag (Helm), then the canary track removed.
+    fn promote(&self, run: &CanaryRun) -> impl Future<Output = Result<String, String>>;
+    /// Canary to zero replicas (kept for investigation), stable restored to its full count and
+    /// Helm revision.
+    fn abort(&self, run: &CanaryRun) -> impl Future<Output = Result<String, String>>;
+    /// A progress line for the operator.
+    fn report(&self, line: &str);
+}
+
+/// How a run ended (for this process).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "ending", rename_all = "kebab-case")]
+pub enum Ending {
+    Promoted,
+    Aborted {
+        reason: String,
+    },
+    Paused {
+        reason: String,
+    },
+    /// The abort (or the undo of a failed promotion) itself failed: a human must act now.
+    RollbackFailed {
+        reason: String,
+    },
+}
+
+/// Drives `run` from its recorded position until it ends or pauses.
+pub async fn drive<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
+    let mut pending = run.request.take();
+    loop {
+        match run.status {
+            RunStatus::Promoted => return Ending::Promoted,
+            RunStatus::Aborted => {
+                return Ending::Aborted {
+                    reason: run.reason.clone().unwrap_or_default(),
+                };
+            }
+            RunStatus::Paused => {
+                return Ending::Paused {
+                    reason: run.reason.clone().unwrap_or_default(),
+                };
+            }
+            RunStatus::Running => {}
+        }
+        if let Some(request) = pending.take() {
+            match request {
+                OperatorRequest::Abort { by, .. } => {
+                    return abort(backend, run, format!("aborted by {by}")).await;
+                }
+                OperatorRequest::Promote { full: true, by, .. } => {
+                    note(
+                        backend,
+                        run,
+                        format!("{by} asked to promote now, skipping the remaining steps"),
+                    );
+                    return promote(backend, run).await;
+                }
+                OperatorRequest::Promote {
+                    full: false, by, ..
+                } => {
+                    note(backend, run, format!("{by} ended {} early", run.position()));
+                    if run.is_last_step() {
+                        return promote(backend, run).await;
+                    }
+                    run.advance();
+                }
+            }
+        }
+        if run.weight() >= 100 {
+            return promote(backend, run).await;
+        }
+        let Some(started) = run.step_started_at else {
+            let split = run.split();
+            backend.report(&format!(
+                "{}: canary {} replica(s), stable {} (real weight {:.0}%)",
+                run.position(),
+                split.canary,
+                split.stable,
+                split.real_weight()
+            ));
+            match backend.set_weights(run, split).await {
+                Ok(detail) => note(backend, run, detail),
+                Err(problem) => {
+                    let reason =
+                        format!("the canary could not run at {}: {problem}", run.position());
+                    return abort(backend, run, reason).await;
+                }
+            }
+            match backend.smoke(run).await {
+                Ok(detail) => note(
+                    backend,
+                    run,
+                    format!("smoke at {}: {detail}", run.position()),
+                ),
+                Err(problem) => {
+                    let reason = format!("smoke failed at {}: {problem}", run.position());
+                    return abort(backend, run, reason).await;
+                }
+            }
+            run.step_started_at = Some(backend.now());
+            run.tally = Default::default();
+            pending = save(backend, run).await;
+            continue;
+        };
+
+        backend
+            .sleep(Duration::from_secs(run.interval_secs.max(1)))
+            .await;
+        // A request that arrived while sleeping goes first: an abort must not wait for figures.
+        if let Some(request) = save(backend, run).await {
+            pending = Some(request);
+            continue;
+        }
+        let now = backend.now();
+        let elapsed = Duration::from_secs(u64::try_from(now - started).unwrap_or(0));
+        let observed = backend.observe(run, elapsed).await;
+        let evaluation = evaluate(&run.policy, &observed.observation);
+        let bake = Duration::from_secs(run.bake_secs);
+        let decision = decide(&run.policy, &mut run.tally, &evaluation, elapsed, bake);
+        let record = WindowRecord {
+            step: run.step,
+            weight: run.weight(),
+            at: now,
+            elapsed_secs: elapsed.as_secs(),
+            observation: observed.observation,
+            evaluation,
+            decision: decision.clone(),
+            note: observed.note,
+        };
+        backend.report(&describe_window(run, &record));
+        run.record(record);
+        match decision {
+            StepDecision::Continue => {}
+            StepDecision::Advance => {
+                note(backend, run, format!("{} passed", run.position()));
+                if run.is_last_step() {
+                    return promote(backend, run).await;
+                }
+                run.advance();
+            }
+            StepDecision::Abort { reason } => return abort(backend, run, reason).await,
+            StepDecision::Pause { reason } => {
+                run.status = RunStatus::Paused;
+                run.reason = Some(reason.clone());
+                run.holder = None;
+                note(
+                    backend,
+                    run,
+                    format!("paused at {}: {reason}", run.position()),
+                );
+                pending = save(backend, run).await;
+                if pending.is_none() {
+                    return Ending::Paused { reason };
+                }
+                // Someone asked for an action while we were deciding: honour it.
+                run.status = RunStatus::Running;
+                continue;
+            }
+        }
+        pending = save(backend, run).await;
+    }
+}
+
+fn note<B: Backend>(backend: &B, run: &mut CanaryRun, message: String) {
+    backend.report(&message);
+    run.event(backend.now(), message);
+}
+
+async fn save<B: Backend>(backend: &B, run: &mut CanaryRun) -> Option<OperatorRequest> {
+    run.updated_at = backend.now();
+    match backend.save(run).await {
+        Ok(request) => request,
+        Err(problem) => {
+            backend.report(&format!(
+                "warning: the canary state was not saved ({problem}); a resume would start from the last saved step"
+            ));
+            None
+        }
+    }
+}
+
+async fn abort<B: Backend>(backend: &B, run: &mut CanaryRun, reason: String) -> Ending {
+    backend.report(&format!("aborting at {}: {reason}", run.position()));
+    match backend.abort(run).await {
+        Ok(detail) => {
+            note(backend, run, detail);
+            run.status = RunStatus::Aborted;
+            run.reason = Some(reason.clone());
+            run.holder = None;
+            save(backend, run).await;
+            Ending::Aborted { reason }
+        }
+        Err(problem) => {
+            let reason = format!("{reason}; THE ABORT FAILED: {problem}");
+            note(backend, run, reason.clone());
+            // Not final: `canary abort` retries it.
+            run.status = RunStatus::Paused;
+            run.reason = Some(reason.clone());
+            run.holder = None;
+            save(backend, run).await;
+            Ending::RollbackFailed { reason }
+        }
+    }
+}
+
+async fn promote<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
+    backend.report(&format!("promoting {} to stable", run.tag));
+    match backend.promote(run).await {
+        Ok(detail) => {
+            note(backend, run, detail);
+            run.status = RunStatus::Promoted;
+            run.reason = None;
+            run.holder = None;
+            save(backend, run).await;
+            Ending::Promoted
+        }
+        Err(problem) => abort(backend, run, format!("the promotion failed: {problem}")).await,
+    }
+}
+
+/// The lines printed for one evaluation: the verdict, every gate with its figures, the decision.
+pub fn describe_window(run: &CanaryRun, record: &WindowRecord) -> String {
+    let evaluation = &record.evaluation;
+    let verdict = serde_json::to_value(evaluation.verdict)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let decision = match &record.decision {
+        StepDecision::Continue => "keep baking".to_owned(),
+        StepDecision::Advance => "advance".to_owned(),
+        StepDecision::Abort { reason } => format!("ABORT ({reason})"),
+        StepDecision::Pause { reason } => format!("pause ({reason})"),
+    };
+    let mut text = format!(
+        "step {}/{} ({}%) at {}s of {}s bake: {verdict} -> {decision}",
+        record.step + 1,
+        run.steps.len(),
+        record.weight,
+        record.elapsed_secs,
+        run.bake_secs
+    );
+    for (name, outcome) in [
+        ("error-rate", &evaluation.error_rate),
+        ("latency", &evaluation.latency),
+        ("guardrail", &evaluation.guardrail),
+    ] {
+        text.push_str(&format!(
+            "\n  {name:<10} {:<12} {}",
+            outcome.name(),
+            outcome.detail()
+        ));
+    }
+    if let Some(note) = &record.note {
+        text.push_str(&format!("\n  note: {note}"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::canary::gate::{GatePolicy, TrackFigures};
+    use crate::canary::state::tests::sample_run;
+
+    /// A scripted backend: a fake clock advanced by `sleep`, figures from a queue (the last one
+    /// repeats), every call logged.
+    #[derive(Default)]
+    struct Script {
+        clock: Cell<i64>,
+        observations: RefCell<VecDeque<Observed>>,
+        calls: RefCell<Vec<String>>,
+        saved: RefCell<Vec<CanaryRun>>,
+        /// Requests handed out by `save`, by save number.
+        requests: RefCell<Vec<(usize, OperatorRequest)>>,
+        fail_weights_at_step: Option<usize>,
+        fail_promotion: bool,
+        /// `sleep` panics after this many calls (a killed process).
+        die_after_sleeps: Option<usize>,
+        sleeps: Cell<usize>,
+    }
+
+    impl Script {
+        fn with(observations: Vec<Observation>) -> Self {
+            Self {
+                clock: Cell::new(1_000),
+                observations: RefCell::new(
+                    observations
+                        .into_iter()
+                        .map(|observation| Observed {
+                            observation,
+                            note: None,
+                        })
+                        .collect(),
+                ),
+                ..Self::default()
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    impl Backend for Script {
+        fn now(&self) -> i64 {
+            self.clock.get()
+        }
+
+        async fn sleep(&self, duration: Duration) {
+            let sleeps = self.sleeps.get() + 1;
+            self.sleeps.set(sleeps);
+            if self.die_after_sleeps.is_some_and(|limit| sleeps > limit) {
+                panic!("killed");
+            }
+            self.clock.set(self.clock.get() + duration.as_secs() as i64);
+        }
+
+        async fn set_weights(&self, run: &CanaryRun, split: Split) -> Result<String, String> {
+            self.calls
+                .borrow_mut()
+                .push(format!("weights {} {}", split.canary, split.stable));
+            if self.fail_weights_at_step == Some(run.step) {
+                return Err("CrashLoopBackOff in pod canary-1".into());
+            }
+            Ok("weights set".into())
+        }
+
+        async fn smoke(&self, _run: &CanaryRun) -> Result<String, String> {
+            self.calls.borrow_mut().push("smoke".into());
+            Ok("canary pods ready".into())
+        }
+
+        async fn observe(&self, _run: &CanaryRun, _elapsed: Duration) -> Observed {
+            let mut queue = self.observations.borrow_mut();
+            if queue.len() > 1 {
+                queue.pop_front().unwrap_or_default()
+            } else {
+                queue.front().cloned().unwrap_or_default()
+            }
+        }
+
+        async fn save(&self, run: &CanaryRun) -> Result<Option<OperatorRequest>, String> {
+            let number = self.saved.borrow().len();
+            self.saved.borrow_mut().push(run.clone());
+            let mut requests = self.requests.borrow_mut();
+            Ok(requests
+                .iter()
+                .position(|(at, _)| *at <= number)
+                .map(|index| requests.remove(index).1))
+        }
+
+        async fn promote(&self, _run: &CanaryRun) -> Result<String, String> {
+            self.calls.borrow_mut().push("promote".into());
+            if self.fail_promotion {
+                Err("rollout of problemsolver-webhook failed".into())
+            } else {
+                Ok("promoted".into())
+            }
+        }
+
+        async fn abort(&self, _run: &CanaryRun) -> Result<String, String> {
+            self.calls.borrow_mut().push("abort".into());
+            Ok("canary scaled to 0, stable restored".into())
+        }
+
+        fn report(&self, _line: &str) {}
+    }
+
+    /// A 10 % step's figures: the canary serves `n`, stable `9n`.
+    fn figures(n: f64, canary_rate: f64, stable_rate: f64) -> Observation {
+        let canary = TrackFigures::new(n, n * canary_rate, 80.0);
+        Observation {
+            canary,
+            stable: TrackFigures::new(9.0 * n, 9.0 * n * stable_rate, 78.0),
+            canary_guardrail: canary,
+        }
+    }
+
+    fn short_run() -> CanaryRun {
+        let mut run = sample_run();
+        run.bake_secs = 60;
+        run.interval_secs = 20;
+        run
+    }
+
+    #[tokio::test]
+    async fn a_healthy_canary_walks_every_step_and_is_promoted() {
+        let script = Script::with(vec![figures(3000.0, 0.004, 0.004)]);
+        let mut run = short_run();
+        assert_eq!(drive(&script, &mut run).await, Ending::Promoted);
+        assert_eq!(
+            script.calls(),
+            [
+                "weights 1 9",
+                "smoke",
+                "weights 3 7",
+                "smoke",
+                "weights 6 4",
+                "smoke",
+                "promote"
+            ]
+        );
+        assert_eq!(run.status, RunStatus::Promoted);
+        // Three evaluations per 60 s step at 20 s intervals, three baked steps.
+        assert_eq!(run.windows.len(), 9);
+        assert!(
+            run.windows
+                .iter()
+                .all(|w| w.evaluation.verdict == crate::canary::gate::Verdict::Pass)
+        );
+        let last_saved = script.saved.borrow().last().cloned().unwrap();
+        assert_eq!(last_saved.status, RunStatus::Promoted);
+    }
+
+    #[tokio::test]
+    async fn a_failing_canary_is_aborted_with_its_figures_recorded() {
+        let script = Script::with(vec![figures(3000.0, 0.03, 0.004)]);
+        let mut run = short_run();
+        let ending = drive(&script, &mut run).await;
+        let Ending::Aborted { reason } = ending else {
+            panic!("expected an abort, got {ending:?}");
+        };
+        assert!(reason.contains("guardrail"), "{reason}");
+        assert_eq!(script.calls(), ["weights 1 9", "smoke", "abort"]);
+        assert_eq!(run.status, RunStatus::Aborted);
+        let window = run.windows.last().unwrap();
+        assert!(
+            window
+                .evaluation
+                .error_rate
+                .detail()
+                .contains("canary 3.00% of 3000")
+        );
+        assert!(describe_window(&run, window).contains("ABORT"));
+    }
+
+    #[tokio::test]
+    async fn one_bad_window_does_not_abort_but_two_in_a_row_do() {
+        let good = figures(3000.0, 0.004, 0.004);
+        let mut slow = good;
+        slow.canary.p95_ms = Some(900.0);
+        let script = Script::with(vec![good, slow, good, good, good, good, good, good, good]);
+        let mut run = short_run();
+        assert_eq!(drive(&script, &mut run).await, Ending::Promoted);
+
+        let script = Script::with(vec![good, slow, slow, good]);
+        let mut run = short_run();
+        assert!(matches!(
+            drive(&script, &mut run).await,
+            Ending::Aborted { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn missing_data_holds_then_pauses_without_touching_the_tracks() {
+        let script = Script::with(vec![Observation::default()]);
+        let mut run = short_run();
+        let ending = drive(&script, &mut run).await;
+        let Ending::Paused { reason } = ending else {
+            panic!("expected a pause, got {ending:?}");
+        };
+        assert!(reason.contains("no usable data"), "{reason}");
+        assert_eq!(
+            script.calls(),
+            ["weights 1 9", "smoke"],
+            "neither abort nor promote"
+        );
+        assert_eq!(run.status, RunStatus::Paused);
+        // The bake extends to 3 × 60 s while holding.
+        assert_eq!(run.windows.len(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_canary_that_cannot_start_is_aborted() {
+        let script = Script {
+            fail_weights_at_step: Some(1),
+            ..Script::with(vec![figures(3000.0, 0.004, 0.004)])
+        };
+        let mut run = short_run();
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert!(
+            reason.contains("CrashLoopBackOff") && reason.contains("step 2/4"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_promotion_is_undone_by_an_abort() {
+        let script = Script {
+            fail_promotion: true,
+            ..Script::with(vec![figures(3000.0, 0.004, 0.004)])
+        };
+        let mut run = short_run();
+        run.steps = vec![50, 100];
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert!(reason.starts_with("the promotion failed"), "{reason}");
+        assert_eq!(script.calls(), ["weights 5 5", "smoke", "promote", "abort"]);
+    }
+
+    #[tokio::test]
+    async fn operator_requests_are_honoured_at_the_next_evaluation() {
+        let script = Script::with(vec![figures(3000.0, 0.004, 0.004)]);
+        script.requests.borrow_mut().push((
+            2,
+            OperatorRequest::Abort {
+                by: "oncall@desk".into(),
+                at: 0,
+            },
+        ));
+        let mut run = short_run();
+        assert_eq!(
+            drive(&script, &mut run).await,
+            Ending::Aborted {
+                reason: "aborted by oncall@desk".into()
+            }
+        );
+
+        let script = Script::with(vec![figures(3000.0, 0.004, 0.004)]);
+        script.requests.borrow_mut().push((
+            1,
+            OperatorRequest::Promote {
+                full: true,
+                by: "oncall@desk".into(),
+                at: 0,
+            },
+        ));
+        let mut run = short_run();
+        assert_eq!(drive(&script, &mut run).await, Ending::Promoted);
+        assert_eq!(script.calls(), ["weights 1 9", "smoke", "promote"]);
+    }
+
+    #[tokio::test]
+    async fn a_killed_run_resumes_from_its_recorded_step() {
+        let script = Script {
+            die_after_sleeps: Some(4),
+            ..Script::with(vec![figures(3000.0, 0.004, 0.004)])
+        };
+        let mut run = short_run();
+        let killed = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(drive(
+            &script, &mut run,
+        )))
+        .await;
+        assert!(killed.is_err(), "the run was killed mid-step");
+        let saved = script.saved.borrow().last().cloned().unwrap();
+        assert_eq!(saved.step, 1, "killed during step 2");
+        assert_eq!(saved.status, RunStatus::Running);
+        let step_started = saved.step_started_at;
+        assert!(step_started.is_some());
+
+        // A new process picks the saved state up: same step, same clock, no re-scaling.
+        let resumed = Script::with(vec![figures(3000.0, 0.004, 0.004)]);
+        resumed.clock.set(script.clock.get() + 5);
+        let mut run = saved;
+        assert_eq!(drive(&resumed, &mut run).await, Ending::Promoted);
+        assert_eq!(resumed.calls(), ["weights 6 4", "smoke", "promote"]);
+        assert_eq!(run.windows.iter().filter(|w| w.step == 1).count(), 3);
+    }
+
+    #[test]
+    fn the_window_description_names_every_gate_with_its_figures() {
+        let mut run = short_run();
+        run.policy = GatePolicy::default();
+        let observation = figures(3000.0, 0.004, 0.004);
+        let evaluation = evaluate(&run.policy, &observation);
+        let record = WindowRecord {
+            step: 0,
+            weight: 10,
+            at: 0,
+            elapsed_secs: 40,
+            observation,
+            evaluation,
+            decision: StepDecision::Continue,
+            note: Some("p95 from 3 pods".into()),
+        };
+        let text = describe_window(&run, &record);
+        assert!(
+            text.starts_with("step 1/4 (10%) at 40s of 60s bake: pass -> keep baking"),
+            "{text}"
+        );
+        assert!(
+            text.contains("error-rate pass         canary 0.40% of 3000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("latency    pass         canary p95 80 ms"),
+            "{text}"
+        );
+        assert!(text.contains("guardrail  pass"), "{text}");
+        assert!(text.ends_with("note: p95 from 3 pods"), "{text}");
+    }
+}
