@@ -455,6 +455,7 @@ pub struct BuildArgs {
     #[arg(
         long,
         env = "PSCTL_CI_BUILD",
+        hide_env_values = true,
         value_name = "ID",
         conflicts_with = "tag"
     )]

@@ -188,6 +188,9 @@ pub struct ImagePlan {
     pub build: Step,
     pub scan: Option<Step>,
     pub push: Step,
+    /// Drops the local tag again when the registry refuses it, so no local tag names content
+    /// the registry's tag does not hold.
+    pub untag: Step,
 }
 
 /// The plan of `psctl build`: what `--dry-run` prints.
@@ -239,6 +242,12 @@ pub fn plan(input: &PlanInput) -> BuildPlan {
                 build: build_step(input, &image.binary, &reference, &context, &image_id_file),
                 scan: input.scanner.map(|s| s.step(&reference)),
                 push: push_step(input.tool, &input.registry, &reference),
+                untag: match input.tool {
+                    BuildTool::Podman => Step::new("podman", ["untag", reference.as_str()]),
+                    BuildTool::Docker | BuildTool::Buildx => {
+                        Step::new("docker", ["rmi", "--no-prune", reference.as_str()])
+                    }
+                },
                 reference,
                 context,
                 image_id_file,
@@ -436,6 +445,10 @@ mod tests {
             "docker push 127.0.0.1:5000/problemsolver-poller:0123456789ab"
         );
         assert!(poller.scan.is_none());
+        assert_eq!(
+            poller.untag.display(),
+            "docker rmi --no-prune 127.0.0.1:5000/problemsolver-poller:0123456789ab"
+        );
     }
 
     #[test]

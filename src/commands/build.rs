@@ -329,6 +329,13 @@ pub async fn run(args: BuildArgs, global: &GlobalSettings, output: &Output) -> C
                 );
                 result.push = "refused".to_owned();
                 refused.push(image.reference.clone());
+                if let Err(failure) = run_step(&image.untag).await {
+                    output.warn(format!(
+                        "the local tag {} still names the refused image: {}",
+                        image.reference,
+                        failure.summary()
+                    ));
+                }
             }
         }
         decisions.push(decision);

@@ -229,6 +229,7 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
     let client = preflight_cluster(&environment, output).await?;
     let selected = environment.select(&settings.components)?;
     preflight_secret(&client, &environment, output).await?;
+    let plan = with_secret_fingerprint(plan, &client, &environment, output).await?;
     if let Some(tag) = &settings.tag {
         preflight_images(&environment, &selected, tag, output).await?;
     } else {
@@ -691,6 +692,46 @@ async fn preflight_secret(
     }
 }
 
+/// Puts the runtime Secret's keyed fingerprint on every pod template, so that a Secret changed
+/// by `psctl secrets apply` rolls the pods on the next deploy (Helm sees a new pod template).
+async fn with_secret_fingerprint(
+    mut plan: DeployPlan,
+    client: &kube::Client,
+    environment: &Environment,
+    output: &Output,
+) -> Result<DeployPlan, CommandError> {
+    match super::secrets::current_fingerprint(client, environment).await? {
+        Some(fingerprint) => {
+            output.check(
+                CheckState::Ok,
+                "secret fingerprint",
+                &format!("{fingerprint} on the pod template (pods roll when it changes)"),
+            );
+            for step in &mut plan.steps {
+                step.command.args.extend(fingerprint_args(&fingerprint));
+                step.helm = step.command.display();
+            }
+        }
+        None => output.check(
+            CheckState::Skip,
+            "secret fingerprint",
+            "no psctl fingerprint key in the namespace yet (`psctl secrets apply` makes it): a changed Secret does not roll the pods",
+        ),
+    }
+    Ok(plan)
+}
+
+/// The Helm arguments setting the pod-template annotation `psctl.io/secret-fingerprint`.
+pub fn fingerprint_args(fingerprint: &str) -> [String; 2] {
+    [
+        "--set-string".to_owned(),
+        format!(
+            "podAnnotations.{}={fingerprint}",
+            crate::secrets::POD_FINGERPRINT_ANNOTATION.replace('.', "\\.")
+        ),
+    ]
+}
+
 /// Required key names missing from `present`. Pure.
 pub fn missing_keys(present: &[String], required: &[String]) -> Vec<String> {
     required
@@ -933,6 +974,17 @@ mod tests {
         assert_eq!(
             preflight_releases(&components, &[], &output).unwrap(),
             [None]
+        );
+    }
+
+    #[test]
+    fn the_secret_fingerprint_is_a_pod_annotation_with_escaped_dots() {
+        assert_eq!(
+            fingerprint_args("00112233aabbccdd"),
+            [
+                "--set-string".to_owned(),
+                r"podAnnotations.psctl\.io/secret-fingerprint=00112233aabbccdd".to_owned()
+            ]
         );
     }
 
