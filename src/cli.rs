@@ -231,7 +231,8 @@ freshness), monitoring (ServiceMonitors, Prometheus targets UP, a sample PromQL 
 deposit counter rising; refused on production without --force), integrity (ledger UPDATE refused, \
 reconciliation counts zero). Every check is documented in docs/smoke.md.\n\n\
 Exit codes: 0 every check passed or was skipped, 1 a check failed, 2 usage or configuration \
-error, 3 nothing could be judged (everything that failed was unreachable).\n\n\
+error, 3 every failure was an unreachable dependency (Prometheus, cluster, database): nothing \
+that could be judged said no.\n\n\
 Examples:\n  psctl smoke --env sandbox\n  psctl smoke --env sandbox --only cluster metrics monitoring\n  \
 psctl smoke --env staging -o junit > smoke.xml\n  \
 psctl smoke --env sandbox --component webhook --selector track=canary --wait 30s"

@@ -50,7 +50,8 @@ pub fn psctl_config(settings: &Settings, layout: &Layout, gateway: &str) -> Stri
                         "deployment": "problemsolver-poller",
                         "selector": "app=problemsolver-poller",
                         // The poller talks to the sandbox's Binance stub, reachable from containers.
-                        "values": {"env": {"BINANCE_API_BASE": binance_base}},
+                        // ServiceMonitors on, so `psctl smoke`'s monitoring checks have them to find.
+                        "values": {"env": {"BINANCE_API_BASE": binance_base}, "serviceMonitor": {"enabled": true}},
                         "metrics": {
                             "service": "problemsolver-poller-metrics", "port": 8002, "path": "/metrics",
                             "required": ["problemsolver_poller_last_success_unixtime", "problemsolver_deposits_processed_total",
@@ -63,7 +64,7 @@ pub fn psctl_config(settings: &Settings, layout: &Layout, gateway: &str) -> Stri
                         "image": "problemsolver-webhook-worker",
                         "deployment": "problemsolver-webhook",
                         "selector": "app=problemsolver-webhook",
-                        "values": {},
+                        "values": {"serviceMonitor": {"enabled": true}},
                         "metrics": {
                             "service": "problemsolver-webhook-metrics", "port": 8001, "path": "/metrics",
                             "required": ["webhook_deliveries_total", "webhook_queue_depth", "worker_health_status",
@@ -157,6 +158,12 @@ mod tests {
         );
         assert_eq!(env["components"]["webhook"]["canary"]["steps"][3], 100);
         assert_eq!(env["components"]["poller"]["metrics"]["port"], 8002);
+        for component in ["poller", "webhook"] {
+            assert_eq!(
+                env["components"][component]["values"]["serviceMonitor"]["enabled"],
+                true
+            );
+        }
         assert_eq!(
             env["components"]["poller"]["values"]["env"]["BINANCE_API_BASE"],
             "http://172.30.0.1:18081"

@@ -1,7 +1,7 @@
 //! `psctl smoke`: post-deploy validation. Resolves the arguments into a [`Selection`] and
 //! [`SmokeSettings`], opens the environment's edges (cluster, Prometheus, database), runs the
-//! suite of `crate::smoke` and prints the report (table, JSON or JUnit). Exit 1 on any failure,
-//! 3 when nothing could be judged.
+//! suite of `crate::smoke` and prints the report (table, JSON or JUnit). Exit 1 when a check
+//! failed, 3 when every failure was an unreachable dependency.
 
 use anyhow::Context as _;
 

@@ -34,8 +34,8 @@
 //! `pod_selector` narrows the cluster and metrics checks to the matching pods (each pod's own
 //! endpoint is read through the pod proxy instead of the service) and the Prometheus targets to
 //! series carrying those labels. [`SmokeReport::exit_status`] maps the verdict to the
-//! documented exit codes: 0 all passed, 1 something failed, 3 nothing could be judged because
-//! everything that failed was unreachable.
+//! documented exit codes: 0 all passed, 1 a check judged and failed, 3 every failure was a
+//! dependency out of reach (nothing that could be judged said no).
 
 pub mod cluster;
 pub mod database;
@@ -275,12 +275,13 @@ impl SmokeReport {
         self.checks.iter().filter(|c| c.result == Verdict::Fail)
     }
 
-    /// 0 when nothing failed; 3 when checks failed, none passed and every failure was a
-    /// dependency out of reach (nothing could be judged); 1 otherwise.
+    /// 0 when nothing failed; 3 when every failure was a dependency out of reach (Prometheus,
+    /// the API server, the database): those checks could not be judged and nothing else said
+    /// no; 1 when any check judged and failed.
     pub fn exit_status(&self) -> ExitStatus {
         if self.passed() {
             ExitStatus::Success
-        } else if self.summary.passed == 0 && self.failures().all(|c| c.unreachable) {
+        } else if self.failures().all(|c| c.unreachable) {
             ExitStatus::Unreachable
         } else {
             ExitStatus::VerificationFailed
@@ -1029,7 +1030,8 @@ mod tests {
                 result("b", Verdict::Fail, true)
             ])
             .exit_status(),
-            ExitStatus::VerificationFailed
+            ExitStatus::Unreachable,
+            "Prometheus down while the rest passes: nothing said no"
         );
         assert_eq!(
             report(vec![

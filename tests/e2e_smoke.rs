@@ -1,0 +1,229 @@
+//! End-to-end tests of `psctl smoke` against the sandbox (`scripts/test.sh` brings it up and
+//! exports its environment; without it these tests fail, they never skip).
+//!
+//! Each test gets its own namespace and its own migrated database on the sandbox's Postgres,
+//! deploys the real service images (built from this workspace and pushed to the sandbox
+//! registry under a content-derived tag, see [`service_images`]) with `psctl deploy`, breaks
+//! one thing, and runs `psctl smoke` as an operator would.
+
+#[path = "smoke_support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use sqlx::{Connection as _, PgConnection};
+
+use support::{Sandbox, check, report};
+
+#[tokio::test]
+async fn a_healthy_deployment_passes_every_check() {
+    let sandbox = Sandbox::new("healthy").await;
+    let config = sandbox.config("healthy", |_| {});
+    sandbox.deploy(&config, &[]);
+    // Prometheus discovers new pods within seconds (file_sd); --wait absorbs that.
+    let (code, stdout, stderr) = sandbox.psctl(&config, &["smoke", "--wait", "60s", "-o", "json"]);
+    let report = report(&stdout);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(
+        report["summary"],
+        serde_json::json!({"total": 14, "passed": 14, "failed": 0, "skipped": 0}),
+        "{report:#}"
+    );
+    let functional = check(&report, "functional/deposit-to-paid");
+    let evidence = functional["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("1 payment, 1 ledger entry, 1 webhook_queue row (is_smoke)")
+            && evidence.contains("`problemsolver_deposits_processed_total`"),
+        "{evidence}"
+    );
+    assert!(
+        functional["duration_ms"].as_u64().unwrap() <= 2_000 + 5_000,
+        "the functional check took longer than the poll interval plus 5 s: {functional}"
+    );
+    assert!(!stdout.contains("postgres://") && !stderr.contains("postgres://"));
+
+    // The same suite as JUnit: well-formed XML with one testcase per check and no failure.
+    let (code, junit, stderr) = sandbox.psctl(
+        &config,
+        &["smoke", "--only", "cluster", "integrity", "-o", "junit"],
+    );
+    assert_eq!(code, 0, "{junit}\n{stderr}");
+    let mut reader = quick_xml::Reader::from_str(&junit);
+    let (mut testcases, mut failures) = (0, 0);
+    loop {
+        match reader.read_event().expect("well-formed JUnit XML") {
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                match e.name().as_ref() {
+                    b"testcase" => testcases += 1,
+                    b"failure" => failures += 1,
+                    _ => {}
+                }
+            }
+            quick_xml::events::Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!((testcases, failures), (4, 0), "{junit}");
+
+    // The smoke rows are marked as such.
+    let mut db = PgConnection::connect(&sandbox.database_url).await.unwrap();
+    let (invoices, deposits, hooks): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM invoices WHERE is_smoke AND status = 'paid'),
+                (SELECT count(*) FROM deposit_raw WHERE is_smoke AND binance_deposit_id LIKE 'psctl-smoke-%'),
+                (SELECT count(*) FROM webhook_queue WHERE is_smoke)",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!((invoices, deposits, hooks), (1, 1, 1));
+    db.close().await.unwrap();
+    sandbox.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_without_a_required_metric_fails_that_check_by_name() {
+    let sandbox = Sandbox::new("missing-metric").await;
+    let config = sandbox.config("deploy", |_| {});
+    sandbox.deploy(&config, &["webhook"]);
+    let strict = sandbox.config("strict", |environment| {
+        environment["components"]["webhook"]["metrics"]["required"]
+            .as_array_mut()
+            .unwrap()
+            .push("webhook_smoke_sentinel_total".into());
+    });
+    let (code, stdout, stderr) = sandbox.psctl(
+        &strict,
+        &[
+            "smoke",
+            "--only",
+            "metrics",
+            "--component",
+            "webhook",
+            "-o",
+            "json",
+        ],
+    );
+    let report = report(&stdout);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    let metrics = check(&report, "metrics/webhook");
+    assert_eq!(metrics["result"], "fail", "{report:#}");
+    assert!(
+        metrics["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("missing required metric(s) webhook_smoke_sentinel_total"),
+        "{metrics}"
+    );
+    assert!(
+        stderr.contains("FAIL metrics/webhook"),
+        "the failure is named on stderr too: {stderr}"
+    );
+    sandbox.finish().await;
+}
+
+#[tokio::test]
+async fn prometheus_down_fails_the_monitoring_checks_with_exit_3() {
+    let sandbox = Sandbox::new("prometheus-down").await;
+    let config = sandbox.config("deploy", |_| {});
+    sandbox.deploy(&config, &["webhook"]);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let down = sandbox.config("down", |environment| {
+        environment["prometheus_url"] = format!("http://127.0.0.1:{closed}").into();
+    });
+    let (code, stdout, stderr) = sandbox.psctl(
+        &down,
+        &[
+            "smoke",
+            "--only",
+            "monitoring",
+            "--component",
+            "webhook",
+            "-o",
+            "json",
+        ],
+    );
+    let report = report(&stdout);
+    assert_eq!(code, 3, "{report:#}\n{stderr}");
+    for name in ["prometheus-targets/webhook", "promql/webhook"] {
+        let failed = check(&report, name);
+        assert_eq!(failed["result"], "fail", "{failed}");
+        assert_eq!(failed["unreachable"], true, "{failed}");
+        let evidence = failed["evidence"].as_str().unwrap();
+        assert!(
+            evidence.contains(&format!(
+                "Prometheus at http://127.0.0.1:{closed} is unreachable"
+            )) && evidence.contains("is Prometheus running?"),
+            "{evidence}"
+        );
+    }
+    assert_eq!(
+        check(&report, "servicemonitor/webhook")["result"],
+        "pass",
+        "the API server still answers: {report:#}"
+    );
+    sandbox.finish().await;
+}
+
+#[tokio::test]
+async fn a_poller_scaled_to_zero_fails_the_functional_check_within_its_timeout() {
+    let sandbox = Sandbox::new("poller-stopped").await;
+    let config = sandbox.config("deploy", |_| {});
+    sandbox.deploy(&config, &["poller"]);
+    let deployments: Api<Deployment> = Api::namespaced(sandbox.client.clone(), &sandbox.namespace);
+    deployments
+        .patch(
+            "problemsolver-poller",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(sandbox.client.clone(), &sandbox.namespace);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pods
+        .list(&ListParams::default().labels("app=problemsolver-poller"))
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the poller pods did not go away");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let started = Instant::now();
+    let (code, stdout, stderr) = sandbox.psctl(
+        &config,
+        &[
+            "smoke",
+            "--only",
+            "functional",
+            "--functional-timeout",
+            "7s",
+            "-o",
+            "json",
+        ],
+    );
+    let elapsed = started.elapsed();
+    let report = report(&stdout);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    let functional = check(&report, "functional/deposit-to-paid");
+    assert_eq!(functional["result"], "fail");
+    assert!(
+        functional["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("was not paid within 7s"),
+        "{functional}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(7 + 8),
+        "the verdict came after {elapsed:?}, not within the timeout"
+    );
+    sandbox.finish().await;
+}
