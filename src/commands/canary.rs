@@ -42,6 +42,13 @@ use crate::prom::Prometheus;
 use crate::rollout::diagnosis::Policy;
 use crate::rollout::track::{self, Target};
 use crate::settings::{CanarySpec, Component, Environment, GlobalSettings};
+use crate::smoke::{
+    self, Category as SmokeCategory, Selection, SmokeContext, SmokeSettings,
+    Verdict as SmokeVerdict,
+};
+
+/// How long the per-step smoke checks keep retrying while new canary pods settle.
+pub const SMOKE_WAIT: Duration = Duration::from_secs(30);
 
 /// The field manager of the canary Deployment's server-side applies.
 pub const FIELD_MANAGER: &str = "psctl-canary";
@@ -1591,7 +1598,7 @@ impl Backend for KubeBackend<'_> {
     }
 
     async fn smoke(&self, run: &CanaryRun) -> Result<String, String> {
-        // The canary pods themselves: Ready, on the tag under test, serving their metrics.
+        // Every canary pod runs the tag under test (the smoke suite does not look at images)...
         let pods = self
             .pods
             .list(&ListParams::default().labels(&self.track_selector(CANARY_TRACK)))
@@ -1607,61 +1614,62 @@ impl Backend for KubeBackend<'_> {
         }
         let suffix = format!(":{}", run.tag);
         for pod in &live {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if !ready {
-                return Err(format!("canary pod `{name}` is not Ready"));
-            }
             let on_tag = pod.spec.as_ref().is_some_and(|s| {
                 s.containers
                     .iter()
                     .all(|c| c.image.as_deref().is_some_and(|i| i.ends_with(&suffix)))
             });
             if !on_tag {
+                let name = pod.metadata.name.clone().unwrap_or_default();
                 return Err(format!("canary pod `{name}` does not run tag {}", run.tag));
             }
         }
-        let Some(metrics) = &self.context.component.metrics else {
-            return Ok(format!("{} canary pod(s) Ready on {}", live.len(), run.tag));
+        // ...and passes the smoke suite's cluster and metrics checks, narrowed to the canary
+        // pods (each pod's own metrics endpoint, through the pod proxy).
+        let selection = Selection {
+            categories: vec![SmokeCategory::Cluster, SmokeCategory::Metrics],
+            components: vec![self.context.component.name.clone()],
+            pod_selector: Some(format!("{}={CANARY_TRACK}", queries::TRACK_LABEL)),
+            explicit: false,
         };
-        for pod in &live {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let path = format!(
-                "/api/v1/namespaces/{}/pods/{name}:{}/proxy{}",
-                run.namespace, metrics.port, metrics.path
-            );
-            let request = http::Request::get(&path)
-                .body(Vec::new())
-                .map_err(|e| e.to_string())?;
-            let text = self
-                .context
-                .client
-                .request_text(request)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "reading the metrics of canary pod `{name}`: {}",
-                        cluster::describe(&e)
-                    )
-                })?;
-            let missing = crate::smoke::metrics::missing_metrics(&text, &metrics.required);
-            if !missing.is_empty() {
-                return Err(format!(
-                    "canary pod `{name}` does not export {}",
-                    missing.join(", ")
-                ));
-            }
+        let settings = SmokeSettings {
+            wait: SMOKE_WAIT,
+            ..SmokeSettings::default()
+        };
+        let smoke_context = SmokeContext::new(
+            self.context.environment.clone(),
+            self.context.client.clone(),
+            Some(self.context.prometheus.clone()),
+            None,
+            settings,
+        );
+        let report = smoke::run(&smoke_context, &selection)
+            .await
+            .map_err(|error| error.to_string())?;
+        for check in &report.checks {
+            let state = match check.result {
+                SmokeVerdict::Pass => CheckState::Ok,
+                SmokeVerdict::Fail => CheckState::Fail,
+                SmokeVerdict::Skipped => CheckState::Skip,
+            };
+            self.context
+                .output
+                .check(state, &format!("smoke {}", check.name), &check.evidence);
         }
-        Ok(format!(
-            "{} canary pod(s) Ready on {}, each exporting the {} required metrics",
-            live.len(),
-            run.tag,
-            metrics.required.len()
-        ))
+        if report.passed() {
+            Ok(format!(
+                "{} canary pod(s) on {}; smoke {}",
+                live.len(),
+                run.tag,
+                report.summary_line()
+            ))
+        } else {
+            Err(report
+                .failures()
+                .map(|c| format!("{}: {}", c.name, c.evidence))
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
     }
 
     async fn observe(&self, run: &CanaryRun, elapsed: Duration) -> Observed {

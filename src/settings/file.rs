@@ -864,6 +864,39 @@ environments:
     }
 
     #[test]
+    fn canary_interval_policy_and_metrics_are_read_and_checked() {
+        let tuned = CONTRACT_EXAMPLE.replace(
+            "bake: 5m}",
+            "bake: 5m, interval: 20s, policy: {min_requests: 20, on_inconclusive: abort, guardrail_window: 120}, \
+             metrics: {requests: http_requests_total}}",
+        );
+        let config = parse(Path::new("psctl.yaml"), &tuned).unwrap();
+        let canary = config.environments["sandbox"].components[1]
+            .canary
+            .clone()
+            .unwrap();
+        assert_eq!(canary.interval, Duration::from_secs(20));
+        assert_eq!(canary.policy.min_requests, 20.0);
+        assert_eq!(canary.policy.guardrail_window, Duration::from_secs(120));
+        assert_eq!(
+            canary.policy.confidence, 0.95,
+            "unset fields keep the defaults"
+        );
+        assert_eq!(canary.metrics.requests, "http_requests_total");
+        assert_eq!(canary.metrics.failure_matcher, "status=\"failure\"");
+
+        let slow = CONTRACT_EXAMPLE.replace("bake: 5m}", "bake: 5m, interval: 10m}");
+        assert!(
+            error_text(&slow)
+                .contains("canary.interval: must be more than zero and at most the bake")
+        );
+        let unsure = CONTRACT_EXAMPLE.replace("bake: 5m}", "bake: 5m, policy: {confidence: 1.2}}");
+        assert!(error_text(&unsure).contains("canary.policy: `confidence` must be"));
+        let typo = CONTRACT_EXAMPLE.replace("bake: 5m}", "bake: 5m, policy: {confidense: 0.9}}");
+        assert!(error_text(&typo).contains("unknown field `confidense`"));
+    }
+
+    #[test]
     fn duplicate_releases_are_refused() {
         let text = CONTRACT_EXAMPLE.replace(
             "release: problemsolver-webhook",
