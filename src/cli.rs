@@ -153,6 +153,10 @@ pub enum Command {
     Build(BuildArgs),
     /// Create, update and check the runtime Secret without putting a value on a command line.
     Secrets(SecretsArgs),
+    /// Run a playbook: a reviewed YAML procedure of psctl steps (release, rollback, ...).
+    Run(RunArgs),
+    /// Gather incident evidence: pod logs, events, Helm history, checkpoint, system events.
+    Evidence(EvidenceArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (roff).
@@ -628,6 +632,58 @@ pub struct AuditArgs {
     /// How many of the newest rows to show.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  psctl run playbooks/release.yaml --env staging --dry-run\n  \
+psctl run playbooks/release.yaml --env staging --var tag=1.4.2 --yes\n  \
+psctl run playbooks/release.yaml --env staging --from smoke --yes\n  \
+psctl run playbooks/emergency-stop.yaml --env production --yes\n\n\
+Each step is one psctl command; --dry-run prints them as command lines. The playbook format is \
+documented in docs/playbooks.md."
+)]
+pub struct RunArgs {
+    /// The playbook file, e.g. playbooks/release.yaml.
+    #[arg(value_name = "PLAYBOOK")]
+    pub playbook: PathBuf,
+
+    /// Start at this step (its number or name), e.g. to resume a run that stopped; the
+    /// rollback baseline recorded by the interrupted run is reused.
+    #[arg(long, value_name = "STEP")]
+    pub from: Option<String>,
+
+    /// Set a playbook variable (repeatable), overriding its `vars:` default.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+}
+
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?} has an empty name"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  psctl evidence --env production\n  \
+psctl evidence --env staging --dir /tmp/incident-42 --since 2h\n\n\
+Never collected: Secrets, environment values of containers, database credentials.")]
+pub struct EvidenceArgs {
+    /// Directory to write into (created; default: ./psctl-evidence-<UTC timestamp>).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// How far back logs, events and system events go, e.g. `30m`, `2h`.
+    #[arg(long, default_value = "1h", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub since: Duration,
+
+    /// Log lines kept per container (current and previous instance).
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub tail: u32,
 }
 
 #[cfg(test)]

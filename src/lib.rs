@@ -18,6 +18,7 @@ pub mod error;
 pub mod helm;
 pub mod lock;
 pub mod output;
+pub mod playbook;
 pub mod prom;
 pub mod registry;
 pub mod rollout;

@@ -7,11 +7,13 @@ pub mod canary;
 pub mod completions;
 pub mod db;
 pub mod deploy;
+pub mod evidence;
 pub mod history;
 pub mod kill_switch;
 pub mod rollback;
-pub mod smoke;
+pub mod run;
 pub mod secrets;
+pub mod smoke;
 pub mod status;
 pub mod support;
 
@@ -41,6 +43,8 @@ pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output
         Command::Audit(args) => audit::run(args, global, output).await,
         Command::Build(args) => build::run(args, global, output).await,
         Command::Secrets(args) => secrets::run(args, global, output).await,
+        Command::Run(args) => run::run(args, global, output).await,
+        Command::Evidence(args) => evidence::run(args, global, output).await,
         Command::Completions(args) => completions::completions(args, output),
         Command::Man(args) => completions::man(args, output),
     }

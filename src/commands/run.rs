@@ -51,7 +51,10 @@ impl Render for Plan {
                 step.on_failure.to_string(),
             ]
         });
-        text.push_str(&table::render(&["STEP", "NAME", "RUNS", "ON FAILURE"], rows));
+        text.push_str(&table::render(
+            &["STEP", "NAME", "RUNS", "ON FAILURE"],
+            rows,
+        ));
         text
     }
 }
@@ -164,7 +167,9 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
         parse_step(step)?;
     }
     let start = match &from {
-        Some(from) => plan.find(from).map_err(|m| CommandError::usage(anyhow::anyhow!(m)))?,
+        Some(from) => plan
+            .find(from)
+            .map_err(|m| CommandError::usage(anyhow::anyhow!(m)))?,
         None => 0,
     };
     if global.dry_run {
@@ -235,7 +240,10 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
     }
     .to_owned();
     if let Err(error) = store.save(&state).await {
-        output.warn(format!("the run's record could not be saved: {:#}", error.error()));
+        output.warn(format!(
+            "the run's record could not be saved: {:#}",
+            error.error()
+        ));
     }
     let report = RunReport {
         playbook: plan.playbook.clone(),
@@ -434,7 +442,11 @@ impl Executor<'_> {
                 Ok(ExitStatus::Success) => None,
                 Ok(status) => Some(CommandError::new(
                     status,
-                    anyhow::anyhow!("step {} ({}) said no", step.number, step.name),
+                    anyhow::anyhow!(
+                        "`{}` exited with {}",
+                        step.display_command(&self.environment.name),
+                        status.code()
+                    ),
                 )),
                 Err(error) => Some(error),
             };
@@ -451,8 +463,10 @@ impl Executor<'_> {
                 }
             }
             if let Err(error) = store.save(state).await {
-                self.output
-                    .warn(format!("the run's record could not be saved: {:#}", error.error()));
+                self.output.warn(format!(
+                    "the run's record could not be saved: {:#}",
+                    error.error()
+                ));
             }
             let Some(error) = failure else {
                 self.output.check(
@@ -517,7 +531,7 @@ impl Executor<'_> {
             let text = buffer.contents();
             let data = serde_json::from_str(&text)
                 .ok()
-                .or_else(|| (!text.trim().is_empty()).then(|| serde_json::Value::String(text)));
+                .or_else(|| (!text.trim().is_empty()).then_some(serde_json::Value::String(text)));
             (result, data)
         } else {
             let result = Box::pin(super::dispatch(command, &global, self.output)).await;
@@ -575,7 +589,15 @@ impl Executor<'_> {
                     let mut global = self.global.clone();
                     global.dry_run = false;
                     global.yes = true;
-                    let result = Box::pin(super::rollback::run(args, &global, self.output)).await;
+                    // With -o json the report is the only document on stdout; the
+                    // rollback's own plan is summarised in `rollbacks`.
+                    let (captured, _) = self.output.capturing_data();
+                    let output = if self.output.format() == Format::Json {
+                        &captured
+                    } else {
+                        self.output
+                    };
+                    let result = Box::pin(super::rollback::run(args, &global, output)).await;
                     match result {
                         Ok(ExitStatus::Success) => {
                             done.push(format!("{} to revision {revision}", component.name));
@@ -774,12 +796,20 @@ mod tests {
             playbook: "release".into(),
             environment: "sandbox".into(),
             result: "failed".into(),
-            steps: vec![step(1, "skipped"), step(2, "passed"), step(3, "failed"), step(4, "not-run")],
+            steps: vec![
+                step(1, "skipped"),
+                step(2, "passed"),
+                step(3, "failed"),
+                step(4, "not-run"),
+            ],
             rollbacks: vec!["poller to revision 3".into()],
             resume: Some("psctl run playbooks/release.yaml --env sandbox --from 3".into()),
         };
         let text = report.render_table(&Style::PLAIN);
-        assert!(text.contains("passed 1, failed 1, skipped 1, not run 1"), "{text}");
+        assert!(
+            text.contains("passed 1, failed 1, skipped 1, not run 1"),
+            "{text}"
+        );
         assert!(text.contains("Rolled back: poller to revision 3"), "{text}");
         assert!(text.ends_with("--from 3\n"), "{text}");
         assert!(text.contains("smoke failed"), "{text}");

@@ -352,6 +352,19 @@ impl Write for Buffer {
 }
 
 impl Output {
+    /// A copy whose data (stdout) goes into a buffer while messages, the redactor and the
+    /// style stay shared with `self`: how `psctl run` collects each step's JSON.
+    pub fn capturing_data(&self) -> (Self, Buffer) {
+        let buffer = Buffer::default();
+        let copy = Self {
+            stdout: Arc::new(Mutex::new(Box::new(buffer.clone()))),
+            ..self.clone()
+        };
+        (copy, buffer)
+    }
+}
+
+impl Output {
     /// An output writing into two buffers, for tests.
     pub fn buffered(format: Format, style: Style) -> (Self, Buffer, Buffer) {
         let (stdout, stderr) = (Buffer::default(), Buffer::default());

@@ -144,6 +144,9 @@ step_params!(
     /// `psctl smoke`.
     SmokeParams {
         only: Vec<String>,
+        components: Vec<String>,
+        /// Keep retrying failing checks this long (pods and targets converge after a rollout).
+        wait: Option<String>,
         force: bool,
     }
 );
@@ -318,10 +321,15 @@ impl<'de> Deserialize<'de> for Action {
                 Action::with_defaults(value).ok_or_else(|| E::unknown_variant(value, STEP_TYPES))
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Action, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Action, A::Error> {
                 use serde::de::Error as _;
                 let Some(kind) = map.next_key::<String>()? else {
-                    return Err(A::Error::custom("an empty step: write its type, e.g. `status: {}`"));
+                    return Err(A::Error::custom(
+                        "an empty step: write its type, e.g. `status: {}`",
+                    ));
                 };
                 let action = match kind.as_str() {
                     "build" => Action::Build(map.next_value()?),
@@ -434,7 +442,10 @@ pub fn parse(file: &str, text: &str, context: &Context) -> Result<Playbook, Play
         invalid(line, message)
     })?;
     if raw.steps.is_empty() {
-        return Err(invalid(None, "`steps` is empty: a playbook needs at least one step".into()));
+        return Err(invalid(
+            None,
+            "`steps` is empty: a playbook needs at least one step".into(),
+        ));
     }
     let lines = step_lines(&substituted);
     let steps = raw
@@ -736,10 +747,7 @@ impl PlannedStep {
     /// The command line a person would type for this step, for plans and resume hints.
     pub fn display_command(&self, environment: &str) -> String {
         if self.command.is_empty() {
-            return format!(
-                "(ask: {})",
-                self.message.as_deref().unwrap_or("continue?")
-            );
+            return format!("(ask: {})", self.message.as_deref().unwrap_or("continue?"));
         }
         let mut words = vec!["psctl".to_owned()];
         words.extend(self.command.iter().map(|w| shell_word(w)));
@@ -784,7 +792,9 @@ impl Playbook {
                 message: format!("step {number} ({}): {message}", step.action.kind()),
             };
             let (name, on_failure) = step.action.common();
-            let name = name.cloned().unwrap_or_else(|| step.action.kind().to_owned());
+            let name = name
+                .cloned()
+                .unwrap_or_else(|| step.action.kind().to_owned());
             if let Some(previous) = names.insert(name.clone(), number) {
                 return Err(invalid(format!(
                     "the name {name:?} is already used by step {previous}; names identify steps for `--from`"
@@ -846,10 +856,7 @@ impl Plan {
     }
 }
 
-fn known_components(
-    environment: &Environment,
-    names: &[String],
-) -> Result<(), String> {
+fn known_components(environment: &Environment, names: &[String]) -> Result<(), String> {
     for name in names {
         environment.component(name).map_err(|e| e.to_string())?;
     }
@@ -904,8 +911,14 @@ fn command_of(
         }
         Action::DbVerify(_) => words(&["db", "verify"]),
         Action::DbRestore(p) => {
-            let backup = p.backup.as_ref().ok_or("`backup` (the dump file) is required")?;
-            let into = p.into.as_ref().ok_or("`into` (the new database) is required")?;
+            let backup = p
+                .backup
+                .as_ref()
+                .ok_or("`backup` (the dump file) is required")?;
+            let into = p
+                .into
+                .as_ref()
+                .ok_or("`into` (the new database) is required")?;
             let mut argv = words(&["db", "restore"]);
             push_opt(&mut argv, "--backup", Some(backup));
             push_opt(&mut argv, "--into", Some(into));
@@ -921,8 +934,13 @@ fn command_of(
             argv
         }
         Action::Smoke(p) => {
-            const CATEGORIES: [&str; 5] =
-                ["cluster", "metrics", "monitoring", "functional", "integrity"];
+            const CATEGORIES: [&str; 5] = [
+                "cluster",
+                "metrics",
+                "monitoring",
+                "functional",
+                "integrity",
+            ];
             let mut argv = words(&["smoke"]);
             for category in &p.only {
                 if !CATEGORIES.contains(&category.as_str()) {
@@ -936,6 +954,10 @@ fn command_of(
                 argv.push("--only".to_owned());
                 argv.extend(p.only.iter().cloned());
             }
+            known_components(environment, &p.components)?;
+            push_all(&mut argv, "--component", &p.components);
+            check_duration("wait", p.wait.as_ref())?;
+            push_opt(&mut argv, "--wait", p.wait.as_ref());
             if p.force {
                 argv.push("--force".to_owned());
             }
@@ -943,7 +965,9 @@ fn command_of(
         }
         Action::Canary(p) => {
             let component = p.component.as_ref().ok_or("`component` is required")?;
-            let resolved = environment.component(component).map_err(|e| e.to_string())?;
+            let resolved = environment
+                .component(component)
+                .map_err(|e| e.to_string())?;
             if resolved.canary.is_none() {
                 return Err(format!(
                     "component `{component}` has no `canary:` section in the environment `{}`",
@@ -982,7 +1006,10 @@ fn command_of(
             return Ok((Vec::new(), Some(message)));
         }
         Action::KillSwitch(p) => {
-            let state = p.state.as_deref().ok_or("`state` (on or off) is required")?;
+            let state = p
+                .state
+                .as_deref()
+                .ok_or("`state` (on or off) is required")?;
             if !matches!(state, "on" | "off") {
                 return Err(format!("`state`: {state:?} is neither `on` nor `off`"));
             }
@@ -993,7 +1020,9 @@ fn command_of(
         }
         Action::Rollback(p) => {
             if let Some(component) = &p.component {
-                environment.component(component).map_err(|e| e.to_string())?;
+                environment
+                    .component(component)
+                    .map_err(|e| e.to_string())?;
             }
             if p.undo && p.to_rev.is_some() {
                 return Err("`undo` and `to_rev` exclude each other".into());
@@ -1002,7 +1031,11 @@ fn command_of(
             if let Some(component) = &p.component {
                 argv.push(component.clone());
             }
-            push_opt(&mut argv, "--to-rev", p.to_rev.map(|r| r.to_string()).as_ref());
+            push_opt(
+                &mut argv,
+                "--to-rev",
+                p.to_rev.map(|r| r.to_string()).as_ref(),
+            );
             if p.undo {
                 argv.push("--undo".to_owned());
             }

@@ -94,7 +94,8 @@ fn an_unknown_step_type_names_its_line() {
 
 #[test]
 fn an_unknown_key_names_its_line_and_step() {
-    let text = "name: x\nsteps:\n  - status: {}\n  - deploy:\n      components: [poller]\n      tgs: v1\n";
+    let text =
+        "name: x\nsteps:\n  - status: {}\n  - deploy:\n      components: [poller]\n      tgs: v1\n";
     let error = parse_err(text);
     assert!(error.starts_with("p.yaml:6:"), "{error}");
     assert!(error.contains("step 2 (deploy"), "{error}");
@@ -161,7 +162,11 @@ fn from_accepts_a_number_or_a_name() {
     assert_eq!(plan.find("5"), Ok(4));
     assert_eq!(plan.find("canary"), Ok(7));
     assert!(plan.find("9").unwrap_err().contains("steps 1 to 8"));
-    assert!(plan.find("deplyo").unwrap_err().contains("no step has that name"));
+    assert!(
+        plan.find("deplyo")
+            .unwrap_err()
+            .contains("no step has that name")
+    );
 }
 
 #[test]
@@ -175,7 +180,9 @@ fn step_parameters_are_validated() {
     };
     assert!(bad("canary: {tag: v1}").contains("`component` is required"));
     assert!(bad("canary: {component: poller, tag: v1}").contains("no `canary:` section"));
-    assert!(bad("canary: {component: webhook, tag: v1, steps: [30, 10]}").contains("must increase"));
+    assert!(
+        bad("canary: {component: webhook, tag: v1, steps: [30, 10]}").contains("must increase")
+    );
     assert!(bad("canary: {component: webhook, tag: v1, steps: [0]}").contains("1..=100"));
     assert!(bad("kill-switch: {state: maybe}").contains("neither"));
     assert!(bad("smoke: {only: [vibes]}").contains("unknown category"));
@@ -198,13 +205,20 @@ fn a_bare_step_type_means_default_parameters() {
 
 #[test]
 fn an_empty_variable_leaves_an_optional_parameter_unset() {
-    let text = "name: x\nvars:\n  rev: \"\"\nsteps:\n  - rollback: {component: webhook, to_rev: ${rev}}\n";
+    let text =
+        "name: x\nvars:\n  rev: \"\"\nsteps:\n  - rollback: {component: webhook, to_rev: ${rev}}\n";
     let plan = parse_ok(text).plan(&environment()).unwrap();
     assert_eq!(plan.steps[0].command, ["rollback", "webhook"]);
     let mut ctx = context();
     ctx.overrides.push(("rev".into(), "3".into()));
-    let plan = parse("p.yaml", text, &ctx).unwrap().plan(&environment()).unwrap();
-    assert_eq!(plan.steps[0].command, ["rollback", "webhook", "--to-rev", "3"]);
+    let plan = parse("p.yaml", text, &ctx)
+        .unwrap()
+        .plan(&environment())
+        .unwrap();
+    assert_eq!(
+        plan.steps[0].command,
+        ["rollback", "webhook", "--to-rev", "3"]
+    );
 }
 
 #[test]
@@ -236,14 +250,18 @@ fn shipped_playbooks_parse_and_plan_against_the_default_components() {
         }
         let mut ctx = context();
         // restore.yaml needs the dump to restore from.
-        ctx.overrides.push(("backup".into(), "/backups/x.dump".into()));
+        ctx.overrides
+            .push(("backup".into(), "/backups/x.dump".into()));
         let playbook = load(&path, &ctx).unwrap_or_else(|e| panic!("{e}"));
         playbook
             .plan(&environment())
             .unwrap_or_else(|e| panic!("{e}"));
         seen += 1;
     }
-    assert!(seen >= 4, "expected the four shipped playbooks, found {seen}");
+    assert!(
+        seen >= 4,
+        "expected the four shipped playbooks, found {seen}"
+    );
 }
 
 #[test]
