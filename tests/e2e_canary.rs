@@ -545,3 +545,72 @@ async fn a_run_killed_mid_step_is_resumed_from_its_recorded_step() {
     assert_eq!(image_tag(history.last().unwrap()), new_tag);
     bed.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abort_from_another_terminal_reaches_the_live_run_through_its_state() {
+    let mut bed = CanaryBed::new("remote-abort").await;
+    bed.deploy_stable_and_start_traffic(8).await;
+    let new_tag = bed.new_tag.clone();
+    let driver = bed
+        .command(&[
+            "canary", "start", "--tag", &new_tag, "--bake", "10m", "-o", "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn psctl canary start");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Some(state) = bed.state().await
+            && state["step_started_at"].is_i64()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "step 1 never started: {:?}",
+            bed.state().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Another operator sees who drives the run, and asks it to abort.
+    let (code, stdout, stderr) = bed.psctl(&["canary", "status"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("driven by: ") && stdout.contains("(canary webhook)"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = bed.psctl(&["canary", "abort"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("request stored"), "{stderr}");
+
+    // The driver acts on it at its next evaluation (interval 10 s) and exits 1.
+    let output = tokio::task::spawn_blocking(move || driver.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["status"], "aborted", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("aborted by "),
+        "{report}"
+    );
+    assert_eq!(
+        report["request"],
+        serde_json::Value::Null,
+        "the request was consumed"
+    );
+    assert_eq!(bed.replicas(RELEASE).await, Some(2));
+    assert_eq!(bed.replicas(CANARY).await, Some(0));
+    bed.finish().await;
+}
