@@ -105,6 +105,8 @@ step_params!(
     BuildParams {
         components: Vec<String>,
         tag: Option<String>,
+        /// Directory of already built service binaries (skips the cargo build).
+        prebuilt: Option<String>,
     }
 );
 step_params!(
@@ -896,6 +898,7 @@ fn command_of(
             let mut argv = words(&["build"]);
             push_all(&mut argv, "--component", &p.components);
             push_opt(&mut argv, "--tag", p.tag.as_ref());
+            push_opt(&mut argv, "--prebuilt", p.prebuilt.as_ref());
             argv
         }
         Action::SecretsCheck(_) => words(&["secrets", "check"]),
