@@ -58,7 +58,11 @@ impl Render for EvidenceReport {
             ]
         });
         let mut text = table::render(&["ITEM", "RESULT", "FILE", "DETAIL"], rows);
-        let skipped = self.items.iter().filter(|i| i.result != "collected").count();
+        let skipped = self
+            .items
+            .iter()
+            .filter(|i| i.result != "collected")
+            .count();
         text.push_str(&format!(
             "Evidence written to {} ({} items, {} skipped)\n",
             self.directory,
@@ -81,7 +85,9 @@ impl Collector<'_> {
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&path, self.output.redactor().scrub(contents).as_bytes()));
+            .and_then(|()| {
+                std::fs::write(&path, self.output.redactor().scrub(contents).as_bytes())
+            });
         match written {
             Ok(()) => {
                 self.output.check(CheckState::Ok, item, &detail);
@@ -156,7 +162,9 @@ pub async fn run(args: EvidenceArgs, global: &GlobalSettings, output: &Output) -
         ExitStatus::Usage,
         format!("writing {}", dir.join("index.json").display()),
     )?;
-    output.data(&report).context("writing the evidence report")?;
+    output
+        .data(&report)
+        .context("writing the evidence report")?;
     if report.items.iter().all(|i| i.result != "collected") {
         return Err(CommandError::unreachable(anyhow::anyhow!(
             "no evidence could be collected: neither the cluster nor the database answered"
@@ -450,7 +458,10 @@ async fn collect_database(
     let pool = match crate::db::connect(&target.url, Duration::from_secs(5)).await {
         Ok(pool) => pool,
         Err(error) => {
-            collector.skip("database", output.redactor().scrub(&error.to_string()).into_owned());
+            collector.skip(
+                "database",
+                output.redactor().scrub(&error.to_string()).into_owned(),
+            );
             return;
         }
     };
@@ -475,7 +486,12 @@ async fn collect_database(
                 })
                 .collect();
             let detail = format!("{} checkpoints", rows.len());
-            collector.json("poller checkpoint", "db/poller-checkpoint.json", &rows, detail);
+            collector.json(
+                "poller checkpoint",
+                "db/poller-checkpoint.json",
+                &rows,
+                detail,
+            );
         }
         Err(error) => collector.skip("poller checkpoint", error.to_string()),
     }

@@ -113,10 +113,12 @@ impl Prometheus {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, PromError> {
-        let url = url::Url::parse_with_params(&format!("{}{path}", self.base), query)
-            .map_err(|e| PromError::Unreachable {
-                url: self.base.clone(),
-                reason: format!("not a valid URL: {e}"),
+        let url =
+            url::Url::parse_with_params(&format!("{}{path}", self.base), query).map_err(|e| {
+                PromError::Unreachable {
+                    url: self.base.clone(),
+                    reason: format!("not a valid URL: {e}"),
+                }
             })?;
         let response = self
             .http
