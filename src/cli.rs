@@ -299,14 +299,23 @@ pub enum SmokeCategory {
 pub enum CanaryCommand {
     /// Deploy TAG as the canary track and promote it step by step while the gates pass.
     Start(CanaryStartArgs),
-    /// Show a run: step, weights, every evaluation with its figures.
-    Status(CanaryTargetArgs),
+    /// Show a run: step, weights, who drives it, every evaluation with its figures.
+    Status(CanaryStatusArgs),
     /// End the current step now and continue (or, with --full, promote to 100 % at once).
     Promote(CanaryPromoteArgs),
     /// Scale the canary to zero (kept for investigation) and restore stable.
     Abort(CanaryTargetArgs),
     /// Continue a run from its recorded step (after a crash, or after a pause).
     Resume(CanaryResumeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  psctl canary status --env sandbox\n  \
+psctl canary status --env sandbox --component webhook -o json")]
+pub struct CanaryStatusArgs {
+    /// Component whose canary to show (default: the only component with a canary track).
+    #[arg(long, short = 'c', value_name = "NAME")]
+    pub component: Option<String>,
 }
 
 /// Which component's canary, plus how long a scale or rollout may take.

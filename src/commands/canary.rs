@@ -30,7 +30,7 @@ use crate::canary::state::{
 };
 use crate::cli::{
     CanaryCommand, CanaryInconclusive, CanaryPromoteArgs, CanaryResumeArgs, CanaryStartArgs,
-    CanaryTargetArgs,
+    CanaryStatusArgs, CanaryTargetArgs,
 };
 use crate::cluster::{self, ClusterError, is_not_found};
 use crate::error::{CommandError, CommandResult, ExitStatus};
@@ -675,11 +675,8 @@ async fn start(args: CanaryStartArgs, global: &GlobalSettings, output: &Output) 
     drive_and_report(context, held, run).await
 }
 
-async fn status(args: CanaryTargetArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
-    let CanaryTargetArgs {
-        component,
-        timeout: _,
-    } = args;
+async fn status(args: CanaryStatusArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
+    let CanaryStatusArgs { component } = args;
     let environment = global.environment()?;
     let (component, _) = pick_component(&environment, component.as_deref())?;
     let client = cluster::connect(&environment).await?;
