@@ -189,7 +189,13 @@ pub fn shape(spec: &CanarySpec, settings: &StartSettings) -> Result<RunShape, Co
         )));
     }
     let bake = settings.bake.unwrap_or(spec.bake);
-    let interval = settings.interval.unwrap_or(spec.interval);
+    let interval = match settings.interval {
+        Some(interval) => interval,
+        // A bake shortened on the command line (demos, tests) shortens the configured interval
+        // with it: four evaluations per bake, at least 5 s apart.
+        None if spec.interval > bake => (bake / 4).max(Duration::from_secs(5)).min(bake),
+        None => spec.interval,
+    };
     if interval.is_zero() || interval > bake || bake.is_zero() {
         return Err(usage(format!(
             "the interval ({}s) must be more than zero and at most the bake ({}s)",
@@ -1902,6 +1908,15 @@ mod tests {
         let mut bad = settings("t");
         bad.steps = Some(vec![30, 10]);
         assert!(format!("{:#}", shape(spec, &bad).unwrap_err().error()).contains("increasing"));
+        let mut short_bake = settings("t");
+        short_bake.bake = Some(Duration::from_secs(20));
+        let shaped = shape(spec, &short_bake).unwrap();
+        assert_eq!(
+            (shaped.bake_secs, shaped.interval_secs),
+            (20, 5),
+            "the interval follows a short bake"
+        );
+
         let mut bad = settings("t");
         bad.interval = Some(Duration::from_secs(600));
         assert!(
