@@ -45,23 +45,23 @@ psctl build --prebuilt "$bin" --tag "$current"
 psctl deploy --yes --tag "$current"
 psctl status
 
-step "5/10 merchant traffic for the canary to judge (synthetic webhook events, 8 per second)"
+step "5/10 merchant traffic for the canary to judge (synthetic webhook events, 20 per second)"
 # The worker's deliveries are the canary's evidence; without traffic every gate stays
 # inconclusive and the run would pause for a human, as it should.
 (
   while sleep 1; do
     psql -q "$DATABASE_URL" -c "INSERT INTO webhook_queue (merchant_id, event_type, payload, max_attempts)
       SELECT m.id, 'quickstart.traffic', jsonb_build_object('n', g, 'at', now()), 3
-        FROM (SELECT id FROM merchants ORDER BY created_at LIMIT 1) m, generate_series(1, 8) g" \
+        FROM (SELECT id FROM merchants ORDER BY created_at LIMIT 1) m, generate_series(1, 20) g" \
       >/dev/null 2>&1 || true
   done
 ) &
 traffic=$!
 trap 'kill $traffic 2>/dev/null || true' EXIT
 
-step "6/10 the release playbook: $next, with the canary's bake shortened to 20s per step"
-psctl run playbooks/release.yaml --dry-run --var tag="$next" --var bake=20s --var prebuilt="$bin"
-psctl run playbooks/release.yaml --yes --var tag="$next" --var bake=20s --var prebuilt="$bin"
+step "6/10 the release playbook: $next, with the canary's bake shortened to 30s per step"
+psctl run playbooks/release.yaml --dry-run --var tag="$next" --var bake=30s --var prebuilt="$bin"
+psctl run playbooks/release.yaml --yes --var tag="$next" --var bake=30s --var prebuilt="$bin"
 kill "$traffic" 2>/dev/null || true
 
 step "7/10 two broken releases, each caught and rolled back"

@@ -64,13 +64,19 @@ pub fn psctl_config(settings: &Settings, layout: &Layout, gateway: &str) -> Stri
                         "image": "problemsolver-webhook-worker",
                         "deployment": "problemsolver-webhook",
                         "selector": "app=problemsolver-webhook",
-                        "values": {"serviceMonitor": {"enabled": true}},
+                        // The sandbox's merchant sink is plain http on the Docker gateway, a
+                        // private address the worker refuses unless told otherwise.
+                        "values": {"serviceMonitor": {"enabled": true}, "allowInsecureTargets": true},
                         "metrics": {
                             "service": "problemsolver-webhook-metrics", "port": 8001, "path": "/metrics",
                             "required": ["webhook_deliveries_total", "webhook_queue_depth", "worker_health_status",
                                          "circuit_breaker_opens_total"],
                         },
-                        "canary": {"deployment": "problemsolver-webhook-canary", "steps": [10, 30, 60, 100], "bake": "5m"},
+                        // Sandbox traffic is tens of requests a second, not production's: the
+                        // error-rate gate judges with a coarser margin (2 points) so a step can
+                        // be conclusive within a short bake. Production keeps the defaults.
+                        "canary": {"deployment": "problemsolver-webhook-canary", "steps": [10, 30, 60, 100], "bake": "5m",
+                                   "policy": {"margin_absolute": 0.02, "min_requests": 30}},
                     },
                 },
             },
