@@ -214,11 +214,11 @@ async fn rollback_to_an_explicit_revision_and_a_missing_revision_is_refused() {
         let (code, stdout, stderr) =
             sandbox.psctl(&config, &["rollback", "webhook", "--to-rev", "9"]);
         assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
-        assert!(stderr.contains("9"), "{stderr}");
         assert!(
-            stderr.contains("problemsolver-webhook"),
-            "the error names the release: {stderr}"
+            stderr.contains("release `problemsolver-webhook` has no revision 9; existing: 1, 2"),
+            "{stderr}"
         );
+        assert!(stderr.contains("psctl history"), "the hint: {stderr}");
         assert_eq!(
             history(&sandbox, &config, "webhook"),
             [
