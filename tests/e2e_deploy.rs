@@ -131,6 +131,12 @@ async fn a_crashing_release_is_caught_explained_and_the_previous_revision_serves
             fail_line.contains("in pod problemsolver-webhook-"),
             "{fail_line}"
         );
+        // Explained: the exit code and the pod's events follow the verdict.
+        assert!(fail_line.contains("last exit code 1"), "{fail_line}");
+        assert!(
+            stderr.contains("  events:\n") && stderr.contains("BackOff: "),
+            "{stderr}"
+        );
         assert!(
             stderr.contains("rolling back webhook: ")
                 && stderr.contains("rollback problemsolver-webhook 1"),
@@ -156,7 +162,7 @@ async fn a_crashing_release_is_caught_explained_and_the_previous_revision_serves
 
         // The previous revision is deployed again and serving: template, replicas, every pod.
         assert_eq!(
-            history(&sandbox, &config, "webhook"),
+            history(sandbox, &config, "webhook"),
             [
                 revision(1, "superseded", &sandbox.tag),
                 revision(2, "superseded", &crashes),
@@ -175,7 +181,7 @@ async fn a_crashing_release_is_caught_explained_and_the_previous_revision_serves
         .unwrap_or_else(|reason| panic!("the previous revision is not serving: {reason}"));
         // The poller was not part of the deploy and was not touched.
         assert_eq!(
-            history(&sandbox, &config, "poller"),
+            history(sandbox, &config, "poller"),
             [revision(1, "deployed", &sandbox.tag)]
         );
     })
@@ -208,7 +214,7 @@ async fn rollback_to_an_explicit_revision_and_a_missing_revision_is_refused() {
             ],
         );
         assert_eq!(code, 0, "{stderr}");
-        assert_eq!(template_tag(&sandbox).await, next);
+        assert_eq!(template_tag(sandbox).await, next);
 
         // A revision that does not exist: refused, nothing changes.
         let (code, stdout, stderr) =
@@ -220,7 +226,7 @@ async fn rollback_to_an_explicit_revision_and_a_missing_revision_is_refused() {
         );
         assert!(stderr.contains("psctl history"), "the hint: {stderr}");
         assert_eq!(
-            history(&sandbox, &config, "webhook"),
+            history(sandbox, &config, "webhook"),
             [
                 revision(1, "superseded", &sandbox.tag),
                 revision(2, "deployed", &next),
@@ -237,7 +243,7 @@ async fn rollback_to_an_explicit_revision_and_a_missing_revision_is_refused() {
         assert_eq!(plan["current_revision"], 2, "{plan:#}");
         assert_eq!(plan["target_revision"], 1, "{plan:#}");
         assert_eq!(
-            history(&sandbox, &config, "webhook"),
+            history(sandbox, &config, "webhook"),
             [
                 revision(1, "superseded", &sandbox.tag),
                 revision(2, "superseded", &next),
@@ -272,7 +278,7 @@ async fn a_release_stuck_in_pending_upgrade_blocks_deploys_until_unstuck() {
         )
         .await;
         assert_eq!(
-            history(&sandbox, &config, "webhook"),
+            history(sandbox, &config, "webhook"),
             [
                 revision(1, "deployed", &sandbox.tag),
                 revision(stuck.into(), "pending-upgrade", &sandbox.tag),
@@ -323,13 +329,13 @@ async fn a_release_stuck_in_pending_upgrade_blocks_deploys_until_unstuck() {
             plan["steps"][0]["secret"], "sh.helm.release.v1.problemsolver-webhook.v2",
             "{plan:#}"
         );
-        assert_eq!(history(&sandbox, &config, "webhook").len(), 2);
+        assert_eq!(history(sandbox, &config, "webhook").len(), 2);
 
         // Unstick: the unfinished revision goes, revision 1 is re-applied as revision 2.
         let (code, stdout, stderr) = sandbox.psctl(&config, &["rollback", "webhook", "--unstick"]);
         assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
         assert_eq!(
-            history(&sandbox, &config, "webhook"),
+            history(sandbox, &config, "webhook"),
             [
                 revision(1, "superseded", &sandbox.tag),
                 revision(2, "deployed", &sandbox.tag),
@@ -340,7 +346,7 @@ async fn a_release_stuck_in_pending_upgrade_blocks_deploys_until_unstuck() {
         let (code, _, stderr) = sandbox.psctl(&config, &deploy);
         assert_eq!(code, 0, "{stderr}");
         assert_eq!(
-            history(&sandbox, &config, "webhook").last(),
+            history(sandbox, &config, "webhook").last(),
             Some(&revision(3, "deployed", &sandbox.tag))
         );
         wait_serving(
