@@ -73,14 +73,8 @@ pub fn crashing_image(root: &str, registry: &str, image: &str) -> String {
     tag
 }
 
-/// The tag of an image reference (`repo:tag`), ignoring a digest.
-pub fn tag_of(image: &str) -> &str {
-    let image = image.split('@').next().unwrap_or(image);
-    let name_start = image.rfind('/').map_or(0, |i| i + 1);
-    image[name_start..]
-        .rsplit_once(':')
-        .map_or("latest", |(_, tag)| tag)
-}
+/// The tag of an image reference, as psctl reads it.
+pub use psctl::helm::storage::tag_of;
 
 /// `Ok` when `deployment` serves `tag`: its template runs that tag, every desired replica is
 /// updated and available, and every pod of `selector` runs that tag and is Ready (none of
