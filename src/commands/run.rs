@@ -355,15 +355,19 @@ async fn prepare_state(
             }
         }
     }
+    // A resumed run keeps who started it and when; a new one records this process.
+    let (started_at, started_by) = match previous.filter(|_| reuse) {
+        Some(previous) => (previous.started_at, previous.started_by),
+        None => (
+            k8s_openapi::jiff::Timestamp::now().to_string(),
+            crate::lock::holder_identity("run"),
+        ),
+    };
     Ok(RunState {
         playbook: plan.playbook.clone(),
         file: plan.file.clone(),
-        started_at: if reuse {
-            previous.map(|p| p.started_at).unwrap_or_default()
-        } else {
-            k8s_openapi::jiff::Timestamp::now().to_string()
-        },
-        started_by: crate::lock::holder_identity("run"),
+        started_at,
+        started_by,
         baseline,
         steps,
         status: "running".to_owned(),

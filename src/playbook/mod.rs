@@ -276,14 +276,6 @@ impl Action {
             Status
         )
     }
-
-    /// Whether the step can change what runs in the cluster (used for the rollback baseline).
-    pub fn changes_releases(&self) -> bool {
-        matches!(
-            self,
-            Action::Deploy(_) | Action::Canary(_) | Action::Rollback(_)
-        )
-    }
 }
 
 /// Every step type, as written in YAML.
@@ -848,13 +840,6 @@ impl Plan {
                     names.join(", ")
                 )
             })
-    }
-
-    /// Components the plan can change, for the rollback baseline.
-    pub fn touches_releases(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| matches!(s.kind, "deploy" | "canary" | "rollback"))
     }
 }
 
