@@ -15,49 +15,16 @@ mod support;
 mod deploy_support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 
 use deploy_support::{crashing_image, leave_pending_upgrade, wait_serving};
-use support::{ROOT, Sandbox, report};
+use support::{ROOT, Sandbox, in_sandbox, report, retag};
 
 const WEBHOOK_DEPLOYMENT: &str = "problemsolver-webhook";
 const WEBHOOK_SELECTOR: &str = "app=problemsolver-webhook";
-
-/// Runs `body` in a sandbox of its own and removes the namespace and database afterwards, also
-/// when an assertion in `body` fails.
-async fn in_sandbox(test: &str, body: impl AsyncFnOnce(&Sandbox)) {
-    use futures::FutureExt as _;
-    let sandbox = Sandbox::new(test).await;
-    let result = std::panic::AssertUnwindSafe(body(&sandbox))
-        .catch_unwind()
-        .await;
-    sandbox.finish().await;
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Pushes `image:from` again as `image:to` (same content, another tag).
-fn retag(registry: &str, image: &str, from: &str, to: &str) {
-    let source = format!("{registry}/{image}:{from}");
-    let target = format!("{registry}/{image}:{to}");
-    for args in [
-        vec!["pull", "-q", source.as_str()],
-        vec!["tag", source.as_str(), target.as_str()],
-        vec!["push", "-q", target.as_str()],
-    ] {
-        let output = Command::new("docker").args(&args).output().unwrap();
-        assert!(
-            output.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
 
 /// `(revision, status, image tag)` of every revision of a component, oldest first.
 fn history(sandbox: &Sandbox, config: &Path, component: &str) -> Vec<(u64, String, String)> {

@@ -15,30 +15,12 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 
-use support::{ROOT, Sandbox, report};
+use support::{ROOT, Sandbox, in_sandbox, report, retag};
 
 fn with_canary(environment: &mut serde_json::Value) {
     environment["components"]["webhook"]["canary"] = serde_json::json!({
         "deployment": "problemsolver-webhook-canary", "steps": [10, 30, 60, 100], "bake": "5m",
     });
-}
-
-/// Pushes `image:from` again as `image:to` (same content, another tag).
-fn retag(registry: &str, image: &str, from: &str, to: &str) {
-    let source = format!("{registry}/{image}:{from}");
-    let target = format!("{registry}/{image}:{to}");
-    for args in [
-        vec!["pull", "-q", source.as_str()],
-        vec!["tag", source.as_str(), target.as_str()],
-        vec!["push", "-q", target.as_str()],
-    ] {
-        let output = Command::new("docker").args(&args).output().unwrap();
-        assert!(
-            output.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
 }
 
 fn steps(report: &serde_json::Value) -> Vec<(String, String)> {
@@ -63,7 +45,13 @@ fn history(sandbox: &Sandbox, config: &Path, component: &str) -> Vec<serde_json:
 
 #[tokio::test]
 async fn a_failed_step_rolls_back_what_the_run_changed_and_the_run_resumes_from_it() {
-    let sandbox = Sandbox::new("playbook").await;
+    in_sandbox("playbook", async |sandbox| {
+        failed_step_rolls_back_and_resumes(sandbox).await
+    })
+    .await;
+}
+
+async fn failed_step_rolls_back_and_resumes(sandbox: &Sandbox) {
     let good = sandbox.config("good", with_canary);
     // The same environment, but the webhook must expose a metric it does not have: the smoke
     // step of the run fails while the deploy step (poller only) succeeds.
@@ -131,13 +119,13 @@ async fn a_failed_step_rolls_back_what_the_run_changed_and_the_run_resumes_from_
         "{first:#}"
     );
     assert!(stderr.contains("[1/3] deploy-poller"), "{stderr}");
-    let poller = history(&sandbox, &good, "poller");
+    let poller = history(sandbox, &good, "poller");
     assert_eq!(poller.len(), 3, "{poller:#?}");
     assert_eq!(poller[1]["image_tag"], next.as_str());
     assert_eq!(poller[2]["image_tag"], sandbox.tag.as_str());
     assert_eq!(poller[2]["status"], "deployed");
     // The webhook was never touched by the run.
-    assert_eq!(history(&sandbox, &good, "webhook").len(), 1);
+    assert_eq!(history(sandbox, &good, "webhook").len(), 1);
 
     // The record in the cluster says what happened, for any operator.
     let record = Api::<ConfigMap>::namespaced(sandbox.client.clone(), &sandbox.namespace)
@@ -209,7 +197,7 @@ async fn a_failed_step_rolls_back_what_the_run_changed_and_the_run_resumes_from_
             ("status".to_owned(), "passed".to_owned()),
         ]
     );
-    assert_eq!(history(&sandbox, &good, "webhook").len(), 1);
+    assert_eq!(history(sandbox, &good, "webhook").len(), 1);
 
     // 4. The shipped release playbook's plan, twice: identical, and nothing changes.
     let dry = || {
@@ -235,9 +223,7 @@ async fn a_failed_step_rolls_back_what_the_run_changed_and_the_run_resumes_from_
     ] {
         assert!(plan.contains(line), "`{line}` missing from:\n{plan}");
     }
-    assert_eq!(history(&sandbox, &good, "poller").len(), 3);
-
-    sandbox.finish().await;
+    assert_eq!(history(sandbox, &good, "poller").len(), 3);
 }
 
 #[test]

@@ -306,6 +306,38 @@ impl Sandbox {
     }
 }
 
+/// Runs `body` in a sandbox of its own and removes the namespace and database afterwards, also
+/// when an assertion in `body` fails.
+pub async fn in_sandbox(test: &str, body: impl AsyncFnOnce(&Sandbox)) {
+    use futures::FutureExt as _;
+    let sandbox = Sandbox::new(test).await;
+    let result = std::panic::AssertUnwindSafe(body(&sandbox))
+        .catch_unwind()
+        .await;
+    sandbox.finish().await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Pushes `image:from` again as `image:to` (same content, another tag).
+pub fn retag(registry: &str, image: &str, from: &str, to: &str) {
+    let source = format!("{registry}/{image}:{from}");
+    let target = format!("{registry}/{image}:{to}");
+    for args in [
+        vec!["pull", "-q", source.as_str()],
+        vec!["tag", source.as_str(), target.as_str()],
+        vec!["push", "-q", target.as_str()],
+    ] {
+        let output = Command::new("docker").args(&args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// The `-o json` report on stdout.
 pub fn report(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
