@@ -169,8 +169,8 @@ pub async fn seed_payments(pool: &PgPool, paid: u32) {
         .unwrap();
         let deposit: i64 = sqlx::query_scalar(
             "INSERT INTO deposit_raw (binance_deposit_id, tx_id, coin, network, address, amount, binance_status, \
-             insert_time, matched_invoice_id, processed_at) \
-             SELECT 'dep-' || $2, 'tx-' || $2, 'USDT', 'TRX', 'TADDR', publish_amount, 1, now(), id, now() \
+             insert_time, matched_invoice_id, processed_at, outcome) \
+             SELECT 'dep-' || $2, 'tx-' || $2, 'USDT', 'TRX', 'TADDR', publish_amount, 1, now(), id, now(), 'credited' \
              FROM invoices WHERE id = $1 RETURNING id",
         )
         .bind(invoice)

@@ -100,6 +100,18 @@ pub fn parse_deposit(raw: &serde_json::Value) -> Result<Deposit, String> {
     }
     let amount =
         parse_amount(&text("amount")?).map_err(|error| format!("field `amount`: {error}"))?;
+    if amount <= Decimal::ZERO {
+        return Err(format!("field `amount`: `{amount}` is not positive"));
+    }
+    // The column is numeric(38, 18): at most 18 decimals and 20 integer digits.
+    if amount.scale() > 18 || amount.trunc().abs().to_string().len() > 20 {
+        return Err(format!(
+            "field `amount`: `{amount}` does not fit numeric(38, 18)"
+        ));
+    }
+    if contains_nul(raw) {
+        return Err("a field contains a NUL character, which the database cannot store".to_owned());
+    }
     let status =
         i32::try_from(int("status")?).map_err(|_| "field `status` out of range".to_owned())?;
     let insert_time = DateTime::from_timestamp_millis(int("insertTime")?)
@@ -116,6 +128,19 @@ pub fn parse_deposit(raw: &serde_json::Value) -> Result<Deposit, String> {
         insert_time,
         raw: raw.clone(),
     })
+}
+
+/// Whether any string in the value (keys included) holds U+0000, which neither `text` nor
+/// `jsonb` columns accept.
+fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || contains_nul(item)),
+        _ => false,
+    }
 }
 
 fn local_now_ms() -> i64 {
@@ -366,6 +391,37 @@ mod tests {
         assert_eq!(parse_deposit(&numeric_id).unwrap().binance_id, "42");
         let bad = serde_json::json!({"id": "1", "amount": "1e3", "status": 1, "insertTime": 1});
         assert!(parse_deposit(&bad).unwrap_err().contains("amount"));
+    }
+
+    #[test]
+    fn rows_the_database_would_refuse_are_rejected_at_parse() {
+        let row = |amount: &str, tx: &str| serde_json::json!({"id": "9", "amount": amount, "status": 1, "insertTime": 1, "txId": tx});
+        assert!(
+            parse_deposit(&row("0", "t"))
+                .unwrap_err()
+                .contains("not positive")
+        );
+        assert!(
+            parse_deposit(&row("0.00000000", "t"))
+                .unwrap_err()
+                .contains("not positive")
+        );
+        assert!(
+            parse_deposit(&row("123456789012345678901", "t"))
+                .unwrap_err()
+                .contains("numeric(38, 18)")
+        );
+        assert!(
+            parse_deposit(&row("0.0000000000000000001", "t"))
+                .unwrap_err()
+                .contains("numeric(38, 18)")
+        );
+        assert!(
+            parse_deposit(&row("1", "a\u{0}b"))
+                .unwrap_err()
+                .contains("NUL")
+        );
+        assert!(parse_deposit(&row("12345678901234567890.12345678", "t")).is_ok());
     }
 
     #[test]

@@ -21,6 +21,12 @@ Environment (secrets only ever from the environment; never printed):
   BINANCE_RECV_WINDOW_MS     Binance recvWindow, 1..=60000 [default: 5000]
   MATCH_BATCH_SIZE           deposits matched per database transaction [default: 5000]
   COLLISION_SETTLE_SECS      age before an invoice's collisions are counted [default: 5]
+  DEPOSIT_STUCK_AFTER_SECS   a deposit Binance has not finalised after this long is reported
+                             (metric, system event, alert); it is still re-checked [default: 21600]
+  RECHECK_MAX_REQUESTS       re-check windows fetched per cycle for unresolved deposits older
+                             than the poll window [default: 10]
+  LEADER_SESSION_TIMEOUT_SECS  the lock session's server-side idle timeout: a standby takes over
+                             at most this long after a leader stops answering [default: 30]
   DATABASE_MAX_CONNECTIONS   connection pool size [default: 4]
   RUST_LOG                   log filter [default: info]
   LOG_FORMAT                 json | text [default: text]";
@@ -45,6 +51,14 @@ pub struct Settings {
     pub recv_window_ms: i64,
     pub match_batch_size: i64,
     pub collision_settle: Duration,
+    /// Unresolved deposits older than this are reported as stuck.
+    pub stuck_after: Duration,
+    /// Re-check windows per cycle.
+    pub recheck_max_requests: usize,
+    /// The longest span of insert times one re-check window covers.
+    pub recheck_span: Duration,
+    /// See [`crate::leader`].
+    pub leader_session_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -56,6 +70,10 @@ impl Default for Settings {
             recv_window_ms: 5000,
             match_batch_size: 5000,
             collision_settle: Duration::from_secs(5),
+            stuck_after: Duration::from_secs(6 * 3600),
+            recheck_max_requests: 10,
+            recheck_span: Duration::from_secs(3600),
+            leader_session_timeout: crate::leader::DEFAULT_SESSION_TIMEOUT,
         }
     }
 }
@@ -122,6 +140,30 @@ impl Config {
                     "COLLISION_SETTLE_SECS",
                     defaults.collision_settle.as_secs(),
                 )?),
+                stuck_after: Duration::from_secs(positive(
+                    "DEPOSIT_STUCK_AFTER_SECS",
+                    env_parse("DEPOSIT_STUCK_AFTER_SECS", defaults.stuck_after.as_secs())?,
+                )?),
+                recheck_max_requests: usize::try_from(positive(
+                    "RECHECK_MAX_REQUESTS",
+                    env_parse("RECHECK_MAX_REQUESTS", defaults.recheck_max_requests as u64)?,
+                )?)
+                .map_err(|_| ConfigError::invalid("RECHECK_MAX_REQUESTS", "", "too large"))?,
+                recheck_span: defaults.recheck_span,
+                leader_session_timeout: {
+                    let secs = env_parse(
+                        "LEADER_SESSION_TIMEOUT_SECS",
+                        defaults.leader_session_timeout.as_secs(),
+                    )?;
+                    if secs < 3 {
+                        return Err(ConfigError::invalid(
+                            "LEADER_SESSION_TIMEOUT_SECS",
+                            &secs.to_string(),
+                            "must be at least 3",
+                        ));
+                    }
+                    Duration::from_secs(secs)
+                },
             },
         })
     }

@@ -62,7 +62,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config.binance_api_secret.clone(),
         config.settings.recv_window_ms,
     )?;
-    let leadership = Leadership::new(db::connect_options(&config.database_url)?, POLLER_LOCK_KEY);
+    let leadership = Leadership::with_session_timeout(
+        db::connect_options(&config.database_url)?,
+        POLLER_LOCK_KEY,
+        config.settings.leader_session_timeout,
+    );
     let mut poller = Poller::new(
         pool,
         binance,

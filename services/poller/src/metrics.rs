@@ -1,6 +1,7 @@
 //! The poller's Prometheus metrics, under the exact names the runbooks and psctl check.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -22,6 +23,25 @@ pub struct Metrics {
     pub reconciliation_checked: Counter,
     /// Of those, deposits whose records did not add up.
     pub reconciliation_mismatches: Counter,
+    /// Deposits taken off the unprocessed list, by outcome (`credited`, `late`, `duplicate`, ...).
+    pub deposit_outcomes: Family<Vec<(String, String)>, Counter>,
+    /// Rows Binance sent that could not be parsed, stored or matched (first sighting each).
+    pub deposits_quarantined: Counter,
+    /// Deposits Binance has not finalised for longer than `DEPOSIT_STUCK_AFTER_SECS`.
+    pub deposits_stuck: Gauge,
+    /// Deposits not final yet (stored, unprocessed, not a success).
+    pub deposits_unresolved: Gauge,
+    /// Pending invoices that passed `expires_at` and were marked expired.
+    pub invoices_expired: Counter,
+}
+
+impl Metrics {
+    /// Counts one outcome of the matching step.
+    pub fn count_outcome(&self, outcome: &str, count: u64) {
+        self.deposit_outcomes
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc_by(count);
+    }
 }
 
 impl Metrics {
@@ -36,6 +56,11 @@ impl Metrics {
             is_leader: Gauge::default(),
             reconciliation_checked: Counter::default(),
             reconciliation_mismatches: Counter::default(),
+            deposit_outcomes: Family::default(),
+            deposits_quarantined: Counter::default(),
+            deposits_stuck: Gauge::default(),
+            deposits_unresolved: Gauge::default(),
+            invoices_expired: Counter::default(),
         };
         registry.register(
             "problemsolver_poller_last_success_unixtime",
@@ -83,6 +108,31 @@ impl Metrics {
             "Reconciled deposits whose records did not add up",
             metrics.reconciliation_mismatches.clone(),
         );
+        registry.register(
+            "problemsolver_deposit_outcomes",
+            "Deposits taken off the unprocessed list, by outcome (only `credited` pays an invoice)",
+            metrics.deposit_outcomes.clone(),
+        );
+        registry.register(
+            "problemsolver_deposits_quarantined",
+            "Deposits Binance sent that could not be parsed, stored or matched; kept for an operator",
+            metrics.deposits_quarantined.clone(),
+        );
+        registry.register(
+            "problemsolver_deposits_stuck",
+            "Deposits Binance has not finalised for longer than DEPOSIT_STUCK_AFTER_SECS",
+            metrics.deposits_stuck.clone(),
+        );
+        registry.register(
+            "problemsolver_deposits_unresolved",
+            "Stored deposits Binance has not finalised yet (re-checked every cycle)",
+            metrics.deposits_unresolved.clone(),
+        );
+        registry.register(
+            "problemsolver_invoices_expired",
+            "Pending invoices marked expired after expires_at",
+            metrics.invoices_expired.clone(),
+        );
         metrics
     }
 }
@@ -96,6 +146,7 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         metrics.deposits_processed.inc();
+        metrics.count_outcome("late", 2);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for name in [
@@ -106,6 +157,11 @@ mod tests {
             "problemsolver_poll_duration_seconds_bucket",
             "problemsolver_poller_consecutive_errors ",
             "problemsolver_poller_is_leader ",
+            "problemsolver_deposit_outcomes_total{outcome=\"late\"} 2",
+            "problemsolver_deposits_quarantined_total ",
+            "problemsolver_deposits_stuck ",
+            "problemsolver_deposits_unresolved ",
+            "problemsolver_invoices_expired_total ",
         ] {
             assert!(text.contains(name), "missing {name} in:\n{text}");
         }

@@ -1,5 +1,6 @@
 //! Poll-window planning (pure): from the checkpoint minus an overlap up to "now" on Binance's
-//! clock, cut into windows no longer than Binance's 90-day limit.
+//! clock, cut into windows no longer than Binance's 90-day limit; and the re-check windows that
+//! fetch unresolved deposits again, however old they are.
 
 /// Binance refuses deposit-history queries spanning more than 90 days.
 pub const MAX_WINDOW_MS: i64 = 90 * 24 * 60 * 60 * 1000;
@@ -42,9 +43,102 @@ pub fn plan(
     }
 }
 
+/// A re-check window and the unresolved deposits (by `deposit_raw.id`) it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recheck {
+    pub window: Window,
+    pub deposit_ids: Vec<i64>,
+}
+
+/// Groups unresolved deposits `(id, insertTime ms)` into at most `max_windows` windows, each
+/// spanning at most `max_span_ms` of insert times (Binance filters history by `insertTime`, so
+/// a window from the first to the last insert time of a group returns every deposit of the
+/// group). Deposits come in re-check priority order (least recently re-checked first); the
+/// groups keep that priority, and deposits beyond the window budget wait for the next cycle.
+pub fn recheck_windows(
+    unresolved: &[(i64, i64)],
+    max_span_ms: i64,
+    max_windows: usize,
+) -> Vec<Recheck> {
+    let max_span_ms = max_span_ms.clamp(0, MAX_WINDOW_MS);
+    let mut groups: Vec<Recheck> = Vec::new();
+    for &(id, at) in unresolved {
+        // Join a window that can stretch to cover this deposit within the span limit.
+        if let Some(group) = groups
+            .iter_mut()
+            .find(|g| at.max(g.window.end_ms) - at.min(g.window.start_ms) <= max_span_ms)
+        {
+            group.window.start_ms = group.window.start_ms.min(at);
+            group.window.end_ms = group.window.end_ms.max(at);
+            group.deposit_ids.push(id);
+            continue;
+        }
+        if groups.len() == max_windows {
+            continue;
+        }
+        groups.push(Recheck {
+            window: Window {
+                start_ms: at,
+                end_ms: at,
+            },
+            deposit_ids: vec![id],
+        });
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOUR: i64 = 60 * 60 * 1000;
+
+    #[test]
+    fn recheck_groups_nearby_deposits_and_respects_the_budget() {
+        let unresolved = [
+            (1, 10 * HOUR),
+            (2, 10 * HOUR + 5),
+            (3, 50 * HOUR),
+            (4, 9 * HOUR + 10),
+            (5, 100 * HOUR),
+            (6, 200 * HOUR),
+        ];
+        let windows = recheck_windows(&unresolved, HOUR, 3);
+        assert_eq!(
+            windows,
+            vec![
+                Recheck {
+                    window: Window {
+                        start_ms: 9 * HOUR + 10,
+                        end_ms: 10 * HOUR + 5
+                    },
+                    deposit_ids: vec![1, 2, 4]
+                },
+                Recheck {
+                    window: Window {
+                        start_ms: 50 * HOUR,
+                        end_ms: 50 * HOUR
+                    },
+                    deposit_ids: vec![3]
+                },
+                Recheck {
+                    window: Window {
+                        start_ms: 100 * HOUR,
+                        end_ms: 100 * HOUR
+                    },
+                    deposit_ids: vec![5]
+                },
+            ]
+        );
+        // Every window stays within the span; deposit 6 waits for a later cycle.
+        assert!(
+            windows
+                .iter()
+                .all(|r| r.window.end_ms - r.window.start_ms <= HOUR)
+        );
+        assert!(recheck_windows(&[], HOUR, 3).is_empty());
+        assert!(recheck_windows(&unresolved, HOUR, 0).is_empty());
+    }
 
     const DAY: i64 = 24 * 60 * 60 * 1000;
 

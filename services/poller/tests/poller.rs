@@ -61,6 +61,7 @@ fn settings() -> Settings {
         recv_window_ms: 5000,
         match_batch_size: 1000,
         collision_settle: Duration::ZERO,
+        ..Settings::default()
     }
 }
 
@@ -123,8 +124,9 @@ async fn invoice(pool: &PgPool, merchant_id: Uuid, base: &str) -> Invoice {
     create_invoice(pool, &new).await.unwrap()
 }
 
+/// A successful deposit Binance saw now: after every invoice the test created before it.
 fn deposit(id: &str, amount: &str) -> StubDeposit {
-    StubDeposit::success(id, "USDT", NETWORK, ADDRESS, amount, now_ms() - 60_000)
+    StubDeposit::success(id, "USDT", NETWORK, ADDRESS, amount, now_ms())
 }
 
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
@@ -276,10 +278,22 @@ async fn second_deposit_for_a_paid_invoice_is_recorded_not_credited() {
     assert_eq!(
         count(
             pool,
-            "SELECT count(*) FROM system_events WHERE kind = 'deposit.unmatched'"
+            "SELECT count(*) FROM system_events WHERE kind = 'deposit.duplicate'"
         )
         .await,
-        1
+        1,
+        "the second payment is recorded as a duplicate for a refund"
+    );
+    let outcomes: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT outcome, related_invoice_id::text FROM deposit_raw ORDER BY binance_deposit_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes[1].0, "duplicate");
+    assert!(
+        outcomes[1].1.is_some(),
+        "the duplicate names the invoice it was meant for"
     );
     h.poller.shutdown().await;
     h.db.drop_db().await;
@@ -707,11 +721,25 @@ async fn clock_skew_is_resynced() {
     ));
     let report = led(&mut h).await;
     assert_eq!(report.fetched, 1);
+    // Binance's time is taken before every cycle, so the skew never reaches a signed request.
     let statuses: Vec<u16> = h.stub.requests().iter().map(|r| r.status).collect();
-    assert_eq!(
-        statuses,
-        vec![400, 200],
-        "first attempt rejected with -1021, retried after resync"
+    assert_eq!(statuses, vec![200], "no request rejected with -1021");
+    assert!(
+        h.stub
+            .requests()
+            .iter()
+            .all(|r| !r.query.contains("endTime=") || {
+                let end: i64 = r
+                    .query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("endTime="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap();
+                // The window ends on Binance's clock, two minutes ahead of ours.
+                end > now_ms() + 100_000
+            }),
+        "{:?}",
+        h.stub.requests()
     );
     h.poller.shutdown().await;
     h.db.drop_db().await;
