@@ -1,144 +1,23 @@
 //! Poller integration tests: real Postgres (a fresh database per test) and the Binance stub.
 
-use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use problemsolver_core::Secret;
-use problemsolver_core::crypto::{MasterKey, NewMerchant, create_merchant};
-use problemsolver_core::db::connect_options;
-use problemsolver_core::http::{Readiness, Shutdown};
-use problemsolver_core::invoice::{Invoice, NewInvoice, create_invoice};
+use problemsolver_core::crypto::MasterKey;
+use problemsolver_core::invoice::{NewInvoice, create_invoice};
 use problemsolver_core::money::Decimal;
 use problemsolver_core::testing::TestDb;
 use problemsolver_poller::binance::{BinanceClient, BinanceError};
 use problemsolver_poller::config::Settings;
-use problemsolver_poller::leader::{Leadership, POLLER_LOCK_KEY};
-use problemsolver_poller::metrics::Metrics;
-use problemsolver_poller::service::{CycleError, CycleOutcome, CycleReport, Poller};
+use problemsolver_poller::leader::POLLER_LOCK_KEY;
+use problemsolver_poller::service::{CycleError, CycleOutcome};
 use problemsolver_poller::window::Window;
-use problemsolver_stubs::binance::{BinanceStub, BinanceStubHandle, Fault, StubDeposit};
-use prometheus_client::registry::Registry;
-use sqlx::{Connection, PgConnection, PgPool};
+use problemsolver_stubs::binance::{Fault, StubDeposit};
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-const API_KEY: &str = "test-api-key-value";
-const API_SECRET: &str = "test-api-secret-value";
-const MASTER_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-const NETWORK: &str = "TRX";
-const ADDRESS: &str = "TXdepositaddress";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn dec(text: &str) -> Decimal {
-    text.parse().unwrap()
-}
-
-struct Harness {
-    db: TestDb,
-    stub: BinanceStubHandle,
-    poller: Poller,
-    metrics: Metrics,
-    readiness: Readiness,
-    shutdown: Shutdown,
-}
-
-async fn stub() -> BinanceStubHandle {
-    BinanceStub::start(SocketAddr::from(([127, 0, 0, 1], 0)), API_KEY, API_SECRET)
-        .await
-        .unwrap()
-}
-
-fn settings() -> Settings {
-    Settings {
-        poll_interval: Duration::from_millis(50),
-        overlap: Duration::from_secs(600),
-        initial_lookback: Duration::from_secs(3600),
-        recv_window_ms: 5000,
-        match_batch_size: 1000,
-        collision_settle: Duration::ZERO,
-        ..Settings::default()
-    }
-}
-
-fn poller_for(db: &TestDb, base: &str, settings: Settings) -> (Poller, Metrics, Readiness) {
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let readiness = Readiness::new("starting");
-    let client = BinanceClient::new(
-        base,
-        Secret::new(API_KEY.to_owned()),
-        Secret::new(API_SECRET.to_owned()),
-        5000,
-    )
-    .unwrap();
-    let leadership = Leadership::new(connect_options(&db.url()).unwrap(), POLLER_LOCK_KEY);
-    let poller = Poller::new(
-        db.pool.clone(),
-        client,
-        leadership,
-        metrics.clone(),
-        readiness.clone(),
-        settings,
-    );
-    (poller, metrics, readiness)
-}
-
-async fn harness(name: &str, settings: Settings) -> Harness {
-    let db = TestDb::new(name).await;
-    let stub = stub().await;
-    let (poller, metrics, readiness) = poller_for(&db, &stub.base_url(), settings);
-    Harness {
-        db,
-        stub,
-        poller,
-        metrics,
-        readiness,
-        shutdown: Shutdown::new(),
-    }
-}
-
-async fn merchant(pool: &PgPool) -> Uuid {
-    let key = MasterKey::parse("ENCRYPTION_MASTER_KEY", MASTER_KEY).unwrap();
-    let new = NewMerchant {
-        name: "shop".to_owned(),
-        webhook_url: "http://127.0.0.1:9/hook".to_owned(),
-        webhook_secret: Secret::new("whsec_dGVzdA==".to_owned()),
-    };
-    create_merchant(pool, &key, &new).await.unwrap()
-}
-
-async fn invoice(pool: &PgPool, merchant_id: Uuid, base: &str) -> Invoice {
-    let new = NewInvoice {
-        merchant_id,
-        coin: "USDT".to_owned(),
-        network: NETWORK.to_owned(),
-        address: ADDRESS.to_owned(),
-        base_amount: dec(base),
-        is_smoke: false,
-    };
-    create_invoice(pool, &new).await.unwrap()
-}
-
-/// A successful deposit Binance saw now: after every invoice the test created before it.
-fn deposit(id: &str, amount: &str) -> StubDeposit {
-    StubDeposit::success(id, "USDT", NETWORK, ADDRESS, amount, now_ms())
-}
-
-async fn count(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
-
-async fn led(harness: &mut Harness) -> CycleReport {
-    match harness.poller.cycle(&harness.shutdown).await {
-        Ok(CycleOutcome::Led(report)) => report,
-        other => panic!("expected a led cycle, got {other:?}"),
-    }
-}
+mod support;
+use support::*;
 
 #[tokio::test]
 async fn full_flow_credits_invoice_once_and_queues_webhook() {
@@ -254,7 +133,7 @@ async fn reconciliation_counts_credited_deposits_and_finds_records_changed_behin
         .await
         .unwrap();
     h.poller.shutdown().await;
-    let (poller, metrics, _) = poller_for(&h.db, &h.stub.base_url(), settings());
+    let (poller, metrics, _, _) = poller_for(&h.db, &h.stub.base_url(), settings());
     h.poller = poller;
     let report = led(&mut h).await;
     assert_eq!((report.reconciled, report.mismatches), (2, 1));
