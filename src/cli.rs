@@ -89,7 +89,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub dry_run: bool,
 
-    /// Do not ask for confirmation (required when stdin is not a terminal).
+    /// Do not ask for confirmation (required with `-q` or when stdin or stderr is not a terminal:
+    /// a question nobody can see is refused, never left waiting).
     #[arg(short = 'y', long, global = true)]
     pub yes: bool,
 
@@ -172,8 +173,9 @@ pub struct DeployArgs {
     #[arg(long = "component", short = 'c', value_name = "NAME")]
     pub components: Vec<String>,
 
-    /// Image tag to deploy (default: the chart's own `image.tag`).
-    #[arg(long, value_name = "TAG")]
+    /// Image tag to deploy: letters, digits, `_`, `.`, `-` (the OCI tag grammar). Default: the
+    /// tag each release runs now (said on stderr); a first install needs `--tag`.
+    #[arg(long, value_name = "TAG", value_parser = crate::registry::parse_tag)]
     pub tag: Option<String>,
 
     /// Upper bound for the whole rollout of each component, e.g. `90s`, `5m`.
@@ -349,8 +351,8 @@ pub struct CanaryStartArgs {
     #[arg(long, short = 'c', value_name = "NAME")]
     pub component: Option<String>,
 
-    /// Image tag of the new release (must exist in the registry).
-    #[arg(long, value_name = "TAG")]
+    /// Image tag of the new release (must exist in the registry; letters, digits, `_`, `.`, `-`).
+    #[arg(long, value_name = "TAG", value_parser = crate::registry::parse_tag)]
     pub tag: String,
 
     /// Canary weights in percent, increasing; 100 means promotion [default: from psctl.yaml,
@@ -461,8 +463,9 @@ pub struct BuildArgs {
     #[arg(long = "component", short = 'c', value_name = "NAME")]
     pub components: Vec<String>,
 
-    /// Use this tag instead of the one derived from git (CI pipelines with their own scheme).
-    #[arg(long, value_name = "TAG")]
+    /// Use this tag instead of the one derived from git (CI pipelines with their own scheme;
+    /// letters, digits, `_`, `.`, `-`).
+    #[arg(long, value_name = "TAG", value_parser = crate::registry::parse_tag)]
     pub tag: Option<String>,
 
     /// CI build number appended to the derived tag: `<git-sha12>-<ID>`.

@@ -152,3 +152,81 @@ fn a_closed_stdout_is_not_an_error() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+#[test]
+fn an_injected_tag_is_refused_before_anything_runs() {
+    let file =
+        config("environments:\n  e:\n    kube_context: nowhere\n    registry: 127.0.0.1:5000\n");
+    for command in [
+        &["deploy", "--dry-run", "--tag", "v1,image.repository=evil/x"][..],
+        &[
+            "canary",
+            "start",
+            "--dry-run",
+            "--tag",
+            "v1,canary.replicas=9",
+        ][..],
+    ] {
+        let (code, stdout, stderr) = psctl(command, Some(file.path()));
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("is not a valid image tag"), "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+    }
+    let playbook = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(
+        playbook.path(),
+        "name: p\nsteps:\n  - deploy: {tag: \"${tag}\"}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = psctl(
+        &[
+            "run",
+            playbook.path().to_str().unwrap(),
+            "--dry-run",
+            "--var",
+            "tag=v1,image.repository=evil/x",
+        ],
+        Some(file.path()),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`tag`:"), "{stderr}");
+}
+
+#[test]
+fn the_dry_run_plan_hands_helm_values_in_a_file_never_set() {
+    let file =
+        config("environments:\n  e:\n    kube_context: nowhere\n    registry: 127.0.0.1:5000\n");
+    let (code, stdout, stderr) = psctl(
+        &["deploy", "--dry-run", "--tag", "1.2.3"],
+        Some(file.path()),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains("--set"), "{stdout}");
+    assert!(stdout.contains("--values <values-file>"), "{stdout}");
+    assert!(stdout.contains("poller values file:"), "{stdout}");
+    assert!(stdout.contains(r#""tag": "1.2.3""#), "{stdout}");
+}
+
+#[test]
+fn a_confirmation_nobody_can_answer_is_refused_not_awaited() {
+    let file = config("environments:\n  e:\n    kube_context: nowhere\n");
+    // stdin is a pipe that stays open: a prompt reading it would hang the test.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_psctl"))
+        .args(["deploy", "--tag", "1.2.3"])
+        .env("PSCTL_CONFIG", file.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refusing to proceed without confirmation (stdin is not a terminal)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pass `--yes`"), "{stderr}");
+}

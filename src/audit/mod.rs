@@ -48,10 +48,11 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    /// An entry for `action` on `target` by the current OS user, outcome `started`.
+    /// An entry for `action` on `target` by this process (`user@host pid N`, the identity
+    /// the deploy Lease names too), outcome `started`.
     pub fn new(action: impl Into<String>, target: impl Into<String>) -> Self {
         Self {
-            os_user: current_os_user(),
+            os_user: crate::lock::identity(),
             kube_identity: String::new(),
             environment: String::new(),
             action: action.into(),
@@ -95,27 +96,6 @@ impl AuditEntry {
         self.details = mask_secrets(details);
         self
     }
-}
-
-/// The OS user running psctl: `$USER`/`$LOGNAME`, else the numeric uid.
-pub fn current_os_user() -> String {
-    for variable in ["USER", "LOGNAME", "USERNAME"] {
-        if let Ok(user) = std::env::var(variable)
-            && !user.is_empty()
-        {
-            return user;
-        }
-    }
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix("Uid:")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .map(|uid| format!("uid:{uid}"))
-            })
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 const SECRET_KEY_MARKERS: [&str; 6] = [

@@ -175,7 +175,7 @@ pub fn plan_input(
         Some(tag) => tag.clone(),
         None => build::immutable_tag(&source, settings.ci_build.as_deref()),
     };
-    build::check_tag(&tag).map_err(|message| {
+    crate::registry::check_tag(&tag).map_err(|message| {
         CommandError::usage(anyhow::anyhow!(message))
             .hint("fix --tag or --ci-build (PSCTL_CI_BUILD)")
     })?;

@@ -34,7 +34,7 @@ use crate::cli::{
 };
 use crate::cluster::{self, ClusterError, is_not_found};
 use crate::error::{CommandError, CommandResult, ExitStatus};
-use crate::helm::driver::{HelmCommand, HelmTarget, UpgradeSpec, VALUES_PLACEHOLDER};
+use crate::helm::driver::{self, HelmCommand, HelmTarget, UpgradeSpec};
 use crate::helm::revision;
 use crate::lock::{self, DeployLock, LockError};
 use crate::output::{CheckState, Output, Render, Style, table};
@@ -253,6 +253,7 @@ fn repository(environment: &Environment, component: &Component) -> Option<String
 }
 
 /// `helm template` of the chart with the canary track on: the source of the canary Deployment.
+/// Everything, the canary switches and tag included, goes in the values file.
 pub fn template_command(
     helm: &HelmTarget,
     release: &str,
@@ -262,35 +263,13 @@ pub fn template_command(
     replicas: i32,
     values: &serde_yaml::Mapping,
 ) -> Result<HelmCommand, CommandError> {
-    let mut args = vec![
-        "template".to_owned(),
-        release.to_owned(),
-        chart.display().to_string(),
-        "--values".to_owned(),
-        VALUES_PLACEHOLDER.to_owned(),
-    ];
-    if let Some(repository) = repository {
-        args.extend([
-            "--set-string".to_owned(),
-            format!("image.repository={repository}"),
-        ]);
-    }
-    args.extend([
-        "--set".to_owned(),
-        "canary.enabled=true".to_owned(),
-        "--set-string".to_owned(),
-        format!("canary.image.tag={tag}"),
-        "--set".to_owned(),
-        format!("canary.replicas={replicas}"),
-    ]);
-    let values_yaml = serde_yaml::to_string(values).map_err(|e| {
-        CommandError::usage(anyhow::Error::new(e).context("encoding the chart values"))
-    })?;
-    Ok(HelmCommand {
-        program: helm.program.clone(),
-        args,
-        values_yaml: Some(values_yaml),
-    })
+    let mut merged = driver::chart_values(values)?;
+    driver::merge(&mut merged, driver::image_values(repository, None)?);
+    crate::registry::check_tag(tag).map_err(driver::HelmError::InvalidTag)?;
+    driver::set(&mut merged, &["canary", "enabled"], true.into());
+    driver::set(&mut merged, &["canary", "image", "tag"], tag.into());
+    driver::set(&mut merged, &["canary", "replicas"], replicas.into());
+    Ok(helm.template(release, chart, merged))
 }
 
 /// Picks the Deployment named `name` out of `helm template` output and makes it the canary
@@ -338,8 +317,12 @@ pub struct StartPlan {
     pub shape: RunShape,
     /// Renders the canary Deployment (applied with field manager `psctl-canary`).
     pub canary_render: String,
+    /// The values file of `canary_render` (nothing secret).
+    pub canary_values: Option<String>,
     /// Run at promotion only.
     pub promotion: String,
+    /// The values file of `promotion` (nothing secret).
+    pub promotion_values: Option<String>,
     /// The gate queries for a window of one bake.
     pub queries: WindowQueries,
     pub state_config_map: String,
@@ -362,6 +345,17 @@ impl Render for StartPlan {
             self.canary_render,
             self.promotion,
         );
+        for (what, values) in [
+            ("canary track", &self.canary_values),
+            ("promotion", &self.promotion_values),
+        ] {
+            if let Some(values) = values {
+                text.push_str(&format!("{what} values file:\n"));
+                for line in values.lines() {
+                    text.push_str(&format!("  {line}\n"));
+                }
+            }
+        }
         text.push_str(&table::render(
             &["GATE QUERY", "PROMQL"],
             [
@@ -529,7 +523,9 @@ async fn start(args: CanaryStartArgs, global: &GlobalSettings, output: &Output) 
         tag: settings.tag.clone(),
         shape: shape.clone(),
         canary_render: render.display(),
+        canary_values: render.values_file(),
         promotion: promotion.display(),
+        promotion_values: promotion.values_file(),
         queries: queries::window_queries(
             &spec.metrics,
             &scope,
@@ -543,7 +539,6 @@ async fn start(args: CanaryStartArgs, global: &GlobalSettings, output: &Output) 
     }
     support::confirm(
         global,
-        output,
         &format!(
             "start a canary of {} tag {} in `{}` (steps {:?} %)?",
             component.name, settings.tag, environment.name, shape.steps
@@ -625,8 +620,10 @@ async fn start(args: CanaryStartArgs, global: &GlobalSettings, output: &Output) 
     );
     preflight_image(&environment, component, &settings.tag, output).await?;
     let audit = support::open_audit(global, &environment, output).await?;
-    let me = lock::holder_identity(&format!("canary {}", component.name));
-    let held = acquire(&client, &environment.namespace, &me, None, output).await?;
+    let operation = format!("canary {}", component.name);
+    let me = lock::holder_identity(&operation);
+    let held =
+        support::take_lock(&client, &environment, &operation, audit.as_ref(), output).await?;
     let now = unix_now();
     let image = format!(
         "{}:{}",
@@ -744,7 +741,9 @@ async fn resume(args: CanaryResumeArgs, global: &GlobalSettings, output: &Output
         ))
         .hint("start a new one with `psctl canary start --tag TAG`"));
     }
-    if let Some(holder) = live_driver(&client, &environment.namespace, &run).await {
+    if let Some(holder) = live_driver(&client, &environment.namespace, &run).await
+        && lock::HolderProcess::of(&holder) == lock::HolderProcess::AliveHere
+    {
         return Err(CommandError::usage(anyhow::anyhow!(
             "the canary of `{}` is still driven by `{holder}`",
             component.name
@@ -753,7 +752,6 @@ async fn resume(args: CanaryResumeArgs, global: &GlobalSettings, output: &Output
     }
     support::confirm(
         global,
-        output,
         &format!(
             "resume the canary of {} tag {} at {}?",
             component.name,
@@ -763,15 +761,10 @@ async fn resume(args: CanaryResumeArgs, global: &GlobalSettings, output: &Output
     )?;
     let prometheus = prometheus(&environment, output).await?;
     let audit = support::open_audit(global, &environment, output).await?;
-    let me = lock::holder_identity(&format!("canary {}", component.name));
-    let held = acquire(
-        &client,
-        &environment.namespace,
-        &me,
-        run.holder.as_deref(),
-        output,
-    )
-    .await?;
+    let operation = format!("canary {}", component.name);
+    let me = lock::holder_identity(&operation);
+    let held =
+        support::take_lock(&client, &environment, &operation, audit.as_ref(), output).await?;
     let now = unix_now();
     if run.status == RunStatus::Paused {
         // A human looked and wants more evidence: the step bakes again from its weights.
@@ -856,7 +849,6 @@ async fn take_over(
     }
     support::confirm(
         global,
-        output,
         &format!(
             "{what}: canary of {} tag {} at {}?",
             component.name,
@@ -864,30 +856,36 @@ async fn take_over(
             run.position()
         ),
     )?;
-    let me = lock::holder_identity(&format!("canary {}", component.name));
+    let operation = format!("canary {}", component.name);
+    let me = lock::holder_identity(&operation);
     let request = request(me.clone(), unix_now());
-    if let Some(holder) = live_driver(&client, &environment.namespace, &run).await {
+    let stored = |holder: String| {
+        format!(
+            "`{holder}` drives the run and will {what} at its next evaluation (within {}s); follow with `psctl canary status`",
+            run.interval_secs
+        )
+    };
+    if let Some(holder) = live_driver(&client, &environment.namespace, &run).await
+        && lock::HolderProcess::of(&holder) == lock::HolderProcess::AliveHere
+    {
         store.request(request).await?;
-        output.check(
-            CheckState::Ok,
-            "request stored",
-            &format!(
-                "`{holder}` drives the run and will {what} at its next evaluation (within {}s); follow with `psctl canary status`",
-                run.interval_secs
-            ),
-        );
+        output.check(CheckState::Ok, "request stored", &stored(holder));
         return Ok(ExitStatus::Success);
     }
     let prometheus = prometheus(&environment, output).await?;
     let audit = support::open_audit(global, &environment, output).await?;
-    let held = acquire(
-        &client,
-        &environment.namespace,
-        &me,
-        run.holder.as_deref(),
-        output,
-    )
-    .await?;
+    // A driver on another host shows it is alive by renewing the Lease while we watch.
+    let held = match support::take_lock(&client, &environment, &operation, audit.as_ref(), output)
+        .await
+    {
+        Ok(held) => held,
+        Err(LockError::Held { holder, .. }) if run.holder.as_deref() == Some(holder.as_str()) => {
+            store.request(request).await?;
+            output.check(CheckState::Ok, "request stored", &stored(holder));
+            return Ok(ExitStatus::Success);
+        }
+        Err(error) => return Err(error.into()),
+    };
     run.status = RunStatus::Running;
     run.reason = None;
     run.request = Some(request);
@@ -1177,33 +1175,8 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// `user@host pid N (...)` of a process on this host that no longer exists. Pure apart from
-/// reading the hostname and `/proc`.
-fn holder_is_dead_here(holder: &str) -> bool {
-    let Some((user_host, rest)) = holder.split_once(" pid ") else {
-        return false;
-    };
-    let Some(pid) = rest
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
-    else {
-        return false;
-    };
-    let host = user_host
-        .split_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or_default();
-    let here = lock::holder_identity("probe");
-    let here_host = here
-        .split_once(" pid ")
-        .and_then(|(uh, _)| uh.split_once('@'))
-        .map(|(_, h)| h.to_owned())
-        .unwrap_or_default();
-    !host.is_empty() && host == here_host && !Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// The holder of the deploy Lease when it is the run's own driver and still renewing.
+/// The holder of the deploy Lease when it is the run's own driver and not known dead (a driver
+/// on this host whose process is gone is not driving anything).
 async fn live_driver(client: &kube::Client, namespace: &str, run: &CanaryRun) -> Option<String> {
     if run.status != RunStatus::Running {
         return None;
@@ -1211,75 +1184,9 @@ async fn live_driver(client: &kube::Client, namespace: &str, run: &CanaryRun) ->
     let expected = run.holder.as_deref()?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let lease = leases.get_opt(lock::LEASE_NAME).await.ok().flatten()?;
-    match lock::decide(
-        Some(&lease),
-        "psctl canary status",
-        k8s_openapi::jiff::Timestamp::now(),
-    ) {
-        lock::Decision::Refuse { holder, .. }
-            if holder == expected && !holder_is_dead_here(&holder) =>
-        {
-            Some(holder)
-        }
-        _ => None,
-    }
-}
-
-/// Takes the deploy Lease. When it is held by `previous` (the run's own driver, now gone),
-/// waits for it to expire, or takes it at once when that process is known dead on this host.
-async fn acquire(
-    client: &kube::Client,
-    namespace: &str,
-    me: &str,
-    previous: Option<&str>,
-    output: &Output,
-) -> Result<DeployLock, CommandError> {
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(u64::try_from(lock::LEASE_SECONDS).unwrap_or(60) + 30);
-    let mut announced = false;
-    loop {
-        match DeployLock::acquire(client, namespace, me).await {
-            Ok(held) => {
-                output.check(
-                    CheckState::Ok,
-                    "deploy lock",
-                    &format!("Lease `{}` acquired", lock::LEASE_NAME),
-                );
-                return Ok(held);
-            }
-            Err(LockError::Held { holder, .. })
-                if Some(holder.as_str()) == previous && tokio::time::Instant::now() < deadline =>
-            {
-                if holder_is_dead_here(&holder) {
-                    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
-                    if let Ok(Some(lease)) = leases.get_opt(lock::LEASE_NAME).await {
-                        let params = DeleteParams {
-                            preconditions: Some(kube::api::Preconditions {
-                                resource_version: lease.metadata.resource_version.clone(),
-                                uid: None,
-                            }),
-                            ..DeleteParams::default()
-                        };
-                        let _ = leases.delete(lock::LEASE_NAME, &params).await;
-                    }
-                    output.info(format!("the previous driver `{holder}` is gone from this host; its Lease was released"));
-                    continue;
-                }
-                if !announced {
-                    output.info(format!(
-                        "the deploy Lease is still held by the run's previous driver `{holder}`; waiting for it to expire (up to {}s)",
-                        lock::LEASE_SECONDS
-                    ));
-                    announced = true;
-                }
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
-            Err(error) => {
-                output.check(CheckState::Fail, "deploy lock", &error.to_string());
-                return Err(error.into());
-            }
-        }
-    }
+    let holder = lease.spec?.holder_identity?;
+    (holder == expected && lock::HolderProcess::of(&holder) != lock::HolderProcess::DeadHere)
+        .then_some(holder)
 }
 
 /// Reads and writes the run's ConfigMap with optimistic concurrency.
@@ -1954,11 +1861,32 @@ mod tests {
         .unwrap();
         assert_eq!(
             command.display(),
-            "helm template problemsolver-webhook charts/webhook-worker --values <values-file> \
-             --set-string image.repository=127.0.0.1:5000/problemsolver-webhook-worker --set canary.enabled=true \
-             --set-string canary.image.tag=1.4.3 --set canary.replicas=2"
+            "helm template problemsolver-webhook charts/webhook-worker --values <values-file>"
         );
-        assert_eq!(command.values_yaml.as_deref(), Some("logLevel: debug\n"));
+        assert_eq!(
+            serde_json::Value::Object(command.values.unwrap()),
+            serde_json::json!({
+                "logLevel": "debug",
+                "image": {"repository": "127.0.0.1:5000/problemsolver-webhook-worker"},
+                "canary": {"enabled": true, "image": {"tag": "1.4.3"}, "replicas": 2},
+            })
+        );
+    }
+
+    #[test]
+    fn a_canary_tag_outside_the_grammar_is_refused_before_helm() {
+        // A tag read back from the run's ConfigMap is checked again when the canary is rendered.
+        let error = template_command(
+            &helm(),
+            "problemsolver-webhook",
+            Path::new("charts/webhook-worker"),
+            None,
+            "1.4.3,canary.replicas=100",
+            2,
+            &serde_yaml::Mapping::new(),
+        )
+        .unwrap_err();
+        assert_eq!(error.status(), ExitStatus::Usage);
     }
 
     #[test]
@@ -1979,18 +1907,6 @@ mod tests {
         assert_eq!(object["metadata"]["annotations"][TAG_ANNOTATION], "1.4.3");
         let error = canary_object(rendered, "other-canary", "payments", "1.4.3").unwrap_err();
         assert!(error.contains("no Deployment `other-canary`"), "{error}");
-    }
-
-    #[test]
-    fn a_holder_on_another_host_is_never_presumed_dead() {
-        assert!(!holder_is_dead_here(
-            "ci@elsewhere-host-xyz pid 1 (canary webhook)"
-        ));
-        assert!(!holder_is_dead_here("garbage"));
-        let me = lock::holder_identity("canary webhook");
-        assert!(!holder_is_dead_here(&me), "this very process is alive");
-        let dead = me.replace(&format!(" pid {} ", std::process::id()), " pid 4194304 ");
-        assert!(holder_is_dead_here(&dead), "{dead}");
     }
 
     #[test]

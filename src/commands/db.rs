@@ -1,7 +1,6 @@
 //! `psctl db migrate | backup | restore | verify`: resolve the database, plan, guard, execute,
 //! report. The logic lives in `crate::db` and `crate::audit`; this file only sequences it.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,41 +92,6 @@ pub fn default_backup_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     data.join("psctl").join("backups")
-}
-
-/// Asks `question` on the terminal; `--yes` answers it; without a terminal the answer is no.
-fn confirm(global: &GlobalSettings, question: &str) -> Result<(), CommandError> {
-    if global.yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(
-            CommandError::usage(anyhow::anyhow!("{question}: no terminal to confirm on"))
-                .hint("pass --yes to confirm non-interactively"),
-        );
-    }
-    let answer = prompt(&format!("{question} [y/N] "))?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(CommandError::usage(anyhow::anyhow!(
-            "not confirmed; nothing changed"
-        )))
-    }
-}
-
-/// Written straight to stderr: the prompt must be visible even under `-q`, and the text never
-/// carries a secret (it names databases by `host:port/db` only).
-fn prompt(text: &str) -> Result<String, CommandError> {
-    let mut stderr = std::io::stderr();
-    let _ = write!(stderr, "{text}");
-    let _ = stderr.flush();
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .or_exit(ExitStatus::Usage, "reading the confirmation")?;
-    Ok(line)
 }
 
 // ---------------------------------------------------------------- migrate
@@ -239,9 +203,9 @@ async fn migrate_command(
         let typed = if target.production()
             && force_production
             && !global.dry_run
-            && std::io::stdin().is_terminal()
+            && super::support::can_prompt(global).is_ok()
         {
-            Some(prompt(&format!(
+            Some(super::support::prompt(&format!(
                 "Downgrading the PRODUCTION schema of `{environment}`. Type the environment name to confirm: "
             ))?)
         } else {
@@ -274,7 +238,7 @@ async fn migrate_command(
         .map(|s| s.version.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    confirm(
+    super::support::confirm(
         global,
         &format!("migrate {} ({steps})?", target.url.label()),
     )?;
@@ -544,7 +508,7 @@ async fn restore_command(
             .or_exit(ExitStatus::Usage, "writing the report")?;
         return Ok(ExitStatus::Success);
     }
-    confirm(
+    super::support::confirm(
         global,
         &format!(
             "restore {} into the new database {}?",

@@ -5,6 +5,7 @@
 //! under `--dry-run`; after each rollout the smoke suite verifies the component
 //! ([`verify_component`]).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,10 +19,11 @@ use crate::audit::AuditSink;
 use crate::cli::DeployArgs;
 use crate::cluster::{self, ClusterError, is_not_found};
 use crate::error::{CommandError, CommandResult, ExitStatus};
-use crate::helm::driver::{HelmCommand, HelmTarget, UpgradeSpec};
+use crate::helm;
+use crate::helm::driver::{HelmCommand, HelmTarget, UpgradeSpec, Values};
 use crate::helm::revision;
 use crate::helm::storage::Revision;
-use crate::lock::{self, DeployLock};
+use crate::lock;
 use crate::output::{CheckState, Output, Render, Style, table};
 use crate::registry::{MANIFEST_ACCEPT, manifest_url, tags_url};
 use crate::rollout::diagnosis::Policy;
@@ -63,11 +65,11 @@ pub struct PlanStep {
     pub component: String,
     pub release: String,
     pub deployment: String,
-    /// `<repository>:<tag>`, or the chart default when no tag was given.
+    /// `<repository>:<tag>`; without `--tag`, the tag the release runs now.
     pub image: String,
     /// The Helm command line (the values file shown as `<values-file>`).
     pub helm: String,
-    /// Non-secret values written to the 0600 values file, if any.
+    /// The values file's content (image, psctl.yaml's chart values: nothing secret), if any.
     pub values: Option<String>,
     #[serde(skip)]
     pub command: HelmCommand,
@@ -107,26 +109,44 @@ impl Render for DeployPlan {
                 ]
             }),
         ));
+        for step in &self.steps {
+            if let Some(values) = &step.values {
+                text.push_str(&format!("{} values file:\n", step.component));
+                for line in values.lines() {
+                    text.push_str(&format!("  {line}\n"));
+                }
+            }
+        }
         text
     }
 }
 
-/// Builds the plan. Pure: no I/O.
+/// Stands for the tag a release runs now in a `--dry-run` plan without `--tag` (the dry run
+/// does not read the cluster).
+pub const KEPT_TAG: &str = "<the tag it runs now>";
+
+/// Builds the plan. Pure: no I/O. Without `--tag`, each component's tag comes from `kept`
+/// (what it runs now, see [`kept_tags`]); a component missing there is shown as [`KEPT_TAG`].
 pub fn plan(
     environment: &Environment,
     settings: &DeploySettings,
     helm: &HelmTarget,
     config: &std::path::Path,
+    kept: &BTreeMap<String, String>,
 ) -> Result<DeployPlan, CommandError> {
     let components = environment.select(&settings.components)?;
     let mut steps = Vec::new();
     for component in components {
+        let tag = settings
+            .tag
+            .as_deref()
+            .or_else(|| kept.get(&component.name).map(String::as_str));
         let repository = environment
             .registry
             .as_ref()
             .map(|registry| format!("{registry}/{}", component.image));
         let chart = support::resolve_chart(config, &component.chart);
-        let description = match &settings.tag {
+        let description = match tag {
             Some(tag) => format!("psctl deploy {tag}"),
             None => "psctl deploy".to_owned(),
         };
@@ -134,14 +154,14 @@ pub fn plan(
             release: &component.release,
             chart: &chart,
             image_repository: repository.clone(),
-            image_tag: settings.tag.as_deref(),
+            image_tag: tag,
             values: &component.values,
             description: &description,
         })?;
         let image = format!(
             "{}:{}",
             repository.as_deref().unwrap_or(&component.image),
-            settings.tag.as_deref().unwrap_or("<chart default>")
+            tag.unwrap_or(KEPT_TAG)
         );
         steps.push(PlanStep {
             component: component.name.clone(),
@@ -149,7 +169,7 @@ pub fn plan(
             deployment: component.deployment.clone(),
             image,
             helm: command.display(),
-            values: command.values_yaml.clone(),
+            values: command.values_file(),
             command,
             selector: component.selector.clone(),
         });
@@ -162,6 +182,46 @@ pub fn plan(
         rollback_on_failure: settings.rollback,
         steps,
     })
+}
+
+/// Without `--tag` a deploy keeps each release's current image: the tag of its `deployed`
+/// revision. A release that is not installed yet, or whose tag psctl cannot read, needs
+/// `--tag` (exit 2): the chart's default image is never deployed by accident. Pure.
+pub fn kept_tags(
+    components: &[&Component],
+    history: &[Revision],
+) -> Result<BTreeMap<String, (String, u32)>, CommandError> {
+    let mut kept = BTreeMap::new();
+    for component in components {
+        let own: Vec<Revision> = history
+            .iter()
+            .filter(|r| r.release == component.release)
+            .cloned()
+            .collect();
+        let Some(deployed) = revision::deployed(&own) else {
+            return Err(CommandError::usage(anyhow::anyhow!(
+                "`{}` is not installed yet and no --tag was given: a first install needs the image tag",
+                component.release
+            ))
+            .hint(format!(
+                "pass `--tag TAG`, e.g. `psctl deploy --component {} --tag <tag from psctl build>`",
+                component.name
+            )));
+        };
+        if let Err(problem) = crate::registry::check_tag(&deployed.image_tag) {
+            return Err(CommandError::usage(anyhow::anyhow!(
+                "no --tag was given and the tag `{}` runs now cannot be reused (revision {}): {problem}",
+                component.release,
+                deployed.revision
+            ))
+            .hint("pass `--tag TAG` with the image to deploy"));
+        }
+        kept.insert(
+            component.name.clone(),
+            (deployed.image_tag.clone(), deployed.revision),
+        );
+    }
+    Ok(kept)
 }
 
 /// The `-o json` result of a deploy.
@@ -207,14 +267,19 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
     let settings = DeploySettings::resolve(args);
     let environment = global.environment()?;
     let helm = support::helm_target(&environment);
-    let plan = plan(&environment, &settings, &helm, &global.config)?;
+    let plan = plan(
+        &environment,
+        &settings,
+        &helm,
+        &global.config,
+        &BTreeMap::new(),
+    )?;
     if global.dry_run {
         output.data(&plan).context("writing the plan")?;
         return Ok(ExitStatus::Success);
     }
     support::confirm(
         global,
-        output,
         &format!(
             "deploy {} to `{}`?",
             plan.steps
@@ -229,35 +294,40 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
     let client = preflight_cluster(&environment, output).await?;
     let selected = environment.select(&settings.components)?;
     preflight_secret(&client, &environment, output).await?;
-    let plan = with_secret_fingerprint(plan, &client, &environment, output).await?;
-    if let Some(tag) = &settings.tag {
-        preflight_images(&environment, &selected, tag, output).await?;
-    } else {
-        output.check(
-            CheckState::Skip,
-            "image tag",
-            "no --tag: the chart's default image is deployed",
-        );
-    }
     let releases: Vec<String> = selected.iter().map(|c| c.release.clone()).collect();
     let history = read_revisions(&client, &environment.namespace, &releases).await?;
     let previous = preflight_releases(&selected, &history, output)?;
-    let audit = support::open_audit(global, &environment, output).await?;
-    let me = lock::holder_identity("deploy");
-    let deploy_lock = match DeployLock::acquire(&client, &environment.namespace, &me).await {
-        Ok(held) => {
-            output.check(
-                CheckState::Ok,
-                "deploy lock",
-                &format!("Lease `{}` acquired", lock::LEASE_NAME),
-            );
-            held
-        }
-        Err(error) => {
-            output.check(CheckState::Fail, "deploy lock", &error.to_string());
-            return Err(error.into());
+    let kept = match &settings.tag {
+        Some(_) => BTreeMap::new(),
+        None => {
+            let kept = kept_tags(&selected, &history)?;
+            for (component, (tag, revision)) in &kept {
+                output.info(format!(
+                    "no --tag: `{component}` keeps the image it runs now, tag {tag} (revision {revision})"
+                ));
+            }
+            kept.into_iter()
+                .map(|(component, (tag, _))| (component, tag))
+                .collect()
         }
     };
+    let plan = self::plan(&environment, &settings, &helm, &global.config, &kept)?;
+    let plan = with_secret_fingerprint(plan, &client, &environment, output).await?;
+    let images: Vec<(&Component, &str)> = selected
+        .iter()
+        .map(|component| {
+            let tag = settings
+                .tag
+                .as_deref()
+                .or_else(|| kept.get(&component.name).map(String::as_str))
+                .unwrap_or_default();
+            (*component, tag)
+        })
+        .collect();
+    preflight_images(&environment, &images, output).await?;
+    let audit = support::open_audit(global, &environment, output).await?;
+    let deploy_lock =
+        support::take_lock(&client, &environment, "deploy", audit.as_ref(), output).await?;
 
     let context = Context {
         client: &client,
@@ -708,8 +778,9 @@ async fn with_secret_fingerprint(
                 &format!("{fingerprint} on the pod template (pods roll when it changes)"),
             );
             for step in &mut plan.steps {
-                step.command.args.extend(fingerprint_args(&fingerprint));
+                step.command.add_values(fingerprint_values(&fingerprint));
                 step.helm = step.command.display();
+                step.values = step.command.values_file();
             }
         }
         None => output.check(
@@ -721,15 +792,16 @@ async fn with_secret_fingerprint(
     Ok(plan)
 }
 
-/// The Helm arguments setting the pod-template annotation `psctl.io/secret-fingerprint`.
-pub fn fingerprint_args(fingerprint: &str) -> [String; 2] {
-    [
-        "--set-string".to_owned(),
-        format!(
-            "podAnnotations.{}={fingerprint}",
-            crate::secrets::POD_FINGERPRINT_ANNOTATION.replace('.', "\\.")
-        ),
-    ]
+/// The chart values setting the pod-template annotation `psctl.io/secret-fingerprint` (a keyed
+/// fingerprint, safe to show).
+pub fn fingerprint_values(fingerprint: &str) -> Values {
+    let mut values = Values::new();
+    helm::driver::set(
+        &mut values,
+        &["podAnnotations", crate::secrets::POD_FINGERPRINT_ANNOTATION],
+        fingerprint.into(),
+    );
+    values
 }
 
 /// Required key names missing from `present`. Pure.
@@ -744,8 +816,7 @@ pub fn missing_keys(present: &[String], required: &[String]) -> Vec<String> {
 /// Every image to deploy exists in the registry (registry HTTP API v2, manifest HEAD).
 async fn preflight_images(
     environment: &Environment,
-    components: &[&Component],
-    tag: &str,
+    images: &[(&Component, &str)],
     output: &Output,
 ) -> Result<(), CommandError> {
     let Some(registry) = &environment.registry else {
@@ -762,7 +833,8 @@ async fn preflight_images(
         .map_err(|e| {
             CommandError::usage(anyhow::Error::new(e).context("building the HTTP client"))
         })?;
-    for component in components {
+    for (component, tag) in images {
+        let tag = *tag;
         let url = manifest_url(registry, &component.image, tag);
         let reference = format!("{registry}/{}:{tag}", component.image);
         let response = http
@@ -910,6 +982,7 @@ mod tests {
             &settings(&[], Some("1.4.2")),
             &helm(),
             Path::new("psctl.yaml"),
+            &BTreeMap::new(),
         )
         .unwrap();
         let names: Vec<_> = plan.steps.iter().map(|s| s.release.as_str()).collect();
@@ -919,9 +992,15 @@ mod tests {
             "127.0.0.1:5000/problemsolver-webhook-worker:1.4.2"
         );
         assert!(
-            plan.steps[1].helm.ends_with("--set-string image.tag=1.4.2"),
+            plan.steps[1].helm.ends_with("--values <values-file>"),
             "{}",
             plan.steps[1].helm
+        );
+        let values: serde_json::Value =
+            serde_json::from_str(plan.steps[1].values.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            values["image"],
+            serde_json::json!({"repository": "127.0.0.1:5000/problemsolver-webhook-worker", "tag": "1.4.2"})
         );
     }
 
@@ -932,6 +1011,7 @@ mod tests {
             &settings(&["api"], None),
             &helm(),
             Path::new("psctl.yaml"),
+            &BTreeMap::new(),
         )
         .unwrap_err();
         assert_eq!(error.status(), ExitStatus::Usage);
@@ -944,6 +1024,7 @@ mod tests {
             &settings(&["webhook"], Some("x")),
             &helm(),
             Path::new("psctl.yaml"),
+            &BTreeMap::new(),
         )
         .unwrap();
         let json = serde_json::to_value(&plan).unwrap();
@@ -978,14 +1059,126 @@ mod tests {
     }
 
     #[test]
-    fn the_secret_fingerprint_is_a_pod_annotation_with_escaped_dots() {
+    fn the_secret_fingerprint_is_a_pod_annotation_in_the_values_file() {
+        let mut plan = plan(
+            &environment(),
+            &settings(&["poller"], Some("1.4.2")),
+            &helm(),
+            Path::new("psctl.yaml"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        plan.steps[0]
+            .command
+            .add_values(fingerprint_values("00112233aabbccdd"));
+        let values = plan.steps[0].command.values.clone().unwrap();
         assert_eq!(
-            fingerprint_args("00112233aabbccdd"),
-            [
-                "--set-string".to_owned(),
-                r"podAnnotations.psctl\.io/secret-fingerprint=00112233aabbccdd".to_owned()
-            ]
+            values["podAnnotations"],
+            serde_json::json!({"psctl.io/secret-fingerprint": "00112233aabbccdd"})
         );
+        assert_eq!(values["image"]["tag"], "1.4.2");
+        assert!(
+            !plan.steps[0]
+                .command
+                .args
+                .iter()
+                .any(|a| a.starts_with("--set"))
+        );
+    }
+
+    #[test]
+    fn the_dry_run_table_shows_each_values_file() {
+        let plan = plan(
+            &environment(),
+            &settings(&["webhook"], Some("1.4.2")),
+            &helm(),
+            Path::new("psctl.yaml"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let text = plan.render_table(&Style::PLAIN);
+        assert!(text.contains("webhook values file:\n  {\n"), "{text}");
+        assert!(text.contains(r#"    "tag": "1.4.2""#), "{text}");
+    }
+
+    #[test]
+    fn without_a_tag_each_release_keeps_the_tag_it_runs() {
+        let environment = environment();
+        let components = environment.select(&[]).unwrap();
+        let mut history = vec![
+            rev(3, ReleaseStatus::Deployed),
+            rev(4, ReleaseStatus::Failed),
+            rev(7, ReleaseStatus::Deployed),
+        ];
+        history[0].release = "problemsolver-poller".into();
+        history[0].image_tag = "1.4.1".into();
+        history[1].release = "problemsolver-poller".into();
+        history[1].image_tag = "1.4.2".into();
+        history[2].release = "problemsolver-webhook".into();
+        history[2].image_tag = "0123456789ab".into();
+        let kept = kept_tags(&components, &history).unwrap();
+        assert_eq!(
+            kept["poller"],
+            ("1.4.1".to_owned(), 3),
+            "the deployed revision, not the failed one"
+        );
+        assert_eq!(kept["webhook"], ("0123456789ab".to_owned(), 7));
+
+        let tags = kept.into_iter().map(|(c, (t, _))| (c, t)).collect();
+        let plan = plan(
+            &environment,
+            &settings(&[], None),
+            &helm(),
+            Path::new("psctl.yaml"),
+            &tags,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.steps[0].image,
+            "127.0.0.1:5000/problemsolver-poller:1.4.1"
+        );
+        assert_eq!(
+            plan.steps[0].command.values.as_ref().unwrap()["image"]["tag"],
+            "1.4.1"
+        );
+        assert_eq!(
+            plan.steps[1].command.values.as_ref().unwrap()["image"]["tag"],
+            "0123456789ab"
+        );
+    }
+
+    #[test]
+    fn without_a_tag_a_first_install_or_an_unreadable_tag_is_refused() {
+        let environment = environment();
+        let components = environment.select(&["webhook".to_owned()]).unwrap();
+        let error = kept_tags(&components, &[]).unwrap_err();
+        assert_eq!(error.status(), ExitStatus::Usage);
+        assert!(format!("{:#}", error.error()).contains("a first install needs the image tag"));
+        assert!(error.hints()[0].contains("--tag"));
+
+        let mut digest = rev(2, ReleaseStatus::Deployed);
+        digest.release = "problemsolver-webhook".into();
+        digest.image_tag = "sha256:abc".into();
+        let error = kept_tags(&components, &[digest]).unwrap_err();
+        assert_eq!(error.status(), ExitStatus::Usage);
+    }
+
+    #[test]
+    fn a_dry_run_without_a_tag_says_the_running_tag_is_kept() {
+        let plan = plan(
+            &environment(),
+            &settings(&["poller"], None),
+            &helm(),
+            Path::new("psctl.yaml"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.steps[0].image,
+            format!("127.0.0.1:5000/problemsolver-poller:{KEPT_TAG}")
+        );
+        let values = plan.steps[0].command.values.as_ref().unwrap();
+        assert!(values["image"].get("tag").is_none(), "{values:?}");
     }
 
     #[test]

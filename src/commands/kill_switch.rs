@@ -11,7 +11,6 @@ use super::support::{self, AuditNote};
 use crate::cli::{KillSwitchArgs, KillSwitchState};
 use crate::cluster::{self, ClusterError};
 use crate::error::{CommandResult, ExitStatus};
-use crate::lock::{self, DeployLock};
 use crate::output::{CheckState, Output, Render, Style, table};
 use crate::settings::GlobalSettings;
 
@@ -156,19 +155,14 @@ pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output)
     }
     support::confirm(
         global,
-        output,
         &format!(
             "turn the kill switch {state_name} in `{}`?",
             environment.name
         ),
     )?;
     let audit = support::open_audit(global, &environment, output).await?;
-    let held = DeployLock::acquire(
-        &client,
-        &environment.namespace,
-        &lock::holder_identity("kill-switch"),
-    )
-    .await?;
+    let held =
+        support::take_lock(&client, &environment, "kill-switch", audit.as_ref(), output).await?;
     let mut failure = None;
     for change in &mut report.changes {
         let Some(patch) = &change.patch else { continue };

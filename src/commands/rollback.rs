@@ -19,7 +19,6 @@ use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::helm::driver::HelmCommand;
 use crate::helm::revision;
 use crate::helm::storage::{self, Revision};
-use crate::lock::{self, DeployLock};
 use crate::output::{CheckState, Output, Render, Style};
 use crate::rollout::diagnosis::{Policy, REVISION_ANNOTATION};
 use crate::rollout::track::{self, Target};
@@ -299,16 +298,11 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
     output.info(plan.render_table(&output.style()).trim_end());
     support::confirm(
         global,
-        output,
         &format!("execute this plan in `{}`?", environment.name),
     )?;
     let audit = support::open_audit(global, &environment, output).await?;
-    let held = DeployLock::acquire(
-        &client,
-        &environment.namespace,
-        &lock::holder_identity("rollback"),
-    )
-    .await?;
+    let held =
+        support::take_lock(&client, &environment, "rollback", audit.as_ref(), output).await?;
     let result = execute(&client, &environment, &component, &plan, timeout, output).await;
     let outcome = if result.is_ok() {
         "succeeded"

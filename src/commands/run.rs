@@ -178,7 +178,6 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
     }
     support::confirm(
         global,
-        output,
         &format!(
             "run playbook `{}` ({} steps{}) against `{}`?",
             plan.playbook,
@@ -517,7 +516,7 @@ impl Executor<'_> {
             Ok(Some(command)) => command,
             Ok(None) => {
                 let question = step.message.as_deref().unwrap_or("continue?");
-                let answer = support::confirm(self.global, self.output, question).map_err(|e| {
+                let answer = support::confirm(self.global, question).map_err(|e| {
                     e.hint(format!(
                         "approve by resuming with `--from {} --yes`",
                         step.number

@@ -18,7 +18,7 @@ use super::support::{self, AuditNote};
 use crate::cli::{SecretsApplyArgs, SecretsArgs, SecretsCheckArgs, SecretsCommand};
 use crate::cluster::{self, ClusterError, is_not_found};
 use crate::error::{CommandError, CommandResult, ExitStatus};
-use crate::lock::{self, DeployLock};
+use crate::lock;
 use crate::output::{CheckState, Output, Render, Style, table};
 use crate::secrets::{
     self, APPLIED_AT_ANNOTATION, APPLIED_BY_ANNOTATION, Change, Entry, FINGERPRINT_KEY_FIELD,
@@ -226,7 +226,6 @@ async fn apply(args: SecretsApplyArgs, global: &GlobalSettings, output: &Output)
     }
     support::confirm(
         global,
-        output,
         &format!(
             "write Secret `{name}` in `{}` ({} added, {} changed, {} removed)?",
             environment.namespace,
@@ -237,12 +236,14 @@ async fn apply(args: SecretsApplyArgs, global: &GlobalSettings, output: &Output)
     )?;
     let audit = super::audit::sink(global, output).await?;
     let me = lock::holder_identity("secrets apply");
-    let held = DeployLock::acquire(&client, &environment.namespace, &me).await?;
-    output.check(
-        CheckState::Ok,
-        "deploy lock",
-        &format!("Lease `{}` acquired", lock::LEASE_NAME),
-    );
+    let held = support::take_lock(
+        &client,
+        &environment,
+        "secrets apply",
+        audit.as_ref(),
+        output,
+    )
+    .await?;
     let written = write(
         &client,
         &environment,

@@ -114,6 +114,7 @@ pub async fn backup(
     let file = dir.join(backup_file_name(&url.database(), created_at));
     // Write under a temporary name so a crash never leaves a plausible-looking partial dump.
     let partial = file.with_extension("dump.partial");
+    create_private(&partial)?;
     let output = run_tool(Tool::PgDump, &pg_dump_args(&partial), url, Stdio::null()).await;
     if let Err(error) = output {
         let _ = std::fs::remove_file(&partial);
@@ -156,6 +157,30 @@ pub async fn backup(
         toc_entries,
         pruned,
     })
+}
+
+/// Creates `path` empty and readable by this user only (0600, whatever the umask), so the dump
+/// `pg_dump` then writes into it is never readable by others, not even while it is written.
+fn create_private(path: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let io = |source| BackupError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    // A partial file left by a crash may have other permissions: start afresh.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(error)),
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)
 }
 
 fn write_manifest(path: &Path, manifest: &Manifest) -> Result<(), BackupError> {
@@ -377,6 +402,19 @@ mod tests {
             manifest_path(Path::new("/b/x.dump")),
             Path::new("/b/x.dump.manifest.json")
         );
+    }
+
+    #[test]
+    fn a_dump_file_is_created_private_even_over_a_leftover() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.dump.partial");
+        std::fs::write(&path, "old partial").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        create_private(&path).unwrap();
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+        assert_eq!(metadata.len(), 0);
     }
 
     #[test]

@@ -1,15 +1,24 @@
 //! The Helm driver: every Helm invocation is first a plain [`HelmCommand`] value (program, argv,
-//! values file content) that `--dry-run` prints and tests inspect; [`HelmCommand::run`] executes it.
+//! values) that `--dry-run` prints and tests inspect; [`HelmCommand::run`] executes it.
 //!
-//! Values travel in a 0600 temporary file, never on the command line; only the non-secret
-//! `image.repository`/`image.tag` use `--set`, so the plan shows what is being deployed.
+//! Every value psctl hands Helm (the image, psctl.yaml's chart values, the canary switches, the
+//! Secret fingerprint annotation) travels in one values file, written 0600 in a private
+//! temporary directory and removed after the run; never `--set`/`--set-string`, whose syntax
+//! (`,` separates assignments, `=` and `.` structure them) a value could otherwise smuggle
+//! extra assignments through. The file is JSON, which Helm reads as YAML: every string stays a
+//! quoted string (a tag `on` or `1_000` is not turned into a boolean or a number), and tags are
+//! checked against the OCI grammar before they are written.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::{Classify, ExitStatus};
+
+/// Chart values as psctl hands them to Helm.
+pub type Values = serde_json::Map<String, Value>;
 
 /// Where and as whom Helm talks to the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -25,9 +34,9 @@ pub struct HelmTarget {
 pub struct HelmCommand {
     pub program: PathBuf,
     pub args: Vec<String>,
-    /// YAML written to a 0600 file whose path replaces [`VALUES_PLACEHOLDER`] in `args`.
+    /// Written to a 0600 file whose path replaces [`VALUES_PLACEHOLDER`] in `args`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub values_yaml: Option<String>,
+    pub values: Option<Values>,
 }
 
 /// Stands for the temporary values file in a planned argv.
@@ -46,6 +55,60 @@ pub struct UpgradeSpec<'a> {
     pub description: &'a str,
 }
 
+/// psctl.yaml's (or a `--values` file's) chart values in the form Helm is given.
+pub fn chart_values(values: &serde_yaml::Mapping) -> Result<Values, HelmError> {
+    match serde_json::to_value(values).map_err(HelmError::Values)? {
+        Value::Object(map) => Ok(map),
+        _ => Ok(Values::new()),
+    }
+}
+
+/// `image.repository` / `image.tag` (each only when given); the tag is checked first.
+pub fn image_values(repository: Option<&str>, tag: Option<&str>) -> Result<Values, HelmError> {
+    let mut values = Values::new();
+    if let Some(repository) = repository {
+        set(&mut values, &["image", "repository"], repository.into());
+    }
+    if let Some(tag) = tag {
+        crate::registry::check_tag(tag).map_err(HelmError::InvalidTag)?;
+        set(&mut values, &["image", "tag"], tag.into());
+    }
+    Ok(values)
+}
+
+/// Sets `value` at the nested `path`, creating (or replacing non-map) intermediate maps.
+pub fn set(values: &mut Values, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut current = values;
+    for key in parents {
+        let entry = current
+            .entry((*key).to_owned())
+            .or_insert_with(|| Value::Object(Values::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Values::new());
+        }
+        let Value::Object(map) = entry else {
+            unreachable!("just made an object")
+        };
+        current = map;
+    }
+    current.insert((*last).to_owned(), value);
+}
+
+/// Deep-merges `overlay` into `base`: maps merge key by key, anything else is replaced.
+pub fn merge(base: &mut Values, overlay: Values) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Object(existing)), Value::Object(incoming)) => merge(existing, incoming),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 impl HelmTarget {
     fn connection_args(&self) -> Vec<String> {
         let mut args = vec![
@@ -61,7 +124,8 @@ impl HelmTarget {
         args
     }
 
-    /// `helm upgrade --install` without `--wait`: psctl tracks the rollout itself.
+    /// `helm upgrade --install` without `--wait`: psctl tracks the rollout itself. psctl's own
+    /// values (the image) are merged over psctl.yaml's, as `--set` used to take precedence.
     pub fn upgrade_install(&self, spec: &UpgradeSpec<'_>) -> Result<HelmCommand, HelmError> {
         let mut args = vec![
             "upgrade".to_owned(),
@@ -72,26 +136,32 @@ impl HelmTarget {
         args.extend(self.connection_args());
         args.extend(["--max-history".to_owned(), "20".to_owned()]);
         args.extend(["--description".to_owned(), spec.description.to_owned()]);
-        let values_yaml = if spec.values.is_empty() {
-            None
-        } else {
-            args.extend(["--values".to_owned(), VALUES_PLACEHOLDER.to_owned()]);
-            Some(serde_yaml::to_string(spec.values).map_err(HelmError::Values)?)
-        };
-        if let Some(repository) = &spec.image_repository {
-            args.extend([
-                "--set-string".to_owned(),
-                format!("image.repository={repository}"),
-            ]);
-        }
-        if let Some(tag) = spec.image_tag {
-            args.extend(["--set-string".to_owned(), format!("image.tag={tag}")]);
-        }
-        Ok(HelmCommand {
+        let mut command = HelmCommand {
             program: self.program.clone(),
             args,
-            values_yaml,
-        })
+            values: None,
+        };
+        command.add_values(chart_values(spec.values)?);
+        command.add_values(image_values(
+            spec.image_repository.as_deref(),
+            spec.image_tag,
+        )?);
+        Ok(command)
+    }
+
+    /// `helm template RELEASE CHART` with `values` (the chart rendered locally, nothing applied).
+    pub fn template(&self, release: &str, chart: &Path, values: Values) -> HelmCommand {
+        let mut command = HelmCommand {
+            program: self.program.clone(),
+            args: vec![
+                "template".to_owned(),
+                release.to_owned(),
+                chart.display().to_string(),
+            ],
+            values: None,
+        };
+        command.add_values(values);
+        command
     }
 
     /// `helm rollback RELEASE REVISION`.
@@ -105,7 +175,7 @@ impl HelmTarget {
         HelmCommand {
             program: self.program.clone(),
             args,
-            values_yaml: None,
+            values: None,
         }
     }
 
@@ -116,12 +186,38 @@ impl HelmTarget {
         HelmCommand {
             program: self.program.clone(),
             args,
-            values_yaml: None,
+            values: None,
         }
     }
 }
 
 impl HelmCommand {
+    /// Merges `overlay` into the values (added later wins); the first non-empty values add
+    /// `--values <values-file>` to the argv.
+    pub fn add_values(&mut self, overlay: Values) {
+        if overlay.is_empty() {
+            return;
+        }
+        match &mut self.values {
+            Some(values) => merge(values, overlay),
+            None => {
+                self.args
+                    .extend(["--values".to_owned(), VALUES_PLACEHOLDER.to_owned()]);
+                self.values = Some(overlay);
+            }
+        }
+    }
+
+    /// The values file's content exactly as written (JSON, which Helm reads as YAML).
+    pub fn values_file(&self) -> Option<String> {
+        self.values.as_ref().map(|values| {
+            let mut text = serde_json::to_string_pretty(values)
+                .unwrap_or_else(|_| unreachable!("a JSON map always serialises"));
+            text.push('\n');
+            text
+        })
+    }
+
     /// The argv as a shell-like line, for plans and logs (values file shown as a placeholder).
     pub fn display(&self) -> String {
         std::iter::once(self.program.display().to_string())
@@ -132,15 +228,15 @@ impl HelmCommand {
 
     /// Runs Helm, returning its stdout; failures carry Helm's stderr.
     pub async fn run(&self) -> Result<String, HelmError> {
-        let values_file = match &self.values_yaml {
-            Some(yaml) => Some(write_private_file(yaml)?),
+        let values_file = match self.values_file() {
+            Some(content) => Some(PrivateFile::write(&content)?),
             None => None,
         };
         let args: Vec<String> = self
             .args
             .iter()
             .map(|arg| match (&values_file, arg.as_str()) {
-                (Some(file), VALUES_PLACEHOLDER) => file.path().display().to_string(),
+                (Some(file), VALUES_PLACEHOLDER) => file.path.display().to_string(),
                 _ => arg.clone(),
             })
             .collect();
@@ -170,18 +266,43 @@ impl HelmCommand {
     }
 }
 
-fn write_private_file(content: &str) -> Result<tempfile::NamedTempFile, HelmError> {
-    use std::io::Write as _;
-    // NamedTempFile is created 0600 on Unix: only this user can read the values.
-    let mut file = tempfile::Builder::new()
-        .prefix("psctl-values-")
-        .suffix(".yaml")
-        .tempfile()
-        .map_err(HelmError::TempFile)?;
-    file.write_all(content.as_bytes())
-        .map_err(HelmError::TempFile)?;
-    file.flush().map_err(HelmError::TempFile)?;
-    Ok(file)
+/// A values file readable by this user only, in a directory of its own; both are removed when
+/// this is dropped.
+struct PrivateFile {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateFile {
+    fn write(content: &str) -> Result<Self, HelmError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        // The directory is 0700 and the file 0600 (never wider, whatever the umask); the file
+        // must not exist yet.
+        let dir = tempfile::Builder::new()
+            .prefix("psctl-helm-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map_err(HelmError::TempFile)?;
+        let path = dir.path().join("values.json");
+        // Helm splits `--values` at commas: a path holding one would name other files.
+        if path.to_string_lossy().contains(',') {
+            return Err(HelmError::TempFile(std::io::Error::other(format!(
+                "the temporary directory `{}` contains a comma, which Helm would split; set TMPDIR elsewhere",
+                dir.path().display()
+            ))));
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(HelmError::TempFile)?;
+        file.write_all(content.as_bytes())
+            .map_err(HelmError::TempFile)?;
+        file.flush().map_err(HelmError::TempFile)?;
+        Ok(Self { path, _dir: dir })
+    }
 }
 
 fn shell_quote(arg: &str) -> String {
@@ -212,14 +333,18 @@ pub enum HelmError {
     },
     #[error("cannot write the values file")]
     TempFile(#[source] std::io::Error),
-    #[error("cannot serialise chart values")]
-    Values(#[source] serde_yaml::Error),
+    #[error("cannot hand the chart values to Helm (keys must be strings)")]
+    Values(#[source] serde_json::Error),
+    #[error("{0}")]
+    InvalidTag(String),
 }
 
 impl Classify for HelmError {
     fn exit_status(&self) -> ExitStatus {
         match self {
-            Self::Spawn { .. } | Self::TempFile(_) | Self::Values(_) => ExitStatus::Usage,
+            Self::Spawn { .. } | Self::TempFile(_) | Self::Values(_) | Self::InvalidTag(_) => {
+                ExitStatus::Usage
+            }
             Self::Failed { .. } => ExitStatus::VerificationFailed,
         }
     }
@@ -277,19 +402,86 @@ mod tests {
             command.display(),
             "/opt/helm upgrade --install problemsolver-webhook charts/webhook-worker --namespace default \
              --kube-context psctl-sandbox --kubeconfig /state/kubeconfig --max-history 20 \
-             --description 'psctl deploy 1.4.2' --values <values-file> \
-             --set-string image.repository=127.0.0.1:5000/problemsolver-webhook-worker --set-string image.tag=1.4.2"
+             --description 'psctl deploy 1.4.2' --values <values-file>"
         );
         assert!(
             !command
                 .args
                 .iter()
-                .any(|a| a.starts_with("--wait") || a == "--atomic")
+                .any(|a| a.starts_with("--wait") || a == "--atomic" || a.starts_with("--set"))
         );
         assert_eq!(
-            command.values_yaml.as_deref(),
-            Some("replicaCount: 2\nenv:\n  RUST_LOG: info\n")
+            command.values_file().unwrap(),
+            r#"{
+  "env": {
+    "RUST_LOG": "info"
+  },
+  "image": {
+    "repository": "127.0.0.1:5000/problemsolver-webhook-worker",
+    "tag": "1.4.2"
+  },
+  "replicaCount": 2
+}
+"#
         );
+    }
+
+    #[test]
+    fn the_chosen_image_wins_over_psctl_yaml_values() {
+        let values: serde_yaml::Mapping =
+            serde_yaml::from_str("image: {tag: old, pullPolicy: Always}").unwrap();
+        let command = target()
+            .upgrade_install(&UpgradeSpec {
+                release: "r",
+                chart: Path::new("c"),
+                image_repository: None,
+                image_tag: Some("new"),
+                values: &values,
+                description: "d",
+            })
+            .unwrap();
+        assert_eq!(
+            command.values.unwrap()["image"],
+            serde_json::json!({"tag": "new", "pullPolicy": "Always"})
+        );
+    }
+
+    #[test]
+    fn an_injected_tag_never_reaches_helm() {
+        // Helm would have read `--set-string image.tag=v1,image.repository=evil/x` as two values.
+        let error = target()
+            .upgrade_install(&UpgradeSpec {
+                release: "r",
+                chart: Path::new("c"),
+                image_repository: Some("registry/good".into()),
+                image_tag: Some("v1,image.repository=evil/x"),
+                values: &serde_yaml::Mapping::new(),
+                description: "d",
+            })
+            .unwrap_err();
+        assert!(matches!(error, HelmError::InvalidTag(_)), "{error}");
+        assert_eq!(error.exit_status(), ExitStatus::Usage);
+    }
+
+    #[test]
+    fn strings_stay_strings_in_the_values_file() {
+        // YAML 1.1 (Helm's reader) would take a plain `on` for a boolean and `1_000` for 1000.
+        let command = target()
+            .upgrade_install(&UpgradeSpec {
+                release: "r",
+                chart: Path::new("c"),
+                image_repository: None,
+                image_tag: Some("on"),
+                values: &serde_yaml::from_str("env: {FLAG: 'yes', N: '1_000'}").unwrap(),
+                description: "d",
+            })
+            .unwrap();
+        let file = command.values_file().unwrap();
+        assert!(file.contains(r#""tag": "on""#), "{file}");
+        assert!(file.contains(r#""FLAG": "yes""#), "{file}");
+        assert!(file.contains(r#""N": "1_000""#), "{file}");
+        let reread: serde_yaml::Value = serde_yaml::from_str(&file).unwrap();
+        assert_eq!(reread["image"]["tag"], serde_yaml::Value::from("on"));
     }
 
     #[test]
@@ -304,8 +496,43 @@ mod tests {
                 description: "d",
             })
             .unwrap();
-        assert!(command.values_yaml.is_none());
+        assert!(command.values.is_none());
         assert!(!command.args.contains(&"--values".to_owned()));
+    }
+
+    #[test]
+    fn values_added_later_merge_into_the_one_values_file() {
+        let mut command =
+            target().template("r", Path::new("c"), image_values(None, Some("t")).unwrap());
+        let mut annotation = Values::new();
+        set(
+            &mut annotation,
+            &["podAnnotations", "psctl.io/x"],
+            "f".into(),
+        );
+        command.add_values(annotation);
+        command.add_values(Values::new());
+        assert_eq!(
+            command.args.iter().filter(|a| *a == "--values").count(),
+            1,
+            "{:?}",
+            command.args
+        );
+        assert_eq!(
+            Value::Object(command.values.unwrap()),
+            serde_json::json!({"image": {"tag": "t"}, "podAnnotations": {"psctl.io/x": "f"}})
+        );
+    }
+
+    #[test]
+    fn set_replaces_a_scalar_in_the_way_with_a_map() {
+        let mut values = Values::new();
+        values.insert("image".into(), "flat".into());
+        set(&mut values, &["image", "tag"], "t".into());
+        assert_eq!(
+            Value::Object(values),
+            serde_json::json!({"image": {"tag": "t"}})
+        );
     }
 
     #[test]
@@ -322,20 +549,25 @@ mod tests {
 
     #[tokio::test]
     async fn the_values_file_is_private_and_removed_after_the_run() {
-        // `sh -c` stands in for Helm: it reports the mode of the file it was given, then its content.
+        // `sh -c` stands in for Helm: it reports the modes of the file it was given and of its
+        // directory, then the file's content and path.
+        let mut values = Values::new();
+        values.insert("key".into(), "value".into());
         let command = HelmCommand {
             program: PathBuf::from("sh"),
             args: vec![
                 "-c".into(),
-                "stat -c %a \"$0\" && cat \"$0\" && echo \"$0\"".into(),
+                "stat -c %a \"$0\" \"$(dirname \"$0\")\" && tr -d ' \\n' < \"$0\" && echo && echo \"$0\"".into(),
                 VALUES_PLACEHOLDER.into(),
             ],
-            values_yaml: Some("secretish: value\n".into()),
+            values: Some(values),
         };
         let out = command.run().await.unwrap();
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[..2], ["600", "secretish: value"]);
-        assert!(!Path::new(lines[2]).exists());
+        assert_eq!(lines[..3], ["600", "700", r#"{"key":"value"}"#], "{out}");
+        let path = Path::new(lines[3]);
+        assert!(!path.exists());
+        assert!(!path.parent().unwrap().exists());
     }
 
     #[tokio::test]
@@ -346,7 +578,7 @@ mod tests {
                 "-c".into(),
                 "echo 'UPGRADE FAILED: another operation is in progress' >&2; exit 1".into(),
             ],
-            values_yaml: None,
+            values: None,
         };
         let error = command.run().await.unwrap_err().to_string();
         assert!(

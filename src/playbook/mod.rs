@@ -864,6 +864,14 @@ fn push_opt(argv: &mut Vec<String>, flag: &str, value: Option<&String>) {
     }
 }
 
+/// A step's `tag` must be a valid image tag whatever variables made it.
+fn check_tag(value: Option<&String>) -> Result<(), String> {
+    match value {
+        Some(tag) => crate::registry::check_tag(tag).map_err(|e| format!("`tag`: {e}")),
+        None => Ok(()),
+    }
+}
+
 fn check_duration(what: &str, value: Option<&String>) -> Result<(), String> {
     if let Some(value) = value {
         crate::settings::parse_duration(value).map_err(|e| format!("{what}: {e}"))?;
@@ -880,6 +888,7 @@ fn command_of(
     let argv = match action {
         Action::Build(p) => {
             known_components(environment, &p.components)?;
+            check_tag(p.tag.as_ref())?;
             let mut argv = words(&["build"]);
             push_all(&mut argv, "--component", &p.components);
             push_opt(&mut argv, "--tag", p.tag.as_ref());
@@ -915,6 +924,7 @@ fn command_of(
         Action::Deploy(p) => {
             known_components(environment, &p.components)?;
             check_duration("timeout", p.timeout.as_ref())?;
+            check_tag(p.tag.as_ref())?;
             let mut argv = words(&["deploy"]);
             push_all(&mut argv, "--component", &p.components);
             push_opt(&mut argv, "--tag", p.tag.as_ref());
@@ -963,6 +973,7 @@ fn command_of(
                 ));
             }
             let tag = p.tag.as_ref().ok_or("`tag` is required")?;
+            check_tag(Some(tag))?;
             check_duration("bake", p.bake.as_ref())?;
             if let Some(bad) = p.steps.iter().find(|w| **w == 0 || **w > 100) {
                 return Err(format!("`steps`: {bad} is not a percentage in 1..=100"));

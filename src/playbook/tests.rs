@@ -274,3 +274,34 @@ fn commands_parse_with_the_real_cli() {
         }
     }
 }
+
+#[test]
+fn a_tag_variable_cannot_reach_helm_syntax() {
+    // `,` and `=` are allowed in variables, but a step's tag must be an image tag.
+    let mut ctx = context();
+    ctx.overrides
+        .push(("tag".into(), "v1,image.repository=evil/x".into()));
+    let playbook = parse("p.yaml", RELEASE, &ctx).unwrap();
+    let error = playbook.plan(&environment()).unwrap_err();
+    assert_eq!(
+        crate::error::Classify::exit_status(&error),
+        crate::error::ExitStatus::Usage
+    );
+    let error = error.to_string();
+    assert!(error.contains("step 1 (build): `tag`:"), "{error}");
+    assert!(error.contains("is not a valid image tag"), "{error}");
+
+    for (step, text) in [
+        ("deploy", "name: x\nsteps:\n  - deploy: {tag: \"a=b\"}\n"),
+        (
+            "canary",
+            "name: x\nsteps:\n  - canary: {component: webhook, tag: \"a,b\"}\n",
+        ),
+    ] {
+        let error = parse_ok(text).plan(&environment()).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("step 1 ({step}): `tag`:")),
+            "{error}"
+        );
+    }
+}

@@ -79,6 +79,33 @@ pub fn tags_url(registry: &str, image: &str) -> String {
     RegistryAddress::parse(registry).tags_url(image)
 }
 
+/// The OCI tag grammar: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+///
+/// Every tag psctl accepts (a flag, a playbook variable, `psctl.yaml`, a recorded canary run)
+/// passes here before it reaches a registry URL, a Helm values file or a Kubernetes object, so
+/// a tag can never carry Helm, YAML or shell syntax.
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    let mut chars = tag.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok && tag.len() <= 128 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{tag:?} is not a valid image tag: letters, digits, `_`, `.` and `-`, at most 128, \
+             not starting with `.` or `-`"
+        ))
+    }
+}
+
+/// [`check_tag`] as a clap value parser, so a bad `--tag` is a usage error (exit 2) before
+/// anything runs.
+pub fn parse_tag(tag: &str) -> Result<String, String> {
+    check_tag(tag).map(|()| tag.to_owned())
+}
+
 /// What a tag points at in the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteManifest {
@@ -288,6 +315,39 @@ pub fn parse_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_follow_the_oci_grammar() {
+        for good in [
+            "1.4.2",
+            "v1",
+            "_x",
+            "0123456789ab-dirty-feedc0de-417",
+            &"a".repeat(128),
+        ] {
+            assert!(check_tag(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-x", ".x", "a/b", "a:b", &"a".repeat(129), "v1 ", "é"] {
+            assert!(check_tag(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_tag_cannot_carry_helm_or_yaml_syntax() {
+        // Helm splits `--set` at commas; YAML would read `{`, `:` and newlines.
+        for injection in [
+            "v1,image.repository=evil/x",
+            "v1=2",
+            "v1\nrepository: evil",
+            "{v1}",
+            "v1#x",
+            "'v1'",
+        ] {
+            let error = check_tag(injection).unwrap_err();
+            assert!(error.contains("is not a valid image tag"), "{error}");
+        }
+        assert_eq!(parse_tag("1.4.2").unwrap(), "1.4.2");
+    }
 
     #[test]
     fn loopback_registries_use_http_and_others_https() {

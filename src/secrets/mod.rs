@@ -49,10 +49,11 @@ impl std::fmt::Debug for Entry {
 pub enum EnvFileError {
     #[error("line {line}: expected `KEY=VALUE`; the line has no `=`")]
     NoEquals { line: usize },
+    /// The text before `=` is not shown: a malformed line may be a pasted value.
     #[error(
-        "line {line}: `{key}` is not a valid Secret key (letters, digits, `_`, `-` and `.`, not starting with a digit)"
+        "line {line}: the text before `=` is not a valid Secret key (letters, digits, `_`, `-` and `.`, not starting with a digit)"
     )]
-    InvalidKey { line: usize, key: String },
+    InvalidKey { line: usize },
     #[error(
         "line {line}: the value of `{key}` opens a {quote} quote that is not closed on that line"
     )]
@@ -101,10 +102,7 @@ pub fn parse_env_file(text: &str) -> Result<Vec<Entry>, EnvFileError> {
         };
         let key = key.trim();
         if !valid_key(key) {
-            return Err(EnvFileError::InvalidKey {
-                line,
-                key: printable_key(key),
-            });
+            return Err(EnvFileError::InvalidKey { line });
         }
         let value = parse_value(rest.trim(), line, key)?;
         if let Some(first) = entries.iter().find(|e| e.key == key) {
@@ -121,17 +119,6 @@ pub fn parse_env_file(text: &str) -> Result<Vec<Entry>, EnvFileError> {
         });
     }
     Ok(entries)
-}
-
-/// A key as it may appear in an error: at most 64 printable characters. An invalid "key" may be
-/// a pasted value, so it is cut short.
-fn printable_key(key: &str) -> String {
-    let cleaned: String = key.chars().filter(|c| !c.is_control()).take(64).collect();
-    if cleaned.chars().count() < key.chars().count() {
-        format!("{cleaned}…")
-    } else {
-        cleaned
-    }
 }
 
 fn parse_value(rest: &str, line: usize, key: &str) -> Result<String, EnvFileError> {
@@ -471,7 +458,12 @@ mod tests {
             ),
             (
                 format!("1A={secret}\n"),
-                "line 1: `1A` is not a valid Secret key",
+                "line 1: the text before `=` is not a valid Secret key",
+            ),
+            (
+                // A value pasted without its key: nothing of the line may be echoed.
+                format!("{secret} and more=x\n"),
+                "line 1: the text before `=` is not a valid Secret key",
             ),
         ];
         for (text, expected) in cases {

@@ -657,6 +657,8 @@ fn validate_component(
             })
         })
         .transpose()?;
+    let values = values.unwrap_or_default();
+    check_value_tags(&values, &key("values"), invalid)?;
     Ok(Component {
         name: name.to_owned(),
         release,
@@ -665,10 +667,42 @@ fn validate_component(
         binary,
         deployment,
         selector,
-        values: values.unwrap_or_default(),
+        values,
         metrics,
         canary,
     })
+}
+
+/// A tag pinned in a component's chart values (`image.tag`, `canary.image.tag`) follows the
+/// same grammar as `--tag`.
+fn check_value_tags(
+    values: &serde_yaml::Mapping,
+    prefix: &str,
+    invalid: Invalid<'_>,
+) -> Result<(), ConfigError> {
+    for path in [
+        ["image", "tag"].as_slice(),
+        ["canary", "image", "tag"].as_slice(),
+    ] {
+        let mut value = values.get(path[0]);
+        for key in &path[1..] {
+            value = value.and_then(|v| v.get(*key));
+        }
+        let text = match value {
+            None => continue,
+            Some(serde_yaml::Value::String(text)) => text.clone(),
+            Some(serde_yaml::Value::Number(number)) => number.to_string(),
+            Some(_) => {
+                return Err(invalid(
+                    format!("{prefix}.{}", path.join(".")),
+                    "must be an image tag (a string), e.g. `\"1.4.2\"`",
+                ));
+            }
+        };
+        crate::registry::check_tag(&text)
+            .map_err(|message| invalid(format!("{prefix}.{}", path.join(".")), &message))?;
+    }
+    Ok(())
 }
 
 fn required_text(
@@ -860,6 +894,28 @@ environments:
         assert_eq!(
             error_text("{}"),
             "psctl.yaml: environments: missing; add at least one environment, e.g. `environments: {sandbox: {kube_context: psctl-sandbox}}`"
+        );
+    }
+
+    #[test]
+    fn a_tag_in_chart_values_follows_the_tag_grammar() {
+        let pinned = CONTRACT_EXAMPLE.replace(
+            "values: {}",
+            "values: {image: {tag: \"v1,image.repository=evil/x\"}}",
+        );
+        assert_ne!(pinned, CONTRACT_EXAMPLE);
+        let error = error_text(&pinned);
+        assert!(
+            error.contains("components.poller.values.image.tag: \"v1,image.repository=evil/x\" is not a valid image tag"),
+            "{error}"
+        );
+        let fine = pinned.replace("v1,image.repository=evil/x", "1.4.2");
+        assert!(parse(Path::new("psctl.yaml"), &fine).is_ok());
+        let canary =
+            CONTRACT_EXAMPLE.replace("values: {}", "values: {canary: {image: {tag: [1]}}}");
+        assert!(
+            error_text(&canary)
+                .contains("components.poller.values.canary.image.tag: must be an image tag")
         );
     }
 
