@@ -7,6 +7,8 @@ need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql postgresql-client)
 have pg_dump || need_pkgs+=(postgresql-client)
+# The webhook worker's benchmark compares itself with pgbench on the durable cluster.
+ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need_pkgs+=(postgresql-contrib)
 have prometheus || need_pkgs+=(prometheus)
 have promtool || need_pkgs+=(prometheus)
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)

@@ -70,6 +70,10 @@ pub struct Delivery {
     pub verify_error: Option<String>,
     /// The status the sink answered with.
     pub status: u16,
+    /// When the request arrived and when the answer was ready (after `delay_ms`), in
+    /// microseconds since the Unix epoch.
+    pub arrived_unix_us: u64,
+    pub answered_unix_us: u64,
 }
 
 /// Counters over all deliveries so far.
@@ -80,6 +84,10 @@ pub struct Summary {
     /// Accepted deliveries whose `webhook-id` had already been accepted before.
     pub duplicates: u64,
     pub unverified: u64,
+    /// The most requests carrying one `webhook-id` that the sink was handling at the same time,
+    /// counting every request (accepted or not) from arrival until it is answered or the client
+    /// goes away. 1 means no webhook was ever delivered twice concurrently.
+    pub max_in_flight_per_id: u64,
 }
 
 #[derive(Serialize)]
@@ -93,6 +101,8 @@ struct Inner {
     requests: u64,
     summary: Summary,
     accepted_ids: HashMap<String, u32>,
+    /// Requests being handled, per `webhook-id`.
+    in_flight: HashMap<String, u64>,
     deliveries: Vec<Delivery>,
     record: bool,
 }
@@ -137,6 +147,7 @@ impl MerchantSink {
                 requests: 0,
                 summary: Summary::default(),
                 accepted_ids: HashMap::new(),
+                in_flight: HashMap::new(),
                 deliveries: Vec::new(),
                 record: true,
             }),
@@ -196,6 +207,16 @@ impl MerchantSink {
     /// Deliveries that have arrived, including those still being answered (see `delay_ms`).
     pub fn arrived(&self) -> u64 {
         self.shared.lock().requests
+    }
+
+    /// Requests with `webhook_id` being handled right now.
+    pub fn in_flight(&self, webhook_id: &str) -> u64 {
+        self.shared
+            .lock()
+            .in_flight
+            .get(webhook_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many times `webhook_id` was accepted.
@@ -278,6 +299,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived_unix_us = unix_us(SystemTime::now());
     let verdict = verify(&shared.key, &headers, &body, SystemTime::now());
     let webhook_id = header_str(&headers, "webhook-id").map(str::to_owned);
     let (behaviour, fail) = {
@@ -288,9 +310,14 @@ async fn receive(
         let fail = should_fail(k, rate);
         (inner.behaviour.clone(), fail)
     };
+    // Counted until this handler ends, also when the client hangs up during the delay.
+    let _in_flight = webhook_id
+        .as_ref()
+        .map(|id| InFlight::enter(&shared, id.clone()));
     if behaviour.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(behaviour.delay_ms)).await;
     }
+    let answered_unix_us = unix_us(SystemTime::now());
     let status = if verdict.is_err() {
         StatusCode::UNAUTHORIZED
     } else if fail {
@@ -329,6 +356,8 @@ async fn receive(
                 verified: verdict.is_ok(),
                 verify_error: verdict.err(),
                 status: status.as_u16(),
+                arrived_unix_us,
+                answered_unix_us,
             });
         }
     }
@@ -345,6 +374,45 @@ async fn receive(
         }
     }
     response
+}
+
+/// One request with a `webhook-id` being handled; leaving (drop) undoes the count.
+struct InFlight {
+    shared: Arc<Shared>,
+    id: String,
+}
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>, id: String) -> Self {
+        let mut inner = shared.lock();
+        let count = inner.in_flight.entry(id.clone()).or_insert(0);
+        *count += 1;
+        let count = *count;
+        inner.summary.max_in_flight_per_id = inner.summary.max_in_flight_per_id.max(count);
+        drop(inner);
+        Self {
+            shared: Arc::clone(shared),
+            id,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        if let Some(count) = inner.in_flight.get_mut(&self.id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                inner.in_flight.remove(&self.id);
+            }
+        }
+    }
+}
+
+fn unix_us(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Whether the `k`-th request (0-based) fails: exactly `rate` of the requests, spread evenly,
@@ -508,6 +576,7 @@ mod tests {
         assert_eq!(report["summary"]["accepted"], 2);
         assert_eq!(report["summary"]["duplicates"], 1);
         assert_eq!(report["summary"]["unverified"], 1);
+        assert_eq!(report["summary"]["max_in_flight_per_id"], 1);
         assert_eq!(report["deliveries"][0]["status"], 429);
         assert_eq!(report["deliveries"][1]["verified"], true);
         assert_eq!(sink.accepted_count("msg_1"), 2);
@@ -516,6 +585,47 @@ mod tests {
             "DELETE /_deliveries HTTP/1.1\r\nHost: sink\r\nConnection: close\r\n\r\n".to_owned();
         assert_eq!(exchange(addr, delete).await.0, 204);
         assert_eq!(sink.summary(), Summary::default());
+    }
+
+    #[tokio::test]
+    async fn counts_concurrent_requests_per_webhook_id_also_when_the_client_hangs_up() {
+        let sink = MerchantSink::start(SocketAddr::from(([127, 0, 0, 1], 0)), "whsec_AAAA")
+            .await
+            .unwrap();
+        sink.set_behaviour(Behaviour {
+            delay_ms: 300,
+            ..Behaviour::default()
+        });
+        let addr = sink.addr();
+        let request = |id: &str| post("/hook", &[("webhook-id", id.to_owned())], "{}");
+        let (a, b, c) = tokio::join!(
+            exchange(addr, request("msg_same")),
+            exchange(addr, request("msg_same")),
+            exchange(addr, request("msg_other")),
+        );
+        assert_eq!((a.0, b.0, c.0), (401, 401, 401));
+        assert_eq!(sink.summary().max_in_flight_per_id, 2);
+        assert_eq!(sink.in_flight("msg_same"), 0);
+        let delivery = &sink.deliveries()[0];
+        assert!(delivery.answered_unix_us >= delivery.arrived_unix_us + 290_000);
+
+        // A client that goes away mid-answer is no longer counted.
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(request("msg_gone").as_bytes())
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            if sink.in_flight("msg_gone") == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(sink.in_flight("msg_gone"), 1);
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(sink.in_flight("msg_gone"), 0);
     }
 
     #[test]

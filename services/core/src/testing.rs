@@ -43,7 +43,9 @@ fn with_database(admin_url: &str, database: &str) -> String {
             parsed.set_path(&format!("/{database}"));
             parsed.to_string()
         }
-        Err(error) => panic!("{TEST_DATABASE_URL_ENV} is not a valid URL: {error}"),
+        Err(error) => panic!(
+            "the admin URL ({TEST_DATABASE_URL_ENV}, or the benchmark's own) is not a valid URL: {error}"
+        ),
     }
 }
 
@@ -54,7 +56,13 @@ impl TestDb {
     }
 
     pub async fn with_pool_size(prefix: &str, max_connections: u32) -> TestDb {
-        let admin_url = admin_url();
+        Self::on_server(&admin_url(), prefix, max_connections).await
+    }
+
+    /// Like [`TestDb::with_pool_size`], on the server of `admin_url` instead of
+    /// `PSCTL_TEST_DATABASE_URL` (benchmarks use a durable cluster of their own).
+    pub async fn on_server(admin_url: &str, prefix: &str, max_connections: u32) -> TestDb {
+        let admin_url = admin_url.to_owned();
         let clean: String = prefix
             .chars()
             .map(|c| {
@@ -69,7 +77,11 @@ impl TestDb {
         let name = format!("t_{clean}_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url)
             .await
-            .unwrap_or_else(|error| panic!("cannot connect to {TEST_DATABASE_URL_ENV}: {error}"));
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot connect to the admin URL ({TEST_DATABASE_URL_ENV}, or the benchmark's own): {error}"
+                )
+            });
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .execute(&mut admin)
             .await

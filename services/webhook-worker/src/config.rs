@@ -38,19 +38,22 @@ pub struct Args {
     #[arg(long, env = "WEBHOOK_ENDPOINT_RPS", default_value = "10")]
     pub endpoint_rps: NonZeroU32,
 
-    /// Deliveries in flight at once.
+    /// Deliveries in flight at once, shared by all pipelines.
     #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 
     /// Rows claimed per batch.
-    #[arg(long, env = "WEBHOOK_BATCH_SIZE", default_value_t = 200)]
+    #[arg(long, env = "WEBHOOK_BATCH_SIZE", default_value_t = 64)]
     pub batch_size: u32,
 
-    /// Claim/deliver/complete loops running side by side.
+    /// Claim/deliver/complete loops running side by side (they share WEBHOOK_CONCURRENCY).
     #[arg(long, env = "WEBHOOK_PIPELINES", default_value_t = 2)]
     pub pipelines: usize,
 
-    /// Seconds a claimed row stays leased; a row whose worker died is retried after this.
+    /// Seconds a claimed row stays leased; a row whose worker died is retried after this. Must
+    /// cover the worst case of a batch, checked at start: WEBHOOK_REQUEST_TIMEOUT_SECS ×
+    /// (⌈WEBHOOK_PIPELINES × WEBHOOK_BATCH_SIZE / WEBHOOK_CONCURRENCY⌉ + 1) + WEBHOOK_PIPELINES ×
+    /// WEBHOOK_BATCH_SIZE / WEBHOOK_GLOBAL_RPS + 5 s.
     #[arg(long, env = "WEBHOOK_LEASE_SECS", default_value_t = 60)]
     pub lease_secs: u64,
 
@@ -87,7 +90,8 @@ pub struct Args {
     #[arg(long, env = "WEBHOOK_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
 
-    /// Lease owner name (default: host name, process id and a random suffix).
+    /// Prefix of the lease owners this process writes, `<WORKER_ID>/p<pipeline>/<uuid>` with a
+    /// new uuid per claim (default: host name, process id and a random suffix).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,
 
@@ -104,12 +108,27 @@ pub enum ConfigError {
     #[error("`WEBHOOK_BACKOFF_MAX_MS` must be at least `WEBHOOK_BACKOFF_BASE_MS`")]
     BackoffRange,
     #[error(
-        "`WEBHOOK_LEASE_SECS` ({lease}) is shorter than a batch can take ({needed} s: \
-         `WEBHOOK_REQUEST_TIMEOUT_SECS` times `WEBHOOK_BATCH_SIZE` / `WEBHOOK_CONCURRENCY` rounds, plus 5 s); \
-         leases would expire mid-batch and rows be delivered twice. Raise `WEBHOOK_LEASE_SECS` or lower \
-         `WEBHOOK_BATCH_SIZE` / `WEBHOOK_REQUEST_TIMEOUT_SECS`"
+        "`WEBHOOK_LEASE_SECS` ({lease}) is shorter than the worst case of one claimed batch ({needed} s): \
+         `WEBHOOK_PIPELINES` ({pipelines}) batches of `WEBHOOK_BATCH_SIZE` ({batch_size}) rows share \
+         `WEBHOOK_CONCURRENCY` ({concurrency}) delivery slots, so the last row of a batch may wait \
+         {rounds} rounds (⌈{pipelines} × {batch_size} / {concurrency}⌉ + 1) of \
+         `WEBHOOK_REQUEST_TIMEOUT_SECS` ({request_timeout} s), plus {rows} rows at `WEBHOOK_GLOBAL_RPS` \
+         ({global_rps}/s), plus a 5 s margin. With a shorter lease a batch outlives it and its last rows \
+         are put back unsent instead of delivered. Set `WEBHOOK_LEASE_SECS` to at least {needed}, or \
+         lower `WEBHOOK_BATCH_SIZE`, `WEBHOOK_PIPELINES` or `WEBHOOK_REQUEST_TIMEOUT_SECS`, or raise \
+         `WEBHOOK_CONCURRENCY`"
     )]
-    LeaseTooShort { lease: u64, needed: u64 },
+    LeaseTooShort {
+        lease: u64,
+        needed: u64,
+        pipelines: usize,
+        batch_size: u32,
+        concurrency: usize,
+        rounds: u64,
+        rows: u64,
+        request_timeout: u64,
+        global_rps: u32,
+    },
 }
 
 /// Variables read outside clap: the secret ones are never shown with their values.
@@ -164,25 +183,13 @@ impl Args {
         if backoff_max_ms < backoff_base_ms {
             return Err(ConfigError::BackoffRange);
         }
-        // Every row of a batch must be finished before its lease runs out, even if each round
-        // of concurrent requests runs into the timeout.
-        let rounds = u64::from(*batch_size).div_ceil(*concurrency as u64);
-        let needed = request_timeout_secs
-            .saturating_mul(rounds)
-            .saturating_add(5);
-        if *lease_secs < needed {
-            return Err(ConfigError::LeaseTooShort {
-                lease: *lease_secs,
-                needed,
-            });
-        }
         let policy = if *allow_insecure_targets {
             TargetPolicy::Insecure
         } else {
             TargetPolicy::PublicHttpsOnly
         };
-        Ok(WorkerConfig {
-            owner: worker_id.clone().unwrap_or_else(default_worker_id),
+        let config = WorkerConfig {
+            worker_id: worker_id.clone().unwrap_or_else(default_worker_id),
             batch_size: i64::from(*batch_size),
             concurrency: *concurrency,
             pipelines: *pipelines,
@@ -205,7 +212,25 @@ impl Args {
                 max_idle_per_host: *concurrency,
             },
             key_cache_ttl: Duration::from_secs(300),
-        })
+        };
+        // Every row of a batch must be sent and answered before its lease runs out, even when all
+        // pipelines hold a full batch and every request runs into the timeout.
+        let needed = config.required_lease();
+        if config.lease < needed {
+            let rows = (*pipelines as u64).saturating_mul(u64::from(*batch_size));
+            return Err(ConfigError::LeaseTooShort {
+                lease: *lease_secs,
+                needed: needed.as_secs() + u64::from(needed.subsec_nanos() > 0),
+                pipelines: *pipelines,
+                batch_size: *batch_size,
+                concurrency: *concurrency,
+                rounds: rows.div_ceil(*concurrency as u64) + 1,
+                rows,
+                request_timeout: *request_timeout_secs,
+                global_rps: global_rps.get(),
+            });
+        }
+        Ok(config)
     }
 }
 
@@ -242,7 +267,11 @@ mod tests {
         assert_eq!(config.global_rps.get(), 1000);
         assert_eq!(config.per_endpoint_rps.get(), 10);
         assert_eq!(config.client.policy, TargetPolicy::PublicHttpsOnly);
-        assert!(!config.owner.is_empty());
+        assert!(!config.worker_id.is_empty());
+        assert_eq!(
+            (config.pipelines, config.batch_size, config.concurrency),
+            (2, 64, 64)
+        );
     }
 
     #[test]
@@ -263,16 +292,68 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, ConfigError::BackoffRange);
         assert!(Args::try_parse_from(["w", "--global-rps", "0"]).is_err());
-        let err = parse(&["--concurrency", "1", "--batch-size", "200"])
-            .worker_config()
-            .unwrap_err();
+    }
+
+    #[test]
+    fn the_default_lease_covers_a_batch_of_every_pipeline() {
+        let config = parse(&[]).worker_config().unwrap();
+        // 2 pipelines × 64 rows over 64 slots: 2 rounds + 1 in flight, 10 s each, 128 rows at 1000/s.
+        assert_eq!(config.batch_worst_case(), Duration::from_millis(30_128));
+        assert_eq!(config.required_lease(), Duration::from_millis(35_128));
+        assert!(config.lease >= config.required_lease());
+    }
+
+    #[test]
+    fn a_lease_too_short_for_pipelines_times_batch_is_refused_naming_the_variables() {
+        // The old defaults: 200-row batches were checked as if one pipeline had the 64 slots alone
+        // (⌈200/64⌉ × 10 s + 5 s = 45 s ≤ 60 s), but two pipelines share them.
+        let err = parse(&["--batch-size", "200"]).worker_config().unwrap_err();
         assert_eq!(
             err,
             ConfigError::LeaseTooShort {
                 lease: 60,
-                needed: 2005
+                needed: 86,
+                pipelines: 2,
+                batch_size: 200,
+                concurrency: 64,
+                rounds: 8,
+                rows: 400,
+                request_timeout: 10,
+                global_rps: 1000,
             }
         );
-        assert!(err.to_string().contains("WEBHOOK_LEASE_SECS"));
+        let message = err.to_string();
+        for name in [
+            "WEBHOOK_LEASE_SECS",
+            "WEBHOOK_PIPELINES",
+            "WEBHOOK_BATCH_SIZE",
+            "WEBHOOK_CONCURRENCY",
+            "WEBHOOK_REQUEST_TIMEOUT_SECS",
+            "WEBHOOK_GLOBAL_RPS",
+        ] {
+            assert!(message.contains(name), "{name} missing from: {message}");
+        }
+        assert!(message.contains("at least 86"), "{message}");
+        // The same batch with one pipeline fits; more pipelines do not.
+        assert!(
+            parse(&["--batch-size", "200", "--pipelines", "1"])
+                .worker_config()
+                .is_ok()
+        );
+        assert!(parse(&["--pipelines", "4"]).worker_config().is_ok());
+        assert!(matches!(
+            parse(&["--pipelines", "5"]).worker_config(),
+            Err(ConfigError::LeaseTooShort { needed: 66, .. })
+        ));
+        assert!(
+            parse(&["--pipelines", "5", "--lease-secs", "66"])
+                .worker_config()
+                .is_ok()
+        );
+        // A slow global rate limit counts too: 128 rows at 2/s is 64 s.
+        assert!(matches!(
+            parse(&["--global-rps", "2"]).worker_config(),
+            Err(ConfigError::LeaseTooShort { needed: 99, .. })
+        ));
     }
 }

@@ -84,9 +84,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     ));
 
     tracing::info!(
-        owner = %config.owner,
+        worker_id = %config.worker_id,
         concurrency = config.concurrency,
         batch_size = config.batch_size,
+        pipelines = config.pipelines,
+        lease_secs = config.lease.as_secs(),
+        batch_worst_case_secs = config.batch_worst_case().as_secs_f64(),
         global_rps = config.global_rps.get(),
         endpoint_rps = config.per_endpoint_rps.get(),
         once = args.once,
@@ -137,6 +140,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         dead = totals.dead,
         disabled = totals.disabled,
         released = totals.released,
+        lease_expiring = totals.lease_expiring,
         queue_errors = totals.queue_errors,
         "webhook worker stopped"
     );

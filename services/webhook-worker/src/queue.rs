@@ -1,10 +1,20 @@
 //! The `webhook_queue` table as a lease-based work queue. All SQL of the worker lives here.
 //!
-//! Claim: one statement picks due rows with `FOR UPDATE SKIP LOCKED` and marks them
-//! `delivering` under this worker's lease, then commits, so no lock is held while merchants are
-//! called. The lease also moves `next_attempt_at` to its expiry: a row whose worker died becomes
-//! due again by the same index condition as a fresh one. Complete: one `UPDATE … FROM unnest(…)`
-//! per batch, guarded by the lease owner so a worker whose lease was taken over writes nothing.
+//! Claim: one statement picks due rows with `FOR UPDATE SKIP LOCKED`, marks them `delivering`
+//! under a lease owner that is unique to that one claim, **charges the attempt** (`attempts + 1`)
+//! and commits, so no lock is held while merchants are called and an attempt is counted even if
+//! the process dies while sending it. The lease also moves `next_attempt_at` to its expiry: a row
+//! whose worker died becomes due again by the same index condition as a fresh one.
+//!
+//! A row that is still `delivering` when it is claimed again was left behind by a claim that never
+//! completed (the process was killed, or the lease ran out). Such a *suspect* is claimed on its
+//! own, in a batch of one, so a row whose delivery kills the process takes no other row down with
+//! it; a suspect whose charged attempts already reached `max_attempts` comes back `exhausted` and
+//! is dead-lettered without another delivery.
+//!
+//! Complete: one `UPDATE … FROM unnest(…)` per batch, written only while the claim's owner still
+//! holds an unexpired lease, so a claim whose rows were taken over (or simply expired) writes
+//! nothing. Every row it turns `dead` also gets a `system_events` row.
 
 use std::time::Duration;
 
@@ -17,8 +27,14 @@ use uuid::Uuid;
 pub struct Claimed {
     pub id: Uuid,
     pub merchant_id: Uuid,
+    /// Attempts including the one this claim charged (unless `exhausted`).
     pub attempts: i32,
     pub max_attempts: i32,
+    /// The row's previous claim never completed and had already used the last attempt: it is
+    /// dead-lettered without being sent again (nothing was charged for this claim).
+    pub exhausted: bool,
+    /// The row's previous claim never completed (process killed, lease expired).
+    pub suspect: bool,
     /// The exact bytes to send: the Standard Webhooks envelope `{type, timestamp, data}`: the
     /// payload itself when the producer already wrote an envelope (the poller does), else one
     /// built from `event_type`, `created_at` and the payload.
@@ -55,8 +71,10 @@ impl FinalStatus {
 pub struct Completion {
     pub id: Uuid,
     pub status: FinalStatus,
-    /// Whether an HTTP attempt was made (counts towards `attempts`).
+    /// Whether an HTTP attempt was made (then `last_error` and `last_status_code` are its own).
     pub attempted: bool,
+    /// Gives back the attempt charged at claim: the row was put back without being sent.
+    pub refund: bool,
     /// When the row is due again (only meaningful for `Pending`).
     pub retry_in: Duration,
     pub last_error: Option<String>,
@@ -64,12 +82,13 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// Puts a row back untouched (not attempted), due again after `retry_in`.
+    /// Puts a row back unsent (its charged attempt refunded), due again after `retry_in`.
     pub fn release(id: Uuid, retry_in: Duration) -> Self {
         Self {
             id,
             status: FinalStatus::Pending,
             attempted: false,
+            refund: true,
             retry_in,
             last_error: None,
             status_code: None,
@@ -77,7 +96,17 @@ impl Completion {
     }
 }
 
-/// Claims up to `limit` due rows for `owner` for `lease`.
+/// What a completion wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Rows whose results were written (the lease was still this claim's).
+    pub rows: u64,
+    /// Of those, rows now `dead` (each with a `system_events` row).
+    pub dead: u64,
+}
+
+/// Claims up to `limit` due rows for `owner` (unique to this claim) for `lease`, charging each
+/// an attempt. When any of the due rows is a suspect, only the oldest suspect is claimed.
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
@@ -87,20 +116,30 @@ pub async fn claim(
     sqlx::query_as::<_, Claimed>(
         r#"
         WITH due AS (
-            SELECT id FROM webhook_queue
+            SELECT id, next_attempt_at,
+                   status = 'delivering' AS suspect,
+                   status = 'delivering' AND attempts >= max_attempts AS exhausted
+            FROM webhook_queue
             WHERE status IN ('pending', 'delivering') AND next_attempt_at <= now()
             ORDER BY next_attempt_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
+        ),
+        picked AS (
+            SELECT id, suspect, exhausted FROM due
+            WHERE NOT EXISTS (SELECT 1 FROM due WHERE suspect)
+            UNION ALL
+            (SELECT id, suspect, exhausted FROM due WHERE suspect ORDER BY next_attempt_at LIMIT 1)
         )
         UPDATE webhook_queue q
         SET status = 'delivering',
+            attempts = q.attempts + CASE WHEN p.exhausted THEN 0 ELSE 1 END,
             lease_owner = $2,
             lease_expires_at = now() + make_interval(secs => $3),
             next_attempt_at = now() + make_interval(secs => $3)
-        FROM due, merchants m
-        WHERE q.id = due.id AND m.id = q.merchant_id
-        RETURNING q.id, q.merchant_id, q.attempts, q.max_attempts,
+        FROM picked p, merchants m
+        WHERE q.id = p.id AND m.id = q.merchant_id
+        RETURNING q.id, q.merchant_id, q.attempts, q.max_attempts, p.exhausted, p.suspect,
             CASE WHEN q.payload ?& array['type', 'timestamp', 'data'] THEN q.payload::text
                  ELSE jsonb_build_object(
                      'type', q.event_type,
@@ -119,14 +158,21 @@ pub async fn claim(
     .await
 }
 
-/// Writes the results of a batch in one statement. Returns how many rows were still ours.
-pub async fn complete(pool: &PgPool, owner: &str, completions: &[Completion]) -> sqlx::Result<u64> {
+/// Writes the results of a batch in one statement, for the rows `owner` still holds under an
+/// unexpired lease (checked against the database clock at the time of the write). Rows taken
+/// over by another claim, or whose lease ran out, are left alone.
+pub async fn complete(
+    pool: &PgPool,
+    owner: &str,
+    completions: &[Completion],
+) -> sqlx::Result<Written> {
     if completions.is_empty() {
-        return Ok(0);
+        return Ok(Written::default());
     }
     let mut ids = Vec::with_capacity(completions.len());
     let mut statuses = Vec::with_capacity(completions.len());
     let mut attempted = Vec::with_capacity(completions.len());
+    let mut refund = Vec::with_capacity(completions.len());
     let mut retry_secs = Vec::with_capacity(completions.len());
     let mut errors = Vec::with_capacity(completions.len());
     let mut codes = Vec::with_capacity(completions.len());
@@ -134,38 +180,61 @@ pub async fn complete(pool: &PgPool, owner: &str, completions: &[Completion]) ->
         ids.push(completion.id);
         statuses.push(completion.status.as_str());
         attempted.push(completion.attempted);
+        refund.push(completion.refund);
         retry_secs.push(completion.retry_in.as_secs_f64());
         errors.push(completion.last_error.clone());
         codes.push(completion.status_code);
     }
-    let result = sqlx::query(
+    let (rows, dead): (i64, i64) = sqlx::query_as(
         r#"
-        UPDATE webhook_queue q
-        SET status = u.status,
-            attempts = q.attempts + CASE WHEN u.attempted THEN 1 ELSE 0 END,
-            next_attempt_at = CASE WHEN u.status = 'pending'
-                                   THEN now() + make_interval(secs => u.retry_secs)
-                                   ELSE q.next_attempt_at END,
-            last_error = CASE WHEN u.attempted OR u.last_error IS NOT NULL THEN u.last_error ELSE q.last_error END,
-            last_status_code = CASE WHEN u.attempted THEN u.status_code ELSE q.last_status_code END,
-            delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE q.delivered_at END,
-            lease_owner = NULL,
-            lease_expires_at = NULL
-        FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::float8[], $5::text[], $6::int4[])
-             AS u(id, status, attempted, retry_secs, last_error, status_code)
-        WHERE q.id = u.id AND q.status = 'delivering' AND q.lease_owner = $7
+        WITH done AS (
+            UPDATE webhook_queue q
+            SET status = u.status,
+                attempts = CASE WHEN u.refund THEN greatest(q.attempts - 1, 0) ELSE q.attempts END,
+                next_attempt_at = CASE WHEN u.status = 'pending'
+                                       THEN now() + make_interval(secs => u.retry_secs)
+                                       ELSE q.next_attempt_at END,
+                last_error = CASE WHEN u.attempted OR u.last_error IS NOT NULL THEN u.last_error ELSE q.last_error END,
+                last_status_code = CASE WHEN u.attempted THEN u.status_code ELSE q.last_status_code END,
+                delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE q.delivered_at END,
+                lease_owner = NULL,
+                lease_expires_at = NULL
+            FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::float8[], $6::text[], $7::int4[])
+                 AS u(id, status, attempted, refund, retry_secs, last_error, status_code)
+            WHERE q.id = u.id AND q.status = 'delivering' AND q.lease_owner = $8
+              AND q.lease_expires_at > clock_timestamp()
+            RETURNING q.id, q.merchant_id, q.invoice_id, q.event_type, q.status, q.attempts,
+                      q.max_attempts, q.last_error, q.last_status_code
+        ),
+        dead_letters AS (
+            INSERT INTO system_events (source, kind, severity, message, details)
+            SELECT 'webhook-worker', 'webhook_dead_lettered', 'error',
+                   format('webhook %s (%s) is dead after %s of %s attempts: %s',
+                          id, event_type, attempts, max_attempts, coalesce(last_error, 'no error recorded')),
+                   jsonb_build_object('webhook_id', id, 'merchant_id', merchant_id,
+                                      'invoice_id', invoice_id, 'event_type', event_type,
+                                      'attempts', attempts, 'max_attempts', max_attempts,
+                                      'last_error', last_error, 'last_status_code', last_status_code)
+            FROM done WHERE status = 'dead'
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM dead_letters)
         "#,
     )
     .bind(&ids)
     .bind(&statuses)
     .bind(&attempted)
+    .bind(&refund)
     .bind(&retry_secs)
     .bind(&errors)
     .bind(&codes)
     .bind(owner)
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(result.rows_affected())
+    Ok(Written {
+        rows: u64::try_from(rows).unwrap_or(0),
+        dead: u64::try_from(dead).unwrap_or(0),
+    })
 }
 
 /// Disables a merchant's webhooks after a 410: the merchant row, every row waiting for it (rows

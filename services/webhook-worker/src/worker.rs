@@ -1,5 +1,21 @@
 //! The delivery loop: claim a batch, deliver it concurrently under the breakers and rate limits,
 //! write the results back in one statement, repeat; stop claiming on shutdown.
+//!
+//! Leases. Every claim gets its own lease owner, `<WORKER_ID>/p<pipeline>/<uuid>`, and its rows'
+//! results are written only while that owner still holds an unexpired lease (see `queue`). Leases
+//! are not renewed while a batch is in flight; instead two things keep a batch inside its lease:
+//!
+//! 1. the configuration check ([`WorkerConfig::required_lease`]) refuses a lease shorter than the
+//!    worst case of one batch: all pipelines' batches share the `concurrency` slots, every request
+//!    runs into the timeout, and the global rate limit paces every row, plus [`LEASE_MARGIN`];
+//! 2. a row is only sent while its request can still finish, timeout included, [`SEND_MARGIN`]
+//!    before the lease expires, measured on the local monotonic clock from *before* the claim was
+//!    sent (so never later than the database's expiry). A row past that point is put back unsent.
+//!
+//! So a row is never on the wire after its lease expired, and another pipeline or replica can only
+//! claim it once it is not. Renewal was not chosen: it would add a database write per batch and
+//! per interval, and a renewal that fails (database slow or unreachable) would still need the
+//! same send guard; the guard alone gives the guarantee, and the check keeps it from firing.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -27,11 +43,19 @@ pub trait SecretOpener: Send + Sync {
     fn open(&self, ciphertext: &[u8], nonce: &[u8]) -> Result<SigningKey, String>;
 }
 
+/// Part of a lease the configuration check keeps free beyond the worst case of a batch: for the
+/// claim and completion statements and scheduling delays.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Part of a lease that must still be left when a row's request would hit its timeout, or the
+/// row is not sent: time to write the batch's results while the lease is still held.
+pub const SEND_MARGIN: Duration = Duration::from_secs(1);
+
 /// Everything tunable about the loop.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Lease owner name written to claimed rows (unique per process).
-    pub owner: String,
+    /// Prefix of every lease owner this process writes (`<worker_id>/p<n>/<uuid>`, one per claim).
+    pub worker_id: String,
     pub batch_size: i64,
     /// Deliveries in flight at once, across all pipelines.
     pub concurrency: usize,
@@ -49,6 +73,35 @@ pub struct WorkerConfig {
     pub key_cache_ttl: Duration,
 }
 
+impl WorkerConfig {
+    /// The longest a claimed batch can take until its last row's request has finished.
+    ///
+    /// All `pipelines` may hold a full batch at once, and they share the `concurrency` delivery
+    /// slots (fairly: slots are handed out first come, first served), so the batch's last row may
+    /// wait for `⌈pipelines × batch_size / concurrency⌉` rounds of requests, each running into the
+    /// request timeout, plus one round for requests already in flight when the batch was claimed,
+    /// plus the time the global rate limit needs for all those rows.
+    pub fn batch_worst_case(&self) -> Duration {
+        let rows = (self.pipelines.max(1) as u64).saturating_mul(self.batch_size.max(1) as u64);
+        let rounds = rows
+            .div_ceil(self.concurrency.max(1) as u64)
+            .saturating_add(1);
+        let rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
+        self.client
+            .request_timeout
+            .saturating_mul(rounds)
+            .saturating_add(Duration::from_nanos(
+                u64::try_from(u128::from(rows) * 1_000_000_000 / u128::from(self.global_rps.get()))
+                    .unwrap_or(u64::MAX),
+            ))
+    }
+
+    /// The shortest lease the configuration check accepts: the worst case plus [`LEASE_MARGIN`].
+    pub fn required_lease(&self) -> Duration {
+        self.batch_worst_case().saturating_add(LEASE_MARGIN)
+    }
+}
+
 /// Totals of a run, for `--once` and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
@@ -58,6 +111,9 @@ pub struct Totals {
     pub dead: u64,
     pub disabled: u64,
     pub released: u64,
+    /// Rows put back unsent because their request could no longer finish inside the lease
+    /// (also counted in `released`). Non-zero means the lease is too short for the real load.
+    pub lease_expiring: u64,
     /// Batches that failed on the database (claim or completion).
     pub queue_errors: u64,
 }
@@ -70,6 +126,7 @@ impl Totals {
         self.dead += other.dead;
         self.disabled += other.disabled;
         self.released += other.released;
+        self.lease_expiring += other.lease_expiring;
         self.queue_errors += other.queue_errors;
     }
 }
@@ -97,6 +154,17 @@ pub struct Worker {
 struct Processed {
     completion: Completion,
     disable_merchant: Option<Uuid>,
+    /// Put back because the lease would have run out during the request.
+    lease_expiring: bool,
+}
+
+/// One claim's lease: the owner written to its rows and when it ends on the local clock.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub owner: String,
+    /// `Instant` taken before the claim statement was sent, plus the lease length: never later
+    /// than the `lease_expires_at` the database wrote.
+    pub deadline: Instant,
 }
 
 impl Worker {
@@ -130,11 +198,11 @@ impl Worker {
     pub async fn run(self: &Arc<Self>, shutdown: CancellationToken, once: bool) -> Totals {
         let pipelines = self.config.pipelines.max(1);
         let mut handles = Vec::with_capacity(pipelines);
-        for _ in 0..pipelines {
+        for index in 0..pipelines {
             let worker = Arc::clone(self);
             let shutdown = shutdown.clone();
             handles.push(tokio::spawn(async move {
-                worker.pipeline(shutdown, once).await
+                worker.pipeline(index, shutdown, once).await
             }));
         }
         let mut totals = Totals::default();
@@ -147,11 +215,11 @@ impl Worker {
         totals
     }
 
-    async fn pipeline(&self, shutdown: CancellationToken, once: bool) -> Totals {
+    async fn pipeline(&self, index: usize, shutdown: CancellationToken, once: bool) -> Totals {
         let mut totals = Totals::default();
         let mut db_failures = 0u32;
         while !shutdown.is_cancelled() {
-            match self.run_batch(&shutdown).await {
+            match self.run_batch_in(index, &shutdown).await {
                 Ok(batch) => {
                     db_failures = 0;
                     self.metrics.health.set(1);
@@ -181,15 +249,40 @@ impl Worker {
         totals
     }
 
-    /// Claims, delivers and completes one batch.
+    /// Claims, delivers and completes one batch (as pipeline 0).
     pub async fn run_batch(&self, shutdown: &CancellationToken) -> sqlx::Result<Totals> {
+        self.run_batch_in(0, shutdown).await
+    }
+
+    /// Claims due rows under a new lease owned by this claim alone.
+    pub async fn claim(&self, pipeline: usize) -> sqlx::Result<(Lease, Vec<Claimed>)> {
+        let owner = format!(
+            "{}/p{pipeline}/{}",
+            self.config.worker_id,
+            Uuid::new_v4().simple()
+        );
+        let started = Instant::now();
         let rows = queue::claim(
             &self.pool,
-            &self.config.owner,
+            &owner,
             self.config.batch_size,
             self.config.lease,
         )
         .await?;
+        let lease = Lease {
+            owner,
+            deadline: started + self.config.lease,
+        };
+        Ok((lease, rows))
+    }
+
+    /// Claims, delivers and completes one batch as pipeline `pipeline`.
+    pub async fn run_batch_in(
+        &self,
+        pipeline: usize,
+        shutdown: &CancellationToken,
+    ) -> sqlx::Result<Totals> {
+        let (lease, rows) = self.claim(pipeline).await?;
         let mut totals = Totals {
             claimed: rows.len() as u64,
             ..Totals::default()
@@ -197,9 +290,20 @@ impl Worker {
         if rows.is_empty() {
             return Ok(totals);
         }
+        if let [row] = rows.as_slice()
+            && row.suspect
+        {
+            tracing::warn!(
+                webhook_id = %row.id,
+                merchant_id = %row.merchant_id,
+                attempts = row.attempts,
+                max_attempts = row.max_attempts,
+                "a webhook whose previous attempt never completed (worker killed or lease expired) is retried on its own"
+            );
+        }
         let over_limit = Mutex::new(HashMap::new());
         let processed: Vec<Processed> = futures::stream::iter(rows)
-            .map(|row| self.process(row, shutdown, &over_limit))
+            .map(|row| self.process(row, lease.deadline, shutdown, &over_limit))
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
@@ -216,6 +320,9 @@ impl Worker {
                     }
                 }
             }
+            if item.lease_expiring {
+                totals.lease_expiring += 1;
+            }
             let completion = item.completion;
             match (completion.status, completion.attempted) {
                 (FinalStatus::Delivered, _) => totals.delivered += 1,
@@ -226,23 +333,37 @@ impl Worker {
             }
             completions.push(completion);
         }
-        self.complete_with_retry(&completions).await?;
+        if totals.lease_expiring > 0 {
+            tracing::warn!(
+                rows = totals.lease_expiring,
+                lease_secs = self.config.lease.as_secs_f64(),
+                "rows were put back unsent because their request could no longer finish within the lease; \
+                 raise WEBHOOK_LEASE_SECS or lower WEBHOOK_BATCH_SIZE / WEBHOOK_PIPELINES"
+            );
+        }
+        self.complete_with_retry(&lease.owner, &completions).await?;
         Ok(totals)
     }
 
     /// The results are what matter most after a delivery: retry a transient database error a
     /// few times before leaving the rows to lease expiry (which redelivers them).
-    async fn complete_with_retry(&self, completions: &[Completion]) -> sqlx::Result<()> {
+    async fn complete_with_retry(
+        &self,
+        owner: &str,
+        completions: &[Completion],
+    ) -> sqlx::Result<()> {
         let mut delay = Duration::from_millis(100);
         let mut tries = 0;
         loop {
-            match queue::complete(&self.pool, &self.config.owner, completions).await {
+            match queue::complete(&self.pool, owner, completions).await {
                 Ok(written) => {
-                    if written < completions.len() as u64 {
+                    self.metrics.dead_letters.inc_by(written.dead);
+                    if written.rows < completions.len() as u64 {
                         tracing::warn!(
                             expected = completions.len(),
-                            written,
-                            "some leases had expired and were taken over; their results were not written"
+                            written = written.rows,
+                            %owner,
+                            "some leases had expired (and may have been taken over); their results were not written and those rows will be retried"
                         );
                     }
                     return Ok(());
@@ -264,18 +385,41 @@ impl Worker {
     async fn process(
         &self,
         mut row: Claimed,
+        lease_deadline: Instant,
         shutdown: &CancellationToken,
         over_limit: &Mutex<HashMap<Uuid, u32>>,
     ) -> Processed {
         let plain = |completion| Processed {
             completion,
             disable_merchant: None,
+            lease_expiring: false,
         };
+        if row.exhausted {
+            tracing::warn!(
+                webhook_id = %row.id,
+                merchant_id = %row.merchant_id,
+                attempts = row.attempts,
+                "webhook dead: its last attempt never completed (the worker was killed or its lease ran out while delivering it)"
+            );
+            return plain(Completion {
+                id: row.id,
+                status: FinalStatus::Dead,
+                attempted: false,
+                refund: false,
+                retry_in: Duration::ZERO,
+                last_error: Some(format!(
+                    "attempt {} of {} never completed: the worker was killed or its lease ran out while delivering it",
+                    row.attempts, row.max_attempts
+                )),
+                status_code: None,
+            });
+        }
         if !row.webhook_enabled {
             return plain(Completion {
                 id: row.id,
                 status: FinalStatus::Disabled,
                 attempted: false,
+                refund: true,
                 retry_in: Duration::ZERO,
                 last_error: Some("merchant webhooks are disabled".to_owned()),
                 status_code: None,
@@ -317,6 +461,29 @@ impl Worker {
             ));
         }
         self.limits.global().await;
+
+        // The request may take up to the timeout; it must be over, with time left to write the
+        // result, before the lease ends. Otherwise the row goes back unsent.
+        let lease_left = lease_deadline.saturating_duration_since(Instant::now());
+        if lease_left
+            < self
+                .config
+                .client
+                .request_timeout
+                .saturating_add(SEND_MARGIN)
+        {
+            if permit == Permit::Probe {
+                self.breakers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .abandon_probe(&row.merchant_id);
+            }
+            return Processed {
+                completion: Completion::release(row.id, Duration::ZERO),
+                disable_merchant: None,
+                lease_expiring: true,
+            };
+        }
 
         let key = match self.signing_key(&row) {
             Ok(key) => key,
@@ -369,6 +536,7 @@ impl Worker {
                 id: row.id,
                 status: FinalStatus::Delivered,
                 attempted: true,
+                refund: false,
                 retry_in: Duration::ZERO,
                 last_error: None,
                 status_code: Some(i32::from(status)),
@@ -378,11 +546,13 @@ impl Worker {
                     id: row.id,
                     status: FinalStatus::Disabled,
                     attempted: true,
+                    refund: false,
                     retry_in: Duration::ZERO,
                     last_error: Some("HTTP 410 Gone: endpoint disabled".to_owned()),
                     status_code: Some(410),
                 },
                 disable_merchant: Some(row.merchant_id),
+                lease_expiring: false,
             },
             Attempt::Failed {
                 status,
@@ -400,11 +570,11 @@ impl Worker {
         error: String,
         retry_after: Option<Duration>,
     ) -> Completion {
-        let attempts = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+        // The claim already charged this attempt.
+        let attempts = u32::try_from(row.attempts).unwrap_or(1).max(1);
         let max_attempts = u32::try_from(row.max_attempts).unwrap_or(1);
         let dead = attempts >= max_attempts;
         if dead {
-            self.metrics.dead_letters.inc();
             tracing::warn!(webhook_id = %row.id, merchant_id = %row.merchant_id, attempts, error = %error, "webhook dead after its last attempt");
         } else {
             tracing::debug!(webhook_id = %row.id, attempts, error = %error, "webhook attempt failed; will retry");
@@ -421,6 +591,7 @@ impl Worker {
                 FinalStatus::Pending
             },
             attempted: true,
+            refund: false,
             retry_in,
             last_error: Some(error.chars().take(1000).collect()),
             status_code: status.map(i32::from),

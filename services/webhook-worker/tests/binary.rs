@@ -2,6 +2,8 @@
 //! end-to-end `--once` run with AES-encrypted merchant secrets whose logs must not contain any
 //! secret.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::Output;
 
@@ -228,6 +230,8 @@ async fn serves_probes_and_on_sigterm_finishes_in_flight_work_and_releases_the_r
             ("WEBHOOK_CONCURRENCY", "4"),
             ("WEBHOOK_PIPELINES", "1"),
             ("WEBHOOK_BATCH_SIZE", "20"),
+            // (⌈20 / 4⌉ + 1) × 5 s + 5 s fits the default 60 s lease.
+            ("WEBHOOK_REQUEST_TIMEOUT_SECS", "5"),
             ("METRICS_ADDR", metrics_addr.as_str()),
         ])
         .kill_on_drop(true)
@@ -303,6 +307,283 @@ async fn serves_probes_and_on_sigterm_finishes_in_flight_work_and_releases_the_r
             ("pending".to_owned(), 0, 20 - delivered as i64),
         ],
         "finished rows are recorded, the rest released without an attempt, no lease left"
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_lease_too_short_for_pipelines_times_batch_is_refused_at_start() {
+    // The old default batch (200) with the other defaults: two pipelines share 64 slots.
+    let output = run(
+        &[
+            ("WEBHOOK_BATCH_SIZE", "200"),
+            ("DATABASE_URL", "postgres://u:pw-never-shown@127.0.0.1:1/db"),
+            ("ENCRYPTION_MASTER_KEY", MASTER_KEY_HEX),
+        ],
+        &["--once"],
+    )
+    .await;
+    assert!(!output.status.success());
+    let out = text(&output);
+    for expected in [
+        "`WEBHOOK_LEASE_SECS` (60) is shorter than the worst case of one claimed batch (86 s)",
+        "`WEBHOOK_PIPELINES` (2) batches of `WEBHOOK_BATCH_SIZE` (200) rows share `WEBHOOK_CONCURRENCY` (64)",
+        "`WEBHOOK_REQUEST_TIMEOUT_SECS` (10 s)",
+        "Set `WEBHOOK_LEASE_SECS` to at least 86",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+    assert!(
+        !out.contains("cannot connect"),
+        "refused before connecting:\n{out}"
+    );
+    // Raising the lease as the message says is accepted (the run then fails on the database).
+    let output = run(
+        &[
+            ("WEBHOOK_BATCH_SIZE", "200"),
+            ("WEBHOOK_LEASE_SECS", "86"),
+            ("DATABASE_URL", "postgres://u:pw-never-shown@127.0.0.1:1/db"),
+            ("ENCRYPTION_MASTER_KEY", MASTER_KEY_HEX),
+        ],
+        &["--once"],
+    )
+    .await;
+    let out = text(&output);
+    assert!(
+        out.contains("cannot connect to the database"),
+        "the configuration passed:\n{out}"
+    );
+}
+
+/// The merchant endpoint of the crash test: a request for the poison webhook makes the test
+/// SIGKILL the worker process (as a delivery that crashes or OOM-kills it would); every other
+/// request is accepted.
+#[derive(Default)]
+struct Killer {
+    poison: std::sync::Mutex<String>,
+    worker_pid: std::sync::atomic::AtomicU32,
+    kills: std::sync::atomic::AtomicU32,
+    accepted: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+async fn killer_endpoint(
+    axum::extract::State(killer): axum::extract::State<std::sync::Arc<Killer>>,
+    headers: axum::http::HeaderMap,
+) -> axum::http::StatusCode {
+    use std::sync::atomic::Ordering;
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if id == *killer.poison.lock().unwrap() {
+        let pid = killer.worker_pid.load(Ordering::SeqCst);
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -KILL {pid}");
+        killer.kills.fetch_add(1, Ordering::SeqCst);
+        // The worker is gone; it never sees an answer.
+        std::future::pending::<()>().await;
+    }
+    *killer.accepted.lock().unwrap().entry(id).or_insert(0) += 1;
+    axum::http::StatusCode::NO_CONTENT
+}
+
+#[tokio::test]
+async fn a_webhook_whose_delivery_kills_the_worker_is_dead_after_max_attempts_restarts() {
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::sync::atomic::Ordering;
+    const MAX_ATTEMPTS: u32 = 3;
+
+    let db = TestDb::new("webhook_poison").await;
+    common::log_leases(&db.pool).await;
+    let killer = std::sync::Arc::new(Killer::default());
+    let app = axum::Router::new()
+        .fallback(killer_endpoint)
+        .with_state(std::sync::Arc::clone(&killer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let merchant_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let key = MasterKey::parse("ENCRYPTION_MASTER_KEY", MASTER_KEY_HEX).unwrap();
+    let merchant = create_merchant(
+        &db.pool,
+        &key,
+        &NewMerchant {
+            name: "crash test".to_owned(),
+            webhook_url: format!("http://{merchant_addr}/hooks"),
+            webhook_secret: Secret::new(whsec()),
+        },
+    )
+    .await
+    .unwrap();
+    // The poison row is the oldest, so it is in the first batch, with innocent rows around it.
+    let poison: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO webhook_queue (merchant_id, event_type, payload, max_attempts, next_attempt_at)
+         VALUES ($1, 'invoice.paid', '{\"poison\": true}', $2, now() - interval '1 minute') RETURNING id",
+    )
+    .bind(merchant)
+    .bind(MAX_ATTEMPTS as i32)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    *killer.poison.lock().unwrap() = format!("msg_{}", poison.simple());
+    let innocents: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO webhook_queue (merchant_id, event_type, payload)
+         SELECT $1, 'invoice.paid', jsonb_build_object('n', g) FROM generate_series(1, 9) g RETURNING id",
+    )
+    .bind(merchant)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let url = db.url();
+    // Two pipelines of 4 rows over 4 slots with a 1 s timeout: the worst case of a batch is
+    // (⌈8 / 4⌉ + 1) × 1 s (+ 8 rows at 1000/s), so a 9 s lease passes the check with its 5 s margin.
+    let env = [
+        ("DATABASE_URL", url.expose().as_str()),
+        ("ENCRYPTION_MASTER_KEY", MASTER_KEY_HEX),
+        ("WEBHOOK_ALLOW_INSECURE_TARGETS", "true"),
+        ("WEBHOOK_ENDPOINT_RPS", "1000"),
+        ("WEBHOOK_PIPELINES", "2"),
+        ("WEBHOOK_CONCURRENCY", "4"),
+        ("WEBHOOK_BATCH_SIZE", "4"),
+        ("WEBHOOK_REQUEST_TIMEOUT_SECS", "1"),
+        ("WEBHOOK_LEASE_SECS", "9"),
+        ("WEBHOOK_IDLE_POLL_MS", "100"),
+        ("METRICS_ADDR", metrics_addr.as_str()),
+    ];
+    let settled = || async {
+        let (poison_status, innocents_delivered): (String, i64) = sqlx::query_as(
+            "SELECT (SELECT status FROM webhook_queue WHERE id = $1),
+                    (SELECT count(*) FROM webhook_queue WHERE id <> $1 AND status = 'delivered')",
+        )
+        .bind(poison)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        poison_status == "dead" && innocents_delivered == innocents.len() as i64
+    };
+
+    let mut starts = 0;
+    loop {
+        starts += 1;
+        assert!(
+            starts <= MAX_ATTEMPTS + 1,
+            "the worker was started {starts} times"
+        );
+        let mut child = tokio::process::Command::new(BIN)
+            .env_clear()
+            .envs(env)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        killer
+            .worker_pid
+            .store(child.id().unwrap(), Ordering::SeqCst);
+        // Each run lasts until the poison row kills it, or until everything has settled.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+        let killed = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert_eq!(
+                    status.signal(),
+                    Some(9),
+                    "the worker exited on its own: {status}"
+                );
+                break true;
+            }
+            if settled().await {
+                break false;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {starts}: neither killed nor settled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        if killed {
+            continue;
+        }
+        // The run that dead-lettered the row counts it on /metrics.
+        let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.lines().any(|l| l == "webhook_dead_letters_total 1"),
+            "{metrics}"
+        );
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = child.wait().await.unwrap();
+        assert!(status.success(), "{status}");
+        break;
+    }
+
+    assert_eq!(
+        killer.kills.load(Ordering::SeqCst),
+        MAX_ATTEMPTS,
+        "one kill per attempt"
+    );
+    assert_eq!(starts, MAX_ATTEMPTS + 1);
+    let (status, attempts, last_error): (String, i32, String) =
+        sqlx::query_as("SELECT status, attempts, last_error FROM webhook_queue WHERE id = $1")
+            .bind(poison)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("dead", MAX_ATTEMPTS as i32));
+    assert!(last_error.contains("never completed"), "{last_error}");
+    let details: serde_json::Value = sqlx::query_scalar(
+        "SELECT details FROM system_events WHERE kind = 'webhook_dead_lettered'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(details["webhook_id"], poison.to_string());
+    assert_eq!(details["attempts"], MAX_ATTEMPTS);
+    // Once its first claim had died with the process, the row was only ever claimed alone, so
+    // the later crashes took no batch of innocent rows down with it.
+    let claims: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT l.owner, (SELECT count(*) FROM lease_log o WHERE o.owner = l.owner)
+         FROM lease_log l WHERE l.row_id = $1 ORDER BY l.claimed_at",
+    )
+    .bind(poison)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(claims.len(), MAX_ATTEMPTS as usize + 1, "{claims:?}");
+    assert!(claims[0].1 > 1, "the first claim was a batch: {claims:?}");
+    assert!(
+        claims[1..].iter().all(|(_, rows)| *rows == 1),
+        "retried alone: {claims:?}"
+    );
+    // The rows around it were all delivered, none dead.
+    let accepted = killer.accepted.lock().unwrap().clone();
+    for id in &innocents {
+        assert!(
+            accepted.contains_key(&format!("msg_{}", id.simple())),
+            "{id} never reached the merchant"
+        );
+    }
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM webhook_queue WHERE status = 'dead'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        1
     );
     db.drop_db().await;
 }

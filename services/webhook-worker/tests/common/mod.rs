@@ -139,9 +139,9 @@ pub async fn enqueue(pool: &PgPool, merchant: Uuid, count: i64, max_attempts: i3
     .unwrap()
 }
 
-pub fn config(owner: &str) -> WorkerConfig {
+pub fn config(worker_id: &str) -> WorkerConfig {
     WorkerConfig {
-        owner: owner.to_owned(),
+        worker_id: worker_id.to_owned(),
         batch_size: 100,
         concurrency: 16,
         pipelines: 1,
@@ -218,4 +218,30 @@ pub async fn make_due(pool: &PgPool) {
         .execute(pool)
         .await
         .unwrap();
+}
+
+/// Records every lease a row is given, and when it was given up, from the database's side:
+/// a claim sets `lease_owner` (logged with `now()`, the time its `lease_expires_at` counts
+/// from); a completion or a takeover replaces it (logged with `clock_timestamp()`).
+pub async fn log_leases(pool: &PgPool) {
+    for statement in [
+        "CREATE TABLE lease_log (
+             row_id uuid NOT NULL, owner text NOT NULL, claimed_at timestamptz NOT NULL,
+             expires_at timestamptz NOT NULL, ended_at timestamptz, PRIMARY KEY (row_id, owner))",
+        "CREATE FUNCTION log_lease() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF OLD.lease_owner IS NOT NULL AND OLD.lease_owner IS DISTINCT FROM NEW.lease_owner THEN
+                 UPDATE lease_log SET ended_at = clock_timestamp()
+                  WHERE row_id = OLD.id AND owner = OLD.lease_owner;
+             END IF;
+             IF NEW.lease_owner IS NOT NULL AND NEW.lease_owner IS DISTINCT FROM OLD.lease_owner THEN
+                 INSERT INTO lease_log VALUES (NEW.id, NEW.lease_owner, now(), NEW.lease_expires_at, NULL);
+             END IF;
+             RETURN NEW;
+         END $$",
+        "CREATE TRIGGER webhook_queue_lease_log AFTER UPDATE ON webhook_queue
+         FOR EACH ROW EXECUTE FUNCTION log_lease()",
+    ] {
+        sqlx::query(statement).execute(pool).await.unwrap();
+    }
 }
