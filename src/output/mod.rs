@@ -39,10 +39,15 @@ pub trait Render: Serialize {
 }
 
 /// Presentation switches shared by every printer.
+///
+/// Colour is decided per stream: `psctl smoke > report.txt` on a terminal keeps colour in the
+/// messages on stderr and none in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Style {
-    /// ANSI colour allowed (stderr is a terminal and `NO_COLOR` is unset).
-    pub color: bool,
+    /// ANSI colour allowed in data on stdout (tables): see [`use_color`].
+    pub color_stdout: bool,
+    /// ANSI colour allowed in messages on stderr: see [`use_color`].
+    pub color_stderr: bool,
     /// Emit `::error::`/`::warning::` workflow commands.
     pub github_actions: bool,
     /// Progress bars allowed (stderr is a terminal and not quiet).
@@ -52,18 +57,63 @@ pub struct Style {
 impl Style {
     /// Plain style for tests and pipes.
     pub const PLAIN: Style = Style {
-        color: false,
+        color_stdout: false,
+        color_stderr: false,
         github_actions: false,
         progress: false,
     };
 
-    fn paint(&self, code: &str, text: &str) -> String {
-        if self.color {
-            format!("\u{1b}[{code}m{text}\u{1b}[0m")
-        } else {
-            text.to_owned()
+    /// The style of this process: colour per stream from [`use_color`], annotations from
+    /// `GITHUB_ACTIONS=true`, progress bars when stderr is a terminal and `verbosity >= 0`.
+    pub fn detect(verbosity: i8) -> Self {
+        let no_color = std::env::var_os("NO_COLOR");
+        let force = std::env::var_os("CLICOLOR_FORCE");
+        let stderr_tty = io::stderr().is_terminal();
+        Style {
+            color_stdout: use_color(
+                io::stdout().is_terminal(),
+                no_color.as_deref(),
+                force.as_deref(),
+            ),
+            color_stderr: use_color(stderr_tty, no_color.as_deref(), force.as_deref()),
+            github_actions: std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true"),
+            progress: stderr_tty && verbosity >= 0,
         }
     }
+
+    /// `text` in the ANSI colour `code` when stdout may be coloured (for table cells).
+    pub fn paint_data(&self, code: &str, text: &str) -> String {
+        paint(self.color_stdout, code, text)
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        paint(self.color_stderr, code, text)
+    }
+}
+
+fn paint(enabled: bool, code: &str, text: &str) -> String {
+    if enabled {
+        format!("\u{1b}[{code}m{text}\u{1b}[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Whether one stream gets ANSI colour: never when `NO_COLOR` is set to anything non-empty
+/// (no-color.org), always when `CLICOLOR_FORCE` is set and not `0`, otherwise only when that
+/// very stream is a terminal.
+pub fn use_color(
+    is_terminal: bool,
+    no_color: Option<&std::ffi::OsStr>,
+    clicolor_force: Option<&std::ffi::OsStr>,
+) -> bool {
+    if no_color.is_some_and(|value| !value.is_empty()) {
+        return false;
+    }
+    if clicolor_force.is_some_and(|value| !value.is_empty() && value != "0") {
+        return true;
+    }
+    is_terminal
 }
 
 /// A writer shared between clones of [`Output`].
@@ -101,16 +151,8 @@ pub enum CheckState {
 }
 
 impl Output {
-    /// Output on the process's stdout/stderr, styled from the environment.
-    pub fn stdio(format: Format, verbosity: i8) -> Self {
-        let stderr_tty = io::stderr().is_terminal();
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        let github_actions = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
-        let style = Style {
-            color: stderr_tty && !no_color,
-            github_actions,
-            progress: stderr_tty && verbosity >= 0,
-        };
+    /// Output on the process's stdout/stderr with `style` (normally [`Style::detect`]).
+    pub fn stdio(format: Format, style: Style, verbosity: i8) -> Self {
         Self::new(
             format,
             style,
@@ -476,6 +518,36 @@ mod tests {
             stderr.contents(),
             "FAIL secret: missing key BINANCE_API_KEY\n"
         );
+    }
+
+    #[test]
+    fn colour_needs_a_terminal_and_no_no_color() {
+        use std::ffi::OsStr;
+        let unset: Option<&OsStr> = None;
+        let set = Some(OsStr::new("1"));
+        let empty = Some(OsStr::new(""));
+        // terminal × NO_COLOR
+        assert!(use_color(true, unset, unset));
+        assert!(!use_color(true, set, unset));
+        assert!(!use_color(false, unset, unset));
+        assert!(!use_color(false, set, unset));
+        // An empty NO_COLOR does not count as set.
+        assert!(use_color(true, empty, unset));
+        // CLICOLOR_FORCE colours a pipe, but NO_COLOR still wins; `0` does not force.
+        assert!(use_color(false, unset, set));
+        assert!(!use_color(false, set, set));
+        assert!(!use_color(false, unset, Some(OsStr::new("0"))));
+    }
+
+    #[test]
+    fn data_and_messages_are_coloured_by_their_own_stream() {
+        let style = Style {
+            color_stdout: false,
+            color_stderr: true,
+            ..Style::PLAIN
+        };
+        assert_eq!(style.paint_data("31", "FAIL"), "FAIL");
+        assert_eq!(style.paint("31", "error"), "\u{1b}[31merror\u{1b}[0m");
     }
 
     #[test]

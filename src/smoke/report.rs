@@ -16,16 +16,12 @@ impl Render for SmokeReport {
                     Verdict::Fail => "FAIL",
                     Verdict::Skipped => "skipped",
                 };
-                let result = if style.color {
-                    let code = match check.result {
-                        Verdict::Pass => "32",
-                        Verdict::Fail => "31;1",
-                        Verdict::Skipped => "2",
-                    };
-                    format!("\u{1b}[{code}m{result}\u{1b}[0m")
-                } else {
-                    result.to_owned()
+                let code = match check.result {
+                    Verdict::Pass => "32",
+                    Verdict::Fail => "31;1",
+                    Verdict::Skipped => "2",
                 };
+                let result = style.paint_data(code, result);
                 [
                     check.name.clone(),
                     check.category.to_string(),
@@ -214,6 +210,40 @@ mod tests {
             *lines.last().unwrap(),
             "Total: 4  Passed: 1  Failed: 2  Skipped: 1"
         );
+    }
+
+    /// Coloured cells must not push columns out of line: tabled measures them without their
+    /// escape codes (its `ansi` feature).
+    #[test]
+    fn a_coloured_table_aligns_like_a_plain_one() {
+        let coloured = Style {
+            color_stdout: true,
+            ..Style::PLAIN
+        };
+        let text = report().render_table(&coloured);
+        assert!(text.contains("\u{1b}[31;1mFAIL\u{1b}[0m"), "{text:?}");
+        assert_eq!(
+            strip_ansi(&text),
+            report().render_table(&Style::PLAIN),
+            "{text}"
+        );
+    }
+
+    fn strip_ansi(text: &str) -> String {
+        let mut out = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     #[test]
