@@ -7,10 +7,16 @@
 #     -t <registry>/problemsolver-poller:<tag> .
 # RUNTIME_BASE must provide glibc and libgcc_s (what a Rust binary links); production uses
 # distroless cc, the sandbox its locally made 127.0.0.1:5000/psctl-base:bookworm.
+# A tag can move under the same name: production builds pin the base by digest with
+#   --build-arg RUNTIME_BASE_DIGEST=sha256:<64 hex>
+# (from `docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot`), which makes the
+# reference `<RUNTIME_BASE>@sha256:…`: the digest is what is pulled, the tag stays for readers.
+# Left empty (the sandbox, local builds), the tag alone is used.
 # Nothing else is installed: no shell is needed, no HEALTHCHECK (Kubernetes probes /health
 # and /ready), and the root filesystem can be mounted read-only.
 ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
-FROM ${RUNTIME_BASE}
+ARG RUNTIME_BASE_DIGEST=""
+FROM ${RUNTIME_BASE}${RUNTIME_BASE_DIGEST:+@}${RUNTIME_BASE_DIGEST}
 
 # Which binary of dist/ this image runs: problemsolver-poller or problemsolver-webhook-worker.
 ARG BINARY

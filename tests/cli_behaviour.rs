@@ -229,4 +229,23 @@ fn a_confirmation_nobody_can_answer_is_refused_not_awaited() {
         "{stderr}"
     );
     assert!(stderr.contains("pass `--yes`"), "{stderr}");
+
+/// `--version` names the commit the binary was built from: this checkout's HEAD, or `unknown`
+/// when it was built without git.
+#[test]
+fn version_prints_the_version_and_the_git_commit() {
+    let (code, stdout, stderr) = psctl(&["--version"], None);
+    assert_eq!(code, 0, "{stderr}");
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    assert_eq!(
+        stdout,
+        format!("psctl {} (commit {head})\n", env!("CARGO_PKG_VERSION"))
+    );
 }

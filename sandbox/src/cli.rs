@@ -7,7 +7,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// The psctl sandbox: an emulated Kubernetes control plane over real Docker containers, with a
 /// registry, Prometheus, Postgres, real kubectl and the real Helm engine.
 #[derive(Debug, Parser)]
-#[command(name = "psctl-sandbox", version)]
+#[command(
+    name = "psctl-sandbox",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")")
+)]
 pub struct Cli {
     /// State directory of the sandbox (kubeconfig, secrets, logs, registry data).
     #[arg(long, global = true, env = "PSCTL_SANDBOX_DIR")]

@@ -1014,6 +1014,7 @@ async fn drive_and_report(
         Ending::Aborted { reason } => Err(CommandError::verification(anyhow::anyhow!(
             "the canary of `{component}` (tag {tag}) was aborted: {reason}"
         ))
+        .titled(format!("canary aborted: {component}"))
         .hint(format!(
             "stable is restored; the canary Deployment `{canary_deployment}` is kept at 0 replicas for investigation"
         ))
@@ -1027,6 +1028,7 @@ async fn drive_and_report(
             ExitStatus::RollbackFailed,
             anyhow::anyhow!("the canary of `{component}` (tag {tag}) could not be undone: {reason}"),
         )
+        .titled(format!("canary rollback failed: {component}"))
         .hint("a human must act now: retry with `psctl canary abort`, check `psctl status`")
         .hint(format!("stop the canary by hand with `kubectl scale deployment {canary_deployment} --replicas=0`"))),
     }

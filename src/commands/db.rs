@@ -611,6 +611,8 @@ async fn verify_command(
     output
         .data(&report)
         .or_exit(ExitStatus::Usage, "writing the report")?;
+    output.annotations(&report.annotations());
+    output.step_summary(&report.step_summary());
     let findings = report.findings().count();
     if findings == 0 {
         output.info(format!("{}: no findings", target.url.label()));

@@ -109,6 +109,8 @@ pub async fn run(args: SmokeArgs, global: &GlobalSettings, output: &Output) -> C
             &failure.evidence,
         );
     }
+    output.annotations(&smoke::report::annotations(&report));
+    output.step_summary(&smoke::report::step_summary(&report));
     Ok(report.exit_status())
 }
 

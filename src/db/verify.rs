@@ -13,6 +13,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::audit::{self, BreakReason, ChainKey};
+use crate::output::github::{self, markdown_cell};
 use crate::output::{Render, Style, table};
 
 /// Tables the checks need; missing ones mean an unmigrated database.
@@ -70,6 +71,33 @@ impl VerifyReport {
 
     pub fn is_clean(&self) -> bool {
         self.findings().next().is_none()
+    }
+
+    /// GitHub Actions annotations: one `::error` per finding, titled `db verify: <check>`.
+    pub fn annotations(&self) -> String {
+        self.findings()
+            .map(|finding| {
+                github::error_annotation(&format!("db verify: {}", finding.check), &finding.detail)
+            })
+            .collect()
+    }
+
+    /// The job summary: the database (its label, never its password), then every check.
+    pub fn step_summary(&self) -> String {
+        let findings = self.findings().count();
+        let mut markdown = format!(
+            "## psctl db verify: {}\n\n{findings} finding(s)\n\n| check | result | detail |\n| --- | --- | --- |\n",
+            markdown_cell(&self.database)
+        );
+        for check in &self.checks {
+            markdown.push_str(&format!(
+                "| {} | {} | {} |\n",
+                markdown_cell(&check.check),
+                if check.ok { "ok" } else { "**FINDING**" },
+                markdown_cell(&check.detail)
+            ));
+        }
+        markdown
     }
 }
 
@@ -487,5 +515,36 @@ mod tests {
         );
         assert!(!report.is_clean());
         assert_eq!(report.findings().count(), 1);
+    }
+
+    #[test]
+    fn findings_become_annotations_and_a_summary_table() {
+        let report = VerifyReport {
+            database: "h:1/db".into(),
+            checks: vec![
+                ok("schema", "all tables present"),
+                finding(
+                    "ledger_entries: UPDATE refused",
+                    "UPDATE succeeded, 100% writable\nfix the trigger",
+                ),
+            ],
+            totals: None,
+            chain_broken_at: None,
+        };
+        assert_eq!(
+            report.annotations(),
+            "::error title=db verify%3A ledger_entries%3A UPDATE refused::UPDATE succeeded, 100%25 writable%0Afix the trigger\n"
+        );
+        assert_eq!(
+            report.step_summary(),
+            "## psctl db verify: h:1/db\n\n1 finding(s)\n\n| check | result | detail |\n| --- | --- | --- |\n\
+             | schema | ok | all tables present |\n\
+             | ledger_entries: UPDATE refused | **FINDING** | UPDATE succeeded, 100% writable<br>fix the trigger |\n"
+        );
+        let clean = VerifyReport {
+            checks: vec![ok("schema", "all tables present")],
+            ..report
+        };
+        assert_eq!(clean.annotations(), "");
     }
 }

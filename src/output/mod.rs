@@ -4,6 +4,7 @@
 //! `NO_COLOR`, shows progress bars only on a terminal, and emits GitHub Actions annotations when
 //! `GITHUB_ACTIONS=true`. Writers are injected so tests render into buffers.
 
+pub mod github;
 pub mod redact;
 pub mod table;
 
@@ -39,10 +40,15 @@ pub trait Render: Serialize {
 }
 
 /// Presentation switches shared by every printer.
+///
+/// Colour is decided per stream: `psctl smoke > report.txt` on a terminal keeps colour in the
+/// messages on stderr and none in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Style {
-    /// ANSI colour allowed (stderr is a terminal and `NO_COLOR` is unset).
-    pub color: bool,
+    /// ANSI colour allowed in data on stdout (tables): see [`use_color`].
+    pub color_stdout: bool,
+    /// ANSI colour allowed in messages on stderr: see [`use_color`].
+    pub color_stderr: bool,
     /// Emit `::error::`/`::warning::` workflow commands.
     pub github_actions: bool,
     /// Progress bars allowed (stderr is a terminal and not quiet).
@@ -52,18 +58,63 @@ pub struct Style {
 impl Style {
     /// Plain style for tests and pipes.
     pub const PLAIN: Style = Style {
-        color: false,
+        color_stdout: false,
+        color_stderr: false,
         github_actions: false,
         progress: false,
     };
 
-    fn paint(&self, code: &str, text: &str) -> String {
-        if self.color {
-            format!("\u{1b}[{code}m{text}\u{1b}[0m")
-        } else {
-            text.to_owned()
+    /// The style of this process: colour per stream from [`use_color`], annotations from
+    /// `GITHUB_ACTIONS=true`, progress bars when stderr is a terminal and `verbosity >= 0`.
+    pub fn detect(verbosity: i8) -> Self {
+        let no_color = std::env::var_os("NO_COLOR");
+        let force = std::env::var_os("CLICOLOR_FORCE");
+        let stderr_tty = io::stderr().is_terminal();
+        Style {
+            color_stdout: use_color(
+                io::stdout().is_terminal(),
+                no_color.as_deref(),
+                force.as_deref(),
+            ),
+            color_stderr: use_color(stderr_tty, no_color.as_deref(), force.as_deref()),
+            github_actions: std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true"),
+            progress: stderr_tty && verbosity >= 0,
         }
     }
+
+    /// `text` in the ANSI colour `code` when stdout may be coloured (for table cells).
+    pub fn paint_data(&self, code: &str, text: &str) -> String {
+        paint(self.color_stdout, code, text)
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        paint(self.color_stderr, code, text)
+    }
+}
+
+fn paint(enabled: bool, code: &str, text: &str) -> String {
+    if enabled {
+        format!("\u{1b}[{code}m{text}\u{1b}[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Whether one stream gets ANSI colour: never when `NO_COLOR` is set to anything non-empty
+/// (no-color.org), always when `CLICOLOR_FORCE` is set and not `0`, otherwise only when that
+/// very stream is a terminal.
+pub fn use_color(
+    is_terminal: bool,
+    no_color: Option<&std::ffi::OsStr>,
+    clicolor_force: Option<&std::ffi::OsStr>,
+) -> bool {
+    if no_color.is_some_and(|value| !value.is_empty()) {
+        return false;
+    }
+    if clicolor_force.is_some_and(|value| !value.is_empty() && value != "0") {
+        return true;
+    }
+    is_terminal
 }
 
 /// A writer shared between clones of [`Output`].
@@ -78,6 +129,8 @@ pub struct Output {
     stdout: SharedWriter,
     stderr: SharedWriter,
     redactor: Redactor,
+    /// `$GITHUB_STEP_SUMMARY` on GitHub Actions: where job summaries are appended.
+    step_summary: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Output {
@@ -101,23 +154,27 @@ pub enum CheckState {
 }
 
 impl Output {
-    /// Output on the process's stdout/stderr, styled from the environment.
-    pub fn stdio(format: Format, verbosity: i8) -> Self {
-        let stderr_tty = io::stderr().is_terminal();
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        let github_actions = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
-        let style = Style {
-            color: stderr_tty && !no_color,
-            github_actions,
-            progress: stderr_tty && verbosity >= 0,
-        };
-        Self::new(
+    /// Output on the process's stdout/stderr with `style` (normally [`Style::detect`]).
+    pub fn stdio(format: Format, style: Style, verbosity: i8) -> Self {
+        let output = Self::new(
             format,
             style,
             verbosity,
             Box::new(io::stdout()),
             Box::new(io::stderr()),
-        )
+        );
+        match std::env::var_os("GITHUB_STEP_SUMMARY") {
+            Some(path) if style.github_actions && !path.is_empty() => {
+                output.with_step_summary(path.into())
+            }
+            _ => output,
+        }
+    }
+
+    /// Appends job summaries to `path` (GitHub Actions' `$GITHUB_STEP_SUMMARY`).
+    pub fn with_step_summary(mut self, path: std::path::PathBuf) -> Self {
+        self.step_summary = Some(path);
+        self
     }
 
     pub fn new(
@@ -134,6 +191,7 @@ impl Output {
             stdout: Arc::new(Mutex::new(stdout)),
             stderr: Arc::new(Mutex::new(stderr)),
             redactor: Redactor::default(),
+            step_summary: None,
         }
     }
 
@@ -214,7 +272,7 @@ impl Output {
             let prefix = self.style.paint("33", "warning");
             self.write_stderr(&format!("{prefix}: {message}\n"));
             if self.style.github_actions {
-                self.write_stderr(&format!("::warning::{}\n", escape_annotation(message)));
+                self.write_stderr(&format!("::warning::{}\n", github::escape_data(message)));
             }
         }
     }
@@ -254,7 +312,46 @@ impl Output {
         self.write_stderr(&text);
         if self.style.github_actions {
             let summary = format!("{:#}", error.error());
-            self.write_stderr(&format!("::error::{}\n", escape_annotation(&summary)));
+            let title = error.title().unwrap_or("");
+            self.write_stderr(&github::error_annotation(title, &summary));
+            let mut markdown = format!(
+                "### psctl: {}\n\n{}\n",
+                github::markdown_cell(error.title().unwrap_or("command failed")),
+                github::markdown_cell(&summary)
+            );
+            for hint in error.hints() {
+                markdown.push_str(&format!("\n- hint: {}", github::markdown_cell(hint)));
+            }
+            markdown.push('\n');
+            self.step_summary(&markdown);
+        }
+    }
+
+    /// Workflow commands rendered by [`github`] functions (`::error title=…::…` lines), written
+    /// on GitHub Actions only; elsewhere [`Self::check`] lines already told the story.
+    pub fn annotations(&self, text: &str) {
+        if self.style.github_actions && !text.is_empty() {
+            self.write_stderr(text);
+        }
+    }
+
+    /// Appends `markdown` to the GitHub Actions job summary, when running there with
+    /// `$GITHUB_STEP_SUMMARY` set; scrubbed like everything else. A summary that cannot be
+    /// written is a warning, never a failure of the command.
+    pub fn step_summary(&self, markdown: &str) {
+        let Some(path) = self
+            .step_summary
+            .as_ref()
+            .filter(|_| self.style.github_actions)
+        else {
+            return;
+        };
+        let scrubbed = self.redactor.scrub(markdown);
+        if let Err(error) = github::append_step_summary(path, &scrubbed) {
+            self.warn(format!(
+                "cannot append to the job summary `{}`: {error}",
+                path.display()
+            ));
         }
     }
 
@@ -313,14 +410,6 @@ fn lock(writer: &SharedWriter) -> std::sync::MutexGuard<'_, Box<dyn Write + Send
     writer
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Workflow-command escaping (`%`, CR, LF) so a multi-line message stays one annotation.
-fn escape_annotation(message: &str) -> String {
-    message
-        .replace('%', "%25")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
 }
 
 /// A cloneable in-memory writer for tests of anything that prints.
@@ -479,7 +568,78 @@ mod tests {
     }
 
     #[test]
-    fn annotations_escape_newlines() {
-        assert_eq!(escape_annotation("a\nb%"), "a%0Ab%25");
+    fn colour_needs_a_terminal_and_no_no_color() {
+        use std::ffi::OsStr;
+        let unset: Option<&OsStr> = None;
+        let set = Some(OsStr::new("1"));
+        let empty = Some(OsStr::new(""));
+        // terminal × NO_COLOR
+        assert!(use_color(true, unset, unset));
+        assert!(!use_color(true, set, unset));
+        assert!(!use_color(false, unset, unset));
+        assert!(!use_color(false, set, unset));
+        // An empty NO_COLOR does not count as set.
+        assert!(use_color(true, empty, unset));
+        // CLICOLOR_FORCE colours a pipe, but NO_COLOR still wins; `0` does not force.
+        assert!(use_color(false, unset, set));
+        assert!(!use_color(false, set, set));
+        assert!(!use_color(false, unset, Some(OsStr::new("0"))));
+    }
+
+    #[test]
+    fn data_and_messages_are_coloured_by_their_own_stream() {
+        let style = Style {
+            color_stdout: false,
+            color_stderr: true,
+            ..Style::PLAIN
+        };
+        assert_eq!(style.paint_data("31", "FAIL"), "FAIL");
+        assert_eq!(style.paint("31", "error"), "\u{1b}[31merror\u{1b}[0m");
+    }
+
+    #[test]
+    fn a_titled_error_annotates_with_its_title_and_writes_the_job_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let summary = dir.path().join("summary.md");
+        let style = Style {
+            github_actions: true,
+            ..Style::PLAIN
+        };
+        let (output, _, stderr) = Output::buffered(Format::Table, style);
+        let output = output.with_step_summary(summary.clone());
+        output.redactor().register("hunter2-secret");
+        let error = CommandError::verification(anyhow::anyhow!(
+            "the canary of `webhook` was aborted: error rate 5% > 1% (token hunter2-secret)"
+        ))
+        .titled("canary aborted: webhook")
+        .hint("stable is restored");
+        output.error(&error);
+        let text = stderr.contents();
+        assert!(
+            text.ends_with(
+                "::error title=canary aborted%3A webhook::the canary of `webhook` was aborted: \
+                 error rate 5%25 > 1%25 (token [REDACTED])\n"
+            ),
+            "{text}"
+        );
+        let markdown = std::fs::read_to_string(&summary).unwrap();
+        assert_eq!(
+            markdown,
+            "### psctl: canary aborted: webhook\n\nthe canary of \\`webhook\\` was aborted: \
+             error rate 5% &gt; 1% (token [REDACTED])\n\n- hint: stable is restored\n"
+        );
+    }
+
+    #[test]
+    fn without_github_actions_nothing_is_annotated_or_summarised() {
+        let dir = tempfile::tempdir().unwrap();
+        let summary = dir.path().join("summary.md");
+        let (output, _, stderr) = Output::buffered(Format::Table, Style::PLAIN);
+        let output = output.with_step_summary(summary.clone());
+        output.annotations(&github::error_annotation("smoke", "failed"));
+        output.step_summary("## psctl smoke\n");
+        output.error(&CommandError::verification(anyhow::anyhow!("no")).titled("x"));
+        assert_eq!(stderr.contents(), "error: no\n");
+        assert!(!summary.exists());
     }
 }

@@ -1,4 +1,6 @@
-//! Table rendering shared by every command: one consistent, colour-free style built on `tabled`.
+//! Table rendering shared by every command: one consistent style built on `tabled`. Cells may
+//! carry ANSI colour ([`super::Style::paint_data`]); tabled's `ansi` feature measures them by
+//! their visible width so columns stay aligned.
 
 use tabled::builder::Builder;
 use tabled::settings::Style as TableStyle;

@@ -338,6 +338,48 @@ fn prometheus_objects_ship_the_tested_rules() {
     }
 }
 
+/// Every alert links its runbook page as a URL (`runbook_url`, the ecosystem's name), and the
+/// base of those URLs is a value.
+#[test]
+fn runbook_urls_follow_the_configured_base() {
+    let shipped = "https://github.com/problemsolver/psctl/blob/main/docs/runbooks/";
+    for (chart, release, page) in [
+        ("charts/poller", "problemsolver-poller", "poller.md"),
+        (
+            "charts/webhook-worker",
+            "problemsolver-webhook",
+            "webhook.md",
+        ),
+    ] {
+        for (set, base) in [
+            ("prometheusRule.enabled=true", shipped),
+            (
+                "prometheusRule.enabled=true,prometheusRule.runbookBaseUrl=https://wiki.example.com/ps/",
+                "https://wiki.example.com/ps/",
+            ),
+        ] {
+            let objects = template(&[release, chart, "--set", set]);
+            let rule = find(&objects, "PrometheusRule", release);
+            let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+            assert!(!rules.is_empty(), "{chart}");
+            for alert in rules {
+                let annotations = &alert["annotations"];
+                assert!(annotations.get("runbook").is_none(), "{alert}");
+                let url = annotations["runbook_url"].as_str().unwrap_or_default();
+                let anchor = url
+                    .strip_prefix(&format!("{base}{page}#"))
+                    .unwrap_or_else(|| panic!("{chart}: {url} is not under {base}{page}"));
+                let runbook =
+                    std::fs::read_to_string(repo().join("docs/runbooks").join(page)).unwrap();
+                assert!(
+                    runbook.lines().any(|line| line == format!("## {anchor}")),
+                    "{url}: docs/runbooks/{page} has no section `{anchor}`"
+                );
+            }
+        }
+    }
+}
+
 fn promtool(args: &[&str]) -> Output {
     Command::new("promtool")
         .args(args)

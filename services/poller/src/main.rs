@@ -14,11 +14,19 @@ use problemsolver_poller::metrics::Metrics;
 use problemsolver_poller::service::{CycleOutcome, Poller};
 use prometheus_client::registry::Registry;
 
+/// `--version`: the crate version and the git commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);
+
 /// Polls Binance deposit history and credits matching invoices (payment, ledger entry, webhook).
 ///
 /// One replica at a time is active (Postgres advisory lock); others stay healthy and idle.
 #[derive(Debug, Parser)]
-#[command(name = "problemsolver-poller", version, after_help = ENVIRONMENT_HELP)]
+#[command(name = "problemsolver-poller", version = VERSION, after_help = ENVIRONMENT_HELP)]
 struct Cli {
     /// Run one poll-and-match cycle, print its summary as JSON on stdout, and exit (no HTTP
     /// server). Exits 1 if the cycle failed or another replica holds the lock.
@@ -55,6 +63,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let pool = db::connect(&config.database_url, &pool_config).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    problemsolver_core::build_info::register(
+        &mut registry,
+        "problemsolver_poller",
+        env!("CARGO_PKG_VERSION"),
+        env!("BUILD_GIT_COMMIT"),
+    );
     let readiness = Readiness::new("first cycle has not run yet");
     let binance = BinanceClient::new(
         &config.binance_api_base,

@@ -14,7 +14,7 @@ use crate::worker::WorkerConfig;
 
 /// Delivers signed webhooks (Standard Webhooks) from the Postgres `webhook_queue` to merchants.
 #[derive(Debug, Parser)]
-#[command(name = "problemsolver-webhook-worker", version, after_long_help = ENVIRONMENT_HELP, after_help = ENVIRONMENT_HELP)]
+#[command(name = "problemsolver-webhook-worker", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")"), after_long_help = ENVIRONMENT_HELP, after_help = ENVIRONMENT_HELP)]
 pub struct Args {
     /// Deliver what is due now, then exit: 0 when the queue was reachable, 1 otherwise. No
     /// metrics server is started in this mode.

@@ -55,6 +55,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::on_signals();
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    problemsolver_core::build_info::register(
+        &mut registry,
+        "webhook_worker",
+        env!("CARGO_PKG_VERSION"),
+        env!("BUILD_GIT_COMMIT"),
+    );
     let readiness = Readiness::new("connecting to the database");
     let server = if args.once {
         None
