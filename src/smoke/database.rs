@@ -315,27 +315,37 @@ pub fn judge_update(result: Result<u64, sqlx::Error>) -> Outcome {
     }
 }
 
-/// The three reconciliation counts.
+/// The reconciliation counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconciliation {
     pub credited_deposits_without_payment: i64,
     pub payments_without_ledger_entry: i64,
     pub paid_invoices_without_webhook: i64,
+    /// Credited deposits that were not a Binance success (status 1) or fell outside their
+    /// invoice's life (created before the deposit, not expired at it).
+    pub credits_breaking_the_rules: i64,
+    /// Processed deposits that were not credited and have no `deposit.<outcome>` system event:
+    /// money that arrived without anyone being told.
+    pub uncredited_without_event: i64,
 }
 
-/// All three counts must be zero. Pure.
+/// Every count must be zero. Pure.
 pub fn judge_reconciliation(counts: Reconciliation) -> Outcome {
     let Reconciliation {
         credited_deposits_without_payment,
         payments_without_ledger_entry,
         paid_invoices_without_webhook,
+        credits_breaking_the_rules,
+        uncredited_without_event,
     } = counts;
     let evidence = format!(
-        "credited deposits without payment: {credited_deposits_without_payment}, payments without ledger entry: {payments_without_ledger_entry}, paid invoices without webhook row: {paid_invoices_without_webhook}"
+        "credited deposits without payment: {credited_deposits_without_payment}, payments without ledger entry: {payments_without_ledger_entry}, paid invoices without webhook row: {paid_invoices_without_webhook}, credits breaking the matching rules: {credits_breaking_the_rules}, uncredited deposits without a system event: {uncredited_without_event}"
     );
     if credited_deposits_without_payment == 0
         && payments_without_ledger_entry == 0
         && paid_invoices_without_webhook == 0
+        && credits_breaking_the_rules == 0
+        && uncredited_without_event == 0
     {
         Outcome::pass(evidence)
     } else {
@@ -346,23 +356,37 @@ pub fn judge_reconciliation(counts: Reconciliation) -> Outcome {
 }
 
 pub async fn reconciliation(pool: &PgPool) -> Outcome {
-    let counts: Result<(i64, i64, i64), _> = sqlx::query_as(
+    let counts: Result<(i64, i64, i64, i64, i64), _> = sqlx::query_as(
         "SELECT
            (SELECT count(*) FROM deposit_raw d WHERE d.matched_invoice_id IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.deposit_id = d.id)),
            (SELECT count(*) FROM payments p WHERE NOT EXISTS
                (SELECT 1 FROM ledger_entries l WHERE l.payment_id = p.id)),
            (SELECT count(*) FROM invoices i WHERE i.status = 'paid' AND NOT EXISTS
-               (SELECT 1 FROM webhook_queue w WHERE w.invoice_id = i.id))",
+               (SELECT 1 FROM webhook_queue w WHERE w.invoice_id = i.id)),
+           (SELECT count(*) FROM deposit_raw d JOIN invoices i ON i.id = d.matched_invoice_id
+             WHERE d.binance_status <> 1
+                OR date_trunc('milliseconds', i.created_at) > d.insert_time
+                OR d.insert_time > i.expires_at),
+           (SELECT count(*) FROM deposit_raw d
+             WHERE d.processed_at IS NOT NULL AND d.outcome <> 'credited'
+               AND NOT EXISTS (SELECT 1 FROM system_events e
+                                WHERE e.source = 'poller' AND e.details ? 'deposit_id'
+                                  AND (e.details ->> 'deposit_id')::bigint = d.id
+                                  AND e.kind = 'deposit.' || d.outcome))",
     )
     .fetch_one(pool)
     .await;
     match counts {
-        Ok((deposits, payments, invoices)) => judge_reconciliation(Reconciliation {
-            credited_deposits_without_payment: deposits,
-            payments_without_ledger_entry: payments,
-            paid_invoices_without_webhook: invoices,
-        }),
+        Ok((deposits, payments, invoices, rule_breaking, silent)) => {
+            judge_reconciliation(Reconciliation {
+                credited_deposits_without_payment: deposits,
+                payments_without_ledger_entry: payments,
+                paid_invoices_without_webhook: invoices,
+                credits_breaking_the_rules: rule_breaking,
+                uncredited_without_event: silent,
+            })
+        }
         Err(error) => database_failure("counting reconciliation gaps", &error),
     }
 }
@@ -419,13 +443,20 @@ mod tests {
             credited_deposits_without_payment: 0,
             payments_without_ledger_entry: 0,
             paid_invoices_without_webhook: 0,
+            credits_breaking_the_rules: 0,
+            uncredited_without_event: 0,
         };
         assert_eq!(
             judge_reconciliation(zero),
             Outcome::pass(
-                "credited deposits without payment: 0, payments without ledger entry: 0, paid invoices without webhook row: 0"
+                "credited deposits without payment: 0, payments without ledger entry: 0, paid invoices without webhook row: 0, credits breaking the matching rules: 0, uncredited deposits without a system event: 0"
             )
         );
+        let silent = judge_reconciliation(Reconciliation {
+            uncredited_without_event: 1,
+            ..zero
+        });
+        assert_eq!(silent.verdict, Verdict::Fail);
         let gap = judge_reconciliation(Reconciliation {
             paid_invoices_without_webhook: 2,
             ..zero
