@@ -2,6 +2,8 @@
 //! from the admin URL in `PSCTL_TEST_DATABASE_URL`. A missing variable fails the test loudly;
 //! nothing is skipped.
 
+pub mod bench;
+
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 

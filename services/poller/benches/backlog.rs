@@ -73,7 +73,9 @@ async fn main() {
     let mut processed = 0u64;
     let mut credited = 0u64;
     loop {
-        let outcome = store::match_batch(&pool, BATCH, None).await.expect("match batch");
+        let outcome = store::match_batch(&pool, BATCH, None)
+            .await
+            .expect("match batch");
         processed += outcome.processed;
         credited += outcome.credited;
         if outcome.processed == 0 {

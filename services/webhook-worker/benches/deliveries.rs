@@ -16,27 +16,22 @@
 //! measure it).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use problemsolver_core::Secret;
 use problemsolver_core::crypto::{MasterKey, NewMerchant, create_merchant};
-use problemsolver_core::testing::TestDb;
+use problemsolver_core::testing::{TestDb, bench};
 use problemsolver_stubs::merchant::MerchantSink;
 use problemsolver_webhook_worker::config::Args;
-use sqlx::{Connection as _, PgConnection, PgPool};
 
 const ROWS: i64 = 60_000;
 /// How long pgbench runs.
 const PGBENCH_SECS: u32 = 20;
-const BENCH_DATABASE_URL_ENV: &str = "PSCTL_BENCH_DATABASE_URL";
 /// A throw-away key for the benchmark database only.
 const BENCH_MASTER_KEY: &str = "4242424242424242424242424242424242424242424242424242424242424242";
 const BENCH_SECRET: &str = "whsec_YmVuY2htYXJrLXNpZ25pbmcta2V5LTAxMjM0NTY3ODk=";
-const FIX: &str = "run `eval \"$(scripts/postgres.sh start-durable)\"` first: it starts the durable \
-                   benchmark cluster (port 55442) and exports PSCTL_BENCH_DATABASE_URL";
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -46,146 +41,9 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The admin URL of the durable cluster, after checking that it is one.
-async fn durable_admin_url() -> String {
-    let url = match std::env::var(BENCH_DATABASE_URL_ENV) {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => panic!(
-            "{BENCH_DATABASE_URL_ENV} is not set. This benchmark measures on a durable PostgreSQL \
-             (fsync, synchronous_commit, full_page_writes on) and never uses the test cluster: {FIX}"
-        ),
-    };
-    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|error| {
-        panic!("cannot connect to {BENCH_DATABASE_URL_ENV}: {error}; {FIX}")
-    });
-    let settings: Vec<(String, String)> = sqlx::query_as(
-        "SELECT name, setting FROM pg_settings
-         WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes') ORDER BY name",
-    )
-    .fetch_all(&mut admin)
-    .await
-    .expect("read the durability settings");
-    let off: Vec<String> = settings
-        .iter()
-        .filter(|(_, value)| value != "on")
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect();
-    assert!(
-        settings.len() == 3 && off.is_empty(),
-        "{BENCH_DATABASE_URL_ENV} points at a cluster that is not durable ({}): the figure would not \
-         reflect production; {FIX}",
-        off.join(", ")
-    );
-    let _ = admin.close().await;
-    eprintln!("durable cluster: fsync=on synchronous_commit=on full_page_writes=on");
-    url
-}
-
-/// Commits of this database so far (every session's, as the statistics system counts them).
-async fn commits(pool: &PgPool) -> i64 {
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(pool)
-        .await
-        .expect("clear the statistics snapshot");
-    sqlx::query_scalar(
-        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("read xact_commit")
-}
-
-/// The pgbench of the installed server (same major version), or the one on PATH.
-fn pgbench() -> PathBuf {
-    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path().join("bin/pgbench"))
-        .filter(|path| path.is_file())
-        .collect();
-    versioned.sort_by_key(|path| {
-        path.components()
-            .nth(4)
-            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    if let Some(path) = versioned.pop() {
-        return path;
-    }
-    let on_path = std::process::Command::new("pgbench")
-        .arg("--version")
-        .output();
-    match on_path {
-        Ok(output) if output.status.success() => PathBuf::from("pgbench"),
-        _ => panic!(
-            "pgbench is not installed: run scripts/bootstrap.sh (it installs Debian's postgresql-contrib) \
-             or `apt-get install postgresql-contrib`"
-        ),
-    }
-}
-
-/// Runs pgbench against `url` with `clients` clients, one-row UPDATE per transaction; returns
-/// its transactions (= commits) per second, excluding connection time.
-fn pgbench_tps(url: &str, clients: usize) -> f64 {
-    let pgbench = pgbench();
-    let init = std::process::Command::new(&pgbench)
-        .args(["-i", "-q", "-s", "1", url])
-        .output()
-        .expect("run pgbench -i");
-    assert!(
-        init.status.success(),
-        "pgbench -i failed: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let script = dir.path().join("one_row_update.sql");
-    std::fs::write(
-        &script,
-        "\\set aid random(1, 100000)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n",
-    )
-    .expect("write the pgbench script");
-    let clients = clients.to_string();
-    let seconds = PGBENCH_SECS.to_string();
-    let args = [
-        "-n",
-        "-M",
-        "prepared",
-        "-c",
-        &clients,
-        "-j",
-        &clients,
-        "-T",
-        &seconds,
-        "-f",
-        script.to_str().expect("utf-8 path"),
-    ];
-    eprintln!("pgbench {} <durable cluster>", args.join(" "));
-    let run = std::process::Command::new(&pgbench)
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run pgbench");
-    let out = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "pgbench failed: {out}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out.lines()
-        .find_map(|line| {
-            line.strip_prefix("tps = ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no `tps = ` line in pgbench's output:\n{out}"))
-}
-
 #[tokio::main]
 async fn main() {
-    let admin_url = durable_admin_url().await;
+    let admin_url = bench::durable_admin_url().await;
     let defaults = Args::parse_from(["problemsolver-webhook-worker"]);
     let db = TestDb::on_server(&admin_url, "webhook_bench", 4).await;
     let sink = MerchantSink::start(SocketAddr::from(([127, 0, 0, 1], 0)), BENCH_SECRET)
@@ -229,7 +87,7 @@ async fn main() {
         defaults.batch_size, defaults.pipelines, defaults.concurrency
     );
 
-    let commits_before = commits(&db.pool).await;
+    let commits_before = bench::commits(&db.pool).await;
     let started = Instant::now();
     let mut child =
         tokio::process::Command::new(env!("CARGO_BIN_EXE_problemsolver-webhook-worker"))
@@ -259,7 +117,7 @@ async fn main() {
     assert!(status.success(), "the worker failed: {status}");
     // The worker's sessions report their statistics when they end.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let worker_commits = commits(&db.pool).await - commits_before;
+    let worker_commits = bench::commits(&db.pool).await - commits_before;
 
     let summary = sink.summary();
     let delivered: i64 =
@@ -290,7 +148,7 @@ async fn main() {
     );
 
     let clients = defaults.pipelines;
-    let tps = pgbench_tps(db.url().expose(), clients);
+    let tps = bench::pgbench_tps(db.url().expose(), clients, PGBENCH_SECS);
     db.drop_db().await;
     println!(
         "pgbench_tps={tps:.0} clients={clients} (one-row UPDATE per transaction, {PGBENCH_SECS} s, same durable cluster)"

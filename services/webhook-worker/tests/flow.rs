@@ -67,10 +67,10 @@ async fn invoice_paid_by_a_deposit_reaches_the_merchant_once_with_a_valid_signat
         .await
         .unwrap();
     }
-    problemsolver_poller::store::match_batch(&db.pool, 100)
+    problemsolver_poller::store::match_batch(&db.pool, 100, None)
         .await
         .unwrap();
-    problemsolver_poller::store::match_batch(&db.pool, 100)
+    problemsolver_poller::store::match_batch(&db.pool, 100, None)
         .await
         .unwrap();
 
