@@ -229,6 +229,7 @@ fn a_confirmation_nobody_can_answer_is_refused_not_awaited() {
         "{stderr}"
     );
     assert!(stderr.contains("pass `--yes`"), "{stderr}");
+}
 
 /// `--version` names the commit the binary was built from: this checkout's HEAD, or `unknown`
 /// when it was built without git.
