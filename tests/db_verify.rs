@@ -134,8 +134,8 @@ async fn the_hmac_keyed_chain_needs_the_key_to_verify() {
     let pool = db.pool().await;
     db_support::migrate(&pool).await;
     let dir = tempfile::tempdir().unwrap();
-    // The binary reads the key from its environment: a migration down and up makes it append
-    // a row under the key.
+    // The binary reads the key from its environment: migrating down past the audit trail's
+    // migration (the newest two) and up again recreates it with one row under the key.
     let key = [("PSCTL_AUDIT_HMAC_KEY", "chain-key-for-tests")];
     let down = psctl(
         dir.path(),
@@ -145,7 +145,7 @@ async fn the_hmac_keyed_chain_needs_the_key_to_verify() {
             "--database-url",
             &db.url,
             "--down",
-            "1",
+            "2",
             "--yes",
             "--backup-dir",
             "b",
