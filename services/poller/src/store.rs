@@ -458,7 +458,8 @@ pub async fn match_batch(
               LIMIT $1
                 FOR UPDATE SKIP LOCKED
          ), chosen AS (
-             SELECT DISTINCT ON (inv.id) c.id AS deposit_id, inv.id AS invoice_id
+             SELECT DISTINCT ON (inv.id) c.id AS deposit_id, inv.id AS invoice_id,
+                    c.binance_deposit_id, c.tx_id, c.amount
                FROM candidates c
                JOIN LATERAL (
                     SELECT i.id, i.status, i.expires_at FROM invoices i
@@ -472,11 +473,10 @@ pub async fn match_batch(
          ), paid AS (
              UPDATE invoices i
                 SET status = 'paid', paid_at = now(), updated_at = now()
-               FROM chosen ch, candidates c
-              WHERE i.id = ch.invoice_id AND c.id = ch.deposit_id
-                AND i.status IN ('pending', 'expired')
+               FROM chosen ch
+              WHERE i.id = ch.invoice_id AND i.status IN ('pending', 'expired')
           RETURNING i.id AS invoice_id, i.merchant_id, i.coin, i.network, i.address, i.base_amount,
-                    i.is_smoke, i.paid_at, c.id AS deposit_id, c.binance_deposit_id, c.tx_id, c.amount,
+                    i.is_smoke, i.paid_at, ch.deposit_id, ch.binance_deposit_id, ch.tx_id, ch.amount,
                     gen_random_uuid() AS payment_id
          ), payment AS (
              INSERT INTO payments (id, invoice_id, deposit_id, merchant_id, coin, network, amount, tx_id)
