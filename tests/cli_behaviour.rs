@@ -213,6 +213,8 @@ fn a_confirmation_nobody_can_answer_is_refused_not_awaited() {
     // stdin is a pipe that stays open: a prompt reading it would hang the test.
     let mut child = Command::new(env!("CARGO_BIN_EXE_psctl"))
         .args(["deploy", "--tag", "1.2.3"])
+        .env_remove("PSCTL_ENV")
+        .env_remove("DATABASE_URL")
         .env("PSCTL_CONFIG", file.path())
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
