@@ -123,7 +123,11 @@ pub async fn up(
     done("base image", t, &image);
 
     let t = step("configuration");
-    std::fs::write(layout.kubeconfig(), render::kubeconfig(settings))?;
+    let tls = crate::secrets::api_tls(&layout.secrets_dir(), true)?;
+    write_private(
+        &layout.kubeconfig(),
+        &render::kubeconfig(settings, secrets.api_admin_token.expose(), &tls.ca_pem),
+    )?;
     std::fs::write(
         layout.psctl_config(),
         render::psctl_config(settings, layout, &gateway),
@@ -353,7 +357,7 @@ async fn apply_runtime_secret(
     secrets: &Generated,
     gateway: &str,
 ) -> anyhow::Result<()> {
-    let client = kube_client(settings)?;
+    let client = kube_client(settings, secrets)?;
     let api: Api<Secret> = Api::namespaced(client, "default");
     let data = secrets
         .runtime_secret(&settings.database_url_containers(gateway))
@@ -399,13 +403,15 @@ async fn apply_runtime_secret(
 }
 
 /// A client for the sandbox API server.
-pub fn kube_client(settings: &Settings) -> anyhow::Result<kube::Client> {
-    let config = kube::Config::new(
+/// A client for the sandbox API server, authenticating as its administrator.
+pub fn kube_client(settings: &Settings, secrets: &Generated) -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::new(
         settings
             .api_url()
             .parse()
             .context("the API server URL does not parse")?,
     );
+    config.auth_info.token = Some(secrets.api_admin_token.expose().to_owned().into());
     kube::Client::try_from(config).context("cannot build a client for the sandbox API server")
 }
 
