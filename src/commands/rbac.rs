@@ -1,0 +1,72 @@
+//! `psctl rbac [--subject S]`: prints the least-privilege Role (and RoleBinding) psctl and Helm
+//! need in the environment. Resolve → plan (the rules, from `crate::rbac`) → print; nothing is
+//! sent to the cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context as _;
+
+use crate::cli::RbacArgs;
+use crate::error::{Classify, CommandResult, ExitStatus};
+use crate::output::{Output, Render, Style};
+use crate::rbac::{self, Permissions, RbacError, Subject};
+use crate::settings::GlobalSettings;
+
+impl Classify for RbacError {
+    fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Usage
+    }
+
+    fn hints(&self) -> Vec<String> {
+        match self {
+            Self::UnknownKind { .. } => vec![
+                "add the kind to `resource_of` in src/rbac/mod.rs, with its API group and resource"
+                    .to_owned(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The table form is the YAML itself: it is what an operator pipes to `kubectl apply -f -`.
+struct Printed {
+    yaml: String,
+    permissions: Permissions,
+}
+
+impl serde::Serialize for Printed {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.permissions.serialize(serializer)
+    }
+}
+
+impl Render for Printed {
+    fn render_table(&self, _style: &Style) -> String {
+        self.yaml.clone()
+    }
+}
+
+pub fn run(args: RbacArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
+    let RbacArgs { subject } = args;
+    let subject = subject.as_deref().map(Subject::parse).transpose()?;
+    let environment = global.environment()?;
+    let mut charts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for component in &environment.components {
+        let name = component
+            .chart
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| component.chart.display().to_string());
+        charts
+            .entry(name)
+            .or_default()
+            .extend(rbac::chart_kinds(&component.chart)?);
+    }
+    let rules = rbac::required_rules(&charts)?;
+    let permissions = rbac::permissions(&environment.namespace, rules, subject.as_ref());
+    let yaml = rbac::render_yaml(&environment.name, &environment.namespace, &permissions);
+    output
+        .data(&Printed { yaml, permissions })
+        .context("writing the permissions")?;
+    Ok(ExitStatus::Success)
+}
