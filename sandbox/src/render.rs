@@ -25,6 +25,20 @@ pub fn kubeconfig(settings: &Settings, admin_token: &str, ca_pem: &str) -> Strin
     to_yaml(&value)
 }
 
+/// The kubeconfig for an API server started by an older build (plain HTTP, no authentication).
+pub fn unauthenticated_kubeconfig(settings: &Settings) -> String {
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": CONTEXT, "cluster": {"server": settings.api_url()}}],
+        "users": [{"name": CONTEXT, "user": {}}],
+        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT, "namespace": "default"}}],
+        "current-context": CONTEXT,
+        "preferences": {},
+    });
+    to_yaml(&value)
+}
+
 /// The psctl.yaml with the environment `sandbox` (see the cross-team contract).
 pub fn psctl_config(settings: &Settings, layout: &Layout, gateway: &str) -> String {
     let binance_base = settings.binance_url(gateway);

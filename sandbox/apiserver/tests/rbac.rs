@@ -249,3 +249,25 @@ async fn rbac_objects_are_validated_and_bootstrapped() {
     );
     test.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn kube_rs_through_a_kubeconfig_uses_https_with_the_servers_ca() {
+    use base64::Engine as _;
+    let test = common::start().await;
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {{server: \"{}\", certificate-authority-data: \"{}\"}}\nusers:\n- name: s\n  user: {{token: \"{}\"}}\ncontexts:\n- name: s\n  context: {{cluster: s, user: s, namespace: default}}\ncurrent-context: s\n",
+        test.server.https_url(),
+        base64::engine::general_purpose::STANDARD.encode(test.server.ca_pem()),
+        test.server.admin_token()
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    maps.list(&Default::default())
+        .await
+        .expect("listed over HTTPS, the certificate verified against the CA");
+    test.server.shutdown().await;
+}
