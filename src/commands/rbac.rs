@@ -2,31 +2,13 @@
 //! need in the environment. Resolve → plan (the rules, from `crate::rbac`) → print; nothing is
 //! sent to the cluster.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use anyhow::Context as _;
 
 use crate::cli::RbacArgs;
-use crate::error::{Classify, CommandResult, ExitStatus};
+use crate::error::{CommandResult, ExitStatus};
 use crate::output::{Output, Render, Style};
-use crate::rbac::{self, Permissions, RbacError, Subject};
+use crate::rbac::{self, Permissions, Subject};
 use crate::settings::GlobalSettings;
-
-impl Classify for RbacError {
-    fn exit_status(&self) -> ExitStatus {
-        ExitStatus::Usage
-    }
-
-    fn hints(&self) -> Vec<String> {
-        match self {
-            Self::UnknownKind { .. } => vec![
-                "add the kind to `resource_of` in src/rbac/mod.rs, with its API group and resource"
-                    .to_owned(),
-            ],
-            _ => Vec::new(),
-        }
-    }
-}
 
 /// The table form is the YAML itself: it is what an operator pipes to `kubectl apply -f -`.
 struct Printed {
@@ -50,19 +32,7 @@ pub fn run(args: RbacArgs, global: &GlobalSettings, output: &Output) -> CommandR
     let RbacArgs { subject } = args;
     let subject = subject.as_deref().map(Subject::parse).transpose()?;
     let environment = global.environment()?;
-    let mut charts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for component in &environment.components {
-        let name = component
-            .chart
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_else(|| component.chart.display().to_string());
-        charts
-            .entry(name)
-            .or_default()
-            .extend(rbac::chart_kinds(&component.chart)?);
-    }
-    let rules = rbac::required_rules(&charts)?;
+    let rules = rbac::environment_rules(&environment)?;
     let permissions = rbac::permissions(&environment.namespace, rules, subject.as_ref());
     let yaml = rbac::render_yaml(&environment.name, &environment.namespace, &permissions);
     output

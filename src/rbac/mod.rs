@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
+
+use crate::error::{Classify, ExitStatus};
 use serde_json::{Value, json};
 
 /// The name of the Role and RoleBinding.
@@ -73,6 +75,22 @@ pub enum RbacError {
         /// The I/O error.
         reason: String,
     },
+}
+
+impl Classify for RbacError {
+    fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Usage
+    }
+
+    fn hints(&self) -> Vec<String> {
+        match self {
+            Self::UnknownKind { .. } => vec![
+                "add the kind to `resource_of` in src/rbac/mod.rs, with its API group and resource"
+                    .to_owned(),
+            ],
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Subject {
@@ -307,6 +325,98 @@ pub fn required_rules(
     Ok(rules)
 }
 
+/// One permission to check before changing anything: a verb on a resource (maybe
+/// `resource/subresource`, maybe one named object) in the environment's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Access {
+    /// The verb.
+    pub verb: String,
+    /// The API group.
+    pub group: String,
+    /// The resource plural.
+    pub resource: String,
+    /// The subresource, empty if none.
+    pub subresource: String,
+    /// The object's name, empty for any.
+    pub name: String,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{} {}", self.verb, self.resource)?;
+        if !self.subresource.is_empty() {
+            write!(formatter, "/{}", self.subresource)?;
+        }
+        if !self.group.is_empty() {
+            write!(formatter, ".{}", self.group)?;
+        }
+        if !self.name.is_empty() {
+            write!(formatter, " named `{}`", self.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every (verb, resource, name) the rules grant, one check each, sorted and without repeats.
+pub fn accesses(rules: &[Rule]) -> Vec<Access> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        let names: Vec<&str> = if rule.resource_names.is_empty() {
+            vec![""]
+        } else {
+            rule.resource_names.iter().map(String::as_str).collect()
+        };
+        for group in &rule.api_groups {
+            for resource in &rule.resources {
+                let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+                for verb in &rule.verbs {
+                    for name in &names {
+                        out.insert(Access {
+                            verb: verb.clone(),
+                            group: group.clone(),
+                            resource: resource.to_owned(),
+                            subresource: subresource.to_owned(),
+                            name: (*name).to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The refusal when permissions are missing: one line per verb and resource.
+pub fn refusal(namespace: &str, missing: &[Access]) -> String {
+    let mut text = format!(
+        "missing permissions in namespace `{namespace}`; nothing was changed. This identity cannot:"
+    );
+    for access in missing {
+        text.push_str(&format!("\n  {access}"));
+    }
+    text
+}
+
+/// The rules for an environment: psctl's own and Helm's on the kinds of every component's chart
+/// (keyed by the chart directory's name).
+pub fn environment_rules(
+    environment: &crate::settings::Environment,
+) -> Result<Vec<Rule>, RbacError> {
+    let mut charts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for component in &environment.components {
+        let name = component
+            .chart
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| component.chart.display().to_string());
+        charts
+            .entry(name)
+            .or_default()
+            .extend(chart_kinds(&component.chart)?);
+    }
+    required_rules(&charts)
+}
+
 /// What `psctl rbac` prints: the Role and, with a subject, the RoleBinding.
 #[derive(Debug, Clone, Serialize)]
 pub struct Permissions {
@@ -464,6 +574,43 @@ mod tests {
         assert_eq!(documents[0], permissions.role);
         assert_eq!(Some(&documents[1]), permissions.role_binding.as_ref());
         insta::assert_snapshot!(yaml);
+    }
+
+    #[test]
+    fn accesses_expand_rules_and_the_refusal_names_each() {
+        let rules = vec![
+            rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["psctl-deploy"],
+                &["get", "update"],
+                "lock",
+            ),
+            rule(&["apps"], &["deployments/scale"], &[], &["patch"], "canary"),
+            rule(
+                &["apps"],
+                &["deployments/scale"],
+                &[],
+                &["patch"],
+                "repeated",
+            ),
+        ];
+        let all = accesses(&rules);
+        assert_eq!(all.len(), 3, "{all:?}");
+        let texts: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "get leases.coordination.k8s.io named `psctl-deploy`",
+                "patch deployments/scale.apps",
+                "update leases.coordination.k8s.io named `psctl-deploy`",
+            ]
+        );
+        let message = refusal("prod", &all[1..2]);
+        assert_eq!(
+            message,
+            "missing permissions in namespace `prod`; nothing was changed. This identity cannot:\n  patch deployments/scale.apps"
+        );
     }
 
     use serde::Deserialize as _;
