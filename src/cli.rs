@@ -167,6 +167,8 @@ pub enum Command {
     Run(RunArgs),
     /// Gather incident evidence: pod logs, events, Helm history, checkpoint, system events.
     Evidence(EvidenceArgs),
+    /// Print the least-privilege Role (and RoleBinding) psctl and Helm need in an environment.
+    Rbac(RbacArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (roff).
@@ -236,6 +238,22 @@ pub struct RollbackArgs {
     after_help = "Examples:\n  psctl status --env sandbox\n  psctl status --env sandbox -o json"
 )]
 pub struct StatusArgs {}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Prints YAML for `kubectl apply -f -` (a Role named psctl in the \
+environment's namespace, each rule commented with who needs it; see docs/rbac.md), or the objects \
+as JSON with -o json. Nothing is sent to the cluster.\n\n\
+Examples:\n  psctl rbac --env production\n  \
+psctl rbac --env production --subject system:serviceaccount:ci:psctl | kubectl apply -f -\n  \
+psctl rbac --env staging --subject User:alice"
+)]
+pub struct RbacArgs {
+    /// Also print a RoleBinding of the Role to this subject: `system:serviceaccount:NS:NAME` or
+    /// `User:NAME`.
+    #[arg(long, value_name = "SUBJECT")]
+    pub subject: Option<String>,
+}
 
 #[derive(Debug, Args)]
 #[command(

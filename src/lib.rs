@@ -20,6 +20,7 @@ pub mod lock;
 pub mod output;
 pub mod playbook;
 pub mod prom;
+pub mod rbac;
 pub mod registry;
 pub mod rollout;
 pub mod secrets;

@@ -19,7 +19,10 @@ pub async fn apply(
     command: FaultCommand,
 ) -> anyhow::Result<String> {
     match command {
-        FaultCommand::Api(args) => api(settings, args).await,
+        FaultCommand::Api(args) => {
+            let secrets = crate::secrets::Generated::load(&layout.secrets_dir())?;
+            api(settings, secrets.api_admin_token.expose(), args).await
+        }
         FaultCommand::Registry { state } => match state {
             OnOff::Off => {
                 process::stop(layout, "registry", REGISTRY_BIN, Duration::from_secs(10))?;
@@ -98,12 +101,13 @@ pub async fn apply(
     }
 }
 
-async fn api(settings: &Settings, args: ApiFaultArgs) -> anyhow::Result<String> {
+async fn api(settings: &Settings, token: &str, args: ApiFaultArgs) -> anyhow::Result<String> {
     let client = http();
     let url = format!("{}/_sandbox/faults", settings.api_url());
     if args.clear {
         client
             .delete(&url)
+            .bearer_auth(token)
             .send()
             .await
             .context("the API server does not answer")?
@@ -113,6 +117,7 @@ async fn api(settings: &Settings, args: ApiFaultArgs) -> anyhow::Result<String> 
     let Some(path) = args.path else {
         let list = client
             .get(&url)
+            .bearer_auth(token)
             .send()
             .await
             .context("the API server does not answer")?
@@ -126,6 +131,7 @@ async fn api(settings: &Settings, args: ApiFaultArgs) -> anyhow::Result<String> 
     let response = client
         .post(&url)
         .json(&body)
+        .bearer_auth(token)
         .send()
         .await
         .context("the API server does not answer")?;

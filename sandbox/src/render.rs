@@ -7,8 +7,26 @@ use serde_json::json;
 
 use crate::settings::{BASE_IMAGE, CONTEXT, Layout, RUNTIME_SECRET, Settings};
 
-/// A kubeconfig holding only the sandbox's cluster, context and user.
-pub fn kubeconfig(settings: &Settings) -> String {
+/// A kubeconfig holding only the sandbox's cluster (HTTPS, trusting the sandbox's own CA),
+/// context and user; the user authenticates with the API server's administrator token, so the
+/// file is a secret (written 0600).
+pub fn kubeconfig(settings: &Settings, admin_token: &str, ca_pem: &str) -> String {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": CONTEXT, "cluster": {"server": settings.api_https_url(), "certificate-authority-data": ca}}],
+        "users": [{"name": CONTEXT, "user": {"token": admin_token}}],
+        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT, "namespace": "default"}}],
+        "current-context": CONTEXT,
+        "preferences": {},
+    });
+    to_yaml(&value)
+}
+
+/// The kubeconfig for an API server started by an older build (plain HTTP, no authentication).
+pub fn unauthenticated_kubeconfig(settings: &Settings) -> String {
     let value = json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -139,14 +157,20 @@ mod tests {
             api_port: 7443,
             ..Settings::default()
         };
-        let parsed: serde_yaml::Value = serde_yaml::from_str(&kubeconfig(&settings)).unwrap();
+        let parsed: serde_yaml::Value =
+            serde_yaml::from_str(&kubeconfig(&settings, "admin-token", "PEM")).unwrap();
         assert_eq!(parsed["current-context"], "psctl-sandbox");
         assert_eq!(parsed["contexts"].as_sequence().unwrap().len(), 1);
         assert_eq!(
             parsed["clusters"][0]["cluster"]["server"],
-            "http://127.0.0.1:7443"
+            "https://127.0.0.1:7443"
+        );
+        assert_eq!(
+            parsed["clusters"][0]["cluster"]["certificate-authority-data"],
+            "UEVN"
         );
         assert_eq!(parsed["contexts"][0]["context"]["user"], "psctl-sandbox");
+        assert_eq!(parsed["users"][0]["user"]["token"], "admin-token");
     }
 
     #[test]

@@ -44,13 +44,17 @@ pub struct Generated {
     pub encryption_master_key: Redacted,
     /// `whsec_<base64>`: the seeded merchant's signing secret, shared with the merchant sink.
     pub merchant_webhook_secret: Redacted,
+    /// The API server's administrator token (user `sandbox-admin` in `system:masters`), written
+    /// into the kubeconfig and used by the daemon's controllers and kubelet.
+    pub api_admin_token: Redacted,
 }
 
-const FILES: [&str; 4] = [
+const FILES: [&str; 5] = [
     "binance-api-key",
     "binance-api-secret",
     "encryption-master-key",
     "merchant-webhook-secret",
+    "api-admin-token",
 ];
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -69,15 +73,17 @@ impl Generated {
                 "whsec_{}",
                 base64::engine::general_purpose::STANDARD.encode(random_bytes::<24>())
             )),
+            api_admin_token: Redacted::new(hex::encode(random_bytes::<32>())),
         }
     }
 
-    fn values(&self) -> [&Redacted; 4] {
+    fn values(&self) -> [&Redacted; 5] {
         [
             &self.binance_api_key,
             &self.binance_api_secret,
             &self.encryption_master_key,
             &self.merchant_webhook_secret,
+            &self.api_admin_token,
         ]
     }
 
@@ -112,6 +118,7 @@ impl Generated {
             binance_api_secret: next(),
             encryption_master_key: next(),
             merchant_webhook_secret: next(),
+            api_admin_token: next(),
         })
     }
 
@@ -132,6 +139,7 @@ impl Generated {
             binance_api_secret: read(FILES[1])?,
             encryption_master_key: read(FILES[2])?,
             merchant_webhook_secret: read(FILES[3])?,
+            api_admin_token: read(FILES[4])?,
         })
     }
 
@@ -153,6 +161,42 @@ impl Generated {
             ),
         ])
     }
+}
+
+/// The API server's TLS identity (CA, serving certificate, key), kept in `dir` as
+/// `api-ca.crt`, `api-tls.crt` and `api-tls.key` (0600). With `create`, a missing identity is
+/// generated and written; without, a missing file is an error naming it.
+pub fn api_tls(
+    dir: &Path,
+    create: bool,
+) -> anyhow::Result<psctl_sandbox_apiserver::tls::TlsIdentity> {
+    let names = ["api-ca.crt", "api-tls.crt", "api-tls.key"];
+    let read = |name: &str| std::fs::read_to_string(dir.join(name));
+    if let (Ok(ca_pem), Ok(cert_pem), Ok(key_pem)) =
+        (read(names[0]), read(names[1]), read(names[2]))
+    {
+        return Ok(psctl_sandbox_apiserver::tls::TlsIdentity {
+            ca_pem,
+            cert_pem,
+            key_pem,
+        });
+    }
+    if !create {
+        anyhow::bail!(
+            "cannot read the API server's certificate in `{}` ({}): run `psctl-sandbox up` to generate it",
+            dir.display(),
+            names.join(", ")
+        );
+    }
+    let identity = psctl_sandbox_apiserver::tls::TlsIdentity::generate()?;
+    for (name, contents) in
+        names
+            .iter()
+            .zip([&identity.ca_pem, &identity.cert_pem, &identity.key_pem])
+    {
+        write_private(&dir.join(name), contents)?;
+    }
+    Ok(identity)
 }
 
 /// Writes `contents` to `path` readable by the owner only (created 0600, never wider).
@@ -204,6 +248,20 @@ mod tests {
         assert!(debug.contains("[redacted]"));
         let data = generated.runtime_secret("postgres://u@h/db");
         assert!(!format!("{data:?}").contains("postgres://"));
+    }
+
+    #[test]
+    fn api_tls_is_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(api_tls(dir.path(), false).is_err());
+        let first = api_tls(dir.path(), true).unwrap();
+        let second = api_tls(dir.path(), false).unwrap();
+        assert_eq!(first.ca_pem, second.ca_pem);
+        let mode = std::fs::metadata(dir.path().join("api-tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

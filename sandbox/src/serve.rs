@@ -113,15 +113,19 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
     let api = ApiServer::start(ApiServerConfig {
         bind: SocketAddr::from(([127, 0, 0, 1], settings.api_port)),
         pod_backend: Some(Arc::new(Logs(DockerLogs::for_node(&settings.node)))),
+        admin_token: secrets.api_admin_token.expose().to_owned(),
+        tls: Some(crate::secrets::api_tls(&layout.secrets_dir(), false)?),
         ..ApiServerConfig::default()
     })
     .await
     .context("cannot start the API server")?;
-    let config = kube::Config::new(
+    // The controllers and the kubelet act as the administrator, as the sandbox's own parts.
+    let mut config = kube::Config::new(
         api.url()
             .parse()
             .context("the API server URL does not parse")?,
     );
+    config.auth_info.token = Some(secrets.api_admin_token.expose().to_owned().into());
     let client =
         kube::Client::try_from(config).context("cannot build a client for the API server")?;
 

@@ -107,6 +107,12 @@ impl Settings {
         format!("http://127.0.0.1:{}", self.api_port)
     }
 
+    /// The API server over HTTPS, as kubeconfigs name it: client-go sends credentials only over
+    /// TLS. The same port also answers plain HTTP ([`Self::api_url`]).
+    pub fn api_https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port)
+    }
+
     /// The daemon's control URL.
     pub fn control_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.control_port)

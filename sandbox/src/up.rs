@@ -123,15 +123,27 @@ pub async fn up(
     done("base image", t, &image);
 
     let t = step("configuration");
-    std::fs::write(layout.kubeconfig(), render::kubeconfig(settings))?;
+    let tls = crate::secrets::api_tls(&layout.secrets_dir(), true)?;
     std::fs::write(
         layout.psctl_config(),
         render::psctl_config(settings, layout, &gateway),
     )?;
-    done("configuration", t, "kubeconfig and psctl.yaml written");
+    done("configuration", t, "psctl.yaml written");
 
     let t = step("daemon");
     ensure_daemon(layout, settings).await?;
+    // The kubeconfig follows the daemon that runs: one started by an older build serves plain
+    // HTTP without authentication, and `up` keeps it rather than empty the API server.
+    let kubeconfig = if answers_https(settings, &tls.ca_pem).await {
+        render::kubeconfig(settings, secrets.api_admin_token.expose(), &tls.ca_pem)
+    } else {
+        eprintln!(
+            "psctl-sandbox: warning: the running API server predates authentication (plain HTTP, no RBAC); \
+             the kubeconfig has no credentials. `psctl-sandbox down && psctl-sandbox up` starts the current one."
+        );
+        render::unauthenticated_kubeconfig(settings)
+    };
+    write_private(&layout.kubeconfig(), &kubeconfig)?;
     apply_runtime_secret(settings, &secrets, &gateway).await?;
     done(
         "daemon",
@@ -353,7 +365,7 @@ async fn apply_runtime_secret(
     secrets: &Generated,
     gateway: &str,
 ) -> anyhow::Result<()> {
-    let client = kube_client(settings)?;
+    let client = kube_client(settings, secrets)?;
     let api: Api<Secret> = Api::namespaced(client, "default");
     let data = secrets
         .runtime_secret(&settings.database_url_containers(gateway))
@@ -399,13 +411,31 @@ async fn apply_runtime_secret(
 }
 
 /// A client for the sandbox API server.
-pub fn kube_client(settings: &Settings) -> anyhow::Result<kube::Client> {
-    let config = kube::Config::new(
+/// Whether the API server answers HTTPS with a certificate from the sandbox's CA.
+async fn answers_https(settings: &Settings, ca_pem: &str) -> bool {
+    let Ok(ca) = reqwest::Certificate::from_pem(ca_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .no_proxy()
+        .add_root_certificate(ca)
+        .build()
+    else {
+        return false;
+    };
+    http_ok(&client, &format!("{}/version", settings.api_https_url())).await
+}
+
+/// A client for the sandbox API server, authenticating as its administrator.
+pub fn kube_client(settings: &Settings, secrets: &Generated) -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::new(
         settings
             .api_url()
             .parse()
             .context("the API server URL does not parse")?,
     );
+    config.auth_info.token = Some(secrets.api_admin_token.expose().to_owned().into());
     kube::Client::try_from(config).context("cannot build a client for the sandbox API server")
 }
 

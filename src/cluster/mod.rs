@@ -1,6 +1,8 @@
 //! Cluster access: a kube-rs `Client` built from the environment's own kubeconfig and context
 //! (never the current-context implicitly), and classification of API failures into exit codes.
 
+pub mod access;
+
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::error::{Classify, ExitStatus};

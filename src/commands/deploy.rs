@@ -704,7 +704,57 @@ async fn preflight_cluster(
             return Err(error.into());
         }
     }
+    preflight_permissions(&client, environment, output).await?;
     Ok(client)
+}
+
+/// Every permission `psctl rbac` lists for the environment, asked of the API server
+/// (SelfSubjectAccessReview) before anything changes: a missing one is a configuration error
+/// naming each verb and resource, not a 403 halfway through a deploy.
+async fn preflight_permissions(
+    client: &kube::Client,
+    environment: &Environment,
+    output: &Output,
+) -> Result<(), CommandError> {
+    let rules = crate::rbac::environment_rules(environment)?;
+    let wanted = crate::rbac::accesses(&rules);
+    let missing = match cluster::access::missing(client, &environment.namespace, &wanted).await {
+        Ok(missing) => missing,
+        // Every real API server serves the review; only an emulator that predates it does not.
+        Err(error) if error.status_code() == Some(404) => {
+            output.check(
+                CheckState::Warn,
+                "permissions",
+                "not checked: the API server does not serve SelfSubjectAccessReview",
+            );
+            return Ok(());
+        }
+        Err(error) => {
+            output.check(CheckState::Fail, "permissions", &error.to_string());
+            return Err(error.into());
+        }
+    };
+    if missing.is_empty() {
+        output.check(
+            CheckState::Ok,
+            "permissions",
+            &format!("{} checked", wanted.len()),
+        );
+        return Ok(());
+    }
+    output.check(
+        CheckState::Fail,
+        "permissions",
+        &format!("{} of {} missing", missing.len(), wanted.len()),
+    );
+    Err(CommandError::usage(anyhow::anyhow!(
+        "{}",
+        crate::rbac::refusal(&environment.namespace, &missing)
+    ))
+    .hint(format!(
+        "a namespace admin can grant them: `psctl rbac --env {} --subject <this identity> | kubectl apply -f -` (see docs/rbac.md)",
+        environment.name
+    )))
 }
 
 /// The runtime Secret exists and carries every required key. Values are registered with the

@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod evidence;
 pub mod history;
 pub mod kill_switch;
+pub mod rbac;
 pub mod rollback;
 pub mod run;
 pub mod secrets;
@@ -45,6 +46,7 @@ pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output
         Command::Secrets(args) => secrets::run(args, global, output).await,
         Command::Run(args) => run::run(args, global, output).await,
         Command::Evidence(args) => evidence::run(args, global, output).await,
+        Command::Rbac(args) => rbac::run(args, global, output),
         Command::Completions(args) => completions::completions(args, output),
         Command::Man(args) => completions::man(args, output),
     }

@@ -75,20 +75,27 @@ pub async fn track(
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &target.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
 
+    let refusal = Refusal::default();
     let (deployment_store, deployment_task) = spawn_reflector(
         deployments,
         watcher::Config::default().fields(&format!("metadata.name={}", target.deployment)),
         notify.clone(),
+        (
+            format!("watching Deployment `{}`", target.deployment),
+            refusal.clone(),
+        ),
     );
     let (replica_set_store, replica_set_task) = spawn_reflector(
         replica_sets,
         watcher::Config::default().labels(&target.selector),
         notify.clone(),
+        ("watching ReplicaSets".to_owned(), refusal.clone()),
     );
     let (pod_store, pod_task) = spawn_reflector(
         pods.clone(),
         watcher::Config::default().labels(&target.selector),
         notify.clone(),
+        ("watching Pods".to_owned(), refusal.clone()),
     );
     let _guards = [
         AbortOnDrop(deployment_task),
@@ -101,15 +108,33 @@ pub async fn track(
         let _ = replica_set_store.wait_until_ready().await;
         let _ = pod_store.wait_until_ready().await;
     };
-    if tokio::time::timeout(timeout, ready).await.is_err() {
+    let refused = async {
+        loop {
+            refusal.signal.notified().await;
+            if refusal.taken().is_some() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ready => {}
+        () = refused => {}
+        () = tokio::time::sleep(timeout) => {
+            return Err(ClusterError::Api {
+                action: format!(
+                    "watching Deployment `{}`: no initial list within the timeout",
+                    target.deployment
+                ),
+                error: kube::Error::Api(Box::new(
+                    kube::core::Status::failure("watch not established", "Timeout").with_code(504),
+                )),
+            });
+        }
+    }
+    if let Some((action, status)) = refusal.taken() {
         return Err(ClusterError::Api {
-            action: format!(
-                "watching Deployment `{}`: no initial list within the timeout",
-                target.deployment
-            ),
-            error: kube::Error::Api(Box::new(
-                kube::core::Status::failure("watch not established", "Timeout").with_code(504),
-            )),
+            action,
+            error: kube::Error::Api(status),
         });
     }
 
@@ -118,6 +143,13 @@ pub async fn track(
     let mut last_progress: Option<Progress> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        if let Some((action, status)) = refusal.taken() {
+            spinner.finish();
+            return Err(ClusterError::Api {
+                action,
+                error: kube::Error::Api(status),
+            });
+        }
         let snapshot = Snapshot {
             deployment: deployment_store.state().first().map(|d| (**d).clone()),
             replica_sets: replica_set_store
@@ -193,10 +225,55 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What was being watched when the server refused, and its Status.
+type Refused = (String, Box<kube::core::Status>);
+
+/// A watch the API server refused (401/403). Retrying cannot help, so the tracker fails at once
+/// instead of waiting out its timeout.
+#[derive(Clone, Default)]
+struct Refusal {
+    refused: Arc<std::sync::Mutex<Option<Refused>>>,
+    signal: Arc<Notify>,
+}
+
+impl Refusal {
+    fn taken(&self) -> Option<Refused> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, action: &str, status: Box<kube::core::Status>) {
+        let mut slot = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some((action.to_owned(), status));
+        }
+        drop(slot);
+        self.signal.notify_one();
+    }
+}
+
+/// The Status of a watch error the server answered with 401 or 403.
+fn refused_status(error: &watcher::Error) -> Option<Box<kube::core::Status>> {
+    let status = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status))
+        | watcher::Error::WatchError(status) => status,
+        _ => return None,
+    };
+    matches!(status.code, 401 | 403).then(|| status.clone())
+}
+
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     notify: Arc<Notify>,
+    (action, refusal): (String, Refusal),
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
@@ -215,6 +292,11 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             if let Err(error) = item {
+                if let Some(status) = refused_status(&error) {
+                    refusal.record(&action, status);
+                    notify.notify_one();
+                    return;
+                }
                 tracing::debug!(%error, "watch error; retrying with back-off");
             }
             notify.notify_one();
@@ -349,6 +431,24 @@ fn first_unready_pod(pods: &[Pod]) -> Option<Diagnosis> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_watches_are_told_apart_from_retryable_failures() {
+        let status = |code: u16| Box::new(kube::core::Status::failure("x", "y").with_code(code));
+        let forbidden = watcher::Error::InitialListFailed(kube::Error::Api(status(403)));
+        assert_eq!(refused_status(&forbidden).map(|s| s.code), Some(403));
+        let unauthorized = watcher::Error::WatchError(status(401));
+        assert_eq!(refused_status(&unauthorized).map(|s| s.code), Some(401));
+        // A 410 re-lists and a 500 is retried with back-off: neither is a refusal.
+        assert!(refused_status(&watcher::Error::WatchError(status(410))).is_none());
+        assert!(
+            refused_status(&watcher::Error::WatchStartFailed(kube::Error::Api(status(
+                500
+            ))))
+            .is_none()
+        );
+        assert!(refused_status(&watcher::Error::NoResourceVersion).is_none());
+    }
 
     #[test]
     fn pod_lines_summarise_phase_readiness_and_restarts() {

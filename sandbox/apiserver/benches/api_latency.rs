@@ -31,7 +31,9 @@ async fn main() -> anyhow::Result<()> {
         ..ApiServerConfig::default()
     })
     .await?;
-    let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
+    let mut config = kube::Config::new(server.url().parse()?);
+    config.auth_info.token = Some(server.admin_token().to_owned().into());
+    let client = Client::try_from(config)?;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     for index in 0..OBJECTS {
         let map: ConfigMap = serde_json::from_value(json!({

@@ -137,7 +137,7 @@ pub fn openapi_v3_group_version(
     let mut paths = serde_json::Map::new();
     for info in resources
         .iter()
-        .filter(|info| info.group == group && info.version == version)
+        .filter(|info| info.group == group && info.version == version && !info.create_only)
     {
         let prefix = if group.is_empty() {
             format!("/api/{version}")

@@ -11,10 +11,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::ApiServerConfig;
+use crate::auth::Authenticator;
 use crate::defaults::apply_defaults;
 use crate::faults::Faults;
 use crate::patch::{self, PatchKind};
 use crate::query::Query;
+use crate::rbac::{self, RoleSource};
 use crate::resources::{self, ResourceInfo};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, success_status};
@@ -28,6 +30,8 @@ pub struct State {
     pub resources: RwLock<Vec<ResourceInfo>>,
     /// Active injected faults.
     pub faults: Faults,
+    /// Bearer tokens: the administrator's and those issued through TokenRequest.
+    pub authenticator: Authenticator,
     /// Configuration given at start.
     pub config: ApiServerConfig,
     /// Address actually bound.
@@ -192,6 +196,7 @@ impl State {
             store: Store::new(config.watch_history),
             resources: RwLock::new(resources::builtin()),
             faults: Faults::default(),
+            authenticator: Authenticator::new(config.admin_token.clone()),
             config,
             local_addr,
             shutdown,
@@ -213,6 +218,20 @@ impl State {
             .ok_or_else(|| ApiError::internal("CRDs are not registered"))?;
         for crd in resources::preinstalled_crds() {
             state.create(&crds, None, crd, false)?;
+        }
+        for (plural, objects) in [
+            ("clusterroles", rbac::bootstrap_cluster_roles()),
+            (
+                "clusterrolebindings",
+                rbac::bootstrap_cluster_role_bindings(),
+            ),
+        ] {
+            let info = state
+                .find(rbac::GROUP, "v1", plural)
+                .ok_or_else(|| ApiError::internal("RBAC is not registered"))?;
+            for object in objects {
+                state.create(&info, None, object, false)?;
+            }
         }
         let services = state
             .find("", "v1", "services")
@@ -311,6 +330,21 @@ impl State {
         }
         if info.custom {
             return Ok(());
+        }
+        if info.group == rbac::GROUP {
+            rbac::validate(&info.kind, object)?;
+            if let Some(old) = old
+                && matches!(info.kind.as_str(), "RoleBinding" | "ClusterRoleBinding")
+                && rbac::role_ref_changed(old, object)
+            {
+                return Err(ApiError::invalid(
+                    &info.kind,
+                    rbac::GROUP,
+                    name_of(object),
+                    "roleRef",
+                    "Invalid value: cannot change roleRef",
+                ));
+            }
         }
         apply_defaults(&info.kind, &info.group, object, &mut || {
             self.allocate_cluster_ip()
@@ -1045,6 +1079,36 @@ impl State {
 
 /// Removes empty `labels`, `annotations`, `finalizers` and `ownerReferences`: the real server
 /// never returns them empty (Go's `omitempty`), and clients diffing objects rely on that.
+impl RoleSource for State {
+    fn cluster_roles(&self) -> Vec<Value> {
+        let (items, _) = self.store.list(rbac::GROUP, "clusterroles", None);
+        items.iter().map(|item| (**item).clone()).collect()
+    }
+
+    fn role(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.store
+            .get(&ObjectKey {
+                group: rbac::GROUP.to_owned(),
+                resource: "roles".to_owned(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .map(|role| (*role).clone())
+    }
+
+    fn cluster_role_bindings(&self) -> Vec<Value> {
+        let (items, _) = self.store.list(rbac::GROUP, "clusterrolebindings", None);
+        items.iter().map(|item| (**item).clone()).collect()
+    }
+
+    fn role_bindings(&self, namespace: &str) -> Vec<Value> {
+        let (items, _) = self
+            .store
+            .list(rbac::GROUP, "rolebindings", Some(namespace));
+        items.iter().map(|item| (**item).clone()).collect()
+    }
+}
+
 fn drop_empty_metadata(object: &mut Value) {
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         metadata.retain(|key, value| {

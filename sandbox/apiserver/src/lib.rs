@@ -8,6 +8,9 @@
 //! (defaulting, generation, status/scale subresources, deletion with finalizers and graceful pod
 //! termination) live in [`handlers`]. Controllers (Deployment → ReplicaSet → Pod, garbage
 //! collection by ownerReferences) are not here: they run as ordinary clients of this server.
+//!
+//! Every request is authenticated ([`auth`]: bearer tokens) and authorized ([`rbac`]: roles and
+//! bindings evaluated as kube-apiserver's RBAC authorizer does) before it reaches a handler.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub mod auth;
 pub mod defaults;
 pub mod discovery;
 pub mod faults;
@@ -25,12 +29,14 @@ pub mod patch;
 pub mod protobuf;
 pub mod proxy;
 pub mod query;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod server;
 pub mod status;
 pub mod store;
 pub mod table;
+pub mod tls;
 pub mod watch;
 
 pub use server::{ApiServer, RunningApiServer};
@@ -49,6 +55,24 @@ pub struct ApiServerConfig {
     pub bookmark_interval: Duration,
     /// The `gitVersion` reported by `/version`.
     pub version: String,
+    /// The bearer token of the administrator (user `sandbox-admin` in `system:masters`). A secret:
+    /// never logged, and hidden from this struct's Debug output. Random by default.
+    pub admin_token: String,
+    /// How authenticated requests are authorized.
+    pub authorization: Authorization,
+    /// The certificate served over HTTPS; `None` generates a fresh CA and certificate at start
+    /// (see [`RunningApiServer::ca_pem`]).
+    pub tls: Option<tls::TlsIdentity>,
+}
+
+/// The authorization mode, as kube-apiserver's `--authorization-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Authorization {
+    /// Roles and bindings decide (the default; what a real cluster does).
+    #[default]
+    Rbac,
+    /// Every authenticated request is allowed: for debugging only, never kinder by default.
+    AlwaysAllow,
 }
 
 impl std::fmt::Debug for ApiServerConfig {
@@ -63,6 +87,9 @@ impl std::fmt::Debug for ApiServerConfig {
             .field("watch_history", &self.watch_history)
             .field("bookmark_interval", &self.bookmark_interval)
             .field("version", &self.version)
+            .field("admin_token", &"[redacted]")
+            .field("authorization", &self.authorization)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -75,6 +102,9 @@ impl Default for ApiServerConfig {
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(10),
             version: "v1.32.0".to_owned(),
+            admin_token: auth::random_token(),
+            authorization: Authorization::Rbac,
+            tls: None,
         }
     }
 }

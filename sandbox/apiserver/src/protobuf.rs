@@ -1,9 +1,12 @@
 //! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`): the `k8s\0` magic,
 //! a `runtime.Unknown` envelope naming the kind, and the object itself, decoded with `k8s-pb` and
 //! converted to the JSON form the store keeps. Helm's release storage writes Secrets this way and
-//! client-go may send `DeleteOptions` this way; answers are always JSON.
+//! client-go may send `DeleteOptions` this way, and kubectl's `auth can-i`, `auth whoami` and
+//! `create token` send their reviews and TokenRequests this way; answers are always JSON.
 
 use base64::Engine as _;
+use k8s_pb::api::authentication::v1::{SelfSubjectReview, TokenRequest};
+use k8s_pb::api::authorization::v1::{SelfSubjectAccessReview, SelfSubjectRulesReview};
 use k8s_pb::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_pb::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Time};
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
@@ -158,8 +161,48 @@ pub fn decode_object(body: &[u8]) -> Result<Value, ApiError> {
             }
             Ok(object)
         }
+        ("authentication.k8s.io/v1", "TokenRequest") => {
+            let request = TokenRequest::decode(raw.as_slice()).map_err(decode_error)?;
+            let spec = request.spec.unwrap_or_default();
+            let mut object = json!({ "apiVersion": api_version, "kind": kind, "spec": { "audiences": spec.audiences } });
+            if let Some(seconds) = spec.expiration_seconds {
+                object["spec"]["expirationSeconds"] = json!(seconds);
+            }
+            if let Some(bound) = spec.bound_object_ref {
+                object["spec"]["boundObjectRef"] = json!({ "kind": bound.kind, "apiVersion": bound.api_version, "name": bound.name, "uid": bound.u_id });
+            }
+            Ok(object)
+        }
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => {
+            SelfSubjectReview::decode(raw.as_slice()).map_err(decode_error)?;
+            Ok(json!({ "apiVersion": api_version, "kind": kind }))
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            let review = SelfSubjectAccessReview::decode(raw.as_slice()).map_err(decode_error)?;
+            let spec = review.spec.unwrap_or_default();
+            let mut object = json!({ "apiVersion": api_version, "kind": kind, "spec": {} });
+            if let Some(attributes) = spec.resource_attributes {
+                object["spec"]["resourceAttributes"] = json!({
+                    "namespace": attributes.namespace, "verb": attributes.verb, "group": attributes.group,
+                    "version": attributes.version, "resource": attributes.resource,
+                    "subresource": attributes.subresource, "name": attributes.name,
+                });
+            }
+            if let Some(attributes) = spec.non_resource_attributes {
+                object["spec"]["nonResourceAttributes"] =
+                    json!({ "path": attributes.path, "verb": attributes.verb });
+            }
+            Ok(object)
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            let review = SelfSubjectRulesReview::decode(raw.as_slice()).map_err(decode_error)?;
+            let namespace = review.spec.unwrap_or_default().namespace;
+            Ok(
+                json!({ "apiVersion": api_version, "kind": kind, "spec": { "namespace": namespace } }),
+            )
+        }
         _ => Err(ApiError::unsupported_media_type(&format!(
-            "application/vnd.kubernetes.protobuf ({api_version} {kind}: only v1 Secret, ConfigMap, Namespace and ServiceAccount are decoded; send JSON)"
+            "application/vnd.kubernetes.protobuf ({api_version} {kind}: only v1 Secret, ConfigMap, Namespace and ServiceAccount, TokenRequest and the self reviews are decoded; send JSON)"
         ))),
     }
 }

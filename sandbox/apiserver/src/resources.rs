@@ -26,6 +26,8 @@ pub struct ResourceInfo {
     pub categories: Vec<String>,
     /// Whether the resource comes from a CRD (no strategic merge patch, free-form schema).
     pub custom: bool,
+    /// Whether the resource only answers `create` (reviews: nothing is stored).
+    pub create_only: bool,
 }
 
 impl ResourceInfo {
@@ -51,6 +53,14 @@ impl ResourceInfo {
                 Vec::new()
             },
             custom: false,
+            create_only: false,
+        }
+    }
+
+    fn review(group: &str, plural: &str, kind: &str) -> Self {
+        Self {
+            create_only: true,
+            ..Self::builtin((group, "v1", plural, kind), false, &[], &[], false)
         }
     }
 
@@ -70,16 +80,20 @@ impl ResourceInfo {
 
     /// The `APIResource` entries (the resource and its subresources) of a legacy discovery list.
     pub fn api_resources(&self) -> Vec<Value> {
-        let verbs = json!([
-            "create",
-            "delete",
-            "deletecollection",
-            "get",
-            "list",
-            "patch",
-            "update",
-            "watch"
-        ]);
+        let verbs = if self.create_only {
+            json!(["create"])
+        } else {
+            json!([
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch"
+            ])
+        };
         let mut main = json!({
             "name": self.plural,
             "singularName": self.singular,
@@ -109,6 +123,12 @@ impl ResourceInfo {
                     Some("v1"),
                 ),
                 "log" => ("Pod".to_owned(), json!(["get"]), None, None),
+                "token" => (
+                    "TokenRequest".to_owned(),
+                    json!(["create"]),
+                    Some("authentication.k8s.io"),
+                    Some("v1"),
+                ),
                 "proxy" => (
                     if self.kind == "Pod" {
                         "PodProxyOptions"
@@ -177,7 +197,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
             ("", "v1", "serviceaccounts", "ServiceAccount"),
             true,
             &["sa"],
-            &[],
+            &["token"],
             false,
         ),
         R::builtin(
@@ -252,6 +272,64 @@ pub fn builtin() -> Vec<ResourceInfo> {
             false,
         ),
         R::builtin(
+            ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+            true,
+            &[],
+            &[],
+            false,
+        ),
+        R::builtin(
+            (
+                "rbac.authorization.k8s.io",
+                "v1",
+                "rolebindings",
+                "RoleBinding",
+            ),
+            true,
+            &[],
+            &[],
+            false,
+        ),
+        R::builtin(
+            (
+                "rbac.authorization.k8s.io",
+                "v1",
+                "clusterroles",
+                "ClusterRole",
+            ),
+            false,
+            &[],
+            &[],
+            false,
+        ),
+        R::builtin(
+            (
+                "rbac.authorization.k8s.io",
+                "v1",
+                "clusterrolebindings",
+                "ClusterRoleBinding",
+            ),
+            false,
+            &[],
+            &[],
+            false,
+        ),
+        R::review(
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+        ),
+        R::review(
+            "authorization.k8s.io",
+            "selfsubjectrulesreviews",
+            "SelfSubjectRulesReview",
+        ),
+        R::review(
+            "authentication.k8s.io",
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+        ),
+        R::builtin(
             (
                 "apiextensions.k8s.io",
                 "v1",
@@ -313,6 +391,7 @@ pub fn from_crd(crd: &Value) -> Option<ResourceInfo> {
         subresources,
         categories: strings(names.get("categories")),
         custom: true,
+        create_only: false,
     })
 }
 

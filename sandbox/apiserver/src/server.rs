@@ -18,14 +18,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::{ANONYMOUS_PATHS, Credential, UserInfo};
 use crate::faults::FaultSpec;
 use crate::handlers::{DeleteOptions, Part, ScaleChange, State};
 use crate::patch::PatchKind;
 use crate::query::{Query, ResourcePath, split_path};
+use crate::rbac::{self, Attributes};
 use crate::status::ApiError;
 use crate::{
-    ApiServerConfig, LogOptions, PodBackendError, PodLogs, discovery, protobuf, proxy, table,
-    watch as watches,
+    ApiServerConfig, Authorization, LogOptions, PodBackendError, PodLogs, discovery, protobuf,
+    proxy, table, watch as watches,
 };
 
 /// The response body type of every handler.
@@ -45,6 +47,9 @@ pub enum StartError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The TLS certificate could not be made or used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Initial objects could not be created.
     #[error("cannot seed the initial objects: {0}")]
     Seed(ApiError),
@@ -59,6 +64,7 @@ pub struct RunningApiServer {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     state: Arc<State>,
+    ca_pem: String,
 }
 
 impl ApiServer {
@@ -74,16 +80,27 @@ impl ApiServer {
             addr: config.bind,
             source,
         })?;
+        let identity = match &config.tls {
+            Some(identity) => identity.clone(),
+            None => crate::tls::TlsIdentity::generate()?,
+        };
+        let acceptor = identity.acceptor()?;
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let state =
             State::new(config, local_addr, shutdown_receiver.clone()).map_err(StartError::Seed)?;
-        let task = tokio::spawn(accept_loop(listener, state.clone(), shutdown_receiver));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            state.clone(),
+            shutdown_receiver,
+        ));
         tracing::info!(%local_addr, "sandbox API server listening");
         Ok(RunningApiServer {
             local_addr,
             shutdown,
             task,
             state,
+            ca_pem: identity.ca_pem,
         })
     }
 }
@@ -94,9 +111,27 @@ impl RunningApiServer {
         self.local_addr
     }
 
-    /// `http://<addr>`, the server URL for a kubeconfig.
+    /// `http://<addr>`: plain HTTP, for kube-rs clients (client-go clients send no credentials
+    /// over it; give them [`Self::https_url`]).
     pub fn url(&self) -> String {
         format!("http://{}", self.local_addr)
+    }
+
+    /// `https://<addr>`, the server URL for a kubeconfig, with [`Self::ca_pem`] as its
+    /// `certificate-authority-data`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.local_addr)
+    }
+
+    /// The PEM CA certificate that signed the server's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The administrator's bearer token (user `sandbox-admin` in `system:masters`), for the
+    /// caller's kubeconfig and clients. A secret: never log it.
+    pub fn admin_token(&self) -> &str {
+        &self.state.config.admin_token
     }
 
     /// The current global resourceVersion (for tests and diagnostics).
@@ -118,6 +153,7 @@ impl RunningApiServer {
 
 async fn accept_loop(
     listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -136,27 +172,45 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let mut connection_shutdown = shutdown.clone();
+        let acceptor = acceptor.clone();
+        let connection_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, request).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
+            // A TLS connection opens with a handshake record (content type 22).
+            let mut first = [0u8; 1];
+            let is_tls = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+            if is_tls {
+                match acceptor.accept(stream).await {
+                    Ok(tls) => serve_connection(tls, state, connection_shutdown).await,
+                    Err(error) => tracing::debug!(%error, "TLS handshake failed"),
                 }
-                _ = connection_shutdown.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+            } else {
+                serve_connection(stream, state, connection_shutdown).await;
             }
         });
+    }
+}
+
+async fn serve_connection<S>(stream: S, state: Arc<State>, mut shutdown: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, request).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }
 
@@ -265,7 +319,18 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
             return error_response(&error);
         }
     }
-    match route(&state, request).await {
+    let user = match authenticate(&state, &request) {
+        Ok(user) => user,
+        Err(error) => {
+            tracing::debug!(%method, %path, "request not authenticated");
+            return error_response(&error);
+        }
+    };
+    if let Err(error) = authorize(&state, &request, &user) {
+        tracing::debug!(%method, %path, user = %user.name, "request forbidden");
+        return error_response(&error);
+    }
+    match route(&state, request, &user).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%method, %path, code = error.code, reason = error.reason, "request failed");
@@ -274,7 +339,76 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
     }
 }
 
-async fn route(state: &Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// Who sent the request: the administrator, a ServiceAccount whose token is still bound to an
+/// existing object, or (on the health endpoints only) the anonymous user. Anything else is 401.
+fn authenticate(state: &State, request: &Request<Incoming>) -> Result<UserInfo, ApiError> {
+    match state.authenticator.credential(request.headers())? {
+        Credential::Admin => Ok(UserInfo::admin()),
+        Credential::None => {
+            let path = request.uri().path();
+            if ANONYMOUS_PATHS.contains(&path) {
+                Ok(UserInfo::anonymous())
+            } else {
+                Err(ApiError::unauthorized())
+            }
+        }
+        Credential::ServiceAccount {
+            namespace,
+            name,
+            uid,
+        } => {
+            let info = state
+                .find("", "v1", "serviceaccounts")
+                .ok_or_else(|| ApiError::internal("serviceaccounts are not registered"))?;
+            let alive = state
+                .get(&info, Some(&namespace), &name)
+                .is_ok_and(|account| {
+                    account.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str())
+                });
+            if alive {
+                Ok(UserInfo::service_account(&namespace, &name, &uid))
+            } else {
+                Err(ApiError::unauthorized())
+            }
+        }
+    }
+}
+
+/// What the request asks to do, as the authorizer sees it.
+fn attributes_of(state: &State, request: &Request<Incoming>, user: &UserInfo) -> Attributes {
+    let path = request.uri().path();
+    let method = request.method().as_str();
+    let is_namespaced =
+        |group: &str, version: &str, plural: &str| state.is_namespaced(group, version, plural);
+    match split_path(path, &is_namespaced) {
+        Some(target) => Attributes::resource(
+            user.clone(),
+            method,
+            path,
+            &target,
+            &Query::parse(request.uri().query()),
+        ),
+        None => Attributes::non_resource(user.clone(), method, path),
+    }
+}
+
+fn authorize(state: &State, request: &Request<Incoming>, user: &UserInfo) -> Result<(), ApiError> {
+    if state.config.authorization == Authorization::AlwaysAllow {
+        return Ok(());
+    }
+    let attributes = attributes_of(state, request, user);
+    if rbac::authorize(state, &attributes).allowed {
+        Ok(())
+    } else {
+        Err(attributes.forbidden())
+    }
+}
+
+async fn route(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+    user: &UserInfo,
+) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let method = request.method().clone();
     let resources = state.resource_table();
@@ -336,7 +470,7 @@ async fn route(state: &Arc<State>, request: Request<Incoming>) -> Result<Respons
     let Some(target) = split_path(request.uri().path(), &is_namespaced) else {
         return Err(ApiError::no_route(&path));
     };
-    resource(state, request, target).await
+    resource(state, request, target, user).await
 }
 
 async fn faults(
@@ -365,10 +499,26 @@ async fn resource(
     state: &Arc<State>,
     request: Request<Incoming>,
     target: ResourcePath,
+    user: &UserInfo,
 ) -> Result<Response<Body>, ApiError> {
     let info = state
         .find(&target.group, &target.version, &target.resource)
         .ok_or_else(|| ApiError::no_route(request.uri().path()))?;
+    if info.create_only {
+        if target.name.is_some() || *request.method() != Method::POST {
+            return Err(ApiError::method_not_allowed(format!(
+                "{} only accept create",
+                info.plural
+            )));
+        }
+        let headers = request.headers().clone();
+        let body = read_body(request.into_body()).await?;
+        let review = decode_object(&content_type(&headers), &body)?;
+        return Ok(json_response(
+            201,
+            &self_review(state, &info, user, review)?,
+        ));
+    }
     let query = Query::parse(request.uri().query());
     let namespace = target.namespace.as_deref();
     let method = request.method().clone();
@@ -535,6 +685,22 @@ async fn resource(
                 info.plural
             ))),
         },
+        Some("token") if method == Method::POST => {
+            let body = read_body(request.into_body()).await?;
+            let token_request = decode_object(&content_type(&headers), &body)?;
+            let namespace = namespace.unwrap_or("default");
+            let account = state.get(&info, Some(namespace), &name)?;
+            let uid = account
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            Ok(json_response(
+                201,
+                &state
+                    .authenticator
+                    .issue(namespace, &name, uid, &token_request)?,
+            ))
+        }
         Some("log") if method == Method::GET => {
             logs(state, namespace.unwrap_or("default"), &name, &query).await
         }
@@ -554,6 +720,85 @@ async fn resource(
             info.plural
         ))),
     }
+}
+
+/// Answers a SelfSubjectAccessReview, SelfSubjectRulesReview or SelfSubjectReview about `user`:
+/// the review comes back with its `status` filled in, nothing is stored.
+fn self_review(
+    state: &State,
+    info: &crate::resources::ResourceInfo,
+    user: &UserInfo,
+    mut review: Value,
+) -> Result<Value, ApiError> {
+    if !review.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the body of the request must be a {} object",
+            info.kind
+        )));
+    }
+    review["kind"] = json!(info.kind);
+    review["apiVersion"] = json!(info.api_version());
+    let metadata = json!({ "creationTimestamp": Value::Null });
+    review["metadata"] = metadata;
+    let text = |pointer: &str| {
+        review
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    match info.kind.as_str() {
+        "SelfSubjectAccessReview" => {
+            let attributes = if review.pointer("/spec/resourceAttributes").is_some() {
+                Attributes {
+                    user: user.clone(),
+                    verb: text("/spec/resourceAttributes/verb"),
+                    resource_request: true,
+                    path: String::new(),
+                    namespace: text("/spec/resourceAttributes/namespace"),
+                    api_group: text("/spec/resourceAttributes/group"),
+                    resource: text("/spec/resourceAttributes/resource"),
+                    subresource: text("/spec/resourceAttributes/subresource"),
+                    name: text("/spec/resourceAttributes/name"),
+                }
+            } else if review.pointer("/spec/nonResourceAttributes").is_some() {
+                Attributes::non_resource(
+                    user.clone(),
+                    &text("/spec/nonResourceAttributes/verb"),
+                    &text("/spec/nonResourceAttributes/path"),
+                )
+            } else {
+                return Err(ApiError::invalid(
+                    &info.kind,
+                    &info.group,
+                    "",
+                    "spec.resourceAttributes",
+                    "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                ));
+            };
+            let decision = if state.config.authorization == Authorization::AlwaysAllow {
+                rbac::Decision {
+                    allowed: true,
+                    reason: String::new(),
+                }
+            } else {
+                rbac::authorize(state, &attributes)
+            };
+            let mut status = json!({ "allowed": decision.allowed });
+            if !decision.reason.is_empty() {
+                status["reason"] = json!(decision.reason);
+            }
+            review["status"] = status;
+        }
+        "SelfSubjectRulesReview" => {
+            let namespace = text("/spec/namespace");
+            review["status"] = rbac::rules_review(state, user, &namespace);
+        }
+        _ => {
+            review["status"] = json!({ "userInfo": user.to_json() });
+        }
+    }
+    Ok(review)
 }
 
 async fn logs(

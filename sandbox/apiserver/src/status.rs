@@ -117,6 +117,39 @@ impl ApiError {
         }
     }
 
+    /// 401 for a request without valid credentials (the real body: message and reason both
+    /// `Unauthorized`).
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 from the authorizer. `resource` is the qualified resource without its subresource
+    /// (`leases.coordination.k8s.io`), empty for a non-resource path; `name` the object's, if the
+    /// request names one; `because` the sentence saying who cannot do what.
+    pub fn forbidden(group: &str, resource: &str, name: &str, because: &str) -> Self {
+        let message = if resource.is_empty() {
+            format!("forbidden: {because}")
+        } else if name.is_empty() {
+            format!("{} is forbidden: {because}", qualified(group, resource))
+        } else {
+            format!(
+                "{} \"{name}\" is forbidden: {because}",
+                qualified(group, resource)
+            )
+        };
+        let mut details = json!({ "kind": resource });
+        if !name.is_empty() {
+            details["name"] = json!(name);
+        }
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        Self {
+            details: (!resource.is_empty()).then_some(details),
+            ..Self::new(403, "Forbidden", message)
+        }
+    }
+
     /// 400 for a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)

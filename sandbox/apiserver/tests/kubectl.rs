@@ -38,10 +38,18 @@ struct Kubectl {
 }
 
 impl Kubectl {
-    fn new(server_url: &str) -> Self {
+    fn new(server: &psctl_sandbox_apiserver::RunningApiServer) -> Self {
+        Self::with_token(server, server.admin_token())
+    }
+
+    /// kubectl authenticating with `token`.
+    fn with_token(server: &psctl_sandbox_apiserver::RunningApiServer, token: &str) -> Self {
+        use base64::Engine as _;
+        let server_url = server.https_url();
+        let ca = base64::engine::general_purpose::STANDARD.encode(server.ca_pem());
         let kubeconfig = tempfile::NamedTempFile::new().expect("temp file");
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: psctl-sandbox\n  cluster: {{server: \"{server_url}\"}}\nusers:\n- name: psctl-sandbox\n  user: {{}}\ncontexts:\n- name: psctl-sandbox\n  context: {{cluster: psctl-sandbox, user: psctl-sandbox, namespace: default}}\ncurrent-context: psctl-sandbox\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: psctl-sandbox\n  cluster: {{server: \"{server_url}\", certificate-authority-data: \"{ca}\"}}\nusers:\n- name: psctl-sandbox\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: psctl-sandbox\n  context: {{cluster: psctl-sandbox, user: psctl-sandbox, namespace: default}}\ncurrent-context: psctl-sandbox\n"
         );
         std::fs::write(kubeconfig.path(), text).expect("kubeconfig written");
         Self {
@@ -118,7 +126,7 @@ spec:
 #[tokio::test]
 async fn apply_get_describe_scale_delete() {
     let test = common::start().await;
-    let kubectl = Kubectl::new(&test.server.url());
+    let kubectl = Kubectl::new(&test.server);
 
     let created = kubectl.apply(&manifest("127.0.0.1:5000/web:1", 2)).await;
     assert!(
@@ -212,7 +220,7 @@ async fn apply_get_describe_scale_delete() {
 #[tokio::test]
 async fn rollout_history_and_undo_to_revision() {
     let test = common::start().await;
-    let kubectl = Kubectl::new(&test.server.url());
+    let kubectl = Kubectl::new(&test.server);
     kubectl.apply(&manifest("127.0.0.1:5000/web:3", 1)).await;
     let uid = kubectl
         .ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.uid}"])
@@ -272,7 +280,7 @@ spec:
 #[tokio::test]
 async fn get_watch_streams_changes() {
     let test = common::start().await;
-    let kubectl = Kubectl::new(&test.server.url());
+    let kubectl = Kubectl::new(&test.server);
     let mut watch = kubectl
         .command(&[
             "get",
@@ -349,7 +357,7 @@ async fn logs_through_the_pod_backend() {
     let test =
         common::start_with(|config| config.pod_backend = Some(std::sync::Arc::new(NumberedLogs)))
             .await;
-    let kubectl = Kubectl::new(&test.server.url());
+    let kubectl = Kubectl::new(&test.server);
     kubectl.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: p1}\nspec: {containers: [{name: app, image: img}]}\n").await;
     let logs = kubectl.ok(&["logs", "p1", "--tail=3"]).await;
     assert_eq!(logs, "p1/app line 1\np1/app line 2\np1/app line 3\n");
@@ -360,6 +368,95 @@ async fn logs_through_the_pod_backend() {
             .is_some_and(|row| row.split_whitespace().collect::<Vec<_>>()[..4]
                 == ["p1", "0/1", "Pending", "0"]),
         "{pods}"
+    );
+    test.server.shutdown().await;
+}
+
+/// `kubectl auth can-i ARGS`: exit code and answer.
+async fn can(kubectl: &Kubectl, args: &[&str]) -> (Option<i32>, String) {
+    let mut full = vec!["auth", "can-i"];
+    full.extend_from_slice(args);
+    let output = kubectl.run(&full).await;
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn auth_can_i_answers_per_binding() {
+    let test = common::start().await;
+    let admin = Kubectl::new(&test.server);
+    admin
+        .apply(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: editor, namespace: team}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: viewer, namespace: team}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: editor, namespace: team}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}\nsubjects: [{kind: ServiceAccount, name: editor, namespace: team}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: viewer, namespace: team}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects: [{kind: ServiceAccount, name: viewer, namespace: team}]\n",
+        )
+        .await;
+    assert_eq!(
+        admin.ok(&["auth", "can-i", "delete", "nodes"]).await.trim(),
+        "yes"
+    );
+    // `kubectl create token` sends a protobuf TokenRequest and prints the token.
+    let editor_token = admin.ok(&["create", "token", "editor", "-n", "team"]).await;
+    let viewer_token = admin.ok(&["create", "token", "viewer", "-n", "team"]).await;
+    let editor = Kubectl::with_token(&test.server, editor_token.trim());
+    let viewer = Kubectl::with_token(&test.server, viewer_token.trim());
+
+    let yes = (Some(0), "yes".to_owned());
+    let no = (Some(1), "no".to_owned());
+    assert_eq!(can(&editor, &["create", "leases", "-n", "team"]).await, yes);
+    assert_eq!(
+        can(&editor, &["patch", "deployments", "-n", "team"]).await,
+        yes
+    );
+    assert_eq!(
+        can(
+            &editor,
+            &[
+                "update",
+                "deployments",
+                "--subresource=status",
+                "-n",
+                "team"
+            ]
+        )
+        .await,
+        no
+    );
+    assert_eq!(
+        can(&editor, &["create", "rolebindings", "-n", "team"]).await,
+        no
+    );
+    assert_eq!(can(&editor, &["get", "pods", "-n", "other"]).await, no);
+    assert_eq!(
+        can(&viewer, &["list", "deployments", "-n", "team"]).await,
+        yes
+    );
+    assert_eq!(can(&viewer, &["create", "leases", "-n", "team"]).await, no);
+    assert_eq!(can(&viewer, &["get", "secrets", "-n", "team"]).await, no);
+    assert_eq!(
+        viewer
+            .ok(&[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}"
+            ])
+            .await,
+        "system:serviceaccount:team:viewer"
+    );
+    let rules = viewer.ok(&["auth", "can-i", "--list", "-n", "team"]).await;
+    assert!(rules.contains("deployments.apps"), "{rules}");
+    assert!(!rules.contains("secrets"), "{rules}");
+
+    let refused = viewer
+        .run(&["create", "configmap", "x", "-n", "team"])
+        .await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("configmaps is forbidden: User \"system:serviceaccount:team:viewer\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"team\""),
+        "{stderr}"
     );
     test.server.shutdown().await;
 }

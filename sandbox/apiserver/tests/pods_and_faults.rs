@@ -149,7 +149,16 @@ async fn service_and_pod_proxy_reach_the_pod_ip() {
         test.server.url()
     );
     let not_ready = plain
-        .get(url.parse().expect("valid URL"))
+        .request(
+            http::Request::builder()
+                .uri(url)
+                .header(
+                    "authorization",
+                    format!("Bearer {}", test.server.admin_token()),
+                )
+                .body(http_body_util::Empty::new())
+                .expect("request"),
+        )
         .await
         .expect("answered");
     assert_eq!(

@@ -6,6 +6,7 @@
 //! Needs the engine library (`scripts/fetch-tools.sh` installs it); fails, never skips,
 //! without it.
 
+use base64::Engine as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
@@ -126,12 +127,15 @@ async fn install_upgrade_history_rollback_uninstall() {
     std::fs::write(
         &kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: psctl-sandbox\n  cluster:\n    server: {}\ncontexts:\n- name: psctl-sandbox\n  context:\n    cluster: psctl-sandbox\n    user: psctl-sandbox\nusers:\n- name: psctl-sandbox\n  user: {{}}\ncurrent-context: psctl-sandbox\n",
-            server.url()
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: psctl-sandbox\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: psctl-sandbox\n  context:\n    cluster: psctl-sandbox\n    user: psctl-sandbox\nusers:\n- name: psctl-sandbox\n  user:\n    token: {}\ncurrent-context: psctl-sandbox\n",
+            server.https_url(),
+            base64::engine::general_purpose::STANDARD.encode(server.ca_pem()),
+            server.admin_token()
         ),
     )
     .unwrap();
-    let config = kube::Config::new(server.url().parse().unwrap());
+    let mut config = kube::Config::new(server.url().parse().unwrap());
+    config.auth_info.token = Some(server.admin_token().to_owned().into());
     let cluster = Cluster {
         kubeconfig,
         namespace: format!("helm-lifecycle-{}", std::process::id()),

@@ -152,9 +152,13 @@ impl Sandbox {
         }
     }
 
-    /// A kube-rs client for the sandbox.
+    /// A kube-rs client for the sandbox, authenticating as its administrator (the token `up`
+    /// generated; a sandbox started by an older build has none and needs none).
     pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(self.api_url.parse().expect("API URL parses"));
+        let mut config = kube::Config::new(self.api_url.parse().expect("API URL parses"));
+        if let Ok(token) = std::fs::read_to_string(self.state.join("secrets/api-admin-token")) {
+            config.auth_info.token = Some(token.trim().to_owned().into());
+        }
         kube::Client::try_from(config).expect("client builds")
     }
 

@@ -22,9 +22,21 @@ pub async fn start_with(configure: impl FnOnce(&mut ApiServerConfig)) -> TestSer
     };
     configure(&mut config);
     let server = ApiServer::start(config).await.expect("server starts");
-    let kube_config = kube::Config::new(server.url().parse().expect("valid URL"));
-    let client = Client::try_from(kube_config).expect("client builds");
+    let client = client_with_token(&server, server.admin_token());
     TestServer { server, client }
+}
+
+/// A kube-rs client for `server` sending `token` as its bearer token.
+pub fn client_with_token(server: &RunningApiServer, token: &str) -> Client {
+    let mut kube_config = kube::Config::new(server.url().parse().expect("valid URL"));
+    kube_config.auth_info.token = Some(token.to_owned().into());
+    Client::try_from(kube_config).expect("client builds")
+}
+
+/// A kube-rs client for `server` without credentials.
+pub fn anonymous_client(server: &RunningApiServer) -> Client {
+    let kube_config = kube::Config::new(server.url().parse().expect("valid URL"));
+    Client::try_from(kube_config).expect("client builds")
 }
 
 /// Starts a server with the default test configuration.

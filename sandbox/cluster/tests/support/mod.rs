@@ -69,7 +69,8 @@ pub async fn api(node: &str) -> (RunningApiServer, kube::Client) {
     })
     .await
     .expect("API server starts");
-    let config = kube::Config::new(server.url().parse().expect("server URL"));
+    let mut config = kube::Config::new(server.url().parse().expect("server URL"));
+    config.auth_info.token = Some(server.admin_token().to_owned().into());
     let client = kube::Client::try_from(config).expect("client");
     (server, client)
 }
