@@ -36,8 +36,8 @@
 //! - `healthy_paused_rate`: share of equal-canary runs that ended paused for a human.
 //! - `detect_5x_rate`: share of 5×-error runs aborted within two evaluation windows, a window
 //!   being one evaluation interval of that gate: by the 2nd evaluation at 60 s for psctl, by the
-//!   2nd check at 120 s for the threshold gate. Two is the fewest either gate can abort in
-//!   (psctl's guardrail could abort on one, but not at this traffic).
+//!   2nd check at 120 s for the threshold gate. Two is the fewest failed evaluations either
+//!   gate aborts on; psctl's guardrail alone can abort on the first, which counts too.
 //! - `detect_latency_2x_rate`: share of 2×-p95 runs ended by the latency gate, at any point of
 //!   the step: aborted with the latency gate failing in the evaluation (or check) that decided
 //!   the abort. Neither gate can pause on latency (a breach is a failure, never inconclusive),
@@ -278,7 +278,7 @@ struct ThresholdGate {
 
 impl ThresholdGate {
     fn after(&mut self, slots: &[Slot]) -> Option<Ending> {
-        if slots.len() % CHECK_SLOTS != 0 {
+        if !slots.len().is_multiple_of(CHECK_SLOTS) {
             return None;
         }
         self.checks += 1;
@@ -507,22 +507,26 @@ fn main() {
     let [equal, _, five_times, slow] = &headline[..] else {
         unreachable!("one headline row per scenario");
     };
-    let figures: [(&str, fn(&Tally) -> f64, &(Tally, Tally)); 4] = [
-        ("false_abort_rate", Tally::aborted, equal),
-        ("healthy_paused_rate", |t| t.share(t.paused), equal),
+    let figures = [
+        ("false_abort_rate", equal.0.aborted(), equal.1.aborted()),
+        (
+            "healthy_paused_rate",
+            equal.0.share(equal.0.paused),
+            equal.1.share(equal.1.paused),
+        ),
         (
             "detect_5x_rate",
-            |t| t.share(t.aborted_within_two),
-            five_times,
+            five_times.0.share(five_times.0.aborted_within_two),
+            five_times.1.share(five_times.1.aborted_within_two),
         ),
         (
             "detect_latency_2x_rate",
-            |t| t.share(t.aborted_by_latency),
-            slow,
+            slow.0.share(slow.0.aborted_by_latency),
+            slow.1.share(slow.1.aborted_by_latency),
         ),
     ];
-    for (name, figure, (ours, theirs)) in figures {
-        println!("{name}={:.4}", figure(ours));
-        println!("threshold_{name}={:.4}", figure(theirs));
+    for (name, ours, theirs) in figures {
+        println!("{name}={ours:.4}");
+        println!("threshold_{name}={theirs:.4}");
     }
 }
