@@ -425,6 +425,18 @@ fn latency_gate(policy: &GatePolicy, observation: &Observation) -> GateOutcome {
             detail: format!("no stable {} from Prometheus", MissingData::Latency),
         };
     };
+    // A p95 over a handful of requests is mostly noise: below `min_requests` the comparison with
+    // stable proves nothing either way (the absolute ceiling above still applies).
+    if let Ok((requests, _)) = observation.canary.counts()
+        && requests < policy.min_requests
+    {
+        return GateOutcome::Inconclusive {
+            detail: format!(
+                "canary p95 {canary:.0} ms, stable p95 {stable:.0} ms; only {requests:.0} canary requests (need {:.0})",
+                policy.min_requests
+            ),
+        };
+    }
     let allowed = stable * policy.latency_tolerance + policy.latency_slack_ms;
     if canary > allowed {
         GateOutcome::Fail {
@@ -733,6 +745,24 @@ mod tests {
         let evaluation = evaluate(&policy, &obs);
         assert_eq!(evaluation.verdict, Verdict::Fail);
         assert!(evaluation.summary().contains("allowed 145 ms"));
+    }
+
+    #[test]
+    fn a_p95_over_too_few_requests_is_inconclusive_but_the_ceiling_still_fails() {
+        let policy = GatePolicy::default();
+        let mut obs = observation(5.0, 0.0, 0.005);
+        obs.canary.p95_ms = Some(300.0);
+        obs.stable.p95_ms = Some(100.0);
+        let latency = latency_gate(&policy, &obs);
+        assert_eq!(latency.name(), "inconclusive", "{latency:?}");
+        assert!(format!("{latency:?}").contains("only 5 canary requests (need 50)"));
+        obs.canary.p95_ms = Some(700.0);
+        assert_eq!(latency_gate(&policy, &obs).name(), "fail");
+        // With enough requests the same comparison fails.
+        let mut busy = observation(2000.0, 0.005, 0.005);
+        busy.canary.p95_ms = Some(300.0);
+        busy.stable.p95_ms = Some(100.0);
+        assert_eq!(latency_gate(&policy, &busy).name(), "fail");
     }
 
     #[test]
