@@ -720,15 +720,6 @@ async fn preflight_permissions(
     let wanted = crate::rbac::accesses(&rules);
     let missing = match cluster::access::missing(client, &environment.namespace, &wanted).await {
         Ok(missing) => missing,
-        // Every real API server serves the review; only an emulator that predates it does not.
-        Err(error) if error.status_code() == Some(404) => {
-            output.check(
-                CheckState::Warn,
-                "permissions",
-                "not checked: the API server does not serve SelfSubjectAccessReview",
-            );
-            return Ok(());
-        }
         Err(error) => {
             output.check(CheckState::Fail, "permissions", &error.to_string());
             return Err(error.into());
