@@ -19,6 +19,7 @@ pub mod helm;
 pub mod lock;
 pub mod output;
 pub mod playbook;
+pub mod process;
 pub mod prom;
 pub mod rbac;
 pub mod registry;
@@ -26,6 +27,7 @@ pub mod rollout;
 pub mod secrets;
 pub mod settings;
 pub mod smoke;
+pub mod state;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

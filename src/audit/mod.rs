@@ -4,6 +4,7 @@
 //! stderr every time. Secrets never enter a row: `details` keys that look secret are masked.
 
 pub mod chain;
+pub mod note;
 
 use std::time::Duration;
 

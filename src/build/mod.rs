@@ -26,18 +26,9 @@ impl Step {
         }
     }
 
-    /// The command line for humans (arguments with spaces quoted).
+    /// The command line for humans, every word shell-quoted.
     pub fn display(&self) -> String {
-        let mut text = self.program.clone();
-        for arg in &self.args {
-            text.push(' ');
-            if arg.is_empty() || arg.contains([' ', '"', '\'']) {
-                text.push_str(&format!("'{}'", arg.replace('\'', r"'\''")));
-            } else {
-                text.push_str(arg);
-            }
-        }
-        text
+        crate::process::command_line(&self.program, self.args.iter().map(String::as_str))
     }
 }
 

@@ -111,6 +111,22 @@ pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterE
     })
 }
 
+/// Connects and asks the API server for its version: a client known to reach the cluster, or
+/// the reason it does not (classified like every API failure).
+pub async fn connect_checked(
+    environment: &Environment,
+) -> Result<(kube::Client, k8s_openapi::apimachinery::pkg::version::Info), ClusterError> {
+    let client = connect(environment).await?;
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(ClusterError::api(format!(
+            "reaching the API server of context `{}`",
+            environment.kube_context
+        )))?;
+    Ok((client, version))
+}
+
 /// A kube error in one line: the API's own message and code, without the Debug dump.
 pub fn describe(error: &kube::Error) -> String {
     match error {

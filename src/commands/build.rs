@@ -7,7 +7,6 @@
 //! the first push, so a refusal leaves the registry untouched.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -20,6 +19,7 @@ use crate::build::{
 use crate::cli::BuildArgs;
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::output::{CheckState, Output, Render, Style, table};
+use crate::process::{self, Child, ProcessError};
 use crate::registry::Registry;
 use crate::settings::{BuildTool, Environment, GlobalSettings};
 
@@ -563,22 +563,17 @@ fn stage(binary: &Path, context: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Why a step did not succeed.
-#[derive(Debug)]
-enum StepFailure {
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
-    Exit {
-        command: String,
-        code: Option<i32>,
-        stdout: String,
-        stderr: String,
-    },
+/// Why a step did not succeed: the one child-process failure.
+type StepFailure = ProcessError;
+
+/// What `build` reads from a failed step.
+trait StepFailureExt {
+    fn daemon_unreachable(&self) -> bool;
+    fn summary(&self) -> String;
+    fn into_error(self, what: &str, status: ExitStatus) -> CommandError;
 }
 
-impl StepFailure {
+impl StepFailureExt for StepFailure {
     fn daemon_unreachable(&self) -> bool {
         matches!(self, Self::Exit { stderr, .. } if stderr.contains("Cannot connect to the Docker daemon")
             || stderr.contains("Is the docker daemon running"))
@@ -586,7 +581,9 @@ impl StepFailure {
 
     fn summary(&self) -> String {
         match self {
-            Self::Spawn { program, source } => format!("cannot run `{program}`: {source}"),
+            Self::Spawn { program, source } => {
+                format!("cannot run `{}`: {source}", program.display())
+            }
             Self::Exit { code, stderr, .. } => {
                 let last = stderr
                     .lines()
@@ -598,62 +595,45 @@ impl StepFailure {
                     None => format!("killed by a signal: {last}"),
                 }
             }
+            Self::TimedOut { .. } => self.to_string(),
         }
     }
 
     fn into_error(self, what: &str, status: ExitStatus) -> CommandError {
         match self {
             Self::Spawn { program, source } => CommandError::usage(
-                anyhow::Error::new(source).context(format!("{what}: cannot run `{program}`")),
+                anyhow::Error::new(source)
+                    .context(format!("{what}: cannot run `{}`", program.display())),
             )
-            .hint(format!("install `{program}` or put it on PATH")),
+            .hint(format!("install `{}` or put it on PATH", program.display())),
             Self::Exit {
                 command,
                 code,
                 stdout,
                 stderr,
-            } => {
-                let tail: Vec<&str> = stderr
-                    .lines()
-                    .chain(stdout.lines())
-                    .filter(|l| !l.trim().is_empty())
-                    .collect();
-                let tail = tail[tail.len().saturating_sub(15)..].join("\n  ");
-                let code = code.map_or_else(|| "a signal".to_owned(), |c| format!("exit {c}"));
-                CommandError::new(
-                    status,
-                    anyhow::anyhow!("{what} failed ({code}): `{command}`\n  {tail}"),
-                )
-            }
+            } => CommandError::new(
+                status,
+                anyhow::anyhow!(
+                    "{what} failed ({}): `{command}`\n  {}",
+                    process::describe_exit(code),
+                    process::tail(&stderr, &stdout, 15)
+                ),
+            ),
+            timed_out @ Self::TimedOut { .. } => CommandError::new(
+                status,
+                anyhow::Error::new(timed_out).context(what.to_owned()),
+            ),
         }
     }
 }
 
 /// Runs one step, capturing its output (returned on success: stdout).
 async fn run_step(step: &Step) -> Result<String, StepFailure> {
-    let output = tokio::process::Command::new(&step.program)
-        .args(&step.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
+    Child::new(&step.program)
+        .args(step.args.iter().cloned())
+        .run()
         .await
-        .map_err(|source| StepFailure::Spawn {
-            program: step.program.clone(),
-            source,
-        })?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if output.status.success() {
-        Ok(stdout)
-    } else {
-        Err(StepFailure::Exit {
-            command: step.display(),
-            code: output.status.code(),
-            stdout,
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
-    }
+        .map(|ran| ran.stdout)
 }
 
 /// True when `program` is an executable file in a PATH directory.

@@ -18,10 +18,10 @@ use serde::Serialize;
 use sqlx::Row as _;
 
 use super::db::resolve_target;
-use super::history::read_revisions;
 use crate::cli::EvidenceArgs;
 use crate::cluster;
 use crate::error::{CommandError, CommandResult, ExitStatus, ResultExt as _};
+use crate::helm::storage::read_revisions;
 use crate::output::{CheckState, Output, Render, Style, table};
 use crate::rollout::track::pod_lines;
 use crate::settings::{Environment, GlobalSettings};

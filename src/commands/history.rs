@@ -1,14 +1,13 @@
 //! `psctl history [COMPONENT]`: Helm revisions read straight from Helm's release Secrets, one
 //! list call for every component.
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use crate::cli::HistoryArgs;
-use crate::cluster::{self, ClusterError};
+use crate::cluster;
 use crate::error::{CommandError, CommandResult, ExitStatus};
-use crate::helm::storage::{self, Revision};
+use crate::helm::storage::Revision;
+pub use crate::helm::storage::read_revisions;
 use crate::output::{Output, Render, Style, table};
 use crate::settings::GlobalSettings;
 
@@ -83,66 +82,13 @@ pub async fn run(args: HistoryArgs, global: &GlobalSettings, output: &Output) ->
     Ok(ExitStatus::Success)
 }
 
-/// Every revision of `releases`, oldest first, from a single list call.
-pub async fn read_revisions(
-    client: &kube::Client,
-    namespace: &str,
-    releases: &[String],
-) -> Result<Vec<Revision>, CommandError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let selector = if let [release] = releases {
-        format!("{},name={release}", storage::OWNER_SELECTOR)
-    } else {
-        storage::OWNER_SELECTOR.to_owned()
-    };
-    let list = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(ClusterError::api(format!(
-            "listing Helm release Secrets in namespace `{namespace}`"
-        )))?;
-    decode_secrets(list.items, releases)
-}
-
-/// Decodes the release Secrets belonging to `releases`, oldest first. Pure.
-pub fn decode_secrets(
-    secrets: Vec<Secret>,
-    releases: &[String],
-) -> Result<Vec<Revision>, CommandError> {
-    let mut revisions = Vec::new();
-    for secret in secrets {
-        let Some(name) = secret.metadata.name.as_deref() else {
-            continue;
-        };
-        let Some((release, _)) = storage::parse_secret_name(name) else {
-            continue;
-        };
-        if !releases.iter().any(|r| r == release) {
-            continue;
-        }
-        let payload = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get("release"))
-            .ok_or_else(|| storage::DecodeError::MissingData {
-                secret: name.to_owned(),
-            })
-            .map_err(|e| CommandError::new(ExitStatus::Usage, e))?;
-        let revision = storage::decode_release(name, &payload.0).map_err(|e| {
-            CommandError::new(ExitStatus::Usage, e)
-                .hint("the Secret was not written by Helm 3 or later; inspect it with kubectl")
-        })?;
-        revisions.push(revision);
-    }
-    storage::sort_oldest_first(&mut revisions);
-    Ok(revisions)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::helm::storage::tests::{encode_like_helm, release_json};
+    use crate::helm::storage::{self, decode_secrets};
     use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
     use std::collections::BTreeMap;
 
     fn helm_secret(release: &str, version: u32, status: &str) -> Secret {

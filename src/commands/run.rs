@@ -12,19 +12,18 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ObjectMeta, PostParams};
 use serde::{Deserialize, Serialize};
 
 use super::history::read_revisions;
 use super::support;
 use crate::cli::{Cli, RollbackArgs, RunArgs};
-use crate::cluster::{self, ClusterError, is_not_found};
+use crate::cluster;
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::helm::revision;
 use crate::output::{CheckState, Format, Output, Render, Style, table};
 use crate::playbook::{self, OnFailure, Plan, PlannedStep};
 use crate::settings::{Environment, GlobalSettings};
+use crate::state::ConfigMapStore;
 
 /// Prints the plan as a numbered list of command lines.
 impl Render for Plan {
@@ -192,7 +191,7 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
     )?;
 
     let client = cluster::connect(&environment).await?;
-    let store = StateStore::new(&client, &environment.namespace, &plan.playbook);
+    let store = StateStore::new(&client, &environment.namespace, state_name(&plan.playbook));
     let mut state = prepare_state(&store, &client, &environment, &plan, start, output).await?;
     store.save(&state).await?;
 
@@ -239,10 +238,7 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
     }
     .to_owned();
     if let Err(error) = store.save(&state).await {
-        output.warn(format!(
-            "the run's record could not be saved: {:#}",
-            error.error()
-        ));
+        output.warn(format!("the run's record could not be saved: {error}"));
     }
     let report = RunReport {
         playbook: plan.playbook.clone(),
@@ -305,7 +301,7 @@ async fn prepare_state(
     start: usize,
     output: &Output,
 ) -> Result<RunState, CommandError> {
-    let previous = store.load().await?;
+    let previous = store.load_if_readable().await?;
     let reuse = start > 0
         && previous
             .as_ref()
@@ -466,10 +462,8 @@ impl Executor<'_> {
                 }
             }
             if let Err(error) = store.save(state).await {
-                self.output.warn(format!(
-                    "the run's record could not be saved: {:#}",
-                    error.error()
-                ));
+                self.output
+                    .warn(format!("the run's record could not be saved: {error}"));
             }
             let Some(error) = failure else {
                 self.output.check(
@@ -646,75 +640,8 @@ fn rollback_action(before: Option<&Baseline>, now: Option<&Baseline>) -> Rollbac
     }
 }
 
-/// The run record in a ConfigMap.
-struct StateStore {
-    api: Api<ConfigMap>,
-    name: String,
-}
-
-const STATE_KEY: &str = "state.json";
-
-impl StateStore {
-    fn new(client: &kube::Client, namespace: &str, playbook: &str) -> Self {
-        Self {
-            api: Api::namespaced(client.clone(), namespace),
-            name: state_name(playbook),
-        }
-    }
-
-    async fn load(&self) -> Result<Option<RunState>, CommandError> {
-        match self.api.get(&self.name).await {
-            Ok(map) => {
-                let text = map
-                    .data
-                    .and_then(|d| d.get(STATE_KEY).cloned())
-                    .unwrap_or_default();
-                Ok(serde_json::from_str(&text).ok())
-            }
-            Err(error) if is_not_found(&error) => Ok(None),
-            Err(error) => Err(ClusterError::api(format!(
-                "reading the run record ConfigMap `{}`",
-                self.name
-            ))(error)
-            .into()),
-        }
-    }
-
-    async fn save(&self, state: &RunState) -> Result<(), CommandError> {
-        let text = serde_json::to_string_pretty(state).context("encoding the run record")?;
-        let object = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "psctl".to_owned(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            data: Some(BTreeMap::from([(STATE_KEY.to_owned(), text)])),
-            ..ConfigMap::default()
-        };
-        let action = || format!("writing the run record ConfigMap `{}`", self.name);
-        match self.api.get_opt(&self.name).await {
-            Ok(Some(existing)) => {
-                let mut object = object;
-                object.metadata.resource_version = existing.metadata.resource_version;
-                self.api
-                    .replace(&self.name, &PostParams::default(), &object)
-                    .await
-                    .map_err(ClusterError::api(action()))?;
-            }
-            Ok(None) => {
-                self.api
-                    .create(&PostParams::default(), &object)
-                    .await
-                    .map_err(ClusterError::api(action()))?;
-            }
-            Err(error) => return Err(ClusterError::api(action())(error).into()),
-        }
-        Ok(())
-    }
-}
+/// The run record in its ConfigMap.
+type StateStore = ConfigMapStore<RunState>;
 
 /// `psctl-run-<playbook>`, reduced to a valid object name.
 fn state_name(playbook: &str) -> String {

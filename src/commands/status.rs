@@ -10,11 +10,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
-use super::history::read_revisions;
 use crate::cli::StatusArgs;
 use crate::cluster::{self, ClusterError};
 use crate::error::{CommandResult, ExitStatus};
 use crate::helm::revision;
+use crate::helm::storage::read_revisions;
 use crate::output::{Output, Render, Style, table};
 use crate::settings::{Component, Environment, GlobalSettings};
 

@@ -6,7 +6,6 @@
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -115,7 +114,7 @@ pub async fn backup(
     // Write under a temporary name so a crash never leaves a plausible-looking partial dump.
     let partial = file.with_extension("dump.partial");
     create_private(&partial)?;
-    let output = run_tool(Tool::PgDump, &pg_dump_args(&partial), url, Stdio::null()).await;
+    let output = run_tool(Tool::PgDump, &pg_dump_args(&partial), url).await;
     if let Err(error) = output {
         let _ = std::fs::remove_file(&partial);
         return Err(error.into());
@@ -126,7 +125,9 @@ pub async fn backup(
     })?;
     let (size_bytes, sha256) = hash_file(&file).await?;
     let toc_entries = verify_listing(&file, url).await?;
-    let pg_dump_version = tool_version(Tool::PgDump).await.unwrap_or_default();
+    let pg_dump_version = super::tools::version(Tool::PgDump)
+        .await
+        .unwrap_or_default();
     let manifest = Manifest {
         kind: MANIFEST_KIND.to_owned(),
         file: file
@@ -227,7 +228,7 @@ pub async fn hash_file(path: &Path) -> Result<(u64, String), BackupError> {
 /// `pg_restore --list` must read the whole table of contents; returns how many entries it has.
 pub async fn verify_listing(file: &Path, url: &DatabaseUrl) -> Result<usize, BackupError> {
     let args = vec!["--list".to_owned(), file.display().to_string()];
-    let listing = run_tool(Tool::PgRestore, &args, url, Stdio::null()).await?;
+    let listing = run_tool(Tool::PgRestore, &args, url).await?;
     // An empty database has no entries, but a readable archive always has its header.
     if !listing.contains("; Archive created at") {
         return Err(BackupError::Verification {
@@ -245,15 +246,6 @@ pub fn count_toc_entries(listing: &str) -> usize {
         .lines()
         .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with(';'))
         .count()
-}
-
-async fn tool_version(tool: Tool) -> Option<String> {
-    let output = tokio::process::Command::new(tool.program())
-        .arg("--version")
-        .output()
-        .await
-        .ok()?;
-    Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// Reads the manifest next to `dump` and checks the file against it.

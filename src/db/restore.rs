@@ -2,7 +2,6 @@
 //! database that already exists. Migrating and verifying the result is the command's job.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -126,13 +125,7 @@ pub async fn execute(
             name: name.clone(),
             source,
         })?;
-    run_tool(
-        Tool::PgRestore,
-        &plan.pg_restore_args,
-        target,
-        Stdio::null(),
-    )
-    .await?;
+    run_tool(Tool::PgRestore, &plan.pg_restore_args, target).await?;
     Ok(())
 }
 

@@ -2,9 +2,9 @@
 //! password go in the child's libpq environment, never on its argv, and inherited `PG*`
 //! variables are cleared so the child talks to exactly the database psctl resolved.
 
-use std::process::Stdio;
-
 use super::url::DatabaseUrl;
+use crate::output::redact::Redactor;
+use crate::process::{Child, ProcessError, describe_exit};
 
 /// A PostgreSQL client program psctl drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,46 +47,46 @@ pub enum ToolError {
     },
 }
 
-/// Runs `tool` with `args` against `url`; returns its stdout.
-pub async fn run_tool(
-    tool: Tool,
-    args: &[String],
-    url: &DatabaseUrl,
-    stdin: Stdio,
-) -> Result<String, ToolError> {
+/// Runs `tool` with `args` against `url`; returns its stdout. The password is scrubbed from
+/// whatever the tool prints back.
+pub async fn run_tool(tool: Tool, args: &[String], url: &DatabaseUrl) -> Result<String, ToolError> {
     let program = tool.program();
-    let mut command = tokio::process::Command::new(&program);
-    command
-        .args(args)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PG") {
-            command.env_remove(name);
-        }
+    let redactor = Redactor::default();
+    if let Some(password) = url.password().filter(|p| !p.is_empty()) {
+        redactor.register(&password);
     }
+    let mut child = Child::new(&program)
+        .args(args.iter().cloned())
+        .env_remove_prefix("PG")
+        .redactor(&redactor);
     for (name, value) in url.libpq_env() {
-        command.env(name, value);
+        child = child.env(name, value);
     }
-    let output = command.output().await.map_err(|source| ToolError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    if !output.status.success() {
-        let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        if let Some(password) = url.password().filter(|p| !p.is_empty()) {
-            stderr = stderr.replace(&password, "****");
-        }
-        return Err(ToolError::Failed {
+    match child.run().await {
+        Ok(ran) => Ok(ran.stdout),
+        Err(ProcessError::Exit { code, stderr, .. }) => Err(ToolError::Failed {
             program,
             args: args.join(" "),
-            status: output.status.to_string(),
-            stderr: last_lines(&stderr, 8),
-        });
+            status: describe_exit(code),
+            stderr: last_lines(stderr.trim(), 8),
+        }),
+        Err(ProcessError::Spawn { source, .. }) => Err(ToolError::Spawn { program, source }),
+        Err(error @ ProcessError::TimedOut { .. }) => Err(ToolError::Spawn {
+            program,
+            source: std::io::Error::other(error.to_string()),
+        }),
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The tool's `--version` line, if it runs.
+pub async fn version(tool: Tool) -> Option<String> {
+    let ran = Child::new(tool.program())
+        .args(["--version"])
+        .timeout(std::time::Duration::from_secs(10))
+        .run()
+        .await
+        .ok()?;
+    Some(ran.stdout.trim().to_owned())
 }
 
 fn last_lines(text: &str, count: usize) -> String {

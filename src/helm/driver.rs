@@ -10,12 +10,13 @@
 //! checked against the OCI grammar before they are written.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Classify, ExitStatus};
+use crate::process::{self, Child, ProcessError};
+use crate::settings::Environment;
 
 /// Chart values as psctl hands them to Helm.
 pub type Values = serde_json::Map<String, Value>;
@@ -220,8 +221,11 @@ impl HelmCommand {
 
     /// The argv as a shell-like line, for plans and logs (values file shown as a placeholder).
     pub fn display(&self) -> String {
-        std::iter::once(self.program.display().to_string())
-            .chain(self.args.iter().map(|a| shell_quote(a)))
+        std::iter::once(process::quote(&self.program.to_string_lossy()))
+            .chain(self.args.iter().map(|arg| match arg.as_str() {
+                VALUES_PLACEHOLDER => arg.clone(),
+                _ => process::quote(arg),
+            }))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -240,28 +244,22 @@ impl HelmCommand {
                 _ => arg.clone(),
             })
             .collect();
-        let child = tokio::process::Command::new(&self.program)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|source| HelmError::Spawn {
-                program: self.program.clone(),
-                source,
-            })?;
+        let result = Child::new(&self.program).args(args).run().await;
         drop(values_file);
-        let stdout = String::from_utf8_lossy(&child.stdout).into_owned();
-        if child.status.success() {
-            Ok(stdout)
-        } else {
-            Err(HelmError::Failed {
+        match result {
+            Ok(ran) => Ok(ran.stdout),
+            Err(ProcessError::Exit { code, stderr, .. }) => Err(HelmError::Failed {
                 command: self.display(),
-                status: child.status.code(),
-                stderr: String::from_utf8_lossy(&child.stderr).trim().to_owned(),
-            })
+                status: code,
+                stderr: stderr.trim().to_owned(),
+            }),
+            Err(ProcessError::Spawn { program, source }) => {
+                Err(HelmError::Spawn { program, source })
+            }
+            Err(error @ ProcessError::TimedOut { .. }) => Err(HelmError::Spawn {
+                program: self.program.clone(),
+                source: std::io::Error::other(error.to_string()),
+            }),
         }
     }
 }
@@ -305,18 +303,6 @@ impl PrivateFile {
     }
 }
 
-fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@<>".contains(c))
-    {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum HelmError {
     #[error("cannot run Helm at `{}`", program.display())]
@@ -356,6 +342,28 @@ impl Classify for HelmError {
             }
             _ => Vec::new(),
         }
+    }
+}
+
+/// How Helm reaches the environment's cluster.
+pub fn helm_target(environment: &Environment) -> HelmTarget {
+    HelmTarget {
+        program: resolve_program(environment.helm.as_deref()),
+        namespace: environment.namespace.clone(),
+        kube_context: environment.kube_context.clone(),
+        kubeconfig: environment.kubeconfig.clone(),
+    }
+}
+
+/// A chart path from psctl.yaml: relative paths are looked up next to the configuration file
+/// first, then in the working directory.
+pub fn resolve_chart(config: &Path, chart: &Path) -> PathBuf {
+    if chart.is_absolute() {
+        return chart.to_path_buf();
+    }
+    match config.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if dir.join(chart).exists() => dir.join(chart),
+        _ => chart.to_path_buf(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helm's release storage read directly from the cluster: Secrets named
 //! `sh.helm.release.v1.<release>.v<revision>` whose `release` key holds base64(gzip(JSON)).
 //!
+//! [`read_revisions`] is the one place revisions are read from the cluster (one list call).
 //! Decoding is pure and works on bytes as the API returns them (the API's own base64 layer is
 //! already removed by the client, leaving Helm's inner base64 string). Only the fields psctl shows
 //! are extracted; chart values and user values never leave this module because they may hold
@@ -9,7 +10,12 @@
 use std::io::Read as _;
 
 use base64::Engine as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterError;
+use crate::error::{CommandError, ExitStatus};
 
 /// Prefix of Helm's release Secret names (storage driver "secret", format v1).
 pub const SECRET_PREFIX: &str = "sh.helm.release.v1.";
@@ -282,6 +288,61 @@ pub fn secret_name(release: &str, revision: u32) -> String {
 /// Sorts revisions oldest first (by revision number, per release).
 pub fn sort_oldest_first(revisions: &mut [Revision]) {
     revisions.sort_by(|a, b| a.release.cmp(&b.release).then(a.revision.cmp(&b.revision)));
+}
+
+/// Every revision of `releases`, oldest first, from a single list call.
+pub async fn read_revisions(
+    client: &kube::Client,
+    namespace: &str,
+    releases: &[String],
+) -> Result<Vec<Revision>, CommandError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let selector = if let [release] = releases {
+        format!("{},name={release}", OWNER_SELECTOR)
+    } else {
+        OWNER_SELECTOR.to_owned()
+    };
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(ClusterError::api(format!(
+            "listing Helm release Secrets in namespace `{namespace}`"
+        )))?;
+    decode_secrets(list.items, releases)
+}
+
+/// Decodes the release Secrets belonging to `releases`, oldest first. Pure.
+pub fn decode_secrets(
+    secrets: Vec<Secret>,
+    releases: &[String],
+) -> Result<Vec<Revision>, CommandError> {
+    let mut revisions = Vec::new();
+    for secret in secrets {
+        let Some(name) = secret.metadata.name.as_deref() else {
+            continue;
+        };
+        let Some((release, _)) = parse_secret_name(name) else {
+            continue;
+        };
+        if !releases.iter().any(|r| r == release) {
+            continue;
+        }
+        let payload = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get("release"))
+            .ok_or_else(|| DecodeError::MissingData {
+                secret: name.to_owned(),
+            })
+            .map_err(|e| CommandError::new(ExitStatus::Usage, e))?;
+        let revision = decode_release(name, &payload.0).map_err(|e| {
+            CommandError::new(ExitStatus::Usage, e)
+                .hint("the Secret was not written by Helm 3 or later; inspect it with kubectl")
+        })?;
+        revisions.push(revision);
+    }
+    sort_oldest_first(&mut revisions);
+    Ok(revisions)
 }
 
 #[cfg(test)]

@@ -744,21 +744,9 @@ impl PlannedStep {
             return format!("(ask: {})", self.message.as_deref().unwrap_or("continue?"));
         }
         let mut words = vec!["psctl".to_owned()];
-        words.extend(self.command.iter().map(|w| shell_word(w)));
-        words.push(format!("--env {}", shell_word(environment)));
+        words.extend(self.command.iter().map(|w| crate::process::quote(w)));
+        words.push(format!("--env {}", crate::process::quote(environment)));
         words.join(" ")
-    }
-}
-
-fn shell_word(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._:/@+-,=".contains(c))
-    {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 

@@ -1,12 +1,13 @@
 //! Container registries over the distribution HTTP API v2: where a manifest lives, and what a
 //! tag currently points at (its manifest digest and image configuration digest).
 //!
-//! Shared by `deploy` (the tag must exist) and `build` (a tag must never be overwritten with
-//! other content). Anonymous access only; loopback registries are spoken to over plain HTTP.
+//! Shared by `deploy` and `canary` ([`preflight`]: the tag must exist) and `build` (a tag must
+//! never be overwritten with other content): one client, one policy for 401/403/404/5xx. Anonymous access only; loopback registries are spoken to over plain HTTP.
 
 use std::time::Duration;
 
-use crate::error::{Classify, ExitStatus};
+use crate::error::{Classify, CommandError, ExitStatus};
+use crate::output::{CheckState, Output};
 
 /// Every manifest media type psctl accepts, most specific first.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -312,9 +313,118 @@ pub fn parse_manifest(
     })
 }
 
+/// What a preflight does with the registry's answer about a tag: the one policy of every
+/// command that checks an image before changing anything (deploy, canary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagCheck {
+    /// The tag exists.
+    Present,
+    /// The registry says the tag does not exist: the pods would fail with ErrImagePull (exit 1).
+    Absent,
+    /// The registry wants credentials psctl does not have: the cluster may still pull it with
+    /// its own pull secret, so this is a warning, not a refusal.
+    NotVerified,
+}
+
+/// The preflight's reading of [`Registry::manifest`]'s answer; any other failure (unreachable,
+/// 5xx, an unreadable manifest) is an error the caller reports as exit 3. Pure.
+pub fn tag_check(
+    answer: Result<Option<RemoteManifest>, RegistryError>,
+) -> Result<TagCheck, RegistryError> {
+    match answer {
+        Ok(Some(_)) => Ok(TagCheck::Present),
+        Ok(None) => Ok(TagCheck::Absent),
+        Err(RegistryError::Unauthorized { .. }) => Ok(TagCheck::NotVerified),
+        Err(error) => Err(error),
+    }
+}
+
+/// Checks that every `(image, tag)` exists under `registry` before anything changes, printing
+/// one check line per image. `None` (no registry configured) skips the check.
+pub async fn preflight(
+    registry: Option<&str>,
+    images: &[(&str, &str)],
+    output: &Output,
+) -> Result<(), CommandError> {
+    let Some(registry) = registry else {
+        output.check(
+            CheckState::Skip,
+            "image tag",
+            "no registry configured for the environment",
+        );
+        return Ok(());
+    };
+    let client = Registry::new(registry)?;
+    for (image, tag) in images {
+        let reference = format!("{registry}/{image}:{tag}");
+        match tag_check(client.manifest(image, tag).await) {
+            Ok(TagCheck::Present) => {
+                output.check(CheckState::Ok, "image tag", &format!("{reference} exists"));
+            }
+            Ok(TagCheck::Absent) => {
+                output.check(
+                    CheckState::Fail,
+                    "image tag",
+                    &format!("{reference} is not in the registry: pods would fail with ErrImagePull / ImagePullBackOff"),
+                );
+                return Err(CommandError::verification(anyhow::anyhow!(
+                    "image {reference} does not exist (deploying it would end in ErrImagePull/ImagePullBackOff); nothing was changed"
+                ))
+                .hint(format!(
+                    "build and push it first (`psctl build`), or pick an existing tag; list tags at {}",
+                    tags_url(registry, image)
+                )));
+            }
+            Ok(TagCheck::NotVerified) => {
+                output.check(
+                    CheckState::Warn,
+                    "image tag",
+                    &format!("{reference}: the registry needs credentials psctl does not have; not verified"),
+                );
+            }
+            Err(error) => {
+                let line = match &error {
+                    RegistryError::Unreachable { .. } => format!("registry {registry} unreachable"),
+                    other => format!("{reference}: {other}"),
+                };
+                output.check(CheckState::Fail, "image tag", &line);
+                return Err(error.into());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_policy_reads_every_registry_answer() {
+        let (registry, url) = ("r".to_owned(), "u".to_owned());
+        let manifest = RemoteManifest {
+            digest: "sha256:a".into(),
+            config_digest: None,
+            media_type: "m".into(),
+        };
+        assert_eq!(tag_check(Ok(Some(manifest))).unwrap(), TagCheck::Present);
+        assert_eq!(tag_check(Ok(None)).unwrap(), TagCheck::Absent);
+        for status in [401, 403] {
+            let answer = Err(RegistryError::Unauthorized {
+                registry: registry.clone(),
+                url: url.clone(),
+                status,
+            });
+            assert_eq!(tag_check(answer).unwrap(), TagCheck::NotVerified);
+        }
+        let error = tag_check(Err(RegistryError::Status {
+            registry,
+            url,
+            status: 503,
+        }))
+        .unwrap_err();
+        assert_eq!(error.exit_status(), ExitStatus::Unreachable);
+    }
 
     #[test]
     fn tags_follow_the_oci_grammar() {

@@ -1,8 +1,10 @@
 //! The runtime Secret's values without ever showing them: env-file parsing, keyed fingerprints,
 //! the per-key diff `psctl secrets apply` prints and the per-key report of `psctl secrets check`.
 //!
-//! Pure: no cluster access here (see `commands::secrets`). Values live in [`SecretString`] and
+//! Pure, but for `cluster` (reading the Secret and the fingerprint key). Values live in [`SecretString`] and
 //! only leave as bytes for the Secret's `data`; every message names keys and line numbers only.
+
+pub mod cluster;
 
 use std::collections::BTreeMap;
 
