@@ -3,7 +3,8 @@
 //! ConfigMap next to the component (`psctl-canary-<component>`), so the cluster, not the
 //! operator's laptop, is the source of truth. Also here: the replica split of a weight.
 //!
-//! Plain data and pure functions only; reading and writing the ConfigMap is the command's job.
+//! Plain data and pure functions only; the ConfigMap is read and written through
+//! `crate::state::ConfigMapStore` (see `canary::kube::store`).
 
 use serde::{Deserialize, Serialize};
 
@@ -11,10 +12,7 @@ use crate::canary::gate::{Evaluation, GatePolicy, Observation, StepDecision, Ste
 
 /// Bumped when the JSON shape changes incompatibly.
 pub const STATE_VERSION: u32 = 1;
-/// The ConfigMap key holding the JSON document.
-pub const STATE_KEY: &str = "state.json";
-/// Labels marking the ConfigMap as psctl's canary state.
-pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "psctl");
+/// The label naming the component on the state ConfigMap (next to `crate::state`'s own).
 pub const COMPONENT_LABEL: &str = "psctl.io/canary-component";
 /// Window records kept in the state (the oldest are dropped first).
 pub const MAX_WINDOWS: usize = 400;
