@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod db;
+pub mod deploy;
 pub mod error;
 pub mod helm;
 pub mod lock;
