@@ -182,7 +182,7 @@ impl<T: Serialize + DeserializeOwned> ConfigMapStore<T> {
             match self.write(value, version).await {
                 Ok(()) => return Ok(result),
                 Err(Write::Conflict) => continue,
-                Err(Write::Failed(error)) => return Err(error),
+                Err(Write::Failed(error)) => return Err(*error),
             }
         }
         Err(StoreError::Contended {
@@ -205,7 +205,7 @@ impl<T: Serialize + DeserializeOwned> ConfigMapStore<T> {
             match self.write(&value, Some(stored.resource_version)).await {
                 Ok(()) => return Ok(()),
                 Err(Write::Conflict) => continue,
-                Err(Write::Failed(error)) => return Err(error),
+                Err(Write::Failed(error)) => return Err(*error),
             }
         }
         Err(StoreError::Contended {
@@ -228,18 +228,18 @@ impl<T: Serialize + DeserializeOwned> ConfigMapStore<T> {
             Ok(_) => Ok(()),
             // 409: replaced meanwhile (stale resourceVersion) or created meanwhile.
             Err(kube::Error::Api(status)) if status.code == 409 => Err(Write::Conflict),
-            Err(error) => Err(Write::Failed(
+            Err(error) => Err(Write::Failed(Box::new(
                 ClusterError::api(format!("writing ConfigMap `{}`", self.name))(error).into(),
-            )),
+            ))),
         }
     }
 
     fn object(&self, value: &T, resource_version: Option<String>) -> Result<ConfigMap, Write> {
         let json = serde_json::to_string(value).map_err(|e| {
-            Write::Failed(StoreError::Encode {
+            Write::Failed(Box::new(StoreError::Encode {
                 name: self.name.clone(),
                 message: e.to_string(),
-            })
+            }))
         })?;
         Ok(config_map(
             &self.name,
@@ -252,7 +252,7 @@ impl<T: Serialize + DeserializeOwned> ConfigMapStore<T> {
 
 enum Write {
     Conflict,
-    Failed(StoreError),
+    Failed(Box<StoreError>),
 }
 
 /// The ConfigMap holding `json` under [`STATE_KEY`]. Pure.
