@@ -31,10 +31,7 @@ use crate::rollout::diagnosis::Policy;
 use crate::rollout::report::{outcome_summary, report_outcome};
 use crate::rollout::track::{self, Target};
 use crate::settings::{CanarySpec, Component, Environment};
-use crate::smoke::{
-    self, Category as SmokeCategory, Selection, SmokeContext, SmokeSettings,
-    Verdict as SmokeVerdict,
-};
+use crate::smoke::{self, Category as SmokeCategory, Selection, SmokeContext, SmokeSettings};
 use crate::state::{ConfigMapStore, StoreError};
 
 /// How long the per-step smoke checks keep retrying while new canary pods settle.
@@ -456,16 +453,7 @@ impl Backend for KubeBackend<'_> {
         let report = smoke::run(&smoke_context, &selection)
             .await
             .map_err(|error| error.to_string())?;
-        for check in &report.checks {
-            let state = match check.result {
-                SmokeVerdict::Pass => CheckState::Ok,
-                SmokeVerdict::Fail => CheckState::Fail,
-                SmokeVerdict::Skipped => CheckState::Skip,
-            };
-            self.context
-                .output
-                .check(state, &format!("smoke {}", check.name), &check.evidence);
-        }
+        report.print_checks(self.context.output);
         if report.passed() {
             Ok(format!(
                 "{} canary pod(s) on {}; smoke {}",
@@ -474,11 +462,7 @@ impl Backend for KubeBackend<'_> {
                 report.summary_line()
             ))
         } else {
-            Err(report
-                .failures()
-                .map(|c| format!("{}: {}", c.name, c.evidence))
-                .collect::<Vec<_>>()
-                .join("; "))
+            Err(report.failure_summary())
         }
     }
 

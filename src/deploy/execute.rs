@@ -17,10 +17,7 @@ use crate::rollout::diagnosis::Policy;
 use crate::rollout::report::{outcome_summary, report_outcome};
 use crate::rollout::track::{self, Outcome, Target};
 use crate::settings::Environment;
-use crate::smoke::{
-    self, Category as SmokeCategory, Selection, SmokeContext, SmokeSettings,
-    Verdict as SmokeVerdict,
-};
+use crate::smoke::{self, Category as SmokeCategory, Selection, SmokeContext, SmokeSettings};
 
 /// How long post-rollout smoke checks keep retrying while the new pods settle.
 pub const POST_DEPLOY_SMOKE_WAIT: Duration = Duration::from_secs(30);
@@ -156,12 +153,28 @@ pub struct KubeDeploy<'a> {
 }
 
 impl KubeDeploy<'_> {
-    fn target(&self, step: &PlanStep) -> Target {
-        Target {
+    /// Watches the step's Deployment to its verdict and prints it as `<what> <deployment>`.
+    async fn tracked(&self, step: &PlanStep, what: &str) -> Result<Outcome, String> {
+        let target = Target {
             namespace: self.environment.namespace.clone(),
             deployment: step.deployment.clone(),
             selector: step.selector.clone(),
-        }
+        };
+        let outcome = track::track(
+            self.client,
+            &target,
+            &Policy::default(),
+            self.timeout,
+            self.output,
+        )
+        .await
+        .map_err(|error| error.to_string())?;
+        report_outcome(
+            self.output,
+            &format!("{what} {}", step.deployment),
+            &outcome,
+        );
+        Ok(outcome)
     }
 }
 
@@ -181,21 +194,7 @@ impl DeployBackend for KubeDeploy<'_> {
     }
 
     async fn track(&self, step: &PlanStep) -> Result<Outcome, String> {
-        let outcome = track::track(
-            self.client,
-            &self.target(step),
-            &Policy::default(),
-            self.timeout,
-            self.output,
-        )
-        .await
-        .map_err(|error| error.to_string())?;
-        report_outcome(
-            self.output,
-            &format!("rollout {}", step.deployment),
-            &outcome,
-        );
-        Ok(outcome)
+        self.tracked(step, "rollout").await
     }
 
     async fn verify(&self, step: &PlanStep) -> Result<(), String> {
@@ -229,20 +228,7 @@ impl DeployBackend for KubeDeploy<'_> {
             );
             return Ok(());
         }
-        let outcome = track::track(
-            self.client,
-            &self.target(step),
-            &Policy::default(),
-            self.timeout,
-            self.output,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        report_outcome(
-            self.output,
-            &format!("rollback {}", step.deployment),
-            &outcome,
-        );
+        let outcome = self.tracked(step, "rollback").await?;
         if outcome.is_complete() {
             Ok(())
         } else {
@@ -299,24 +285,13 @@ pub async fn verify_component(
     let report = smoke::run(&context, &selection)
         .await
         .map_err(|error| error.to_string())?;
-    for check in &report.checks {
-        let state = match check.result {
-            SmokeVerdict::Pass => CheckState::Ok,
-            SmokeVerdict::Fail => CheckState::Fail,
-            SmokeVerdict::Skipped => CheckState::Skip,
-        };
-        output.check(state, &format!("smoke {}", check.name), &check.evidence);
-    }
+    report.print_checks(output);
     if report.passed() {
         Ok(())
     } else {
         Err(format!(
             "post-deploy smoke failed: {}",
-            report
-                .failures()
-                .map(|c| format!("{}: {}", c.name, c.evidence))
-                .collect::<Vec<_>>()
-                .join("; ")
+            report.failure_summary()
         ))
     }
 }

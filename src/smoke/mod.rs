@@ -288,6 +288,28 @@ impl SmokeReport {
         }
     }
 
+    /// Prints every check as a `smoke <name>` check line (the post-rollout checks of deploy
+    /// and of each canary step).
+    pub fn print_checks(&self, output: &crate::output::Output) {
+        use crate::output::CheckState;
+        for check in &self.checks {
+            let state = match check.result {
+                Verdict::Pass => CheckState::Ok,
+                Verdict::Fail => CheckState::Fail,
+                Verdict::Skipped => CheckState::Skip,
+            };
+            output.check(state, &format!("smoke {}", check.name), &check.evidence);
+        }
+    }
+
+    /// `; `-joined `name: evidence` of every failed check.
+    pub fn failure_summary(&self) -> String {
+        self.failures()
+            .map(|c| format!("{}: {}", c.name, c.evidence))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// `Total: N  Passed: N  Failed: N  Skipped: N`.
     pub fn summary_line(&self) -> String {
         let Summary {
