@@ -32,7 +32,7 @@ use crate::cli::{
     CanaryCommand, CanaryInconclusive, CanaryPromoteArgs, CanaryResumeArgs, CanaryStartArgs,
     CanaryStatusArgs, CanaryTargetArgs,
 };
-use crate::cluster::{self, ClusterError, is_not_found};
+use crate::cluster::{self, ClusterError, is_not_found, ownership};
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::helm::driver::{self, HelmCommand, HelmTarget, UpgradeSpec};
 use crate::helm::revision;
@@ -51,7 +51,7 @@ use crate::smoke::{
 pub const SMOKE_WAIT: Duration = Duration::from_secs(30);
 
 /// The field manager of the canary Deployment's server-side applies.
-pub const FIELD_MANAGER: &str = "psctl-canary";
+pub const FIELD_MANAGER: &str = ownership::CANARY;
 /// Annotation on the canary Deployment naming the tag under test.
 pub const TAG_ANNOTATION: &str = "psctl.io/canary-tag";
 
@@ -1362,12 +1362,31 @@ impl<'a> KubeBackend<'a> {
     async fn scale(&self, deployment: &str, replicas: i32) -> Result<(), String> {
         let patch = serde_json::json!({"spec": {"replicas": replicas}});
         self.deployments
-            .patch_scale(deployment, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_scale(
+                deployment,
+                &ownership::patch_params(FIELD_MANAGER),
+                &Patch::Merge(&patch),
+            )
             .await
             .map(|_| ())
             .map_err(|e| {
                 format!(
                     "scaling `{deployment}` to {replicas}: {}",
+                    cluster::describe(&e)
+                )
+            })
+    }
+
+    /// Gives the stable Deployment's replicas back to Helm (see `cluster::ownership`): before
+    /// Helm applies the release again, and once stable holds its final count.
+    async fn hand_back_stable(&self, run: &CanaryRun) -> Result<(), String> {
+        ownership::hand_back(&self.deployments, &run.stable_deployment, &[FIELD_MANAGER])
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "handing the replicas of `{}` back to Helm: {}",
+                    run.stable_deployment,
                     cluster::describe(&e)
                 )
             })
@@ -1653,6 +1672,7 @@ impl Backend for KubeBackend<'_> {
                 description: &format!("psctl canary promote {}", run.tag),
             })
             .map_err(|e| e.to_string())?;
+        self.hand_back_stable(run).await?;
         self.context.output.info(format!("  {}", command.display()));
         command.run().await.map_err(|e| e.to_string())?;
         self.wait(&run.stable_deployment, STABLE_TRACK).await?;
@@ -1668,6 +1688,7 @@ impl Backend for KubeBackend<'_> {
             self.scale(&run.stable_deployment, run.stable_replicas)
                 .await?;
             self.wait(&run.stable_deployment, STABLE_TRACK).await?;
+            self.hand_back_stable(run).await?;
         }
         match self
             .deployments
@@ -1704,6 +1725,7 @@ impl Backend for KubeBackend<'_> {
         if let Some(recorded) = run.stable_revision {
             let current = self.deployed_revision(&run.release).await?;
             if current.is_some_and(|c| c != recorded) {
+                self.hand_back_stable(run).await?;
                 let command = self.context.helm.rollback(&run.release, recorded);
                 self.context.output.info(format!("  {}", command.display()));
                 command.run().await.map_err(|e| e.to_string())?;
@@ -1727,6 +1749,7 @@ impl Backend for KubeBackend<'_> {
         self.scale(&run.stable_deployment, run.stable_replicas)
             .await?;
         self.wait(&run.stable_deployment, STABLE_TRACK).await?;
+        self.hand_back_stable(run).await?;
         done.push(format!(
             "stable `{}` restored to {} replica(s)",
             run.stable_deployment, run.stable_replicas
