@@ -57,7 +57,11 @@ struct Setup {
 impl Setup {
     async fn new() -> Self {
         let base = psctl::settings::file::load(&sandbox_config()).expect("valid psctl.yaml");
-        let environment = base.environments.get("sandbox").expect("environment `sandbox`").clone();
+        let environment = base
+            .environments
+            .get("sandbox")
+            .expect("environment `sandbox`")
+            .clone();
         let namespace = format!("e2e-ownership-{}", std::process::id());
         let kubeconfig = environment.kubeconfig.clone().expect("a kubeconfig");
         let helm = environment.helm.clone().expect("a helm");
@@ -81,7 +85,9 @@ impl Setup {
         std::fs::write(config.path(), text).unwrap();
         let mut e2e = environment.clone();
         e2e.namespace = namespace.clone();
-        let client = psctl::cluster::connect(&e2e).await.expect("the sandbox answers");
+        let client = psctl::cluster::connect(&e2e)
+            .await
+            .expect("the sandbox answers");
         let object: Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
         Api::<Namespace>::all(client.clone())
@@ -200,17 +206,27 @@ async fn helm_upgrades_after_the_kill_switch_without_forcing_conflicts() {
     assert_eq!(deployment.spec.as_ref().and_then(|s| s.replicas), Some(0));
     assert_eq!(
         replica_owners(&deployment),
-        vec![("psctl-kill-switch".to_owned(), "Update".to_owned(), String::new())]
+        vec![(
+            "psctl-kill-switch".to_owned(),
+            "Update".to_owned(),
+            String::new()
+        )]
     );
 
     // While the switch is on, an upgrade run by hand cannot bring traffic back silently.
     let (code, _, stderr) = setup.helm_upgrade(2);
-    assert_ne!(code, 0, "the upgrade must conflict while the kill switch is on");
+    assert_ne!(
+        code, 0,
+        "the upgrade must conflict while the kill switch is on"
+    );
     assert!(
         stderr.contains("conflict with \"psctl-kill-switch\" using apps/v1: .spec.replicas"),
         "{stderr}"
     );
-    assert_eq!(setup.deployment().await.spec.and_then(|s| s.replicas), Some(0));
+    assert_eq!(
+        setup.deployment().await.spec.and_then(|s| s.replicas),
+        Some(0)
+    );
 
     let (code, _, stderr) = setup.psctl(&["kill-switch", "off"]);
     assert_eq!(code, 0, "{stderr}");

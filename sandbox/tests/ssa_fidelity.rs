@@ -77,8 +77,7 @@ fn server_side_apply_conflicts_are_refused_shared_when_equal_and_forced_on_reque
     assert_eq!(applied["fieldsType"], "FieldsV1");
     assert!(applied["time"].is_string(), "{applied}");
     assert!(applied.get("subresource").is_none(), "{applied}");
-    let container = &applied["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]
-        ["k:{\"name\":\"web\"}"];
+    let container = &applied["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"];
     assert_eq!(container["."], serde_json::json!({}), "{applied}");
     assert_eq!(container["f:image"], serde_json::json!({}));
     assert_eq!(
@@ -86,7 +85,10 @@ fn server_side_apply_conflicts_are_refused_shared_when_equal_and_forced_on_reque
         serde_json::json!({}),
         "{applied}"
     );
-    assert_eq!(applied["fieldsV1"]["f:spec"]["f:selector"], serde_json::json!({}));
+    assert_eq!(
+        applied["fieldsV1"]["f:spec"]["f:selector"],
+        serde_json::json!({})
+    );
     assert!(applied["fieldsV1"]["f:metadata"].get("f:name").is_none());
     // The defaulted fields the applier did not send belong to nobody.
     assert!(container.get("f:imagePullPolicy").is_none(), "{applied}");
@@ -102,7 +104,10 @@ fn server_side_apply_conflicts_are_refused_shared_when_equal_and_forced_on_reque
         refused.stderr
     );
     let object = with_fields(&namespace, "deployment", "web");
-    assert_eq!(object["spec"]["template"]["spec"]["containers"][0]["image"], base.as_str());
+    assert_eq!(
+        object["spec"]["template"]["spec"]["containers"][0]["image"],
+        base.as_str()
+    );
 
     // The same value is shared ownership, not a conflict.
     apply(&namespace, "team-b", &deployment(1, &base), &[]).ok("same values");
@@ -113,9 +118,18 @@ fn server_side_apply_conflicts_are_refused_shared_when_equal_and_forced_on_reque
     }
 
     // --force-conflicts takes the image over.
-    apply(&namespace, "team-b", &deployment(1, &other), &["--force-conflicts"]).ok("forced");
+    apply(
+        &namespace,
+        "team-b",
+        &deployment(1, &other),
+        &["--force-conflicts"],
+    )
+    .ok("forced");
     let object = with_fields(&namespace, "deployment", "web");
-    assert_eq!(object["spec"]["template"]["spec"]["containers"][0]["image"], other.as_str());
+    assert_eq!(
+        object["spec"]["template"]["spec"]["containers"][0]["image"],
+        other.as_str()
+    );
     let team_a = entry(&object, "team-a", "Apply").expect("team-a keeps the rest");
     assert!(
         team_a["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]
@@ -151,7 +165,10 @@ fn kubectl_scale_owns_replicas_and_a_reapply_conflicts_until_forced() {
         "{scaler}"
     );
     let deployer = entry(&object, "deployer", "Apply").expect("the applier's entry");
-    assert!(!owns_replicas(deployer), "the scale took .spec.replicas: {deployer}");
+    assert!(
+        !owns_replicas(deployer),
+        "the scale took .spec.replicas: {deployer}"
+    );
 
     let manager = scaler["manager"].as_str().expect("a manager name");
     let refused = apply(&namespace, "deployer", &deployment(1, &base), &[]);
@@ -166,7 +183,13 @@ fn kubectl_scale_owns_replicas_and_a_reapply_conflicts_until_forced() {
     // Applying the value the scale set is no conflict.
     apply(&namespace, "deployer", &deployment(0, &base), &[]).ok("same replicas");
 
-    apply(&namespace, "deployer", &deployment(1, &base), &["--force-conflicts"]).ok("forced");
+    apply(
+        &namespace,
+        "deployer",
+        &deployment(1, &base),
+        &["--force-conflicts"],
+    )
+    .ok("forced");
     let object = with_fields(&namespace, "deployment", "web");
     assert_eq!(object["spec"]["replicas"], 1);
     assert!(
@@ -177,14 +200,26 @@ fn kubectl_scale_owns_replicas_and_a_reapply_conflicts_until_forced() {
             .all(|e| e["subresource"] != "scale"),
         "{object}"
     );
-    assert!(owns_replicas(entry(&object, "deployer", "Apply").expect("entry")));
+    assert!(owns_replicas(
+        entry(&object, "deployer", "Apply").expect("entry")
+    ));
 
     // A merge patch is an Update too: it owns what it changed.
     namespace
-        .kubectl(&["patch", "deployment", "web", "--type=merge", "-p", r#"{"spec":{"replicas":2}}"#, "--field-manager=patcher"])
+        .kubectl(&[
+            "patch",
+            "deployment",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+            "--field-manager=patcher",
+        ])
         .ok("patch");
     let object = with_fields(&namespace, "deployment", "web");
-    assert!(owns_replicas(entry(&object, "patcher", "Update").expect("patcher's entry")));
+    assert!(owns_replicas(
+        entry(&object, "patcher", "Update").expect("patcher's entry")
+    ));
 }
 
 #[test]
@@ -194,11 +229,21 @@ fn fields_an_applier_stops_applying_are_removed_unless_another_manager_owns_them
     let config = |data: &str| {
         format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n{data}")
     };
-    apply(&namespace, "owner", &config("  a: \"1\"\n  b: \"2\"\n  c: \"3\"\n"), &[]).ok("apply");
+    apply(
+        &namespace,
+        "owner",
+        &config("  a: \"1\"\n  b: \"2\"\n  c: \"3\"\n"),
+        &[],
+    )
+    .ok("apply");
     apply(&namespace, "other", &config("  c: \"3\"\n"), &[]).ok("shared c");
     apply(&namespace, "owner", &config("  a: \"1\"\n"), &[]).ok("drop b and c");
     let object = with_fields(&namespace, "configmap", "settings");
-    assert_eq!(object["data"], serde_json::json!({"a": "1", "c": "3"}), "{object}");
+    assert_eq!(
+        object["data"],
+        serde_json::json!({"a": "1", "c": "3"}),
+        "{object}"
+    );
     assert_eq!(
         entry(&object, "owner", "Apply").expect("owner")["fieldsV1"],
         serde_json::json!({"f:data": {"f:a": {}}})
@@ -212,11 +257,17 @@ fn fields_an_applier_stops_applying_are_removed_unless_another_manager_owns_them
         .as_array()
         .expect("managedFields")
         .iter()
-        .find(|e| e["fieldsV1"]["f:metadata"]["f:annotations"].get("f:note").is_some())
+        .find(|e| {
+            e["fieldsV1"]["f:metadata"]["f:annotations"]
+                .get("f:note")
+                .is_some()
+        })
         .expect("someone owns the annotation")
         .clone();
     assert!(
-        annotator["manager"].as_str().is_some_and(|m| m.starts_with("kubectl")),
+        annotator["manager"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("kubectl")),
         "{annotator}"
     );
     assert_eq!(annotator["operation"], "Update");
@@ -241,24 +292,63 @@ fn helm_installs_server_side_and_upgrades_follow_the_recorded_apply_method() {
     let ns = namespace.name.as_str();
 
     // A new install applies server-side as the field manager `helm`.
-    sandbox.helm(&["install", "demo", &chart, "-n", ns]).ok("install");
+    sandbox
+        .helm(&["install", "demo", &chart, "-n", ns])
+        .ok("install");
     assert_eq!(configmap_entry(&namespace, "helm")["operation"], "Apply");
 
     // Someone edits the greeting; the next upgrade (auto: server-side, as recorded) conflicts...
     namespace
-        .kubectl(&["patch", "configmap", "demo-settings", "--type=merge", "-p", r#"{"data":{"greeting":"hi"}}"#, "--field-manager=editor"])
+        .kubectl(&[
+            "patch",
+            "configmap",
+            "demo-settings",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"greeting":"hi"}}"#,
+            "--field-manager=editor",
+        ])
         .ok("edit");
-    let refused = sandbox.helm(&["upgrade", "demo", &chart, "-n", ns, "--set", "greeting=bonjour"]);
+    let refused = sandbox.helm(&[
+        "upgrade",
+        "demo",
+        &chart,
+        "-n",
+        ns,
+        "--set",
+        "greeting=bonjour",
+    ]);
     assert_ne!(refused.code, 0, "{}", refused.stdout);
-    assert!(refused.stderr.contains("UPGRADE FAILED"), "{}", refused.stderr);
-    assert!(refused.stderr.contains("conflict with \"editor\""), "{}", refused.stderr);
-    assert!(refused.stderr.contains(".data.greeting"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("UPGRADE FAILED"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("conflict with \"editor\""),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains(".data.greeting"),
+        "{}",
+        refused.stderr
+    );
     let greeting = namespace.get_json(&["get", "configmap", "demo-settings"]);
     assert_eq!(greeting["data"]["greeting"], "hi");
 
     // ...unless forced, which takes the field back.
     sandbox
-        .helm(&["upgrade", "demo", &chart, "-n", ns, "--set", "greeting=bonjour", "--force-conflicts"])
+        .helm(&[
+            "upgrade",
+            "demo",
+            &chart,
+            "-n",
+            ns,
+            "--set",
+            "greeting=bonjour",
+            "--force-conflicts",
+        ])
         .ok("forced upgrade");
     let greeting = namespace.get_json(&["get", "configmap", "demo-settings"]);
     assert_eq!(greeting["data"]["greeting"], "bonjour");
@@ -272,10 +362,26 @@ fn helm_installs_server_side_and_upgrades_follow_the_recorded_apply_method() {
         .helm(&["install", "demo", &chart, "-n", ns, "--server-side=false"])
         .ok("client-side install");
     assert_eq!(configmap_entry(&csa, "helm")["operation"], "Update");
-    csa.kubectl(&["patch", "configmap", "demo-settings", "--type=merge", "-p", r#"{"data":{"greeting":"hi"}}"#, "--field-manager=editor"])
-        .ok("edit");
+    csa.kubectl(&[
+        "patch",
+        "configmap",
+        "demo-settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"greeting":"hi"}}"#,
+        "--field-manager=editor",
+    ])
+    .ok("edit");
     sandbox
-        .helm(&["upgrade", "demo", &chart, "-n", ns, "--set", "greeting=bonjour"])
+        .helm(&[
+            "upgrade",
+            "demo",
+            &chart,
+            "-n",
+            ns,
+            "--set",
+            "greeting=bonjour",
+        ])
         .ok("client-side upgrade");
     let greeting = csa.get_json(&["get", "configmap", "demo-settings"]);
     assert_eq!(greeting["data"]["greeting"], "bonjour");
@@ -284,5 +390,9 @@ fn helm_installs_server_side_and_upgrades_follow_the_recorded_apply_method() {
     // `install --server-side=auto` is refused as Helm's boolean flag refuses it.
     let refused = sandbox.helm(&["install", "other", &chart, "-n", ns, "--server-side=auto"]);
     assert_ne!(refused.code, 0);
-    assert!(refused.stderr.contains("invalid argument \"auto\""), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("invalid argument \"auto\""),
+        "{}",
+        refused.stderr
+    );
 }

@@ -97,8 +97,7 @@ pub async fn hand_back(
         {
             Ok(_) => return Ok(true),
             // The object changed between the read and the patch: read it again.
-            Err(kube::Error::Api(status))
-                if status.code == 409 && attempts < 5 => {}
+            Err(kube::Error::Api(status)) if status.code == 409 && attempts < 5 => {}
             Err(error) => return Err(error),
         }
     }

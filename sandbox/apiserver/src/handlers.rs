@@ -771,7 +771,13 @@ impl State {
                 }
             }
             return self
-                .create_as(info, namespace, incoming, dry_run, Ownership::Update(writer))
+                .create_as(
+                    info,
+                    namespace,
+                    incoming,
+                    dry_run,
+                    Ownership::Update(writer),
+                )
                 .map(|created| (201, created));
         }
         let stored = self.write(info, &key, dry_run, |old| {
@@ -864,7 +870,8 @@ impl State {
         }
         let stored = self.write(info, &key, dry_run, |old| {
             if kind == PatchKind::Apply {
-                let mut merged = managed::apply(Some(old), &patch_body, writer, force, scope, merge)?;
+                let mut merged =
+                    managed::apply(Some(old), &patch_body, writer, force, scope, merge)?;
                 // Applied configurations carry no resourceVersion precondition unless they set one.
                 if patch_body.pointer("/metadata/resourceVersion").is_none() {
                     merged["metadata"]["resourceVersion"] =
@@ -957,7 +964,8 @@ impl State {
             let scope = Self::scope(info, Part::Main);
             let mut new = if applied {
                 // The Scale's fields map onto the parent's: `.spec.replicas`.
-                let config = json!({ "apiVersion": info.api_version(), "spec": { "replicas": replicas } });
+                let config =
+                    json!({ "apiVersion": info.api_version(), "spec": { "replicas": replicas } });
                 managed::apply(Some(old), &config, &writer, force, scope, |live, config| {
                     patch::strategic_merge(live, config, "")
                 })?

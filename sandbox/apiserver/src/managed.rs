@@ -238,8 +238,14 @@ enum ListKind {
 fn list_kind(field: &str, items: &[Value]) -> ListKind {
     let sample = items.first();
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "resourceClaims" | "secrets" => ListKind::Map(&["name"]),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "secrets" => ListKind::Map(&["name"]),
         "volumeMounts" => ListKind::Map(&["mountPath"]),
         "volumeDevices" => ListKind::Map(&["devicePath"]),
         "hostAliases" => ListKind::Map(&["ip"]),
@@ -524,7 +530,10 @@ fn ignored(path: &[String], scope: Scope) -> bool {
     match path.first().map(String::as_str) {
         Some("f:apiVersion" | "f:kind") => true,
         Some("f:metadata") => {
-            path.len() == 1 || path.get(1).is_some_and(|second| META.contains(&second.as_str()))
+            path.len() == 1
+                || path
+                    .get(1)
+                    .is_some_and(|second| META.contains(&second.as_str()))
         }
         Some("f:status") => matches!(
             scope,
@@ -554,13 +563,20 @@ fn store_entries(object: &mut Value, mut entries: Vec<Entry>) {
     entries.retain(|entry| !entry.fields.is_empty());
     // The real server's order: operation, then time, manager, apiVersion, subresource.
     entries.sort_by(|a, b| {
-        (&a.operation, &a.time, &a.manager, &a.api_version, &a.subresource).cmp(&(
-            &b.operation,
-            &b.time,
-            &b.manager,
-            &b.api_version,
-            &b.subresource,
-        ))
+        (
+            &a.operation,
+            &a.time,
+            &a.manager,
+            &a.api_version,
+            &a.subresource,
+        )
+            .cmp(&(
+                &b.operation,
+                &b.time,
+                &b.manager,
+                &b.api_version,
+                &b.subresource,
+            ))
     });
     let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
         return;
@@ -932,8 +948,15 @@ mod tests {
 
     #[test]
     fn apply_then_scale_then_reapply_conflicts_until_forced() {
-        let applied = apply(None, &deployment(2, "web:1"), &writer("helm"), false, MAIN, merge)
-            .expect("first apply");
+        let applied = apply(
+            None,
+            &deployment(2, "web:1"),
+            &writer("helm"),
+            false,
+            MAIN,
+            merge,
+        )
+        .expect("first apply");
         let mut scaled = applied.clone();
         scaled["spec"]["replicas"] = json!(5);
         record_update(
@@ -953,59 +976,133 @@ mod tests {
             json!({ "f:spec": { "f:replicas": {} } })
         );
         let helm = entries.iter().find(|e| e.manager == "helm").expect("helm");
-        assert!(!helm.fields.contains(&vec!["f:spec".into(), "f:replicas".into()]));
+        assert!(
+            !helm
+                .fields
+                .contains(&vec!["f:spec".into(), "f:replicas".into()])
+        );
 
-        let error = apply(Some(&scaled), &deployment(3, "web:1"), &writer("helm"), false, MAIN, merge)
-            .expect_err("conflict");
+        let error = apply(
+            Some(&scaled),
+            &deployment(3, "web:1"),
+            &writer("helm"),
+            false,
+            MAIN,
+            merge,
+        )
+        .expect_err("conflict");
         assert_eq!(error.code, 409);
         assert_eq!(
             error.message,
             "Apply failed with 1 conflict: conflict with \"kubectl\" using apps/v1: .spec.replicas"
         );
-        assert_eq!(error.details.as_ref().unwrap()["causes"][0]["reason"], "FieldManagerConflict");
+        assert_eq!(
+            error.details.as_ref().unwrap()["causes"][0]["reason"],
+            "FieldManagerConflict"
+        );
 
         // The same value is shared, not a conflict.
-        let shared = apply(Some(&scaled), &deployment(5, "web:1"), &writer("helm"), false, MAIN, merge)
-            .expect("same value");
+        let shared = apply(
+            Some(&scaled),
+            &deployment(5, "web:1"),
+            &writer("helm"),
+            false,
+            MAIN,
+            merge,
+        )
+        .expect("same value");
         let owners: Vec<_> = entries_of(&shared)
             .into_iter()
-            .filter(|e| e.fields.contains(&vec!["f:spec".into(), "f:replicas".into()]))
+            .filter(|e| {
+                e.fields
+                    .contains(&vec!["f:spec".into(), "f:replicas".into()])
+            })
             .map(|e| e.manager)
             .collect();
         assert_eq!(owners, vec!["helm".to_owned(), "kubectl".to_owned()]);
 
-        let forced = apply(Some(&scaled), &deployment(3, "web:1"), &writer("helm"), true, MAIN, merge)
-            .expect("forced");
+        let forced = apply(
+            Some(&scaled),
+            &deployment(3, "web:1"),
+            &writer("helm"),
+            true,
+            MAIN,
+            merge,
+        )
+        .expect("forced");
         assert_eq!(forced["spec"]["replicas"], 3);
         assert!(entries_of(&forced).iter().all(|e| e.subresource != "scale"));
     }
 
     #[test]
     fn fields_a_manager_stops_applying_are_pruned_unless_someone_else_owns_them() {
-        let applied = apply(None, &deployment(2, "web:1"), &writer("helm"), false, MAIN, merge)
-            .expect("apply");
+        let applied = apply(
+            None,
+            &deployment(2, "web:1"),
+            &writer("helm"),
+            false,
+            MAIN,
+            merge,
+        )
+        .expect("apply");
         let mut without = deployment(2, "web:1");
         without["spec"].as_object_mut().unwrap().remove("replicas");
-        without["metadata"].as_object_mut().unwrap().remove("labels");
-        let pruned = apply(Some(&applied), &without, &writer("helm"), false, MAIN, merge).expect("apply");
+        without["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("labels");
+        let pruned = apply(
+            Some(&applied),
+            &without,
+            &writer("helm"),
+            false,
+            MAIN,
+            merge,
+        )
+        .expect("apply");
         assert!(pruned["spec"].get("replicas").is_none());
-        assert!(pruned["metadata"].get("labels").is_none_or(|l| l.get("app").is_none()));
+        assert!(
+            pruned["metadata"]
+                .get("labels")
+                .is_none_or(|l| l.get("app").is_none())
+        );
 
         // Another applier sets the same label value: shared, so helm's withdrawal keeps it.
         let label = json!({ "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": "web", "labels": { "app": "web" } } });
-        let shared = apply(Some(&applied), &label, &writer("labeller"), false, MAIN, merge).expect("shared");
-        let kept = apply(Some(&shared), &without, &writer("helm"), false, MAIN, merge).expect("apply");
+        let shared = apply(
+            Some(&applied),
+            &label,
+            &writer("labeller"),
+            false,
+            MAIN,
+            merge,
+        )
+        .expect("shared");
+        let kept =
+            apply(Some(&shared), &without, &writer("helm"), false, MAIN, merge).expect("apply");
         assert_eq!(kept["metadata"]["labels"]["app"], "web");
         assert!(kept["spec"].get("replicas").is_none());
-        let labeller = entries_of(&kept).into_iter().find(|e| e.manager == "labeller").expect("labeller");
-        assert_eq!(encode(&labeller.fields), json!({ "f:metadata": { "f:labels": { "f:app": {} } } }));
+        let labeller = entries_of(&kept)
+            .into_iter()
+            .find(|e| e.manager == "labeller")
+            .expect("labeller");
+        assert_eq!(
+            encode(&labeller.fields),
+            json!({ "f:metadata": { "f:labels": { "f:app": {} } } })
+        );
     }
 
     #[test]
     fn updates_own_what_they_change_and_clear_with_an_empty_entry() {
         let created = {
             let mut object = deployment(1, "web:1");
-            record_update(None, &mut object, &writer("kubectl-create"), MAIN, "apps/v1");
+            record_update(
+                None,
+                &mut object,
+                &writer("kubectl-create"),
+                MAIN,
+                "apps/v1",
+            );
             object
         };
         let entry = &entries_of(&created)[0];
@@ -1027,14 +1124,22 @@ mod tests {
     fn conflicts_with_several_fields_group_by_manager() {
         let error = conflict_error(&[
             ("\"a\"".into(), vec!["f:spec".into(), "f:replicas".into()]),
-            ("\"a\"".into(), vec!["f:metadata".into(), "f:finalizers".into(), "v:\"x\"".into()]),
+            (
+                "\"a\"".into(),
+                vec!["f:metadata".into(), "f:finalizers".into(), "v:\"x\"".into()],
+            ),
         ]);
         assert_eq!(
             error.message,
             "Apply failed with 2 conflicts: conflicts with \"a\":\n- .spec.replicas\n- .metadata.finalizers[=\"x\"]"
         );
         assert_eq!(
-            display(&["f:spec".into(), "f:containers".into(), "k:{\"name\":\"app\"}".into(), "f:image".into()]),
+            display(&[
+                "f:spec".into(),
+                "f:containers".into(),
+                "k:{\"name\":\"app\"}".into(),
+                "f:image".into()
+            ]),
             ".spec.containers[name=\"app\"].image"
         );
     }

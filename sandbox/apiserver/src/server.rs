@@ -600,23 +600,29 @@ async fn resource(
             Method::PUT => {
                 let body = read_body(request.into_body()).await?;
                 let object = decode_object(&content_type(&headers), &body)?;
-                let (code, stored) =
-                    state.update(&info, namespace, &name, object, Part::Main, dry_run, &writer)?;
+                let (code, stored) = state.update(
+                    &info,
+                    namespace,
+                    &name,
+                    object,
+                    Part::Main,
+                    dry_run,
+                    &writer,
+                )?;
                 Ok(json_response(code, &stored))
             }
             Method::PATCH => {
                 let kind = PatchKind::from_content_type(&content_type(&headers))?;
                 let body = read_body(request.into_body()).await?;
-                let (code, stored) =
-                    state.patch(
-                        &info,
-                        namespace,
-                        &name,
-                        (kind, &body),
-                        Part::Main,
-                        dry_run,
-                        (&writer, force),
-                    )?;
+                let (code, stored) = state.patch(
+                    &info,
+                    namespace,
+                    &name,
+                    (kind, &body),
+                    Part::Main,
+                    dry_run,
+                    (&writer, force),
+                )?;
                 Ok(json_response(code, &stored))
             }
             Method::DELETE => {

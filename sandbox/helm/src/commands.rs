@@ -396,7 +396,9 @@ pub fn release_options(apply: &ApplyArgs) -> Result<ReleaseOptions> {
         Some(other) => bail!("invalid/unknown release server-side apply method: {other}"),
     };
     if apply.force_conflicts && server_side == "false" {
-        bail!("--force-conflicts only applies with server-side apply (--server-side=false was given)");
+        bail!(
+            "--force-conflicts only applies with server-side apply (--server-side=false was given)"
+        );
     }
     Ok(ReleaseOptions {
         install: None,
@@ -633,10 +635,7 @@ mod tests {
         assert_eq!(upgrade_server_side(Some("true"), "csa").unwrap(), "true");
         assert_eq!(upgrade_server_side(Some("false"), "ssa").unwrap(), "false");
         assert!(upgrade_server_side(Some("yes"), "ssa").is_err());
-        assert_eq!(
-            apply_method(r#"{"name":"r","apply_method":"ssa"}"#),
-            "ssa"
-        );
+        assert_eq!(apply_method(r#"{"name":"r","apply_method":"ssa"}"#), "ssa");
     }
 
     #[test]
