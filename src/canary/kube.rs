@@ -20,7 +20,7 @@ use crate::canary::plan::{
 use crate::canary::queries::{self, CANARY_TRACK, STABLE_TRACK, Scope};
 use crate::canary::runner::{Backend, Observed};
 use crate::canary::state::{self, CanaryRun, OperatorRequest, RunStatus, Split};
-use crate::cluster::{self, ClusterError, is_not_found};
+use crate::cluster::{self, ClusterError, is_not_found, ownership};
 use crate::error::{CommandError, ExitStatus};
 use crate::helm::driver::{HelmTarget, UpgradeSpec};
 use crate::helm::{revision, storage};
@@ -261,12 +261,31 @@ impl<'a> KubeBackend<'a> {
     async fn scale(&self, deployment: &str, replicas: i32) -> Result<(), String> {
         let patch = serde_json::json!({"spec": {"replicas": replicas}});
         self.deployments
-            .patch_scale(deployment, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_scale(
+                deployment,
+                &ownership::patch_params(FIELD_MANAGER),
+                &Patch::Merge(&patch),
+            )
             .await
             .map(|_| ())
             .map_err(|e| {
                 format!(
                     "scaling `{deployment}` to {replicas}: {}",
+                    cluster::describe(&e)
+                )
+            })
+    }
+
+    /// Gives the stable Deployment's replicas back to Helm (see `cluster::ownership`): before
+    /// Helm applies the release again, and once stable holds its final count.
+    async fn hand_back_stable(&self, run: &CanaryRun) -> Result<(), String> {
+        ownership::hand_back(&self.deployments, &run.stable_deployment, &[FIELD_MANAGER])
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "handing the replicas of `{}` back to Helm: {}",
+                    run.stable_deployment,
                     cluster::describe(&e)
                 )
             })
@@ -535,6 +554,7 @@ impl Backend for KubeBackend<'_> {
                 description: &format!("psctl canary promote {}", run.tag),
             })
             .map_err(|e| e.to_string())?;
+        self.hand_back_stable(run).await?;
         self.context.output.info(format!("  {}", command.display()));
         command.run().await.map_err(|e| e.to_string())?;
         self.wait(&run.stable_deployment, STABLE_TRACK).await?;
@@ -550,6 +570,7 @@ impl Backend for KubeBackend<'_> {
             self.scale(&run.stable_deployment, run.stable_replicas)
                 .await?;
             self.wait(&run.stable_deployment, STABLE_TRACK).await?;
+            self.hand_back_stable(run).await?;
         }
         match self
             .deployments
@@ -586,6 +607,7 @@ impl Backend for KubeBackend<'_> {
         if let Some(recorded) = run.stable_revision {
             let current = self.deployed_revision(&run.release).await?;
             if current.is_some_and(|c| c != recorded) {
+                self.hand_back_stable(run).await?;
                 let command = self.context.helm.rollback(&run.release, recorded);
                 self.context.output.info(format!("  {}", command.display()));
                 command.run().await.map_err(|e| e.to_string())?;
@@ -609,6 +631,7 @@ impl Backend for KubeBackend<'_> {
         self.scale(&run.stable_deployment, run.stable_replicas)
             .await?;
         self.wait(&run.stable_deployment, STABLE_TRACK).await?;
+        self.hand_back_stable(run).await?;
         done.push(format!(
             "stable `{}` restored to {} replica(s)",
             run.stable_deployment, run.stable_replicas

@@ -17,7 +17,7 @@ use crate::output::{Render, Style, table};
 use crate::settings::{CanarySpec, Component, Environment};
 
 /// The field manager of the canary Deployment's server-side applies.
-pub const FIELD_MANAGER: &str = "psctl-canary";
+pub const FIELD_MANAGER: &str = crate::cluster::ownership::CANARY;
 /// Annotation on the canary Deployment naming the tag under test.
 pub const TAG_ANNOTATION: &str = "psctl.io/canary-tag";
 

@@ -4,12 +4,12 @@
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use serde::Serialize;
 
 use super::support::{self, AuditNote};
 use crate::cli::{KillSwitchArgs, KillSwitchState};
-use crate::cluster::{self, ClusterError};
+use crate::cluster::{self, ClusterError, ownership};
 use crate::error::{CommandResult, ExitStatus};
 use crate::output::{CheckState, Output, Render, Style, table};
 use crate::settings::GlobalSettings;
@@ -169,7 +169,7 @@ pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output)
         let result = deployments
             .patch(
                 &change.deployment,
-                &PatchParams::default(),
+                &ownership::patch_params(ownership::KILL_SWITCH),
                 &Patch::Merge(patch),
             )
             .await
@@ -177,6 +177,19 @@ pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output)
                 "patching Deployment `{}`",
                 change.deployment
             )));
+        // Off: the replicas are Helm's again; on: the kill switch keeps them (see
+        // cluster::ownership).
+        let result = match (result, state) {
+            (Ok(_), KillSwitchState::Off) => {
+                ownership::hand_back(&deployments, &change.deployment, &[ownership::KILL_SWITCH])
+                    .await
+                    .map_err(ClusterError::api(format!(
+                        "handing the replicas of `{}` back to Helm",
+                        change.deployment
+                    )))
+            }
+            (result, _) => result.map(|_| true),
+        };
         let outcome = if result.is_ok() {
             "succeeded"
         } else {

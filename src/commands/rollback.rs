@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde::Serialize;
 
 use super::history::read_revisions;
 use super::support::{self, AuditNote};
 use crate::cli::RollbackArgs;
-use crate::cluster::{self, ClusterError};
+use crate::cluster::{self, ClusterError, ownership};
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::helm::driver::HelmCommand;
 use crate::helm::revision;
@@ -509,10 +509,20 @@ async fn restore_template(
         spec.template = template;
     }
     deployments
-        .replace(deployment, &PostParams::default(), &current)
+        .replace(
+            deployment,
+            &ownership::post_params(ownership::ROLLBACK),
+            &current,
+        )
         .await
         .map_err(ClusterError::api(format!(
             "restoring the template of `{deployment}`"
+        )))?;
+    // The restored template is Helm's to change again at the next upgrade (cluster::ownership).
+    ownership::hand_back(&deployments, deployment, &[ownership::ROLLBACK])
+        .await
+        .map_err(ClusterError::api(format!(
+            "handing the template of `{deployment}` back to Helm"
         )))?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use crate::ApiServerConfig;
 use crate::auth::Authenticator;
 use crate::defaults::apply_defaults;
 use crate::faults::Faults;
+use crate::managed::{self, Scope, Writer};
 use crate::patch::{self, PatchKind};
 use crate::query::Query;
 use crate::rbac::{self, RoleSource};
@@ -467,7 +468,7 @@ impl State {
         Ok((key(info, namespace, &name), object))
     }
 
-    /// Creates an object (201 on success, 409 AlreadyExists if the name is taken).
+    /// Creates an object as the server itself (bootstrap objects, the default ServiceAccount).
     pub fn create(
         &self,
         info: &ResourceInfo,
@@ -475,8 +476,56 @@ impl State {
         object: Value,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
+        self.create_as(
+            info,
+            namespace,
+            object,
+            dry_run,
+            Ownership::Update(&Writer::internal("kube-apiserver")),
+        )
+    }
+
+    /// Which fields a write's manager owns: those it wrote (an Update), or entries already
+    /// computed by a server-side apply.
+    fn scope(info: &ResourceInfo, part: Part) -> Scope {
+        match part {
+            Part::Main => Scope::Main {
+                status_subresource: info.has_subresource("status"),
+            },
+            Part::Status => Scope::Status,
+        }
+    }
+
+    /// Creates an object (201 on success, 409 AlreadyExists if the name is taken), recording
+    /// its field ownership.
+    pub fn create_as(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+        object: Value,
+        dry_run: bool,
+        ownership: Ownership<'_>,
+    ) -> Result<Value, ApiError> {
         self.require_namespace(info, namespace)?;
-        let (key, object) = self.prepare_create(info, namespace, object)?;
+        let applied_entries = match ownership {
+            Ownership::Applied => object.pointer("/metadata/managedFields").cloned(),
+            Ownership::Update(_) => None,
+        };
+        let (key, mut object) = self.prepare_create(info, namespace, object)?;
+        match ownership {
+            Ownership::Update(writer) => managed::record_update(
+                None,
+                &mut object,
+                writer,
+                Self::scope(info, Part::Main),
+                &info.api_version(),
+            ),
+            Ownership::Applied => {
+                if let Some(entries) = applied_entries {
+                    object["metadata"]["managedFields"] = entries;
+                }
+            }
+        }
         if dry_run {
             return match self.store.get(&key) {
                 Some(_) => Err(ApiError::already_exists(
@@ -698,6 +747,7 @@ impl State {
     }
 
     /// PUT: replaces `part` of an existing object; a stale resourceVersion is a 409 Conflict.
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &self,
         info: &ResourceInfo,
@@ -706,6 +756,7 @@ impl State {
         incoming: Value,
         part: Part,
         dry_run: bool,
+        writer: &Writer,
     ) -> Result<(u16, Value), ApiError> {
         let key = key(info, namespace, name);
         let create_on_update = !info.custom
@@ -720,11 +771,25 @@ impl State {
                 }
             }
             return self
-                .create(info, namespace, incoming, dry_run)
+                .create_as(
+                    info,
+                    namespace,
+                    incoming,
+                    dry_run,
+                    Ownership::Update(writer),
+                )
                 .map(|created| (201, created));
         }
         let stored = self.write(info, &key, dry_run, |old| {
-            self.merge_write(info, old, incoming, part)
+            let mut new = self.merge_write(info, old, incoming, part)?;
+            managed::record_update(
+                Some(old),
+                &mut new,
+                writer,
+                Self::scope(info, part),
+                &info.api_version(),
+            );
+            Ok(new)
         })?;
         Ok((200, stored))
     }
@@ -755,7 +820,9 @@ impl State {
         Ok((*stored).clone())
     }
 
-    /// PATCH of `part`; a server-side apply of an absent object creates it (201).
+    /// PATCH of `part`; a server-side apply of an absent object creates it (201). Apply
+    /// requests need a field manager and may `force`; other patches may not.
+    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &self,
         info: &ResourceInfo,
@@ -764,33 +831,60 @@ impl State {
         (kind, body): (PatchKind, &[u8]),
         part: Part,
         dry_run: bool,
+        (writer, force): (&Writer, bool),
     ) -> Result<(u16, Value), ApiError> {
+        check_patch_options(kind, writer, force)?;
         let patch_body = patch::parse_body(kind, body)?;
         let key = key(info, namespace, name);
-        if kind == PatchKind::Apply && part == Part::Main && self.store.get(&key).is_none() {
-            let mut object = patch_body;
-            if !object.get("metadata").is_some_and(Value::is_object) {
-                object["metadata"] = json!({});
+        let scope = Self::scope(info, part);
+        let custom = info.custom;
+        let merge = move |live: &Value, config: &Value| {
+            if custom {
+                let mut out = live.clone();
+                json_patch::merge(&mut out, config);
+                out
+            } else {
+                patch::strategic_merge(live, config, "")
             }
-            object["metadata"]["name"] = json!(name);
-            return match self.create(info, namespace, object, dry_run) {
+        };
+        if kind == PatchKind::Apply && part == Part::Main && self.store.get(&key).is_none() {
+            let mut config = patch_body.clone();
+            if !config.get("metadata").is_some_and(Value::is_object) {
+                config["metadata"] = json!({});
+            }
+            config["metadata"]["name"] = json!(name);
+            let object = managed::apply(None, &config, writer, force, scope, merge)?;
+            return match self.create_as(info, namespace, object, dry_run, Ownership::Applied) {
                 // Lost a race with another creator: apply onto what they made.
-                Err(error) if error.reason == "AlreadyExists" => {
-                    self.patch(info, namespace, name, (kind, body), part, dry_run)
-                }
+                Err(error) if error.reason == "AlreadyExists" => self.patch(
+                    info,
+                    namespace,
+                    name,
+                    (kind, body),
+                    part,
+                    dry_run,
+                    (writer, force),
+                ),
                 other => other.map(|created| (201, created)),
             };
         }
         let stored = self.write(info, &key, dry_run, |old| {
-            let mut patched = patch::apply(kind, old, &patch_body, info.custom)?;
             if kind == PatchKind::Apply {
+                let mut merged =
+                    managed::apply(Some(old), &patch_body, writer, force, scope, merge)?;
                 // Applied configurations carry no resourceVersion precondition unless they set one.
                 if patch_body.pointer("/metadata/resourceVersion").is_none() {
-                    patched["metadata"]["resourceVersion"] =
+                    merged["metadata"]["resourceVersion"] =
                         old["metadata"]["resourceVersion"].clone();
                 }
+                let mut new = self.merge_write(info, old, merged.clone(), part)?;
+                copy_managed_fields(&merged, &mut new);
+                return Ok(new);
             }
-            self.merge_write(info, old, patched, part)
+            let patched = patch::apply(kind, old, &patch_body, info.custom)?;
+            let mut new = self.merge_write(info, old, patched, part)?;
+            managed::record_update(Some(old), &mut new, writer, scope, &info.api_version());
+            Ok(new)
         })?;
         Ok((200, stored))
     }
@@ -805,7 +899,10 @@ impl State {
         Ok(scale_of(&*self.get(info, namespace, name)?))
     }
 
-    /// PUT or PATCH of the scale subresource: only `spec.replicas` changes.
+    /// PUT or PATCH of the scale subresource: only `spec.replicas` changes, and the writer's
+    /// entry (subresource `scale`) owns it; a server-side apply of the Scale is checked against
+    /// the owners of `.spec.replicas` like any apply.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_scale(
         &self,
         info: &ResourceInfo,
@@ -813,24 +910,26 @@ impl State {
         name: &str,
         change: ScaleChange<'_>,
         dry_run: bool,
+        (writer, force): (&Writer, bool),
     ) -> Result<Value, ApiError> {
+        if let ScaleChange::Patch(kind, _) = change {
+            check_patch_options(kind, writer, force)?;
+        }
+        let writer = writer.clone().through("scale");
         let key = key(info, namespace, name);
         let stored = self.write(info, &key, dry_run, |old| {
             let current_scale = scale_of(old);
-            let wanted = match change {
-                ScaleChange::Replace(scale) => scale.clone(),
+            let (wanted, applied) = match change {
+                ScaleChange::Replace(scale) => (scale.clone(), false),
                 ScaleChange::Patch(kind, body) => {
                     let patch_body = patch::parse_body(kind, body)?;
-                    patch::apply(
-                        if kind == PatchKind::Apply {
-                            PatchKind::Merge
-                        } else {
-                            kind
-                        },
-                        &current_scale,
-                        &patch_body,
-                        false,
-                    )?
+                    let applied = kind == PatchKind::Apply;
+                    let wanted = if applied {
+                        patch::apply(PatchKind::Merge, &current_scale, &patch_body, false)?
+                    } else {
+                        patch::apply(kind, &current_scale, &patch_body, false)?
+                    };
+                    (wanted, applied)
                 }
             };
             if let Some(sent) = wanted
@@ -862,14 +961,26 @@ impl State {
                     &format!("Invalid value: {replicas}: must be greater than or equal to 0"),
                 ));
             }
-            let mut new = old.clone();
-            if new.pointer("/spec/replicas") != Some(&json!(replicas)) {
-                new["spec"]["replicas"] = json!(replicas);
-                if let Some(generation) =
+            let scope = Self::scope(info, Part::Main);
+            let mut new = if applied {
+                // The Scale's fields map onto the parent's: `.spec.replicas`.
+                let config =
+                    json!({ "apiVersion": info.api_version(), "spec": { "replicas": replicas } });
+                managed::apply(Some(old), &config, &writer, force, scope, |live, config| {
+                    patch::strategic_merge(live, config, "")
+                })?
+            } else {
+                old.clone()
+            };
+            new["spec"]["replicas"] = json!(replicas);
+            if old.pointer("/spec/replicas") != Some(&json!(replicas))
+                && let Some(generation) =
                     old.pointer("/metadata/generation").and_then(Value::as_i64)
-                {
-                    new["metadata"]["generation"] = json!(generation + 1);
-                }
+            {
+                new["metadata"]["generation"] = json!(generation + 1);
+            }
+            if !applied {
+                managed::record_update(Some(old), &mut new, &writer, scope, &info.api_version());
             }
             Ok(new)
         })?;
@@ -1122,6 +1233,51 @@ fn drop_empty_metadata(object: &mut Value) {
             !(collection && empty)
         });
     }
+}
+
+/// How a create records field ownership.
+#[derive(Debug, Clone, Copy)]
+pub enum Ownership<'a> {
+    /// An Update by this writer: it owns every field of the new object.
+    Update(&'a Writer),
+    /// The object carries the entries a server-side apply computed.
+    Applied,
+}
+
+/// Copies `metadata.managedFields` of `from` onto `to` (or removes them).
+fn copy_managed_fields(from: &Value, to: &mut Value) {
+    match from.pointer("/metadata/managedFields") {
+        Some(entries) => to["metadata"]["managedFields"] = entries.clone(),
+        None => {
+            if let Some(map) = to["metadata"].as_object_mut() {
+                map.remove("managedFields");
+            }
+        }
+    }
+}
+
+/// The real server's validation of patch options: apply needs a field manager, and `force`
+/// belongs to apply only (422 `PatchOptions.meta.k8s.io "" is invalid`).
+fn check_patch_options(kind: PatchKind, writer: &Writer, force: bool) -> Result<(), ApiError> {
+    if kind == PatchKind::Apply && !writer.explicit {
+        return Err(ApiError::invalid(
+            "PatchOptions",
+            "meta.k8s.io",
+            "",
+            "fieldManager",
+            "Required value: is required for apply patch",
+        ));
+    }
+    if kind != PatchKind::Apply && force {
+        return Err(ApiError::invalid(
+            "PatchOptions",
+            "meta.k8s.io",
+            "",
+            "force",
+            "Forbidden: may not be specified for non-apply patch",
+        ));
+    }
+    Ok(())
 }
 
 /// A write to the scale subresource.

@@ -25,6 +25,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod faults;
 pub mod handlers;
+pub mod managed;
 pub mod patch;
 pub mod protobuf;
 pub mod proxy;

@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{ANONYMOUS_PATHS, Credential, UserInfo};
 use crate::faults::FaultSpec;
-use crate::handlers::{DeleteOptions, Part, ScaleChange, State};
+use crate::handlers::{DeleteOptions, Ownership, Part, ScaleChange, State};
+use crate::managed::Writer;
 use crate::patch::PatchKind;
 use crate::query::{Query, ResourcePath, split_path};
 use crate::rbac::{self, Attributes};
@@ -524,6 +525,14 @@ async fn resource(
     let method = request.method().clone();
     let headers = request.headers().clone();
     let dry_run = query.dry_run();
+    let writer = Writer::from_request(
+        query.get("fieldManager"),
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|agent| agent.to_str().ok()),
+    );
+    let force = query.flag("force");
+    let status_writer = writer.clone().through("status");
     let as_table = headers
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
@@ -550,7 +559,13 @@ async fn resource(
                 let object = decode_object(&content_type(&headers), &body)?;
                 Ok(json_response(
                     201,
-                    &state.create(&info, namespace, object, dry_run)?,
+                    &state.create_as(
+                        &info,
+                        namespace,
+                        object,
+                        dry_run,
+                        Ownership::Update(&writer),
+                    )?,
                 ))
             }
             Method::DELETE => {
@@ -585,15 +600,29 @@ async fn resource(
             Method::PUT => {
                 let body = read_body(request.into_body()).await?;
                 let object = decode_object(&content_type(&headers), &body)?;
-                let (code, stored) =
-                    state.update(&info, namespace, &name, object, Part::Main, dry_run)?;
+                let (code, stored) = state.update(
+                    &info,
+                    namespace,
+                    &name,
+                    object,
+                    Part::Main,
+                    dry_run,
+                    &writer,
+                )?;
                 Ok(json_response(code, &stored))
             }
             Method::PATCH => {
                 let kind = PatchKind::from_content_type(&content_type(&headers))?;
                 let body = read_body(request.into_body()).await?;
-                let (code, stored) =
-                    state.patch(&info, namespace, &name, (kind, &body), Part::Main, dry_run)?;
+                let (code, stored) = state.patch(
+                    &info,
+                    namespace,
+                    &name,
+                    (kind, &body),
+                    Part::Main,
+                    dry_run,
+                    (&writer, force),
+                )?;
                 Ok(json_response(code, &stored))
             }
             Method::DELETE => {
@@ -621,7 +650,15 @@ async fn resource(
                 Ok(json_response(
                     200,
                     &state
-                        .update(&info, namespace, &name, object, Part::Status, dry_run)?
+                        .update(
+                            &info,
+                            namespace,
+                            &name,
+                            object,
+                            Part::Status,
+                            dry_run,
+                            &status_writer,
+                        )?
                         .1,
                 ))
             }
@@ -638,6 +675,7 @@ async fn resource(
                             (kind, &body),
                             Part::Status,
                             dry_run,
+                            (&status_writer, force),
                         )?
                         .1,
                 ))
@@ -663,6 +701,7 @@ async fn resource(
                         &name,
                         ScaleChange::Replace(&scale),
                         dry_run,
+                        (&writer, false),
                     )?,
                 ))
             }
@@ -677,6 +716,7 @@ async fn resource(
                         &name,
                         ScaleChange::Patch(kind, &body),
                         dry_run,
+                        (&writer, force),
                     )?,
                 ))
             }

@@ -115,7 +115,8 @@ pub struct ApplyArgs {
     /// Skip validation of values against the chart's schema.
     #[arg(long)]
     pub skip_schema_validation: bool,
-    /// Apply with server-side apply (true, false or auto).
+    /// Apply with server-side apply: for install a boolean (default true); for upgrade true,
+    /// false or auto (default: the apply method recorded in the release).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub server_side: Option<String>,
     /// With server-side apply, force conflicting field ownership.
@@ -202,6 +203,13 @@ pub struct RollbackArgs {
     /// Delete new resources created by this rollback when it fails.
     #[arg(long)]
     pub cleanup_on_fail: bool,
+    /// Apply with server-side apply: true, false or auto (auto follows the apply method of the
+    /// revision rolled back to).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub server_side: Option<String>,
+    /// With server-side apply, force conflicting field ownership.
+    #[arg(long)]
+    pub force_conflicts: bool,
 }
 
 /// `helm status`.

@@ -47,11 +47,20 @@ pub fn run(cli: Cli) -> Result<()> {
             options.cleanup_on_fail = Some(args.cleanup_on_fail);
             options.reset_values = Some(args.reset_values);
             options.reuse_values = Some(args.reuse_values);
-            let exists = match connection.status(&args.release) {
-                Ok(_) => true,
-                Err(EngineError::ReleaseNotFound(_)) => false,
+            let existing = match connection.status(&args.release) {
+                Ok(answer) => Some(answer),
+                Err(EngineError::ReleaseNotFound(_)) => None,
                 Err(error) => return Err(error.into()),
             };
+            let exists = existing.is_some();
+            options.server_side_apply = match &existing {
+                // `upgrade --install` of an absent release installs: server-side unless "false".
+                None => install_server_side(args.apply.server_side.as_deref(), true)?,
+                Some(answer) => {
+                    upgrade_server_side(args.apply.server_side.as_deref(), &apply_method(answer))?
+                }
+            }
+            .to_string();
             if !exists && !args.install {
                 bail!(
                     "UPGRADE FAILED: \"{}\" has no deployed releases",
@@ -95,7 +104,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Install(args) => {
             let connection = connect(&engine, &global)?;
             let user_values = collect_values(&args.values)?;
-            let options = release_options(&args.apply)?;
+            let mut options = release_options(&args.apply)?;
+            options.server_side_apply =
+                install_server_side(args.apply.server_side.as_deref(), false)?.to_string();
             let answer = connection
                 .install(
                     &args.release,
@@ -153,7 +164,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 wait: args.wait.is_some(),
                 timeout_seconds: timeout,
                 max_history: Some(args.history_max),
-                server_side_apply: "auto".to_string(),
+                // Helm's rollback follows the apply method of the revision it returns to.
+                server_side_apply: upgrade_server_side(
+                    args.server_side.as_deref(),
+                    recorded
+                        .get("apply_method")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                )?
+                .to_string(),
+                force_conflicts: args.force_conflicts,
                 disable_openapi_validation: true,
                 // Exactly the recorded values, not merged with the current ones.
                 reset_values: Some(true),
@@ -329,14 +349,57 @@ pub fn collect_values(args: &ValuesArgs) -> Result<Map<String, Value>> {
     Ok(merged)
 }
 
+/// `--server-side` of a new install: a boolean defaulting to true (Helm 4's `install`); an
+/// `upgrade --install` of an absent release installs server-side unless told "false".
+pub fn install_server_side(flag: Option<&str>, from_upgrade: bool) -> Result<&'static str> {
+    match flag {
+        None | Some("true") => Ok("true"),
+        Some("false") => Ok("false"),
+        Some("auto") if from_upgrade => Ok("true"),
+        Some(other) => bail!(
+            "invalid argument \"{other}\" for \"--server-side\" flag: strconv.ParseBool: parsing \"{other}\": invalid syntax"
+        ),
+    }
+}
+
+/// `--server-side` of an upgrade or rollback: "auto" (the default) follows the apply method
+/// recorded in the release (`ssa` or `csa`), as Helm 4's `getUpgradeServerSideValue` does.
+pub fn upgrade_server_side(flag: Option<&str>, recorded_method: &str) -> Result<&'static str> {
+    match flag {
+        None | Some("auto") if recorded_method == "ssa" => Ok("true"),
+        None | Some("auto") | Some("false") => Ok("false"),
+        Some("true") => Ok("true"),
+        Some(other) => bail!("invalid/unknown release server-side apply method: {other}"),
+    }
+}
+
+/// The `apply_method` of a release as the engine returns it (empty for releases made before
+/// Helm 4, which applied client-side).
+fn apply_method(answer: &str) -> String {
+    serde_json::from_str::<Value>(answer)
+        .ok()
+        .and_then(|release| {
+            release
+                .get("apply_method")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
 /// The engine options for install/upgrade flags shared by both.
 pub fn release_options(apply: &ApplyArgs) -> Result<ReleaseOptions> {
     let server_side = match apply.server_side.as_deref() {
         None | Some("auto") => "auto",
         Some("true") => "true",
         Some("false") => "false",
-        Some(other) => bail!("invalid --server-side `{other}`: expected true, false or auto"),
+        Some(other) => bail!("invalid/unknown release server-side apply method: {other}"),
     };
+    if apply.force_conflicts && server_side == "false" {
+        bail!(
+            "--force-conflicts only applies with server-side apply (--server-side=false was given)"
+        );
+    }
     Ok(ReleaseOptions {
         install: None,
         create_namespace: apply.create_namespace,
@@ -558,6 +621,21 @@ mod tests {
         assert_eq!(options.server_side_apply, "auto");
         let json = serde_json::to_value(&options).unwrap();
         assert!(json.get("install").is_none(), "install is upgrade-only");
+    }
+
+    #[test]
+    fn server_side_defaults_follow_helm_4() {
+        assert_eq!(install_server_side(None, false).unwrap(), "true");
+        assert_eq!(install_server_side(Some("false"), false).unwrap(), "false");
+        assert!(install_server_side(Some("auto"), false).is_err());
+        assert_eq!(install_server_side(Some("auto"), true).unwrap(), "true");
+        assert_eq!(upgrade_server_side(None, "ssa").unwrap(), "true");
+        assert_eq!(upgrade_server_side(None, "csa").unwrap(), "false");
+        assert_eq!(upgrade_server_side(None, "").unwrap(), "false");
+        assert_eq!(upgrade_server_side(Some("true"), "csa").unwrap(), "true");
+        assert_eq!(upgrade_server_side(Some("false"), "ssa").unwrap(), "false");
+        assert!(upgrade_server_side(Some("yes"), "ssa").is_err());
+        assert_eq!(apply_method(r#"{"name":"r","apply_method":"ssa"}"#), "ssa");
     }
 
     #[test]
