@@ -36,7 +36,7 @@ use crate::cluster::{self, ClusterError, is_not_found};
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::helm::driver::{self, HelmCommand, HelmTarget, UpgradeSpec};
 use crate::helm::revision;
-use crate::lock::{self, DeployLock, LockError};
+use crate::lock::{self, DeployLock, LeaseGuard, LockError};
 use crate::output::{CheckState, Output, Render, Style, table};
 use crate::prom::Prometheus;
 use crate::rollout::diagnosis::Policy;
@@ -624,6 +624,7 @@ async fn start(args: CanaryStartArgs, global: &GlobalSettings, output: &Output) 
     let me = lock::holder_identity(&operation);
     let held =
         support::take_lock(&client, &environment, &operation, audit.as_ref(), output).await?;
+    let held = support::require_kill_switch_off(held, &client, &environment, &[component]).await?;
     let now = unix_now();
     let image = format!(
         "{}:{}",
@@ -765,6 +766,7 @@ async fn resume(args: CanaryResumeArgs, global: &GlobalSettings, output: &Output
     let me = lock::holder_identity(&operation);
     let held =
         support::take_lock(&client, &environment, &operation, audit.as_ref(), output).await?;
+    let held = support::require_kill_switch_off(held, &client, &environment, &[component]).await?;
     let now = unix_now();
     if run.status == RunStatus::Paused {
         // A human looked and wants more evidence: the step bakes again from its weights.
@@ -886,6 +888,7 @@ async fn take_over(
         }
         Err(error) => return Err(error.into()),
     };
+    let held = support::require_kill_switch_off(held, &client, &environment, &[component]).await?;
     run.status = RunStatus::Running;
     run.reason = None;
     run.request = Some(request);
@@ -955,7 +958,8 @@ async fn drive_and_report(
     held: DeployLock,
     mut run: CanaryRun,
 ) -> CommandResult {
-    let backend = KubeBackend::new(context);
+    let guard = held.guard();
+    let backend = KubeBackend::new(context, guard.clone());
     let before = format!("{} at {}", run.status.as_str(), run.position());
     if let Err(problem) = backend.save(&run).await {
         let _ = held.release().await;
@@ -976,6 +980,7 @@ async fn drive_and_report(
         Ending::Aborted { .. } => "aborted",
         Ending::Paused { .. } => "paused",
         Ending::RollbackFailed { .. } => "failed",
+        Ending::Fenced { .. } => "stopped",
     };
     support::audit(
         context.audit,
@@ -1031,6 +1036,15 @@ async fn drive_and_report(
         .titled(format!("canary rollback failed: {component}"))
         .hint("a human must act now: retry with `psctl canary abort`, check `psctl status`")
         .hint(format!("stop the canary by hand with `kubectl scale deployment {canary_deployment} --replicas=0`"))),
+        Ending::Fenced { reason } => {
+            let error = match guard.check() {
+                Err(lost) => CommandError::from(lost),
+                Ok(()) => CommandError::usage(anyhow::anyhow!("{reason}")),
+            };
+            Err(error.hint(format!(
+                "the canary of `{component}` (tag {tag}) stopped where it was; `psctl canary status` shows its last saved step"
+            )))
+        }
     }
 }
 
@@ -1337,12 +1351,15 @@ struct KubeBackend<'a> {
     pods: Api<Pod>,
     store: StateStore,
     scope: Result<Scope, String>,
+    /// The deploy Lease's fencing token: no write once it is lost.
+    lease: LeaseGuard,
 }
 
 impl<'a> KubeBackend<'a> {
-    fn new(context: Context<'a>) -> Self {
+    fn new(context: Context<'a>, lease: LeaseGuard) -> Self {
         let namespace = &context.environment.namespace;
         Self {
+            lease,
             deployments: Api::namespaced(context.client.clone(), namespace),
             pods: Api::namespaced(context.client.clone(), namespace),
             store: StateStore::new(context.client, namespace, &context.component.name),
@@ -1360,6 +1377,7 @@ impl<'a> KubeBackend<'a> {
     }
 
     async fn scale(&self, deployment: &str, replicas: i32) -> Result<(), String> {
+        self.lease.check().map_err(|e| e.to_string())?;
         let patch = serde_json::json!({"spec": {"replicas": replicas}});
         self.deployments
             .patch_scale(deployment, &PatchParams::default(), &Patch::Merge(&patch))
@@ -1379,15 +1397,18 @@ impl<'a> KubeBackend<'a> {
             deployment: deployment.to_owned(),
             selector: self.track_selector(track),
         };
-        let outcome = track::track(
+        let policy = Policy::default();
+        let tracked = track::track(
             self.context.client,
             &target,
-            &Policy::default(),
+            &policy,
             self.context.timeout,
             self.context.output,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        );
+        let outcome = tokio::select! {
+            outcome = tracked => outcome.map_err(|e| e.to_string())?,
+            lost = self.lease.lost() => return Err(lost.to_string()),
+        };
         support::report_outcome(
             self.context.output,
             &format!("rollout {deployment}"),
@@ -1485,10 +1506,19 @@ impl Backend for KubeBackend<'_> {
     }
 
     async fn sleep(&self, duration: Duration) {
-        tokio::time::sleep(duration).await;
+        // A lost Lease ends the wait at once: the runner stops at its next check.
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            _ = self.lease.lost() => {}
+        }
+    }
+
+    fn fenced(&self) -> Option<String> {
+        self.lease.check().err().map(|error| error.to_string())
     }
 
     async fn set_weights(&self, run: &CanaryRun, split: Split) -> Result<String, String> {
+        self.lease.check().map_err(|e| e.to_string())?;
         if self.canary_is_current(run).await? {
             self.scale(&run.canary_deployment, split.canary).await?;
         } else {

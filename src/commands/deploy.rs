@@ -23,7 +23,7 @@ use crate::helm;
 use crate::helm::driver::{HelmCommand, HelmTarget, UpgradeSpec, Values};
 use crate::helm::revision;
 use crate::helm::storage::Revision;
-use crate::lock;
+use crate::lock::{self, LeaseGuard, LockError};
 use crate::output::{CheckState, Output, Render, Style, table};
 use crate::registry::{MANIFEST_ACCEPT, manifest_url, tags_url};
 use crate::rollout::diagnosis::Policy;
@@ -328,6 +328,8 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
     let audit = support::open_audit(global, &environment, output).await?;
     let deploy_lock =
         support::take_lock(&client, &environment, "deploy", audit.as_ref(), output).await?;
+    let deploy_lock =
+        support::require_kill_switch_off(deploy_lock, &client, &environment, &selected).await?;
 
     let context = Context {
         client: &client,
@@ -336,6 +338,7 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
         helm: &helm,
         audit: audit.as_ref(),
         output,
+        lease: &deploy_lock.guard(),
     };
     let result = execute(context, &plan, &previous).await;
     let released = deploy_lock.release().await;
@@ -363,6 +366,8 @@ struct Context<'a> {
     helm: &'a HelmTarget,
     audit: &'a dyn AuditSink,
     output: &'a Output,
+    /// Checked before each step and raced with each rollout wait.
+    lease: &'a LeaseGuard,
 }
 
 async fn execute(
@@ -377,6 +382,7 @@ async fn execute(
         helm,
         audit,
         output,
+        lease,
     } = context;
     let mut results: Vec<ComponentResult> = plan
         .steps
@@ -392,7 +398,12 @@ async fn execute(
         .collect();
     let policy = Policy::default();
     let mut failure: Option<String> = None;
+    let mut fenced: Option<LockError> = None;
     for (index, step) in plan.steps.iter().enumerate() {
+        if let Err(lost) = lease.check() {
+            fenced = Some(lost);
+            break;
+        }
         output.info(format!("deploying {} ({})", step.component, step.image));
         output.detail(format!("  {}", step.helm));
         results[index].result = "failed".to_owned();
@@ -413,7 +424,14 @@ async fn execute(
             deployment: step.deployment.clone(),
             selector: step.selector.clone(),
         };
-        let outcome = match track::track(client, &target, &policy, settings.timeout, output).await {
+        let tracked = tokio::select! {
+            tracked = track::track(client, &target, &policy, settings.timeout, output) => tracked,
+            lost = lease.lost() => {
+                fenced = Some(LockError::Lost(lost));
+                break;
+            }
+        };
+        let outcome = match tracked {
             Ok(outcome) => outcome,
             Err(error) => {
                 failure = Some(format!(
@@ -449,6 +467,23 @@ async fn execute(
         results[index].result = "deployed".to_owned();
     }
 
+    if let Some(lost) = fenced {
+        // Whoever holds the Lease now owns the releases: no automatic rollback from here.
+        for result in results.iter().filter(|r| r.result != "not_started") {
+            support::audit(audit, output, environment, note(result, "stopped")).await;
+        }
+        let error = CommandError::from(lost).hint(
+            "the release was left where it stood; `psctl status` and `psctl history <component>` show it",
+        );
+        return (
+            DeployReport {
+                environment: environment.name.clone(),
+                components: results,
+            },
+            error.status(),
+            Some(error),
+        );
+    }
     let Some(failure) = failure else {
         for result in &results {
             support::audit(audit, output, environment, note(result, "succeeded")).await;

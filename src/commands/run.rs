@@ -192,6 +192,12 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
     )?;
 
     let client = cluster::connect(&environment).await?;
+    // The whole run holds the deploy Lease: nobody deploys between its steps, and each step
+    // (run in this process) shares the hold and its fencing.
+    let audit = support::open_audit(global, &environment, output).await?;
+    let held = support::take_lock(&client, &environment, "run", audit.as_ref(), output).await?;
+    let every: Vec<&crate::settings::Component> = environment.components.iter().collect();
+    let held = support::require_kill_switch_off(held, &client, &environment, &every).await?;
     let store = StateStore::new(&client, &environment.namespace, &plan.playbook);
     let mut state = prepare_state(&store, &client, &environment, &plan, start, output).await?;
     store.save(&state).await?;
@@ -201,6 +207,7 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
         environment: &environment,
         global,
         output,
+        lease: held.guard(),
     };
     let outcome = executor.execute(&mut state, start, &store).await;
     let (status, rollbacks, failure) = match outcome {
@@ -238,10 +245,19 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
         (Some(_), true, _) => "failed",
     }
     .to_owned();
-    if let Err(error) = store.save(&state).await {
+    // A run that lost the Lease leaves the record to whoever holds it now.
+    if held.check().is_ok()
+        && let Err(error) = store.save(&state).await
+    {
         output.warn(format!(
             "the run's record could not be saved: {:#}",
             error.error()
+        ));
+    }
+    if let Err(error) = held.release().await {
+        output.warn(format!(
+            "the deploy lock was not released cleanly: {error}; it expires in {}s",
+            crate::lock::LEASE_SECONDS
         ));
     }
     let report = RunReport {
@@ -423,6 +439,8 @@ struct Executor<'a> {
     environment: &'a Environment,
     global: &'a GlobalSettings,
     output: &'a Output,
+    /// Checked before every step: a run that lost the Lease stops there.
+    lease: crate::lock::LeaseGuard,
 }
 
 impl Executor<'_> {
@@ -430,6 +448,12 @@ impl Executor<'_> {
         let total = self.plan.steps.len();
         let mut continued_failures = false;
         for step in &self.plan.steps[start..] {
+            if let Err(lost) = self.lease.check() {
+                return Finish::Stopped {
+                    step: step.number,
+                    error: lost.into(),
+                };
+            }
             self.output.info(format!(
                 "[{}/{total}] {}: {}",
                 step.number,
@@ -487,6 +511,13 @@ impl Executor<'_> {
             match step.on_failure {
                 OnFailure::Continue => continued_failures = true,
                 OnFailure::Stop => {
+                    return Finish::Stopped {
+                        step: step.number,
+                        error,
+                    };
+                }
+                OnFailure::Rollback if self.lease.check().is_err() => {
+                    // Not ours to roll back any more: whoever holds the Lease owns the state.
                     return Finish::Stopped {
                         step: step.number,
                         error,
@@ -587,6 +618,7 @@ impl Executor<'_> {
                         to_rev: Some(revision),
                         undo: false,
                         unstick: false,
+                        force: false,
                         timeout: std::time::Duration::from_secs(300),
                     };
                     let mut global = self.global.clone();
