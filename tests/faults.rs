@@ -435,32 +435,51 @@ async fn deploy_and_rollback(matrix: &mut Matrix) {
             .await;
 
         matrix
-            .case("api-503-burst-on-the-lease-write", async || {
+            .case("api-503-on-the-lease-write", async || {
                 let tag = new_tag(sandbox, "lease503").await;
                 let before = release_state(&status(sandbox, config));
-                let mut faults = Faults::default();
                 let path = format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases");
-                faults.inject(
-                    &[
-                        "api", "--path", &path, "--method", "POST", "--status", "503", "--count",
-                        "3",
-                    ],
-                    &["api", "--clear"],
+                // A 503 that lasts: every write of the Lease is refused.
+                let mut faults = Faults::default();
+                for method in ["POST", "PUT"] {
+                    faults.inject(
+                        &[
+                            "api", "--path", &path, "--method", method, "--status", "503",
+                        ],
+                        &["api", "--clear"],
+                    );
+                }
+                let (code, _, refused) = psctl(sandbox, config, &deploy_args(&tag));
+                faults.restore();
+                assert_eq!(code, 3, "{refused}");
+                assert!(refused.contains("Lease `psctl-deploy`"), "{refused}");
+                assert_eq!(
+                    release_state(&status(sandbox, config)),
+                    before,
+                    "nothing changed"
                 );
+                // A burst of three: the client's retries (429/503/504, with back-off) absorb it.
+                for method in ["POST", "PUT"] {
+                    faults.inject(
+                        &[
+                            "api", "--path", &path, "--method", method, "--status", "503",
+                            "--count", "3",
+                        ],
+                        &["api", "--clear"],
+                    );
+                }
                 let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&tag));
                 faults.restore();
-                assert_eq!(code, 3, "{stderr}");
-                assert!(stderr.contains("Lease `psctl-deploy`"), "{stderr}");
-                assert_eq!(release_state(&status(sandbox, config)), before);
-                // The burst is over: the same command goes through.
-                let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&tag));
                 assert_eq!(code, 0, "{stderr}");
                 let (_, state, deployed) = release_state(&status(sandbox, config));
                 assert_eq!(
                     (state.as_str(), deployed.as_str()),
                     ("deployed", tag.as_str())
                 );
-                error_line(&stderr)
+                format!(
+                    "lasting 503: exit 3 ({}); burst of 3: retried, deployed",
+                    error_line(&refused)
+                )
             })
             .await;
 
@@ -699,11 +718,15 @@ async fn deploy_and_rollback(matrix: &mut Matrix) {
                     "{takeover:?}"
                 );
                 assert!(takeover.from_state.ends_with("(deploy)"), "{takeover:?}");
-                for action in ["kill-switch on", "kill-switch off"] {
+                for (action, to_state) in [
+                    ("kill-switch on", "replicas 0".to_owned()),
+                    ("kill-switch off", format!("replicas {replicas}")),
+                ] {
                     assert!(
-                        rows.iter()
-                            .any(|r| r.action == action && r.target == STABLE),
-                        "{action}: {:?}",
+                        rows.iter().any(|r| r.action == action
+                            && r.target == STABLE
+                            && r.to_state == to_state),
+                        "{action} -> {to_state}: {:?}",
                         actions(&rows)
                     );
                 }
