@@ -196,8 +196,15 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
     // (run in this process) shares the hold and its fencing.
     let audit = support::open_audit(global, &environment, output).await?;
     let held = support::take_lock(&client, &environment, "run", audit.as_ref(), output).await?;
-    let every: Vec<&crate::settings::Component> = environment.components.iter().collect();
-    let held = support::require_kill_switch_off(held, &client, &environment, &every).await?;
+    // While the kill switch is on, a run that would bring a component back before turning the
+    // switch off itself is refused here, before any step runs. A run that turns it off first
+    // (the restore playbook's second half) goes ahead.
+    let held = if reviving_step(&plan.steps[start..]).is_some() {
+        let every: Vec<&crate::settings::Component> = environment.components.iter().collect();
+        support::require_kill_switch_off(held, &client, &environment, &every).await?
+    } else {
+        held
+    };
     let store = StateStore::new(&client, &environment.namespace, &plan.playbook);
     let mut state = prepare_state(&store, &client, &environment, &plan, start, output).await?;
     store.save(&state).await?;
@@ -278,6 +285,20 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
         Some((_, error)) => Err(CommandError::new(status, anyhow::anyhow!("{:#}", error.error()))),
         None => Ok(status),
     }
+}
+
+/// The first step that could bring a stopped component back (deploy, rollback, canary) before
+/// any step turns the kill switch off. Pure.
+fn reviving_step(steps: &[PlannedStep]) -> Option<&PlannedStep> {
+    for step in steps {
+        let mut argv = step.command.iter().map(String::as_str);
+        match (argv.next(), argv.next()) {
+            (Some("kill-switch"), Some("off")) => return None,
+            (Some("deploy" | "rollback" | "canary"), _) => return Some(step),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `git rev-parse --short=12 HEAD` of the working directory.
@@ -764,6 +785,35 @@ fn state_name(playbook: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(number: usize, command: &[&str]) -> PlannedStep {
+        PlannedStep {
+            number,
+            name: format!("step-{number}"),
+            kind: "x",
+            command: command.iter().map(|w| (*w).to_owned()).collect(),
+            message: None,
+            on_failure: OnFailure::Stop,
+            line: None,
+        }
+    }
+
+    #[test]
+    fn only_a_run_reviving_components_before_switching_off_meets_the_kill_switch() {
+        let restore = [
+            step(1, &[]),
+            step(2, &["kill-switch", "off", "--component", "poller"]),
+            step(3, &["deploy", "--tag", "v1"]),
+        ];
+        assert!(reviving_step(&restore).is_none());
+        let release = [
+            step(1, &["build", "--tag", "v1"]),
+            step(2, &["deploy", "--tag", "v1"]),
+        ];
+        assert_eq!(reviving_step(&release).map(|s| s.number), Some(2));
+        let stop = [step(1, &["kill-switch", "on"]), step(2, &["status"])];
+        assert!(reviving_step(&stop).is_none());
+    }
 
     fn base(revision: u32, tag: &str) -> Baseline {
         Baseline {
