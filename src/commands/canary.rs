@@ -1038,7 +1038,7 @@ async fn drive_and_report(
         .hint(format!("stop the canary by hand with `kubectl scale deployment {canary_deployment} --replicas=0`"))),
         Ending::Fenced { reason } => {
             let error = match guard.check() {
-                Err(lost) => CommandError::from(lost),
+                Err(lost) => CommandError::from(LockError::Lost(lost)),
                 Ok(()) => CommandError::usage(anyhow::anyhow!("{reason}")),
             };
             Err(error.hint(format!(

@@ -401,7 +401,7 @@ async fn execute(
     let mut fenced: Option<LockError> = None;
     for (index, step) in plan.steps.iter().enumerate() {
         if let Err(lost) = lease.check() {
-            fenced = Some(lost);
+            fenced = Some(LockError::Lost(lost));
             break;
         }
         output.info(format!("deploying {} ({})", step.component, step.image));

@@ -472,7 +472,7 @@ impl Executor<'_> {
             if let Err(lost) = self.lease.check() {
                 return Finish::Stopped {
                     step: step.number,
-                    error: lost.into(),
+                    error: crate::lock::LockError::Lost(lost).into(),
                 };
             }
             self.output.info(format!(

@@ -357,7 +357,7 @@ impl DeployLock {
     ) -> Result<Self, LockError> {
         let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
         if let Some(nested) = Self::nested(&api, me) {
-            nested.check()?;
+            nested.check().map_err(LockError::Lost)?;
             return Ok(nested);
         }
         let mut first_seen: Option<(_, Instant)> = None;
@@ -590,7 +590,7 @@ impl DeployLock {
     }
 
     /// `Err` once the Lease is lost (see [`LeaseGuard::check`]).
-    pub fn check(&self) -> Result<(), LockError> {
+    pub fn check(&self) -> Result<(), Lost> {
         self.guard().check()
     }
 
@@ -675,11 +675,12 @@ pub struct LeaseGuard {
 }
 
 impl LeaseGuard {
-    /// `Ok` while the Lease is ours; the reason once it is lost (it never comes back).
-    pub fn check(&self) -> Result<(), LockError> {
+    /// `Ok` while the Lease is ours; the reason once it is lost (it never comes back). As an
+    /// error: `LockError::Lost`.
+    pub fn check(&self) -> Result<(), Lost> {
         match &*self.lost.borrow() {
             None => Ok(()),
-            Some(lost) => Err(LockError::Lost(lost.clone())),
+            Some(lost) => Err(lost.clone()),
         }
     }
 
