@@ -32,4 +32,10 @@ step "cluster tools (kubectl, Helm engine library, helm CLI: scripts/fetch-tools
 scripts/fetch-tools.sh
 
 step "tests"
-cargo nextest run --workspace --locked --no-fail-fast --failure-output final
+# Everything but the fault matrix, which injects sandbox-wide faults and so runs alone after.
+status=0
+cargo nextest run --workspace --locked --no-fail-fast --failure-output final -E 'not binary(faults)' || status=$?
+
+step "fault matrix (tests/faults.rs: one line per case, then fault_matrix cases=N survived=N)"
+cargo nextest run -p psctl --test faults --locked --no-capture || status=$?
+exit "$status"

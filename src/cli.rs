@@ -228,6 +228,11 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub unstick: bool,
 
+    /// With --unstick: also recover a pending revision younger than 5 minutes, whose Helm
+    /// operation may still be running.
+    #[arg(long, requires = "unstick")]
+    pub force: bool,
+
     /// Upper bound for tracking the rollback's rollout.
     #[arg(long, default_value = "5m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,

@@ -60,8 +60,9 @@ where
     };
     let global = GlobalSettings::resolve(cli.global);
     let style = output::Style::detect(global.verbosity);
-    init_tracing(global.verbosity, style.color_stderr);
+    let color = style.color_stderr;
     let output = Output::stdio(global.format, style, global.verbosity);
+    init_tracing(global.verbosity, color, output.redactor().clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,9 +88,10 @@ where
     }
 }
 
-/// Logs go to stderr, coloured only when stderr may be; `RUST_LOG` wins, else `-v`/`-q` choose
-/// the level.
-fn init_tracing(verbosity: i8, color: bool) {
+/// Logs go to stderr through the output's redactor (so a log line can no more carry a secret
+/// than any other line), coloured only when stderr may be; `RUST_LOG` wins, else `-v`/`-q`
+/// choose the level.
+fn init_tracing(verbosity: i8, color: bool, redactor: output::Redactor) {
     // kube's client logs every non-2xx answer at ERROR, though psctl receives each one as a
     // value and reports it itself; below -vv those lines would only duplicate or alarm.
     let default = match verbosity {
@@ -102,7 +104,7 @@ fn init_tracing(verbosity: i8, color: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(output::redact::RedactingWriter::stderr(redactor))
         .with_ansi(color)
         .with_target(false)
         .try_init();

@@ -298,8 +298,20 @@ async fn a_release_stuck_in_pending_upgrade_blocks_deploys_until_unstuck() {
         );
         assert_eq!(history(sandbox, &config, "webhook").len(), 2);
 
-        // Unstick: the unfinished revision goes, revision 1 is re-applied as revision 2.
+        // The pending revision was written a moment ago: a Helm operation may still be running
+        // it, so it is left alone (exit 2, nothing changed) unless --force says otherwise.
         let (code, stdout, stderr) = sandbox.psctl(&config, &["rollback", "webhook", "--unstick"]);
+        assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stderr.contains("a Helm operation may still be running it")
+                && stderr.contains("psctl rollback webhook --unstick --force"),
+            "{stderr}"
+        );
+        assert_eq!(history(sandbox, &config, "webhook").len(), 2);
+
+        // Unstick: the unfinished revision goes, revision 1 is re-applied as revision 2.
+        let (code, stdout, stderr) =
+            sandbox.psctl(&config, &["rollback", "webhook", "--unstick", "--force"]);
         assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
         assert_eq!(
             history(sandbox, &config, "webhook"),

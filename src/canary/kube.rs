@@ -24,7 +24,7 @@ use crate::cluster::{self, ClusterError, is_not_found, ownership};
 use crate::error::{CommandError, ExitStatus};
 use crate::helm::driver::{HelmTarget, UpgradeSpec};
 use crate::helm::{revision, storage};
-use crate::lock;
+use crate::lock::{self, LeaseGuard};
 use crate::output::{CheckState, Output};
 use crate::prom::Prometheus;
 use crate::rollout::diagnosis::Policy;
@@ -236,12 +236,15 @@ pub struct KubeBackend<'a> {
     pods: Api<Pod>,
     store: ConfigMapStore<CanaryRun>,
     scope: Result<Scope, String>,
+    /// The deploy Lease's fencing token: no write once it is lost.
+    lease: LeaseGuard,
 }
 
 impl<'a> KubeBackend<'a> {
-    pub fn new(context: Context<'a>) -> Self {
+    pub fn new(context: Context<'a>, lease: LeaseGuard) -> Self {
         let namespace = &context.environment.namespace;
         Self {
+            lease,
             deployments: Api::namespaced(context.client.clone(), namespace),
             pods: Api::namespaced(context.client.clone(), namespace),
             store: store(context.client, namespace, &context.component.name),
@@ -259,6 +262,7 @@ impl<'a> KubeBackend<'a> {
     }
 
     async fn scale(&self, deployment: &str, replicas: i32) -> Result<(), String> {
+        self.lease.check().map_err(|e| e.to_string())?;
         let patch = serde_json::json!({"spec": {"replicas": replicas}});
         self.deployments
             .patch_scale(
@@ -297,15 +301,18 @@ impl<'a> KubeBackend<'a> {
             deployment: deployment.to_owned(),
             selector: self.track_selector(track),
         };
-        let outcome = track::track(
+        let policy = Policy::default();
+        let tracked = track::track(
             self.context.client,
             &target,
-            &Policy::default(),
+            &policy,
             self.context.timeout,
             self.context.output,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        );
+        let outcome = tokio::select! {
+            outcome = tracked => outcome.map_err(|e| e.to_string())?,
+            lost = self.lease.lost() => return Err(lost.to_string()),
+        };
         report_outcome(
             self.context.output,
             &format!("rollout {deployment}"),
@@ -399,10 +406,19 @@ impl Backend for KubeBackend<'_> {
     }
 
     async fn sleep(&self, duration: Duration) {
-        tokio::time::sleep(duration).await;
+        // A lost Lease ends the wait at once: the runner stops at its next check.
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            _ = self.lease.lost() => {}
+        }
+    }
+
+    fn fenced(&self) -> Option<String> {
+        self.lease.check().err().map(|error| error.to_string())
     }
 
     async fn set_weights(&self, run: &CanaryRun, split: Split) -> Result<String, String> {
+        self.lease.check().map_err(|e| e.to_string())?;
         if self.canary_is_current(run).await? {
             self.scale(&run.canary_deployment, split.canary).await?;
         } else {

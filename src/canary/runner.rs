@@ -52,6 +52,10 @@ pub trait Backend {
     fn abort(&self, run: &CanaryRun) -> impl Future<Output = Result<String, String>>;
     /// A progress line for the operator.
     fn report(&self, line: &str);
+    /// Why this process may no longer drive the run (the deploy Lease was lost: taken over,
+    /// overridden by the kill switch, or not renewable), or `None` while it may. Checked before
+    /// every change: a fenced run stops without touching the cluster or its state again.
+    fn fenced(&self) -> Option<String>;
 }
 
 /// How a run ended (for this process).
@@ -67,6 +71,11 @@ pub enum Ending {
     },
     /// The abort (or the undo of a failed promotion) itself failed: a human must act now.
     RollbackFailed {
+        reason: String,
+    },
+    /// This process lost the deploy Lease and stopped at a safe point, leaving the cluster and
+    /// the saved state to whoever holds the Lease now.
+    Fenced {
         reason: String,
     },
 }
@@ -88,6 +97,9 @@ pub async fn drive<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
                 };
             }
             RunStatus::Running => {}
+        }
+        if let Some(reason) = backend.fenced() {
+            return fenced(backend, run, reason);
         }
         if let Some(request) = pending.take() {
             match request {
@@ -127,6 +139,8 @@ pub async fn drive<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
             ));
             match backend.set_weights(run, split).await {
                 Ok(detail) => note(backend, run, detail),
+                // Lost during the change: not the canary's fault, and not ours to undo.
+                Err(_) if backend.fenced().is_some() => continue,
                 Err(problem) => {
                     let reason =
                         format!("the canary could not run at {}: {problem}", run.position());
@@ -139,6 +153,7 @@ pub async fn drive<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
                     run,
                     format!("smoke at {}: {detail}", run.position()),
                 ),
+                Err(_) if backend.fenced().is_some() => continue,
                 Err(problem) => {
                     let reason = format!("smoke failed at {}: {problem}", run.position());
                     return abort(backend, run, reason).await;
@@ -153,6 +168,9 @@ pub async fn drive<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
         backend
             .sleep(Duration::from_secs(run.interval_secs.max(1)))
             .await;
+        if backend.fenced().is_some() {
+            continue;
+        }
         // A request that arrived while sleeping goes first: an abort must not wait for figures.
         if let Some(request) = save(backend, run).await {
             pending = Some(request);
@@ -213,7 +231,20 @@ fn note<B: Backend>(backend: &B, run: &mut CanaryRun, message: String) {
     run.event(backend.now(), message);
 }
 
+/// Stops without another write: the new holder of the Lease owns the cluster and the state.
+fn fenced<B: Backend>(backend: &B, run: &mut CanaryRun, reason: String) -> Ending {
+    backend.report(&format!(
+        "stopping at {}: {reason}; the cluster and the saved state are left as they are",
+        run.position()
+    ));
+    Ending::Fenced { reason }
+}
+
 async fn save<B: Backend>(backend: &B, run: &mut CanaryRun) -> Option<OperatorRequest> {
+    if backend.fenced().is_some() {
+        // The state belongs to the new holder now.
+        return None;
+    }
     run.updated_at = backend.now();
     match backend.save(run).await {
         Ok(request) => request,
@@ -227,6 +258,10 @@ async fn save<B: Backend>(backend: &B, run: &mut CanaryRun) -> Option<OperatorRe
 }
 
 async fn abort<B: Backend>(backend: &B, run: &mut CanaryRun, reason: String) -> Ending {
+    if let Some(lost) = backend.fenced() {
+        // An abort scales stable back up: exactly what a kill switch must not see.
+        return fenced(backend, run, lost);
+    }
     backend.report(&format!("aborting at {}: {reason}", run.position()));
     match backend.abort(run).await {
         Ok(detail) => {
@@ -251,6 +286,9 @@ async fn abort<B: Backend>(backend: &B, run: &mut CanaryRun, reason: String) -> 
 }
 
 async fn promote<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
+    if let Some(lost) = backend.fenced() {
+        return fenced(backend, run, lost);
+    }
     backend.report(&format!("promoting {} to stable", run.tag));
     match backend.promote(run).await {
         Ok(detail) => {
@@ -327,6 +365,8 @@ mod tests {
         /// `sleep` panics after this many calls (a killed process).
         die_after_sleeps: Option<usize>,
         sleeps: Cell<usize>,
+        /// The Lease is lost after this many sleeps.
+        fenced_after_sleeps: Option<usize>,
     }
 
     impl Script {
@@ -414,6 +454,12 @@ mod tests {
         }
 
         fn report(&self, _line: &str) {}
+
+        fn fenced(&self) -> Option<String> {
+            self.fenced_after_sleeps
+                .is_some_and(|limit| self.sleeps.get() >= limit)
+                .then(|| "the deploy lock was taken over by `ops@vm pid 2 (kill-switch)`".into())
+        }
     }
 
     /// A 10 % step's figures: the canary serves `n`, stable `9n`.
@@ -608,6 +654,32 @@ mod tests {
         assert_eq!(drive(&resumed, &mut run).await, Ending::Promoted);
         assert_eq!(resumed.calls(), ["weights 6 4", "smoke", "promote"]);
         assert_eq!(run.windows.iter().filter(|w| w.step == 1).count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_loses_the_lease_stops_without_another_change_or_save() {
+        // Failing figures: a run that kept going would abort at its first evaluation, scaling
+        // stable back up.
+        let script = Script {
+            fenced_after_sleeps: Some(1),
+            ..Script::with(vec![figures(3000.0, 0.2, 0.004)])
+        };
+        let mut run = short_run();
+        run.policy.consecutive_failures_to_abort = 1;
+        let ending = drive(&script, &mut run).await;
+        assert!(
+            matches!(&ending, Ending::Fenced { reason } if reason.contains("kill-switch")),
+            "{ending:?}"
+        );
+        assert_eq!(
+            script.calls(),
+            ["weights 1 9", "smoke"],
+            "no abort, no promote"
+        );
+        let saved_last = script.saved.borrow().last().cloned().unwrap();
+        assert_eq!(saved_last.status, RunStatus::Running);
+        assert!(run.windows.is_empty(), "no evaluation after the loss");
+        assert_eq!(run.status, RunStatus::Running);
     }
 
     #[test]

@@ -106,10 +106,21 @@ pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterE
             source,
         })?;
     config.default_namespace = environment.namespace.clone();
-    kube::Client::try_from(config).map_err(|source| ClusterError::Client {
-        context: environment.kube_context.clone(),
-        source,
-    })
+    // kube's default retry of 429/503/504 backs off up to 1000 s between 15 tries: against an
+    // API server that keeps answering 503, one request would hang for minutes. psctl retries a
+    // short burst (4 tries, 0.2 s doubling to 2 s, or the server's Retry-After) and otherwise
+    // reports the API server unreachable (exit 3) while the operator can still act.
+    config.default_retry = false;
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(|source| ClusterError::Client {
+            context: environment.kube_context.clone(),
+            source,
+        })?;
+    // Retry needs a cloneable service: the buffer (as kube's own client has) provides it.
+    Ok(builder
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(retry_policy()))
+        .build())
 }
 
 /// Connects and asks the API server for its version: a client known to reach the cluster, or
@@ -127,6 +138,21 @@ pub async fn connect_checked(
         )))?;
     Ok((client, version))
 }
+
+/// Bounded retries for 429, 503 and 504 (see [`connect`]): at most [`RETRIES`] more tries,
+/// together a few seconds.
+pub fn retry_policy() -> kube::client::retry::RetryPolicy {
+    kube::client::retry::RetryPolicy::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(2),
+        RETRIES,
+        true,
+    )
+    .expect("constant back-off parameters are valid")
+}
+
+/// How many times a 429/503/504 answer is retried.
+pub const RETRIES: u32 = 4;
 
 /// A kube error in one line: the API's own message and code, without the Debug dump.
 pub fn describe(error: &kube::Error) -> String {

@@ -141,6 +141,7 @@ async fn start(args: CanaryStartArgs, global: &GlobalSettings, output: &Output) 
     let me = lock::holder_identity(&operation);
     let held =
         support::take_lock(&client, &environment, &operation, audit.as_ref(), output).await?;
+    let held = support::require_kill_switch_off(held, &client, &environment, &[component]).await?;
     let stable = StableTrack {
         replicas: stable_replicas,
         revision: stable_revision,
@@ -247,6 +248,7 @@ async fn resume(args: CanaryResumeArgs, global: &GlobalSettings, output: &Output
     let me = lock::holder_identity(&operation);
     let held =
         support::take_lock(&client, &environment, &operation, audit.as_ref(), output).await?;
+    let held = support::require_kill_switch_off(held, &client, &environment, &[component]).await?;
     let now = unix_now();
     if run.status == RunStatus::Paused {
         // A human looked and wants more evidence: the step bakes again from its weights.
@@ -367,6 +369,7 @@ async fn take_over(
         }
         Err(error) => return Err(error.into()),
     };
+    let held = support::require_kill_switch_off(held, &client, &environment, &[component]).await?;
     run.status = RunStatus::Running;
     run.reason = None;
     run.request = Some(request);
@@ -421,7 +424,8 @@ async fn drive_and_report(
     held: DeployLock,
     mut run: CanaryRun,
 ) -> CommandResult {
-    let backend = KubeBackend::new(context);
+    let guard = held.guard();
+    let backend = KubeBackend::new(context, guard.clone());
     let before = format!("{} at {}", run.status.as_str(), run.position());
     if let Err(problem) = backend.save(&run).await {
         let _ = held.release().await;
@@ -442,6 +446,7 @@ async fn drive_and_report(
         Ending::Aborted { .. } => "aborted",
         Ending::Paused { .. } => "paused",
         Ending::RollbackFailed { .. } => "failed",
+        Ending::Fenced { .. } => "stopped",
     };
     support::audit(
         audit,
@@ -497,6 +502,15 @@ async fn drive_and_report(
         .titled(format!("canary rollback failed: {component}"))
         .hint("a human must act now: retry with `psctl canary abort`, check `psctl status`")
         .hint(format!("stop the canary by hand with `kubectl scale deployment {canary_deployment} --replicas=0`"))),
+        Ending::Fenced { reason } => {
+            let error = match guard.check() {
+                Err(lost) => CommandError::from(LockError::Lost(lost)),
+                Ok(()) => CommandError::usage(anyhow::anyhow!("{reason}")),
+            };
+            Err(error.hint(format!(
+                "the canary of `{component}` (tag {tag}) stopped where it was; `psctl canary status` shows its last saved step"
+            )))
+        }
     }
 }
 

@@ -70,6 +70,9 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
     let audit = support::open_audit(global, &environment, output).await?;
     let deploy_lock =
         support::take_lock(&client, &environment, "deploy", audit.as_ref(), output).await?;
+    let selected = environment.select(&settings.components)?;
+    let deploy_lock =
+        support::require_kill_switch_off(deploy_lock, &client, &environment, &selected).await?;
     // The releases are read under the Lease: the rollback targets are what ran when this
     // operator took the lock, not what ran before another operator's deploy finished.
     let prepared = prepare(&client, &environment, &settings, &helm, global, output).await;
@@ -87,6 +90,7 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
         timeout: settings.timeout,
         audit: audit.as_ref(),
         output,
+        lease: &deploy_lock.guard(),
     };
     let executed = execute::execute(&backend, &plan, &previous, settings.rollback).await;
     release(deploy_lock, output).await;

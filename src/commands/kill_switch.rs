@@ -1,6 +1,12 @@
-//! `psctl kill-switch on|off`: the runbook's emergency stop. `on` scales Deployments to zero and
-//! remembers their replica counts in the `psctl.io/kill-switch-replicas` annotation; `off`
-//! restores exactly that count. Both are idempotent.
+//! `psctl kill-switch on|off`: the runbook's emergency stop. `on` scales Deployments (each
+//! component's stable track and, while one exists, its canary track) to zero and remembers
+//! their replica counts in the `psctl.io/kill-switch-replicas` annotation; `off` restores
+//! exactly that count. Both are idempotent.
+//!
+//! `on` is a brake, not a queue: it takes the deploy Lease from whoever holds it (recorded in
+//! the audit trail with the previous holder's name), and the holder, which watches its Lease,
+//! stops at its next safe point. While the switch is on, every command that could bring a
+//! component back (`deploy`, `rollback`, `canary`, `run`) refuses through [`engaged`].
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -10,9 +16,10 @@ use serde::Serialize;
 use super::support::{self, AuditNote};
 use crate::cli::{KillSwitchArgs, KillSwitchState};
 use crate::cluster::{self, ClusterError, ownership};
-use crate::error::{CommandResult, ExitStatus};
+use crate::error::{CommandError, CommandResult, ExitStatus};
+use crate::lock;
 use crate::output::{CheckState, Output, Render, Style, table};
-use crate::settings::GlobalSettings;
+use crate::settings::{Component, GlobalSettings};
 
 /// Where the replica count is remembered while the switch is on.
 pub const REPLICAS_ANNOTATION: &str = "psctl.io/kill-switch-replicas";
@@ -96,43 +103,142 @@ impl Render for KillSwitchReport {
     }
 }
 
-pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
-    let KillSwitchArgs { state, components } = args;
-    let environment = global.environment()?;
-    let selected = environment.select(&components)?;
-    let client = cluster::connect(&environment).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &environment.namespace);
-    let mut changes = Vec::new();
-    for component in &selected {
-        let deployment =
-            deployments
-                .get(&component.deployment)
-                .await
-                .map_err(ClusterError::api(format!(
-                    "reading Deployment `{}`",
-                    component.deployment
-                )))?;
-        let replicas = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(1);
-        let remembered = deployment
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(REPLICAS_ANNOTATION))
-            .map(String::as_str);
-        let (after, patch) = decide(state, replicas, remembered)
-            .map_err(|m| crate::error::CommandError::usage(anyhow::anyhow!(m)))?;
-        changes.push(Change {
+/// One Deployment the switch acts on.
+#[derive(Debug, Clone)]
+struct Target {
+    component: String,
+    deployment: String,
+    /// The canary track exists only while a canary runs (or was kept for investigation).
+    optional: bool,
+}
+
+/// Each component's stable Deployment and, when it has a canary, its canary Deployment.
+fn targets(components: &[&Component]) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for component in components {
+        targets.push(Target {
             component: component.name.clone(),
             deployment: component.deployment.clone(),
+            optional: false,
+        });
+        if let Some(canary) = &component.canary {
+            targets.push(Target {
+                component: component.name.clone(),
+                deployment: canary.deployment.clone(),
+                optional: true,
+            });
+        }
+    }
+    targets
+}
+
+/// Replicas and remembered count of a Deployment, `None` when it does not exist.
+async fn read(
+    deployments: &Api<Deployment>,
+    target: &Target,
+) -> Result<Option<(i32, Option<String>)>, ClusterError> {
+    let deployment = match deployments.get_opt(&target.deployment).await {
+        Ok(Some(deployment)) => deployment,
+        Ok(None) => return Ok(None),
+        Err(error) => {
+            return Err(ClusterError::api(format!(
+                "reading Deployment `{}`",
+                target.deployment
+            ))(error));
+        }
+    };
+    let replicas = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let remembered = deployment
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REPLICAS_ANNOTATION))
+        .cloned();
+    Ok(Some((replicas, remembered)))
+}
+
+async fn plan_changes(
+    deployments: &Api<Deployment>,
+    state: KillSwitchState,
+    targets: &[Target],
+) -> Result<Vec<Change>, CommandError> {
+    let mut changes = Vec::new();
+    for target in targets {
+        let Some((replicas, remembered)) = read(deployments, target).await? else {
+            if target.optional {
+                continue;
+            }
+            return Err(CommandError::usage(anyhow::anyhow!(
+                "Deployment `{}` of component `{}` does not exist",
+                target.deployment,
+                target.component
+            ))
+            .hint("check the component's `deployment:` in psctl.yaml and `psctl status`"));
+        };
+        let (after, patch) = decide(state, replicas, remembered.as_deref())
+            .map_err(|m| crate::error::CommandError::usage(anyhow::anyhow!(m)))?;
+        changes.push(Change {
+            component: target.component.clone(),
+            deployment: target.deployment.clone(),
             replicas_before: replicas,
             replicas_after: after,
             patch,
         });
     }
+    Ok(changes)
+}
+
+/// The Deployments of `components` the kill switch holds at zero, as `name (N replicas
+/// remembered)`; empty when it is off for all of them.
+pub async fn engaged(
+    client: &kube::Client,
+    namespace: &str,
+    components: &[&Component],
+) -> Result<Vec<String>, ClusterError> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let mut engaged = Vec::new();
+    for target in targets(components) {
+        if let Some((_, Some(remembered))) = read(&deployments, &target).await? {
+            engaged.push(format!(
+                "{} held at 0, {remembered} remembered",
+                target.deployment
+            ));
+        }
+    }
+    Ok(engaged)
+}
+
+/// Every replica change the kill switch makes goes through here.
+async fn scale(
+    deployments: &Api<Deployment>,
+    deployment: &str,
+    patch: &serde_json::Value,
+) -> Result<(), ClusterError> {
+    deployments
+        .patch(
+            deployment,
+            &ownership::patch_params(ownership::KILL_SWITCH),
+            &Patch::Merge(patch),
+        )
+        .await
+        .map(drop)
+        .map_err(ClusterError::api(format!(
+            "patching Deployment `{deployment}`"
+        )))
+}
+
+pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
+    let KillSwitchArgs { state, components } = args;
+    let environment = global.environment()?;
+    let selected = environment.select(&components)?;
+    let targets = targets(&selected);
+    let client = cluster::connect(&environment).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &environment.namespace);
+    let changes = plan_changes(&deployments, state, &targets).await?;
     let state_name = match state {
         KillSwitchState::On => "on",
         KillSwitchState::Off => "off",
@@ -161,34 +267,46 @@ pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output)
         ),
     )?;
     let audit = support::open_audit(global, &environment, output).await?;
-    let held =
-        support::take_lock(&client, &environment, "kill-switch", audit.as_ref(), output).await?;
+    // `on` is the emergency brake: it does not wait for whoever holds the Lease, it takes it
+    // (audited) and the holder stops at its next safe point.
+    let held = match state {
+        KillSwitchState::On => {
+            support::take_lock_override(
+                &client,
+                &environment,
+                "kill-switch",
+                audit.as_ref(),
+                output,
+            )
+            .await?
+        }
+        KillSwitchState::Off => {
+            support::take_lock(&client, &environment, "kill-switch", audit.as_ref(), output).await?
+        }
+    };
+    let overrode = held
+        .takeover
+        .as_ref()
+        .is_some_and(|t| t.reason == lock::TakeoverReason::Override);
+    // Read again under the Lease: the previous holder may have scaled something meanwhile.
+    report.changes = plan_changes(&deployments, state, &targets).await?;
     let mut failure = None;
     for change in &mut report.changes {
         let Some(patch) = &change.patch else { continue };
-        let result = deployments
-            .patch(
-                &change.deployment,
-                &ownership::patch_params(ownership::KILL_SWITCH),
-                &Patch::Merge(patch),
-            )
-            .await
-            .map_err(ClusterError::api(format!(
-                "patching Deployment `{}`",
-                change.deployment
-            )));
+        let result = scale(&deployments, &change.deployment, patch).await;
         // Off: the replicas are Helm's again; on: the kill switch keeps them (see
         // cluster::ownership).
         let result = match (result, state) {
-            (Ok(_), KillSwitchState::Off) => {
+            (Ok(()), KillSwitchState::Off) => {
                 ownership::hand_back(&deployments, &change.deployment, &[ownership::KILL_SWITCH])
                     .await
+                    .map(drop)
                     .map_err(ClusterError::api(format!(
                         "handing the replicas of `{}` back to Helm",
                         change.deployment
                     )))
             }
-            (result, _) => result.map(|_| true),
+            (result, _) => result,
         };
         let outcome = if result.is_ok() {
             "succeeded"
@@ -210,7 +328,7 @@ pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output)
         )
         .await;
         match result {
-            Ok(_) => output.check(
+            Ok(()) => output.check(
                 CheckState::Ok,
                 &format!("kill switch {state_name}"),
                 &format!(
@@ -225,6 +343,28 @@ pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output)
                     &error.to_string(),
                 );
                 failure.get_or_insert(error);
+            }
+        }
+    }
+    if overrode && failure.is_none() {
+        // The overridden holder sees its loss within one Lease read and stops at its next safe
+        // point; a write it had in flight may still land. Look again once it has had the
+        // time, and put back to zero whatever came back up (the remembered count stays).
+        tokio::time::sleep(lock::POLL * 3).await;
+        for target in &targets {
+            if let Some((replicas, Some(_))) = read(&deployments, target).await?
+                && replicas > 0
+            {
+                let patch = serde_json::json!({"spec": {"replicas": 0}});
+                scale(&deployments, &target.deployment, &patch).await?;
+                output.check(
+                    CheckState::Warn,
+                    "kill switch on",
+                    &format!(
+                        "{}: scaled to {replicas} by the overridden operation as it stopped; back to 0",
+                        target.deployment
+                    ),
+                );
             }
         }
     }

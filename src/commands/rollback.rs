@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use serde::Serialize;
 
 use super::history::read_revisions;
@@ -245,6 +245,7 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
         to_rev,
         undo,
         unstick,
+        force,
         timeout,
     } = args;
     let mode = match (undo, unstick) {
@@ -303,7 +304,16 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
     let audit = support::open_audit(global, &environment, output).await?;
     let held =
         support::take_lock(&client, &environment, "rollback", audit.as_ref(), output).await?;
-    let result = execute(&client, &environment, &component, &plan, timeout, output).await;
+    let held = support::require_kill_switch_off(held, &client, &environment, &[&component]).await?;
+    let result = execute(
+        &client,
+        &environment,
+        &component,
+        &plan,
+        Execution { timeout, force },
+        output,
+    )
+    .await;
     let outcome = if result.is_ok() {
         "succeeded"
     } else {
@@ -366,6 +376,16 @@ async fn undo_plan(
                 .flatten()
                 .any(|o| Some(&o.uid) == uid.as_ref())
         })
+        // The stable track only: a canary's pod template is never a rollback target, even
+        // if a ReplicaSet carrying it were adopted by the stable Deployment.
+        .filter(|rs| {
+            rs.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::canary::queries::TRACK_LABEL))
+                .map(String::as_str)
+                != Some(crate::canary::queries::CANARY_TRACK)
+        })
         .collect();
     let current = deployment
         .metadata
@@ -394,14 +414,52 @@ async fn undo_plan(
     })
 }
 
+/// How `execute` runs the plan.
+#[derive(Debug, Clone, Copy)]
+struct Execution {
+    timeout: Duration,
+    /// `--force`: recover a pending revision younger than [`PENDING_MIN_AGE`].
+    force: bool,
+}
+
+/// A pending revision younger than this may belong to a Helm operation that is still running
+/// (Helm's own default `--timeout` is 5 minutes): `--unstick` leaves it alone without `--force`.
+pub const PENDING_MIN_AGE: Duration = Duration::from_secs(300);
+
+/// Whether the pending revision's release Secret may be deleted: it still records the planned
+/// revision and status, and it is old enough (or `force`). Pure: `age` is measured by the caller.
+pub fn may_delete_pending(
+    planned_status: &str,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+    age: Option<Duration>,
+    force: bool,
+) -> Result<(), String> {
+    let status = labels.and_then(|l| l.get("status")).map(String::as_str);
+    if status != Some(planned_status) {
+        return Err(format!(
+            "it is now `{}`, not `{planned_status}` as planned: someone changed the release meanwhile",
+            status.unwrap_or("unlabelled")
+        ));
+    }
+    match age {
+        Some(age) if age < PENDING_MIN_AGE && !force => Err(format!(
+            "it was written {}s ago, and a Helm operation may still be running it (psctl waits {}s)",
+            age.as_secs(),
+            PENDING_MIN_AGE.as_secs()
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn execute(
     client: &kube::Client,
     environment: &Environment,
     component: &Component,
     plan: &RollbackPlan,
-    timeout: Duration,
+    execution: Execution,
     output: &Output,
 ) -> Result<(), CommandError> {
+    let Execution { timeout, force } = execution;
     let mut needs_tracking = false;
     for step in &plan.steps {
         match step {
@@ -410,13 +468,46 @@ async fn execute(
                 needs_tracking = run.args.first().map(String::as_str) == Some("rollback");
                 output.check(CheckState::Ok, "helm", &run.display());
             }
-            Step::DeleteRevision { secret, .. } => {
+            Step::DeleteRevision { secret, status, .. } => {
                 let secrets: Api<Secret> = Api::namespaced(client.clone(), &environment.namespace);
-                secrets
-                    .delete(secret, &DeleteParams::default())
+                // Read again under the Lease, and delete exactly what was read: a precondition
+                // on its resourceVersion and uid makes the API server refuse (409) if anyone
+                // rewrote or replaced the Secret since.
+                let object = secrets
+                    .get(secret)
                     .await
                     .map_err(ClusterError::api(format!(
-                        "deleting release Secret `{secret}`"
+                        "reading release Secret `{secret}`"
+                    )))?;
+                // The API server's own creationTimestamp, so Helm's host clock plays no part.
+                let age = object.metadata.creation_timestamp.as_ref().and_then(|t| {
+                    let now = k8s_openapi::jiff::Timestamp::now();
+                    now.duration_since(t.0).try_into().ok()
+                });
+                if let Err(problem) =
+                    may_delete_pending(status, object.metadata.labels.as_ref(), age, force)
+                {
+                    return Err(CommandError::usage(anyhow::anyhow!(
+                        "not deleting release Secret `{secret}`: {problem}"
+                    ))
+                    .hint("check `psctl history` and `helm status`; nothing was changed")
+                    .hint(format!(
+                        "once no Helm operation runs on the release, `psctl rollback {} --unstick --force` recovers it anyway",
+                        component.name
+                    )));
+                }
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        resource_version: object.metadata.resource_version.clone(),
+                        uid: object.metadata.uid.clone(),
+                    }),
+                    ..DeleteParams::default()
+                };
+                secrets
+                    .delete(secret, &params)
+                    .await
+                    .map_err(ClusterError::api(format!(
+                        "deleting release Secret `{secret}` (precondition: unchanged since read)"
                     )))?;
                 output.check(CheckState::Ok, "unfinished revision removed", secret);
             }
@@ -576,6 +667,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.hints()[0].contains("--unstick"));
+    }
+
+    #[test]
+    fn a_pending_revision_is_deleted_only_as_planned_and_once_old_enough() {
+        let labels: std::collections::BTreeMap<String, String> =
+            [("status".to_owned(), "pending-upgrade".to_owned())].into();
+        let old = Some(PENDING_MIN_AGE);
+        let young = Some(Duration::from_secs(30));
+        assert_eq!(
+            may_delete_pending("pending-upgrade", Some(&labels), old, false),
+            Ok(())
+        );
+        let refused =
+            may_delete_pending("pending-upgrade", Some(&labels), young, false).unwrap_err();
+        assert!(refused.contains("30s ago"), "{refused}");
+        assert_eq!(
+            may_delete_pending("pending-upgrade", Some(&labels), young, true),
+            Ok(())
+        );
+        let deployed: std::collections::BTreeMap<String, String> =
+            [("status".to_owned(), "deployed".to_owned())].into();
+        let changed =
+            may_delete_pending("pending-upgrade", Some(&deployed), old, true).unwrap_err();
+        assert!(changed.contains("now `deployed`"), "{changed}");
     }
 
     #[test]

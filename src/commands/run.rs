@@ -191,6 +191,19 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
     )?;
 
     let client = cluster::connect(&environment).await?;
+    // The whole run holds the deploy Lease: nobody deploys between its steps, and each step
+    // (run in this process) shares the hold and its fencing.
+    let audit = support::open_audit(global, &environment, output).await?;
+    let held = support::take_lock(&client, &environment, "run", audit.as_ref(), output).await?;
+    // While the kill switch is on, a run that would bring a component back before turning the
+    // switch off itself is refused here, before any step runs. A run that turns it off first
+    // (the restore playbook's second half) goes ahead.
+    let held = if reviving_step(&plan.steps[start..]).is_some() {
+        let every: Vec<&crate::settings::Component> = environment.components.iter().collect();
+        support::require_kill_switch_off(held, &client, &environment, &every).await?
+    } else {
+        held
+    };
     let store = StateStore::new(&client, &environment.namespace, state_name(&plan.playbook));
     let mut state = prepare_state(&store, &client, &environment, &plan, start, output).await?;
     store.save(&state).await?;
@@ -200,6 +213,7 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
         environment: &environment,
         global,
         output,
+        lease: held.guard(),
     };
     let outcome = executor.execute(&mut state, start, &store).await;
     let (status, rollbacks, failure) = match outcome {
@@ -237,8 +251,17 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
         (Some(_), true, _) => "failed",
     }
     .to_owned();
-    if let Err(error) = store.save(&state).await {
+    // A run that lost the Lease leaves the record to whoever holds it now.
+    if held.check().is_ok()
+        && let Err(error) = store.save(&state).await
+    {
         output.warn(format!("the run's record could not be saved: {error}"));
+    }
+    if let Err(error) = held.release().await {
+        output.warn(format!(
+            "the deploy lock was not released cleanly: {error}; it expires in {}s",
+            crate::lock::LEASE_SECONDS
+        ));
     }
     let report = RunReport {
         playbook: plan.playbook.clone(),
@@ -258,6 +281,20 @@ pub async fn run(args: RunArgs, global: &GlobalSettings, output: &Output) -> Com
         Some((_, error)) => Err(CommandError::new(status, anyhow::anyhow!("{:#}", error.error()))),
         None => Ok(status),
     }
+}
+
+/// The first step that could bring a stopped component back (deploy, rollback, canary) before
+/// any step turns the kill switch off. Pure.
+fn reviving_step(steps: &[PlannedStep]) -> Option<&PlannedStep> {
+    for step in steps {
+        let mut argv = step.command.iter().map(String::as_str);
+        match (argv.next(), argv.next()) {
+            (Some("kill-switch"), Some("off")) => return None,
+            (Some("deploy" | "rollback" | "canary"), _) => return Some(step),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `git rev-parse --short=12 HEAD` of the working directory.
@@ -419,6 +456,8 @@ struct Executor<'a> {
     environment: &'a Environment,
     global: &'a GlobalSettings,
     output: &'a Output,
+    /// Checked before every step: a run that lost the Lease stops there.
+    lease: crate::lock::LeaseGuard,
 }
 
 impl Executor<'_> {
@@ -426,6 +465,12 @@ impl Executor<'_> {
         let total = self.plan.steps.len();
         let mut continued_failures = false;
         for step in &self.plan.steps[start..] {
+            if let Err(lost) = self.lease.check() {
+                return Finish::Stopped {
+                    step: step.number,
+                    error: crate::lock::LockError::Lost(lost).into(),
+                };
+            }
             self.output.info(format!(
                 "[{}/{total}] {}: {}",
                 step.number,
@@ -481,6 +526,13 @@ impl Executor<'_> {
             match step.on_failure {
                 OnFailure::Continue => continued_failures = true,
                 OnFailure::Stop => {
+                    return Finish::Stopped {
+                        step: step.number,
+                        error,
+                    };
+                }
+                OnFailure::Rollback if self.lease.check().is_err() => {
+                    // Not ours to roll back any more: whoever holds the Lease owns the state.
                     return Finish::Stopped {
                         step: step.number,
                         error,
@@ -581,6 +633,7 @@ impl Executor<'_> {
                         to_rev: Some(revision),
                         undo: false,
                         unstick: false,
+                        force: false,
                         timeout: std::time::Duration::from_secs(300),
                     };
                     let mut global = self.global.clone();
@@ -659,6 +712,35 @@ fn state_name(playbook: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(number: usize, command: &[&str]) -> PlannedStep {
+        PlannedStep {
+            number,
+            name: format!("step-{number}"),
+            kind: "x",
+            command: command.iter().map(|w| (*w).to_owned()).collect(),
+            message: None,
+            on_failure: OnFailure::Stop,
+            line: None,
+        }
+    }
+
+    #[test]
+    fn only_a_run_reviving_components_before_switching_off_meets_the_kill_switch() {
+        let restore = [
+            step(1, &[]),
+            step(2, &["kill-switch", "off", "--component", "poller"]),
+            step(3, &["deploy", "--tag", "v1"]),
+        ];
+        assert!(reviving_step(&restore).is_none());
+        let release = [
+            step(1, &["build", "--tag", "v1"]),
+            step(2, &["deploy", "--tag", "v1"]),
+        ];
+        assert_eq!(reviving_step(&release).map(|s| s.number), Some(2));
+        let stop = [step(1, &["kill-switch", "on"]), step(2, &["status"])];
+        assert!(reviving_step(&stop).is_none());
+    }
 
     fn base(revision: u32, tag: &str) -> Baseline {
         Baseline {

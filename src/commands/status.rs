@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
@@ -23,6 +25,8 @@ use crate::settings::{Component, Environment, GlobalSettings};
 pub struct Status {
     pub environment: String,
     pub namespace: String,
+    /// Who holds the deploy Lease (`user@host pid N (operation)`), when anyone does.
+    pub lock_holder: Option<String>,
     pub components: Vec<ComponentStatus>,
 }
 
@@ -33,12 +37,26 @@ pub struct ComponentStatus {
     pub revision: Option<u32>,
     pub release_status: Option<String>,
     pub image_tag: Option<String>,
+    /// The component's Deployments: the stable track and, while one exists, the canary track.
+    pub deployments: Vec<DeploymentStatus>,
     pub pods: Vec<PodStatus>,
     /// Selected gauges from the metrics endpoint (e.g. `problemsolver_poller_last_success_unixtime`,
     /// `webhook_queue_depth`); absent when the endpoint could not be read.
     pub metrics: Option<std::collections::BTreeMap<String, f64>>,
     /// Why `metrics` is absent.
     pub metrics_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeploymentStatus {
+    pub name: String,
+    /// `stable` or `canary`.
+    pub track: String,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// While the kill switch holds this Deployment at zero: the count `kill-switch off`
+    /// restores.
+    pub kill_switch_remembered: Option<i32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,9 +83,23 @@ impl Render for Status {
     fn render_table(&self, _style: &Style) -> String {
         let now = Timestamp::now().as_second();
         let mut text = format!(
-            "environment {} (namespace {})\n\n",
+            "environment {} (namespace {})\n",
             self.environment, self.namespace
         );
+        if let Some(holder) = &self.lock_holder {
+            text.push_str(&format!("deploy lock held by {holder}\n"));
+        }
+        for component in &self.components {
+            for deployment in &component.deployments {
+                if let Some(remembered) = deployment.kill_switch_remembered {
+                    text.push_str(&format!(
+                        "KILL SWITCH ON: {} held at {} replicas ({remembered} restored by `psctl kill-switch off`)\n",
+                        deployment.name, deployment.replicas
+                    ));
+                }
+            }
+        }
+        text.push('\n');
         text.push_str(&table::render(
             &[
                 "COMPONENT",
@@ -161,6 +193,16 @@ pub async fn run(args: StatusArgs, global: &GlobalSettings, output: &Output) -> 
         .collect();
     let history = read_revisions(&client, &environment.namespace, &releases).await?;
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &environment.namespace);
+    let deployments_api: Api<Deployment> = Api::namespaced(client.clone(), &environment.namespace);
+    let lock_holder = Api::<Lease>::namespaced(client.clone(), &environment.namespace)
+        .get_opt(crate::lock::LEASE_NAME)
+        .await
+        .map_err(ClusterError::api(format!(
+            "reading Lease `{}`",
+            crate::lock::LEASE_NAME
+        )))?
+        .and_then(|lease| lease.spec?.holder_identity)
+        .filter(|holder| !holder.is_empty());
     let mut components = Vec::new();
     for component in &environment.components {
         let own: Vec<_> = history
@@ -180,12 +222,40 @@ pub async fn run(args: StatusArgs, global: &GlobalSettings, output: &Output) -> 
             Ok(metrics) => (metrics, None),
             Err(error) => (None, Some(error)),
         };
+        let mut deployments = Vec::new();
+        let tracks = std::iter::once(("stable", &component.deployment)).chain(
+            component
+                .canary
+                .as_ref()
+                .map(|canary| ("canary", &canary.deployment)),
+        );
+        for (track, name) in tracks {
+            let Some(object) = deployments_api
+                .get_opt(name)
+                .await
+                .map_err(ClusterError::api(format!("reading Deployment `{name}`")))?
+            else {
+                continue;
+            };
+            deployments.push(DeploymentStatus {
+                name: name.clone(),
+                track: track.to_owned(),
+                replicas: object.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+                kill_switch_remembered: object
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(super::kill_switch::REPLICAS_ANNOTATION))
+                    .and_then(|v| v.trim().parse().ok()),
+            });
+        }
         components.push(ComponentStatus {
             component: component.name.clone(),
             release: component.release.clone(),
             revision: current.map(|r| r.revision),
             release_status: current.map(|r| r.status.to_string()),
             image_tag: current.map(|r| r.image_tag.clone()),
+            deployments,
             pods: pods.items.iter().map(pod_status).collect(),
             metrics,
             metrics_error,
@@ -194,6 +264,7 @@ pub async fn run(args: StatusArgs, global: &GlobalSettings, output: &Output) -> 
     let status = Status {
         environment: environment.name.clone(),
         namespace: environment.namespace.clone(),
+        lock_holder,
         components,
     };
     output.data(&status).context("writing the status")?;
@@ -310,6 +381,7 @@ mod tests {
             revision: Some(1),
             release_status: Some("deployed".into()),
             image_tag: None,
+            deployments: Vec::new(),
             pods: Vec::new(),
             metrics: Some(
                 [

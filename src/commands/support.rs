@@ -96,11 +96,71 @@ pub async fn take_lock(
     Ok(held)
 }
 
+/// The kill switch's way to the Lease: taken whoever holds it (see
+/// [`DeployLock::acquire_override`]); the previous holder is announced and audited first.
+pub async fn take_lock_override(
+    client: &kube::Client,
+    environment: &Environment,
+    operation: &str,
+    audit_sink: &dyn AuditSink,
+    output: &Output,
+) -> Result<DeployLock, LockError> {
+    let me = lock::holder_identity(operation);
+    let held = DeployLock::acquire_override(client, &environment.namespace, &me).await?;
+    output.check(
+        CheckState::Ok,
+        "deploy lock",
+        &format!("Lease `{}` acquired", lock::LEASE_NAME),
+    );
+    if let Some(takeover) = &held.takeover {
+        output.warn(takeover.describe());
+        audit(audit_sink, output, environment, takeover_note(takeover)).await;
+    }
+    Ok(held)
+}
+
+/// Refuses (exit 2) while the kill switch is on for any of `components`: every command that
+/// could bring a stopped component back runs through here first.
+pub async fn refuse_while_kill_switch_on(
+    client: &kube::Client,
+    environment: &Environment,
+    components: &[&crate::settings::Component],
+) -> Result<(), CommandError> {
+    let engaged = super::kill_switch::engaged(client, &environment.namespace, components).await?;
+    if engaged.is_empty() {
+        return Ok(());
+    }
+    Err(CommandError::usage(anyhow::anyhow!(
+        "the kill switch is on in `{}` ({}); refusing to bring stopped components back",
+        environment.name,
+        engaged.join(", ")
+    ))
+    .hint("when it is safe, `psctl kill-switch off` restores the remembered replica counts; then run this command again"))
+}
+
+/// Checks the kill switch once the Lease is held (so it cannot be turned on in between): off
+/// for every one of `components` gives the hold back; on releases it and refuses (exit 2).
+pub async fn require_kill_switch_off(
+    held: DeployLock,
+    client: &kube::Client,
+    environment: &Environment,
+    components: &[&crate::settings::Component],
+) -> Result<DeployLock, CommandError> {
+    match refuse_while_kill_switch_on(client, environment, components).await {
+        Ok(()) => Ok(held),
+        Err(error) => {
+            let _ = held.release().await;
+            Err(error)
+        }
+    }
+}
+
 /// The audit record of a Lease takeover.
 pub fn takeover_note(takeover: &Takeover) -> AuditNote {
     let reason = match takeover.reason {
         TakeoverReason::HolderDead => "holder_dead".to_owned(),
         TakeoverReason::Expired { .. } => "expired".to_owned(),
+        TakeoverReason::Override => "kill_switch_override".to_owned(),
     };
     AuditNote {
         action: "lock-takeover".to_owned(),

@@ -12,6 +12,7 @@ use super::plan::{DeployPlan, PlanStep};
 use crate::audit::AuditSink;
 use crate::audit::note::{self, AuditNote};
 use crate::helm::driver::HelmTarget;
+use crate::lock::{LeaseGuard, Lost};
 use crate::output::{CheckState, Output};
 use crate::rollout::diagnosis::Policy;
 use crate::rollout::report::{outcome_summary, report_outcome};
@@ -34,6 +35,10 @@ pub trait DeployBackend {
     fn undo(&self, step: &PlanStep, undo: Undo) -> impl Future<Output = Result<(), String>>;
     /// Records one component's result in the audit trail.
     fn audit(&self, result: &ComponentResult, outcome: &str) -> impl Future<Output = ()>;
+    /// Whether this process still holds the deploy Lease: checked before each step and
+    /// before undoing anything (a long wait inside a step is raced with the loss by the
+    /// backend itself).
+    fn fence(&self) -> Result<(), Lost>;
 }
 
 /// What a run of the plan produced.
@@ -63,13 +68,32 @@ pub async fn execute(
         })
         .collect();
     let mut failure = None;
+    let mut fenced = None;
     for (index, step) in plan.steps.iter().enumerate() {
+        if let Err(lost) = backend.fence() {
+            fenced = Some(lost);
+            break;
+        }
         results[index].result = ComponentState::Failed;
         if let Err(problem) = run_step(backend, step, &mut results[index]).await {
             failure = Some(problem);
             break;
         }
         results[index].result = ComponentState::Deployed;
+    }
+    // A step that failed because the Lease was lost mid-wait is not this run's to undo.
+    if let Some(lost) = fenced.or_else(|| backend.fence().err()) {
+        let verdict = Verdict::Fenced { lost };
+        for result in results.iter().filter(|r| r.result.changed()) {
+            backend.audit(result, verdict.audit_outcome()).await;
+        }
+        return Executed {
+            report: DeployReport {
+                environment: plan.environment.clone(),
+                components: results,
+            },
+            verdict,
+        };
     }
 
     let mut problems = Vec::new();
@@ -150,6 +174,8 @@ pub struct KubeDeploy<'a> {
     pub timeout: Duration,
     pub audit: &'a dyn AuditSink,
     pub output: &'a Output,
+    /// The deploy Lease's fencing token.
+    pub lease: &'a LeaseGuard,
 }
 
 impl KubeDeploy<'_> {
@@ -160,15 +186,17 @@ impl KubeDeploy<'_> {
             deployment: step.deployment.clone(),
             selector: step.selector.clone(),
         };
-        let outcome = track::track(
-            self.client,
-            &target,
-            &Policy::default(),
-            self.timeout,
-            self.output,
-        )
-        .await
-        .map_err(|error| error.to_string())?;
+        let tracked = tokio::select! {
+            tracked = track::track(
+                self.client,
+                &target,
+                &Policy::default(),
+                self.timeout,
+                self.output,
+            ) => tracked,
+            lost = self.lease.lost() => return Err(lost.to_string()),
+        };
+        let outcome = tracked.map_err(|error| error.to_string())?;
         report_outcome(
             self.output,
             &format!("{what} {}", step.deployment),
@@ -245,6 +273,10 @@ impl DeployBackend for KubeDeploy<'_> {
         )
         .await;
     }
+
+    fn fence(&self) -> Result<(), Lost> {
+        self.lease.check()
+    }
 }
 
 fn audit_note(result: &ComponentResult, outcome: &str) -> AuditNote {
@@ -315,12 +347,15 @@ mod tests {
         rollout_fails: bool,
         verify: Option<&'static str>,
         undo: Option<&'static str>,
+        /// Another operator takes the Lease over while this component's rollout is watched.
+        lease_taken: bool,
     }
 
     #[derive(Default)]
     struct Fake {
         scripts: BTreeMap<String, Script>,
         calls: RefCell<Vec<String>>,
+        lost: RefCell<Option<Lost>>,
     }
 
     impl Fake {
@@ -350,6 +385,13 @@ mod tests {
         async fn track(&self, step: &PlanStep) -> Result<Outcome, String> {
             self.call(format!("track {}", step.component));
             let script = self.script(step);
+            if script.lease_taken {
+                let lost = Lost::TakenBy {
+                    holder: "bob@laptop pid 7 (kill-switch)".into(),
+                };
+                *self.lost.borrow_mut() = Some(lost.clone());
+                return Err(lost.to_string());
+            }
             fail(script.track)?;
             Ok(if script.rollout_fails {
                 Outcome::Failed {
@@ -391,6 +433,9 @@ mod tests {
                 "audit {} {} {outcome}",
                 result.component, result.result
             ));
+        }
+        fn fence(&self) -> Result<(), Lost> {
+            self.lost.borrow().clone().map_or(Ok(()), Err)
         }
     }
 
@@ -587,5 +632,36 @@ mod tests {
         assert!(format!("{:#}", error.error()).contains(
             "tracking the rollout of `problemsolver-webhook` failed: watch closed; left in place (--no-rollback)"
         ));
+    }
+
+    #[tokio::test]
+    async fn a_lease_lost_mid_rollout_stops_without_undoing_and_leaves_the_rest() {
+        let mut fake = Fake::default();
+        fake.scripts.insert(
+            "webhook".into(),
+            Script {
+                lease_taken: true,
+                ..Script::default()
+            },
+        );
+        let executed = run(&fake, true).await;
+        let Verdict::Fenced { lost } = &executed.verdict else {
+            panic!("{:?}", executed.verdict);
+        };
+        assert!(matches!(lost, Lost::TakenBy { .. }), "{lost:?}");
+        // Exit 2: another operation owns the environment now.
+        assert_eq!(executed.verdict.exit_status(), ExitStatus::Usage);
+        let calls = fake.calls();
+        // Nothing is undone and no later component is started by a process that lost the Lease.
+        assert!(!calls.iter().any(|c| c.starts_with("undo")), "{calls:?}");
+        assert!(
+            calls.iter().any(|c| c.ends_with(" stopped")),
+            "the changed component is audited as stopped: {calls:?}"
+        );
+        let error = executed.verdict.error(&executed.report).expect("an error");
+        assert!(
+            error.to_string().contains("taken over"),
+            "{error}"
+        );
     }
 }

@@ -7,7 +7,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::error::{CommandError, ExitStatus};
+use crate::error::{Classify as _, CommandError, ExitStatus};
+use crate::lock::{LockError, Lost};
 use crate::output::{Render, Style, table};
 use crate::rollout::report::outcome_summary;
 use crate::rollout::track::Outcome;
@@ -169,6 +170,9 @@ pub enum Verdict {
         failure: Failure,
         problems: Vec<String>,
     },
+    /// The deploy Lease was lost (taken over, or not renewed): whoever holds it now owns the
+    /// releases, so nothing more is changed here and nothing is rolled back.
+    Fenced { lost: Lost },
 }
 
 impl Verdict {
@@ -189,6 +193,7 @@ impl Verdict {
             Self::Deployed => ExitStatus::Success,
             Self::LeftInPlace { .. } | Self::Undone { .. } => ExitStatus::VerificationFailed,
             Self::RollbackFailed { .. } => ExitStatus::RollbackFailed,
+            Self::Fenced { lost } => LockError::Lost(lost.clone()).exit_status(),
         }
     }
 
@@ -197,6 +202,7 @@ impl Verdict {
     pub fn audit_outcome(&self) -> &'static str {
         match self {
             Self::Deployed => "succeeded",
+            Self::Fenced { .. } => "stopped",
             _ => "failed",
         }
     }
@@ -205,6 +211,11 @@ impl Verdict {
     pub fn error(&self, report: &DeployReport) -> Option<CommandError> {
         match self {
             Self::Deployed => None,
+            Self::Fenced { lost } => Some(
+                CommandError::from(LockError::Lost(lost.clone())).hint(
+                    "the release was left where it stood; `psctl status` and `psctl history <component>` show it",
+                ),
+            ),
             Self::LeftInPlace { failure } => Some(
                 CommandError::verification(anyhow::anyhow!(
                     "{failure}; left in place (--no-rollback)"

@@ -7,6 +7,14 @@
 //! has watched the Lease stay unchanged (same resourceVersion, renewTime and holder), counted on
 //! its own monotonic clock, never by comparing our wall clock with another host's `renewTime`.
 //! A holder on this host whose pid no longer exists is dead: its Lease is taken over at once.
+//!
+//! Fencing: the holder keeps reading the Lease (every [`POLL`]) and renews it every third of
+//! its duration, each write guarded by the resourceVersion it read. When the Lease names
+//! someone else (a takeover, or the kill switch's override), a renewal is refused with a
+//! conflict it cannot resolve, or no renewal succeeded for [`RENEW_DEADLINE`] (shorter than the
+//! Lease, as client-go's `renewDeadline` is, so the holder stops before anyone may take over),
+//! the Lease is *lost*: [`LeaseGuard::check`] then fails and the operation stops at its next
+//! safe point without touching the cluster again.
 
 pub mod identity;
 
@@ -29,8 +37,13 @@ pub const LEASE_SECONDS: i32 = 60;
 /// The longest `acquire` watches an unrenewed Lease before giving up; a Lease whose duration
 /// is longer than this is refused (the holder's lease is not ours to shorten).
 pub const MAX_WATCH: Duration = Duration::from_secs(LEASE_SECONDS as u64 + 5);
-/// How often a watched Lease is read again.
-const POLL: Duration = Duration::from_secs(2);
+/// How often a watched Lease is read again, and how often a holder reads its own Lease.
+pub const POLL: Duration = Duration::from_secs(2);
+/// How often the holder writes a new `renewTime`.
+const RENEW_EVERY: Duration = Duration::from_secs(LEASE_SECONDS as u64 / 3);
+/// A holder that could not renew for this long (its monotonic clock) gives the Lease up: it is
+/// shorter than [`LEASE_SECONDS`], so the holder stops before a watcher may take over.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(LEASE_SECONDS as u64 * 2 / 3);
 
 /// What this process has seen of the Lease while deciding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,6 +89,8 @@ pub enum TakeoverReason {
     HolderDead,
     /// Nobody renewed it for its whole duration while we watched.
     Expired { unchanged_secs: u64 },
+    /// The kill switch took it from a live holder: an emergency stop does not wait.
+    Override,
 }
 
 /// Why a held Lease is refused.
@@ -200,20 +215,56 @@ pub enum LockError {
         lease_seconds: i32,
         reason: RefuseReason,
     },
+    #[error("{0}; stopped before changing anything else")]
+    Lost(Lost),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
 
+/// Why this process no longer holds the deploy Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lost {
+    /// The Lease names another holder: a takeover, or the kill switch's override.
+    TakenBy { holder: String },
+    /// No renewal succeeded for `secs` seconds (at least [`RENEW_DEADLINE`]).
+    Unrenewed { secs: u64, problem: String },
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TakenBy { holder } => {
+                write!(f, "the deploy lock was taken over by `{holder}`")
+            }
+            Self::Unrenewed { secs, problem } => write!(
+                f,
+                "the deploy lock could not be renewed for {secs}s ({problem}); another psctl may hold it now"
+            ),
+        }
+    }
+}
+
 impl Classify for LockError {
+    /// Lost to another holder: exit 2, like a Lease refused at the start (another operation owns
+    /// the environment now). Lost because the API server did not answer: exit 3.
     fn exit_status(&self) -> ExitStatus {
         match self {
-            Self::Held { .. } => ExitStatus::Usage,
+            Self::Held { .. } | Self::Lost(Lost::TakenBy { .. }) => ExitStatus::Usage,
+            Self::Lost(Lost::Unrenewed { .. }) => ExitStatus::Unreachable,
             Self::Cluster(error) => error.exit_status(),
         }
     }
 
     fn hints(&self) -> Vec<String> {
         match self {
+            Self::Lost(Lost::TakenBy { holder }) if holder.contains("(kill-switch)") => vec![
+                "the kill switch stopped this operation; see `psctl status`".to_owned(),
+                "when it is safe, `psctl kill-switch off` restores the replica counts; then run this command again".to_owned(),
+            ],
+            Self::Lost(_) => vec![
+                "see `psctl status` and `psctl audit` for what the new holder did".to_owned(),
+                format!("inspect the Lease with `kubectl get lease {LEASE_NAME} -o yaml`"),
+            ],
             Self::Held { lease_seconds, .. } => vec![
                 format!(
                     "wait for it to finish; a holder on this host that died is replaced at once, one elsewhere once psctl has seen its Lease unrenewed for {lease_seconds}s"
@@ -256,6 +307,10 @@ impl Takeover {
                 "took over the deploy lock from `{}`: its Lease was not renewed for {unchanged_secs}s",
                 self.previous_holder
             ),
+            TakeoverReason::Override => format!(
+                "overrode the deploy lock held by `{}`: it stops at its next safe point",
+                self.previous_holder
+            ),
         }
     }
 }
@@ -265,7 +320,10 @@ impl Takeover {
 pub struct DeployLock {
     api: Api<Lease>,
     holder: String,
-    renewal: tokio::task::JoinHandle<()>,
+    /// `None` for a nested hold (see [`DeployLock::acquire`]): the outer hold renews and
+    /// releases.
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    lost: tokio::sync::watch::Receiver<Option<Lost>>,
     /// Set when the Lease was taken from a dead or silent holder: the caller audits it.
     pub takeover: Option<Takeover>,
 }
@@ -298,6 +356,10 @@ impl DeployLock {
         waiting: &(dyn Fn(String) + Send + Sync),
     ) -> Result<Self, LockError> {
         let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        if let Some(nested) = Self::nested(&api, me) {
+            nested.check().map_err(LockError::Lost)?;
+            return Ok(nested);
+        }
         let mut first_seen: Option<(_, Instant)> = None;
         let mut announced = false;
         loop {
@@ -408,19 +470,138 @@ impl DeployLock {
                     ClusterError::api(format!("taking Lease `{LEASE_NAME}`"))(error).into(),
                 );
             }
-            let renewal = tokio::spawn(renew(api.clone(), me.to_owned()));
-            return Ok(Self {
-                api,
-                holder: me.to_owned(),
-                renewal,
-                takeover,
-            });
+            return Ok(Self::held(api, me, takeover));
         }
     }
 
-    /// Stops renewing and deletes the Lease if it is still ours.
-    pub async fn release(self) -> Result<(), ClusterError> {
-        self.renewal.abort();
+    fn held(api: Api<Lease>, me: &str, takeover: Option<Takeover>) -> Self {
+        let (lost_tx, lost) = tokio::sync::watch::channel(None);
+        let renewal = tokio::spawn(renew(api.clone(), me.to_owned(), lost_tx));
+        held_here()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((namespace_of(&api), lost.clone()));
+        Self {
+            api,
+            holder: me.to_owned(),
+            renewal: Some(renewal),
+            lost,
+            takeover,
+        }
+    }
+
+    /// This process already holds the Lease of `namespace` (`psctl run` holds it for the whole
+    /// run and runs each step in-process): the step shares that hold and its fencing.
+    fn nested(api: &Api<Lease>, me: &str) -> Option<Self> {
+        let namespace = namespace_of(api);
+        let lost = held_here()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .rev()
+            .find(|(held, _)| *held == namespace)
+            .map(|(_, lost)| lost.clone())?;
+        Some(Self {
+            api: api.clone(),
+            holder: me.to_owned(),
+            renewal: None,
+            lost,
+            takeover: None,
+        })
+    }
+
+    /// The kill switch's way in: takes the Lease whoever holds it (a live holder included),
+    /// each write guarded by the resourceVersion just read. A previous live holder is named in
+    /// [`DeployLock::takeover`] (reason [`TakeoverReason::Override`]) and loses the Lease at its
+    /// next read (within [`POLL`]).
+    pub async fn acquire_override(
+        client: &kube::Client,
+        namespace: &str,
+        me: &str,
+    ) -> Result<Self, LockError> {
+        let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        if let Some(nested) = Self::nested(&api, me) {
+            return Ok(nested);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let existing = match api.get(LEASE_NAME).await {
+                Ok(lease) => Some(lease),
+                Err(error) if is_not_found(&error) => None,
+                Err(error) => {
+                    return Err(
+                        ClusterError::api(format!("reading Lease `{LEASE_NAME}`"))(error).into(),
+                    );
+                }
+            };
+            let now = Timestamp::now();
+            let previous = existing
+                .as_ref()
+                .and_then(|l| l.spec.as_ref())
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty() && h != me);
+            let result = match &existing {
+                None => {
+                    api.create(&PostParams::default(), &lease_object(me, now, None))
+                        .await
+                }
+                Some(lease) => {
+                    api.replace(
+                        LEASE_NAME,
+                        &PostParams::default(),
+                        &lease_object(me, now, lease.metadata.resource_version.clone()),
+                    )
+                    .await
+                }
+            };
+            match result {
+                Ok(_) => {
+                    let takeover = previous.map(|holder| {
+                        let reason = match HolderProcess::of(&holder) {
+                            HolderProcess::DeadHere => TakeoverReason::HolderDead,
+                            _ => TakeoverReason::Override,
+                        };
+                        Takeover {
+                            previous_holder: holder,
+                            reason,
+                        }
+                    });
+                    return Ok(Self::held(api, me, takeover));
+                }
+                // The holder renewed between our read and our write: read again.
+                Err(kube::Error::Api(status))
+                    if (status.code == 409 || status.code == 404) && attempt < 10 => {}
+                Err(error) => {
+                    return Err(
+                        ClusterError::api(format!("taking Lease `{LEASE_NAME}`"))(error).into(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// What the operation checks at its safe points.
+    pub fn guard(&self) -> LeaseGuard {
+        LeaseGuard {
+            lost: self.lost.clone(),
+            _never: None,
+        }
+    }
+
+    /// `Err` once the Lease is lost (see [`LeaseGuard::check`]).
+    pub fn check(&self) -> Result<(), Lost> {
+        self.guard().check()
+    }
+
+    /// Stops renewing and deletes the Lease if it is still ours (a nested hold leaves both to
+    /// the outer one).
+    pub async fn release(mut self) -> Result<(), ClusterError> {
+        let Some(renewal) = self.renewal.take() else {
+            return Ok(());
+        };
+        renewal.abort();
+        self.forget();
         let lease = match self.api.get(LEASE_NAME).await {
             Ok(lease) => lease,
             Err(error) if is_not_found(&error) => return Ok(()),
@@ -453,35 +634,177 @@ impl DeployLock {
     }
 }
 
-impl Drop for DeployLock {
-    fn drop(&mut self) {
-        self.renewal.abort();
+impl DeployLock {
+    /// Removes this hold from the process's list of held Leases.
+    fn forget(&self) {
+        held_here()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(_, lost)| !lost.same_channel(&self.lost));
     }
 }
 
-async fn renew(api: Api<Lease>, me: String) {
-    let period = Duration::from_secs(u64::try_from(LEASE_SECONDS / 3).unwrap_or(20));
-    loop {
-        tokio::time::sleep(period).await;
-        let Ok(mut lease) = api.get(LEASE_NAME).await else {
-            continue;
-        };
-        let Some(spec) = lease.spec.as_mut() else {
-            continue;
-        };
-        if spec.holder_identity.as_deref() != Some(me.as_str()) {
-            tracing::warn!(
-                "the deploy lock was taken over by {:?}",
-                spec.holder_identity
-            );
-            return;
+impl Drop for DeployLock {
+    fn drop(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+            self.forget();
         }
-        spec.renew_time = Some(MicroTime(Timestamp::now()));
-        if let Err(error) = api
-            .replace(LEASE_NAME, &PostParams::default(), &lease)
+    }
+}
+
+type HeldLeases = std::sync::Mutex<Vec<(String, tokio::sync::watch::Receiver<Option<Lost>>)>>;
+
+/// The Leases this process holds, by namespace, with their fencing channel.
+fn held_here() -> &'static HeldLeases {
+    static HELD: std::sync::OnceLock<HeldLeases> = std::sync::OnceLock::new();
+    HELD.get_or_init(Default::default)
+}
+
+fn namespace_of(api: &Api<Lease>) -> String {
+    api.namespace().unwrap_or_default().to_owned()
+}
+
+/// The fencing token of a held Lease: cheap to clone and to check, handed to the parts of an
+/// operation that decide whether to make the next change.
+#[derive(Clone)]
+pub struct LeaseGuard {
+    lost: tokio::sync::watch::Receiver<Option<Lost>>,
+    /// Only for [`LeaseGuard::unfenced`]: the sender nobody uses, kept so `lost()` pends.
+    _never: Option<std::sync::Arc<tokio::sync::watch::Sender<Option<Lost>>>>,
+}
+
+impl LeaseGuard {
+    /// `Ok` while the Lease is ours; the reason once it is lost (it never comes back). As an
+    /// error: `LockError::Lost`.
+    pub fn check(&self) -> Result<(), Lost> {
+        match &*self.lost.borrow() {
+            None => Ok(()),
+            Some(lost) => Err(lost.clone()),
+        }
+    }
+
+    /// Completes when the Lease is lost (never, while it is held): race a long wait with it.
+    pub async fn lost(&self) -> Lost {
+        let mut lost = self.lost.clone();
+        let seen = lost
+            .wait_for(Option::is_some)
             .await
-        {
-            tracing::warn!(%error, "cannot renew the deploy lock");
+            .map(|value| (*value).clone());
+        match seen {
+            Ok(Some(lost)) => lost,
+            // The renewal task ended without a loss (the lock was released): wait forever.
+            Ok(None) | Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// A guard that is never lost, for code paths that run without the Lease (tests).
+    pub fn unfenced() -> Self {
+        let (sender, lost) = tokio::sync::watch::channel(None);
+        Self {
+            lost,
+            _never: Some(std::sync::Arc::new(sender)),
+        }
+    }
+}
+
+/// What one read of our own Lease means for the holder. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewStep {
+    /// Still ours; nothing to write yet.
+    Keep,
+    /// Still ours and due: write a new renewTime.
+    Renew,
+    /// Lost.
+    Lost(Lost),
+}
+
+/// Decides from one read (`Ok(holder)` of the Lease, `Err(problem)` when it could not be read
+/// or is gone) and the time since our last successful renewal. Pure.
+pub fn renew_step(
+    read: Result<Option<&str>, &str>,
+    me: &str,
+    since_renewed: Duration,
+) -> RenewStep {
+    match read {
+        Ok(Some(holder)) if holder == me => {
+            if since_renewed >= RENEW_DEADLINE {
+                // Ours on paper, but a watcher may already have judged it expired.
+                RenewStep::Lost(Lost::Unrenewed {
+                    secs: since_renewed.as_secs(),
+                    problem: "no renewal succeeded in time".to_owned(),
+                })
+            } else if since_renewed >= RENEW_EVERY {
+                RenewStep::Renew
+            } else {
+                RenewStep::Keep
+            }
+        }
+        Ok(Some(holder)) => RenewStep::Lost(Lost::TakenBy {
+            holder: holder.to_owned(),
+        }),
+        Ok(None) => RenewStep::Lost(Lost::TakenBy {
+            holder: "nobody (the Lease was deleted or released)".to_owned(),
+        }),
+        Err(problem) if since_renewed >= RENEW_DEADLINE => RenewStep::Lost(Lost::Unrenewed {
+            secs: since_renewed.as_secs(),
+            problem: problem.to_owned(),
+        }),
+        Err(_) => RenewStep::Keep,
+    }
+}
+
+async fn renew(api: Api<Lease>, me: String, lost: tokio::sync::watch::Sender<Option<Lost>>) {
+    let mut renewed = Instant::now();
+    let mut last_problem = String::new();
+    loop {
+        tokio::time::sleep(POLL).await;
+        let read = match api.get(LEASE_NAME).await {
+            Ok(lease) => Ok(Some(lease)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => {
+                last_problem = error.to_string();
+                Err(())
+            }
+        };
+        let holder = read.as_ref().map(|lease| {
+            lease.as_ref().map(|l| {
+                l.spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.as_deref())
+                    .unwrap_or_default()
+            })
+        });
+        let step = renew_step(
+            holder.map_err(|_| last_problem.as_str()),
+            &me,
+            renewed.elapsed(),
+        );
+        match step {
+            RenewStep::Keep => {}
+            RenewStep::Lost(reason) => {
+                tracing::warn!("{reason}");
+                let _ = lost.send(Some(reason));
+                return;
+            }
+            RenewStep::Renew => {
+                let Ok(Some(mut lease)) = read else { continue };
+                if let Some(spec) = lease.spec.as_mut() {
+                    spec.renew_time = Some(MicroTime(Timestamp::now()));
+                }
+                // Guarded by the resourceVersion just read: a conflict means someone wrote the
+                // Lease since, and the next read says who.
+                match api
+                    .replace(LEASE_NAME, &PostParams::default(), &lease)
+                    .await
+                {
+                    Ok(_) => renewed = Instant::now(),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot renew the deploy lock");
+                        last_problem = error.to_string();
+                    }
+                }
+            }
         }
     }
 }
@@ -653,6 +976,80 @@ mod tests {
             HolderProcess::Unknown
         );
         assert_eq!(HolderProcess::of("unknown"), HolderProcess::Unknown);
+    }
+
+    #[test]
+    fn a_holder_renews_on_schedule_and_loses_the_lease_to_another_name_at_once() {
+        let me = "ops@vm pid 1 (deploy)";
+        assert_eq!(
+            renew_step(Ok(Some(me)), me, Duration::from_secs(3)),
+            RenewStep::Keep
+        );
+        assert_eq!(renew_step(Ok(Some(me)), me, RENEW_EVERY), RenewStep::Renew);
+        assert_eq!(
+            renew_step(Ok(Some(OTHER)), me, Duration::from_secs(1)),
+            RenewStep::Lost(Lost::TakenBy {
+                holder: OTHER.into()
+            })
+        );
+        assert!(matches!(
+            renew_step(Ok(None), me, Duration::ZERO),
+            RenewStep::Lost(Lost::TakenBy { .. })
+        ));
+    }
+
+    #[test]
+    fn failed_renewals_lose_the_lease_before_a_watcher_may_take_it() {
+        let me = "ops@vm pid 1 (deploy)";
+        assert!(RENEW_DEADLINE < Duration::from_secs(LEASE_SECONDS as u64));
+        assert_eq!(
+            renew_step(Err("503"), me, RENEW_DEADLINE - Duration::from_secs(1)),
+            RenewStep::Keep
+        );
+        assert_eq!(
+            renew_step(Err("503"), me, RENEW_DEADLINE),
+            RenewStep::Lost(Lost::Unrenewed {
+                secs: RENEW_DEADLINE.as_secs(),
+                problem: "503".into()
+            })
+        );
+        // Readable and still ours, but not renewed in time: a watcher may have judged it
+        // expired, so it is given up all the same.
+        assert!(matches!(
+            renew_step(Ok(Some(me)), me, RENEW_DEADLINE),
+            RenewStep::Lost(Lost::Unrenewed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_lost_lease_maps_to_its_exit_code_and_names_the_kill_switch() {
+        let taken = LockError::Lost(Lost::TakenBy {
+            holder: "ops@vm pid 2 (kill-switch)".into(),
+        });
+        assert_eq!(taken.exit_status(), ExitStatus::Usage);
+        assert!(
+            taken
+                .hints()
+                .iter()
+                .any(|h| h.contains("psctl kill-switch off"))
+        );
+        assert_eq!(
+            taken.to_string(),
+            "the deploy lock was taken over by `ops@vm pid 2 (kill-switch)`; stopped before changing anything else"
+        );
+        let unrenewed = LockError::Lost(Lost::Unrenewed {
+            secs: 40,
+            problem: "503".into(),
+        });
+        assert_eq!(unrenewed.exit_status(), ExitStatus::Unreachable);
+    }
+
+    #[tokio::test]
+    async fn an_unfenced_guard_is_never_lost() {
+        let guard = LeaseGuard::unfenced();
+        assert!(guard.check().is_ok());
+        let waited = tokio::time::timeout(Duration::from_millis(20), guard.lost()).await;
+        assert!(waited.is_err(), "lost() completed for an unfenced guard");
     }
 
     #[test]

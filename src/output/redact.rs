@@ -74,9 +74,111 @@ impl Redactor {
     }
 }
 
+/// A `tracing` writer: each log event is gathered whole, scrubbed through the [`Redactor`],
+/// then written to its sink in one piece.
+#[derive(Clone)]
+pub struct RedactingWriter<W> {
+    redactor: Redactor,
+    sink: W,
+}
+
+impl RedactingWriter<fn() -> std::io::Stderr> {
+    /// Log lines to stderr.
+    pub fn stderr(redactor: Redactor) -> Self {
+        Self {
+            redactor,
+            sink: std::io::stderr,
+        }
+    }
+}
+
+impl<W> RedactingWriter<W> {
+    /// Log lines to whatever `sink` makes (tests).
+    pub fn new(redactor: Redactor, sink: W) -> Self {
+        Self { redactor, sink }
+    }
+}
+
+/// One event being written: bytes gathered until it is dropped.
+pub struct RedactedEvent<O: std::io::Write> {
+    redactor: Redactor,
+    buffer: Vec<u8>,
+    sink: O,
+}
+
+impl<O: std::io::Write> std::io::Write for RedactedEvent<O> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<O: std::io::Write> Drop for RedactedEvent<O> {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.buffer);
+        let _ = self.sink.write_all(self.redactor.scrub(&text).as_bytes());
+        let _ = self.sink.flush();
+    }
+}
+
+impl<'a, W, O> tracing_subscriber::fmt::MakeWriter<'a> for RedactingWriter<W>
+where
+    W: Fn() -> O + 'static,
+    O: std::io::Write,
+{
+    type Writer = RedactedEvent<O>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactedEvent {
+            redactor: self.redactor.clone(),
+            buffer: Vec::new(),
+            sink: (self.sink)(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_are_scrubbed_like_every_other_line() {
+        use std::sync::Mutex;
+        let redactor = Redactor::default();
+        let written: Arc<Mutex<Vec<u8>>> = Arc::default();
+        #[derive(Clone)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Shared {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Shared(written.clone());
+        let writer = RedactingWriter::new(redactor.clone(), move || sink.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .finish();
+        // Registered after the subscriber exists, as psctl registers a database URL late.
+        redactor.register("postgres://app:hunter22@db/app");
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                url = "postgres://app:hunter22@db/app",
+                "cannot reach postgres://app:hunter22@db/app"
+            );
+        });
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("cannot reach [REDACTED]"), "{text}");
+        assert!(!text.contains("hunter22"), "{text}");
+    }
 
     #[test]
     fn registered_values_and_their_base64_are_scrubbed() {

@@ -1,0 +1,1036 @@
+//! The fault matrix: psctl's mutating commands driven through the faults the sandbox injects
+//! (API error bursts and latency, the registry off, Prometheus and Postgres stopped, psctl
+//! itself killed, a second operator racing, the kill switch pulled mid-release, a rollback that
+//! fails). Each case asserts the exit code, the state `psctl status -o json` shows afterwards
+//! and the audit trail, and prints one line; the suite ends with
+//! `fault_matrix cases=N survived=N` and fails unless every case survived.
+//!
+//! The faults are global to the sandbox, so this binary runs on its own (nextest group
+//! `faults`, and `scripts/test.sh` runs it after every other test), and every injected fault is
+//! undone when its case ends, also when the case panics. Cases sharing a setup share one
+//! namespace and database. Without the sandbox these tests fail; they never skip.
+
+#[path = "smoke_support/mod.rs"]
+mod support;
+
+#[path = "deploy_support/mod.rs"]
+mod deploy_support;
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use sqlx::{Connection as _, PgConnection};
+
+use support::{ROOT, Sandbox, report, retag};
+
+const IMAGE: &str = "problemsolver-webhook-worker";
+const STABLE: &str = "problemsolver-webhook";
+const CANARY: &str = "problemsolver-webhook-canary";
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+
+/// The `psctl-sandbox` of this build (next to the psctl under test), or `$PSCTL_SANDBOX_BIN`.
+fn sandbox_bin() -> PathBuf {
+    std::env::var_os("PSCTL_SANDBOX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_psctl")).with_file_name("psctl-sandbox"))
+}
+
+fn sandbox_fault(args: &[&str]) -> Result<String, String> {
+    let output = Command::new(sandbox_bin())
+        .arg("fault")
+        .args(args)
+        .output()
+        .map_err(|e| format!("{}: {e}", sandbox_bin().display()))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "psctl-sandbox fault {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// The faults a case injected; each is undone when this is dropped (a panicking case too).
+#[derive(Default)]
+struct Faults {
+    undo: Vec<Vec<String>>,
+}
+
+impl Faults {
+    fn inject(&mut self, args: &[&str], undo: &[&str]) {
+        self.undo
+            .push(undo.iter().map(|s| (*s).to_owned()).collect());
+        sandbox_fault(args).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Undoes the faults now (in reverse order), panicking if one cannot be undone.
+    fn restore(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            let args: Vec<&str> = undo.iter().map(String::as_str).collect();
+            sandbox_fault(&args).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+impl Drop for Faults {
+    fn drop(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            let args: Vec<&str> = undo.iter().map(String::as_str).collect();
+            if let Err(error) = sandbox_fault(&args) {
+                eprintln!("fault_matrix: could not undo a fault: {error}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The matrix
+
+#[derive(Default)]
+struct Matrix {
+    cases: usize,
+    survived: usize,
+}
+
+impl Matrix {
+    /// Runs one case; a panic is a case that did not survive (reported, and the suite goes on
+    /// with the next case).
+    async fn case(&mut self, name: &str, body: impl AsyncFnOnce() -> String) {
+        self.cases += 1;
+        let started = Instant::now();
+        let result = AssertUnwindSafe(body()).catch_unwind().await;
+        let seconds = started.elapsed().as_secs();
+        match result {
+            Ok(summary) => {
+                self.survived += 1;
+                println!("fault_matrix case={name} survived ({seconds}s): {summary}");
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                println!("fault_matrix case={name} FAILED ({seconds}s): {message}");
+            }
+        }
+    }
+
+    fn finish(&self) {
+        println!(
+            "fault_matrix cases={} survived={}",
+            self.cases, self.survived
+        );
+        assert_eq!(
+            self.survived, self.cases,
+            "fault_matrix cases={} survived={}",
+            self.cases, self.survived
+        );
+    }
+}
+
+/// The whole matrix, one group of cases after the other (each group in a namespace and
+/// database of its own), then the tally.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_matrix() {
+    let started = Instant::now();
+    let mut matrix = Matrix::default();
+    deploy_and_rollback(&mut matrix).await;
+    canary(&mut matrix).await;
+    println!("fault_matrix wall time {}s", started.elapsed().as_secs());
+    matrix.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// psctl, its state and its audit trail
+
+fn psctl_command(sandbox: &Sandbox, config: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_psctl"));
+    command
+        .current_dir(ROOT)
+        .args(args)
+        .args([
+            "--config",
+            &config.display().to_string(),
+            "--allow-no-audit",
+            "--yes",
+        ])
+        .env("NO_COLOR", "1")
+        .env("PSCTL_E2E_SMOKE_DATABASE_URL", &sandbox.database_url)
+        .env_remove("PSCTL_ENV")
+        .env_remove("PSCTL_OUTPUT")
+        .env_remove("PSCTL_NAMESPACE");
+    command
+}
+
+/// A psctl running in the background, its output going to files.
+struct Background {
+    child: Child,
+    stdout: tempfile::NamedTempFile,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Background {
+    fn spawn(sandbox: &Sandbox, config: &Path, args: &[&str]) -> Self {
+        let stdout = tempfile::NamedTempFile::new().unwrap();
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let child = psctl_command(sandbox, config, args)
+            .stdout(Stdio::from(stdout.reopen().unwrap()))
+            .stderr(Stdio::from(stderr.reopen().unwrap()))
+            .spawn()
+            .expect("spawn psctl");
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    /// Waits for it to exit (at most `timeout`): exit code, stdout, stderr.
+    async fn wait(mut self, timeout: Duration) -> (i32, String, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "psctl still running after {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        (
+            status.code().unwrap_or(-1),
+            std::fs::read_to_string(self.stdout.path()).unwrap_or_default(),
+            self.stderr(),
+        )
+    }
+
+    /// SIGKILL, as `kill -9` or the OOM killer would.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL psctl");
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn psctl(sandbox: &Sandbox, config: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = psctl_command(sandbox, config, args)
+        .output()
+        .expect("run psctl");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `psctl status -o json`.
+fn status(sandbox: &Sandbox, config: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) = psctl(sandbox, config, &["status", "-o", "json"]);
+    assert_eq!(code, 0, "psctl status: {stderr}");
+    report(&stdout)
+}
+
+fn webhook(status: &serde_json::Value) -> &serde_json::Value {
+    status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == "webhook")
+        .unwrap_or_else(|| panic!("no webhook in {status:#}"))
+}
+
+/// `(revision, status, image tag)` of the webhook release as `psctl status` reports it.
+fn release_state(status: &serde_json::Value) -> (u64, String, String) {
+    let webhook = webhook(status);
+    (
+        webhook["revision"].as_u64().unwrap_or(0),
+        webhook["release_status"].as_str().unwrap_or("").to_owned(),
+        webhook["image_tag"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+/// `(replicas, kill-switch remembered count)` of one of the webhook's Deployments.
+fn deployment_state(status: &serde_json::Value, name: &str) -> Option<(i64, Option<i64>)> {
+    webhook(status)["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .map(|d| {
+            (
+                d["replicas"].as_i64().unwrap(),
+                d["kill_switch_remembered"].as_i64(),
+            )
+        })
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone)]
+struct AuditRow {
+    id: i64,
+    action: String,
+    target: String,
+    from_state: String,
+    to_state: String,
+    outcome: String,
+    details: serde_json::Value,
+}
+
+async fn audit_rows(sandbox: &Sandbox, after: i64) -> Vec<AuditRow> {
+    let mut connection = PgConnection::connect(&sandbox.database_url)
+        .await
+        .expect("the test database");
+    let rows: Vec<(
+        i64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        serde_json::Value,
+    )> = sqlx::query_as(
+        "SELECT id, action, target, from_state, to_state, outcome, details \
+             FROM ops_audit WHERE id > $1 ORDER BY id",
+    )
+    .bind(after)
+    .fetch_all(&mut connection)
+    .await
+    .expect("read ops_audit");
+    connection.close().await.ok();
+    rows.into_iter()
+        .map(
+            |(id, action, target, from_state, to_state, outcome, details)| AuditRow {
+                id,
+                action,
+                target,
+                from_state,
+                to_state,
+                outcome,
+                details,
+            },
+        )
+        .collect()
+}
+
+async fn last_audit_id(sandbox: &Sandbox) -> i64 {
+    audit_rows(sandbox, 0).await.last().map_or(0, |r| r.id)
+}
+
+fn actions(rows: &[AuditRow]) -> Vec<String> {
+    rows.iter()
+        .map(|r| format!("{} {} [{}]", r.action, r.target, r.outcome))
+        .collect()
+}
+
+/// The first line of stderr that says what went wrong (for the case's summary line).
+fn error_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Pushes the sandbox's webhook image again as `<tag>-<suffix>` and returns the new tag.
+async fn new_tag(sandbox: &Sandbox, suffix: &str) -> String {
+    let registry = sandbox.environment.registry.clone().unwrap();
+    let (from, to) = (sandbox.tag.clone(), format!("{}-{suffix}", sandbox.tag));
+    let tag = to.clone();
+    tokio::task::spawn_blocking(move || retag(&registry, IMAGE, &from, &to))
+        .await
+        .unwrap();
+    tag
+}
+
+fn deploy_args(tag: &str) -> Vec<&str> {
+    vec![
+        "deploy",
+        "--component",
+        "webhook",
+        "--tag",
+        tag,
+        "--timeout",
+        "3m",
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deploy and rollback
+
+async fn deploy_and_rollback(matrix: &mut Matrix) {
+    support::in_sandbox("faults-deploy", async |sandbox| {
+        let config = sandbox.config("deploy", |_| {});
+        sandbox.deploy(&config, &["webhook"]);
+        let namespace = sandbox.namespace.clone();
+        let config = config.as_path();
+
+        matrix
+            .case("registry-off-during-deploy-preflight", async || {
+                let tag = new_tag(sandbox, "registry").await;
+                let before = release_state(&status(sandbox, config));
+                let audited = last_audit_id(sandbox).await;
+                let mut faults = Faults::default();
+                faults.inject(&["registry", "off"], &["registry", "on"]);
+                let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&tag));
+                faults.restore();
+                assert_eq!(code, 3, "{stderr}");
+                assert!(stderr.contains("registry"), "{stderr}");
+                let after = status(sandbox, config);
+                assert_eq!(release_state(&after), before, "nothing changed");
+                assert!(after["lock_holder"].is_null(), "{after:#}");
+                let rows = audit_rows(sandbox, audited).await;
+                assert!(rows.is_empty(), "nothing to audit: {:?}", actions(&rows));
+                error_line(&stderr)
+            })
+            .await;
+
+        matrix
+            .case("api-503-on-the-lease-write", async || {
+                let tag = new_tag(sandbox, "lease503").await;
+                let before = release_state(&status(sandbox, config));
+                let path = format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases");
+                // A 503 that lasts: every write of the Lease is refused.
+                let mut faults = Faults::default();
+                for method in ["POST", "PUT"] {
+                    faults.inject(
+                        &[
+                            "api", "--path", &path, "--method", method, "--status", "503",
+                        ],
+                        &["api", "--clear"],
+                    );
+                }
+                let (code, _, refused) = psctl(sandbox, config, &deploy_args(&tag));
+                faults.restore();
+                assert_eq!(code, 3, "{refused}");
+                assert!(refused.contains("Lease `psctl-deploy`"), "{refused}");
+                assert_eq!(
+                    release_state(&status(sandbox, config)),
+                    before,
+                    "nothing changed"
+                );
+                // A burst of three: the client's retries (429/503/504, with back-off) absorb it.
+                for method in ["POST", "PUT"] {
+                    faults.inject(
+                        &[
+                            "api", "--path", &path, "--method", method, "--status", "503",
+                            "--count", "3",
+                        ],
+                        &["api", "--clear"],
+                    );
+                }
+                let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&tag));
+                faults.restore();
+                assert_eq!(code, 0, "{stderr}");
+                let (_, state, deployed) = release_state(&status(sandbox, config));
+                assert_eq!(
+                    (state.as_str(), deployed.as_str()),
+                    ("deployed", tag.as_str())
+                );
+                format!(
+                    "lasting 503: exit 3 ({}); burst of 3: retried, deployed",
+                    error_line(&refused)
+                )
+            })
+            .await;
+
+        matrix
+            .case(
+                "api-500-burst-on-deployment-writes-during-deploy",
+                async || {
+                    let tag = new_tag(sandbox, "write500").await;
+                    let (revision, _, previous_tag) = release_state(&status(sandbox, config));
+                    let audited = last_audit_id(sandbox).await;
+                    let mut faults = Faults::default();
+                    let path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{STABLE}");
+                    faults.inject(
+                        &[
+                            "api", "--path", &path, "--method", "PATCH", "--status", "500",
+                            "--count", "1",
+                        ],
+                        &["api", "--clear"],
+                    );
+                    let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&tag));
+                    faults.restore();
+                    let after = status(sandbox, config);
+                    let (now, state, deployed) = release_state(&after);
+                    let rows = audit_rows(sandbox, audited).await;
+                    let deploy_row = rows
+                        .iter()
+                        .find(|r| r.action == "deploy")
+                        .unwrap_or_else(|| panic!("no deploy row: {:?}", actions(&rows)));
+                    match code {
+                        // The write failed and the release was put back where it was.
+                        1 => {
+                            assert!(stderr.contains("helm upgrade"), "{stderr}");
+                            assert_eq!(state, "deployed");
+                            assert_eq!(deployed, previous_tag);
+                            assert!(now > revision);
+                            assert_eq!(deploy_row.outcome, "rolled_back", "{deploy_row:?}");
+                        }
+                        // The burst was absorbed by a retry.
+                        0 => {
+                            assert_eq!(
+                                (state.as_str(), deployed.as_str()),
+                                ("deployed", tag.as_str())
+                            );
+                            assert_eq!(deploy_row.outcome, "succeeded", "{deploy_row:?}");
+                        }
+                        other => panic!("exit {other}:\n{stderr}"),
+                    }
+                    format!("exit {code}: {}", error_line(&stderr))
+                },
+            )
+            .await;
+
+        matrix
+            .case("api-latency-2s-during-deploy", async || {
+                let tag = new_tag(sandbox, "slow").await;
+                let mut faults = Faults::default();
+                let path = format!("/namespaces/{namespace}/(deployments|leases|replicasets)");
+                faults.inject(
+                    &["api", "--path", &path, "--delay-ms", "2000"],
+                    &["api", "--clear"],
+                );
+                let started = Instant::now();
+                let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&tag));
+                let took = started.elapsed();
+                faults.restore();
+                assert_eq!(code, 0, "{stderr}");
+                assert!(
+                    took >= Duration::from_secs(4),
+                    "the latency applied: {took:?}"
+                );
+                let after = status(sandbox, config);
+                let (_, state, deployed) = release_state(&after);
+                assert_eq!(
+                    (state.as_str(), deployed.as_str()),
+                    ("deployed", tag.as_str())
+                );
+                assert!(after["lock_holder"].is_null(), "released: {after:#}");
+                format!("deployed in {}s under 2 s latency", took.as_secs())
+            })
+            .await;
+
+        matrix
+            .case("sigkill-mid-deploy-then-rerun", async || {
+                let tag = new_tag(sandbox, "killed").await;
+                let audited = last_audit_id(sandbox).await;
+                let killed = Background::spawn(sandbox, config, &deploy_args(&tag));
+                let pid = killed.pid();
+                // Killed once Helm recorded the new revision: during the rollout wait.
+                eventually("the new revision", Duration::from_secs(90), async || {
+                    let (_, state, deployed) = release_state(&status(sandbox, config));
+                    (deployed == tag && state == "deployed").then_some(())
+                })
+                .await;
+                killed.kill();
+                let holder = status(sandbox, config)["lock_holder"].clone();
+                assert!(
+                    holder
+                        .as_str()
+                        .is_some_and(|h| h.contains(&format!("pid {pid} (deploy)"))),
+                    "the dead process still holds the Lease: {holder}"
+                );
+                let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&tag));
+                assert_eq!(code, 0, "{stderr}");
+                assert!(
+                    stderr.contains("took over the deploy lock from")
+                        && stderr.contains("no longer exists on this host"),
+                    "{stderr}"
+                );
+                let after = status(sandbox, config);
+                let (_, state, deployed) = release_state(&after);
+                assert_eq!(
+                    (state.as_str(), deployed.as_str()),
+                    ("deployed", tag.as_str())
+                );
+                assert!(after["lock_holder"].is_null(), "{after:#}");
+                let rows = audit_rows(sandbox, audited).await;
+                let takeover = rows
+                    .iter()
+                    .find(|r| r.action == "lock-takeover")
+                    .unwrap_or_else(|| panic!("no takeover row: {:?}", actions(&rows)));
+                assert!(
+                    takeover.from_state.contains(&format!("pid {pid}")),
+                    "{takeover:?}"
+                );
+                assert_eq!(takeover.details["reason"], "holder_dead", "{takeover:?}");
+                assert!(
+                    rows.iter()
+                        .any(|r| r.action == "deploy" && r.outcome == "succeeded"),
+                    "{:?}",
+                    actions(&rows)
+                );
+                stderr
+                    .lines()
+                    .find(|l| l.contains("took over"))
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .await;
+
+        matrix
+            .case("two-operators-race", async || {
+                let first = new_tag(sandbox, "race-a").await;
+                let second = new_tag(sandbox, "race-b").await;
+                let (revision, _, _) = release_state(&status(sandbox, config));
+                let a = Background::spawn(sandbox, config, &deploy_args(&first));
+                let b = Background::spawn(sandbox, config, &deploy_args(&second));
+                let (code_a, _, stderr_a) = a.wait(Duration::from_secs(240)).await;
+                let (code_b, _, stderr_b) = b.wait(Duration::from_secs(240)).await;
+                let (winner, loser_stderr) = match (code_a, code_b) {
+                    (0, 2) => (&first, stderr_b),
+                    (2, 0) => (&second, stderr_a),
+                    other => panic!("exit codes {other:?}:\n{stderr_a}\n---\n{stderr_b}"),
+                };
+                assert!(
+                    loser_stderr.contains("another psctl operation holds the deploy lock"),
+                    "{loser_stderr}"
+                );
+                let (now, state, deployed) = release_state(&status(sandbox, config));
+                assert_eq!(now, revision + 1, "exactly one new revision");
+                assert_eq!(
+                    (state.as_str(), deployed.as_str()),
+                    ("deployed", winner.as_str())
+                );
+                error_line(&loser_stderr)
+            })
+            .await;
+
+        matrix
+            .case("kill-switch-during-deploy", async || {
+                let tag = new_tag(sandbox, "braked").await;
+                let audited = last_audit_id(sandbox).await;
+                let (_, _, previous_tag) = release_state(&status(sandbox, config));
+                let replicas = deployment_state(&status(sandbox, config), STABLE)
+                    .expect("the stable Deployment")
+                    .0;
+                let deploy = Background::spawn(sandbox, config, &deploy_args(&tag));
+                eventually(
+                    "the deploy's rollout",
+                    Duration::from_secs(90),
+                    async || {
+                        let (_, _, deployed) = release_state(&status(sandbox, config));
+                        (deployed == tag).then_some(())
+                    },
+                )
+                .await;
+                let (code, _, stderr) = psctl(
+                    sandbox,
+                    config,
+                    &["kill-switch", "on", "--component", "webhook"],
+                );
+                assert_eq!(code, 0, "{stderr}");
+                assert!(
+                    stderr.contains("overrode the deploy lock held by"),
+                    "{stderr}"
+                );
+                let (code, _, deploy_stderr) = deploy.wait(Duration::from_secs(60)).await;
+                assert_eq!(code, 2, "{deploy_stderr}");
+                assert!(
+                    deploy_stderr.contains("(kill-switch)")
+                        && deploy_stderr.contains("psctl kill-switch off"),
+                    "{deploy_stderr}"
+                );
+                let braked = status(sandbox, config);
+                assert_eq!(deployment_state(&braked, STABLE), Some((0, Some(replicas))));
+                // Nothing brings it back while the switch is on.
+                let (code, _, refused) = psctl(sandbox, config, &deploy_args(&previous_tag));
+                assert_eq!(code, 2, "{refused}");
+                assert!(refused.contains("psctl kill-switch off"), "{refused}");
+                let (code, _, refused_rollback) = psctl(sandbox, config, &["rollback", "webhook"]);
+                assert_eq!(code, 2, "{refused_rollback}");
+                assert!(
+                    refused_rollback.contains("the kill switch is on"),
+                    "{refused_rollback}"
+                );
+                assert_eq!(
+                    deployment_state(&status(sandbox, config), STABLE),
+                    Some((0, Some(replicas)))
+                );
+                let (code, _, stderr) = psctl(
+                    sandbox,
+                    config,
+                    &["kill-switch", "off", "--component", "webhook"],
+                );
+                assert_eq!(code, 0, "{stderr}");
+                assert_eq!(
+                    deployment_state(&status(sandbox, config), STABLE),
+                    Some((replicas, None))
+                );
+                let rows = audit_rows(sandbox, audited).await;
+                let takeover = rows
+                    .iter()
+                    .find(|r| r.action == "lock-takeover")
+                    .unwrap_or_else(|| panic!("no override row: {:?}", actions(&rows)));
+                assert_eq!(
+                    takeover.details["reason"], "kill_switch_override",
+                    "{takeover:?}"
+                );
+                assert!(takeover.from_state.ends_with("(deploy)"), "{takeover:?}");
+                for (action, to_state) in [
+                    ("kill-switch on", "replicas 0".to_owned()),
+                    ("kill-switch off", format!("replicas {replicas}")),
+                ] {
+                    assert!(
+                        rows.iter().any(|r| r.action == action
+                            && r.target == STABLE
+                            && r.to_state == to_state),
+                        "{action} -> {to_state}: {:?}",
+                        actions(&rows)
+                    );
+                }
+                error_line(&deploy_stderr)
+            })
+            .await;
+
+        matrix
+            .case("a-rollback-that-fails", async || {
+                let registry = sandbox.environment.registry.clone().unwrap();
+                let crashes = tokio::task::spawn_blocking(move || {
+                    deploy_support::crashing_image(ROOT, &registry, IMAGE)
+                })
+                .await
+                .unwrap();
+                let (revision, _, good_tag) = release_state(&status(sandbox, config));
+                let audited = last_audit_id(sandbox).await;
+                let deploy = Background::spawn(sandbox, config, &deploy_args(&crashes));
+                eventually(
+                    "the crashing revision",
+                    Duration::from_secs(90),
+                    async || {
+                        let (now, _, _) = release_state(&status(sandbox, config));
+                        (now > revision).then_some(())
+                    },
+                )
+                .await;
+                // From here every new release record is refused: Helm's rollback cannot write one.
+                let mut faults = Faults::default();
+                let path = format!("/api/v1/namespaces/{namespace}/secrets");
+                faults.inject(
+                    &[
+                        "api", "--path", &path, "--method", "POST", "--status", "500",
+                    ],
+                    &["api", "--clear"],
+                );
+                let (code, _, stderr) = deploy.wait(Duration::from_secs(240)).await;
+                faults.restore();
+                assert_eq!(code, 4, "{stderr}");
+                assert!(stderr.contains("THE AUTOMATIC ROLLBACK FAILED"), "{stderr}");
+                let fix = format!("psctl rollback webhook --to-rev {revision}");
+                assert!(stderr.contains(&fix), "the fixing command: {stderr}");
+                let (_, _, running) = release_state(&status(sandbox, config));
+                assert_eq!(running, crashes, "still on the crashing release");
+                // The command it names fixes it.
+                let (code, _, fixed) = psctl(
+                    sandbox,
+                    config,
+                    &["rollback", "webhook", "--to-rev", &revision.to_string()],
+                );
+                assert_eq!(code, 0, "{fixed}");
+                let (_, state, deployed) = release_state(&status(sandbox, config));
+                assert_eq!(
+                    (state.as_str(), deployed.as_str()),
+                    ("deployed", good_tag.as_str())
+                );
+                let rows = audit_rows(sandbox, audited).await;
+                assert!(
+                    rows.iter()
+                        .any(|r| r.action == "deploy" && r.outcome == "rollback_failed"),
+                    "{:?}",
+                    actions(&rows)
+                );
+                assert!(
+                    rows.iter()
+                        .any(|r| r.action.starts_with("rollback") && r.outcome == "succeeded"),
+                    "{:?}",
+                    actions(&rows)
+                );
+                error_line(&stderr)
+            })
+            .await;
+
+        matrix
+            .case("postgres-cut-during-smoke", async || {
+                let mut faults = Faults::default();
+                faults.inject(&["postgres", "stop"], &["postgres", "start"]);
+                let (code, _, stderr) = psctl(sandbox, config, &["smoke", "--only", "integrity"]);
+                faults.restore();
+                assert_eq!(code, 3, "unreachable, not a failed verification:\n{stderr}");
+                let (_, state, _) = release_state(&status(sandbox, config));
+                assert_eq!(state, "deployed");
+                stderr
+                    .lines()
+                    .find(|l| l.starts_with("FAIL") || l.starts_with("error"))
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Canary
+
+async fn canary_state(sandbox: &Sandbox) -> Option<serde_json::Value> {
+    let config_map = Api::<ConfigMap>::namespaced(sandbox.client.clone(), &sandbox.namespace)
+        .get_opt("psctl-canary-webhook")
+        .await
+        .ok()??;
+    serde_json::from_str(config_map.data?.get("state.json")?).ok()
+}
+
+async fn replicas(sandbox: &Sandbox, name: &str) -> Option<i32> {
+    Api::<Deployment>::namespaced(sandbox.client.clone(), &sandbox.namespace)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|d| d.spec?.replicas)
+}
+
+async fn canary(matrix: &mut Matrix) {
+    support::in_sandbox("faults-canary", async |sandbox| {
+        // Two stable replicas, so the 50 % step is one canary and one stable; a long bake, so
+        // the run is still baking whatever the cases take.
+        let config = sandbox.config("canary", |environment| {
+            let webhook = &mut environment["components"]["webhook"];
+            webhook["values"]["replicaCount"] = 2.into();
+            webhook["values"]["allowInsecureTargets"] = true.into();
+            webhook["canary"] = serde_json::json!({
+                "deployment": CANARY,
+                "steps": [50, 100],
+                "bake": "20m",
+                "interval": "5s",
+            });
+        });
+        sandbox.deploy(&config, &["webhook"]);
+        let config = config.as_path();
+        let tag = new_tag(sandbox, "canary").await;
+        let canary = Background::spawn(
+            sandbox,
+            config,
+            &[
+                "canary",
+                "start",
+                "--component",
+                "webhook",
+                "--tag",
+                &tag,
+                "--timeout",
+                "3m",
+            ],
+        );
+        let pid = canary.pid();
+        let mut canary = Some(canary);
+        eventually(
+            "the canary's first bake",
+            Duration::from_secs(180),
+            async || {
+                let state = canary_state(sandbox).await?;
+                (!state["step_started_at"].is_null()).then_some(())
+            },
+        )
+        .await;
+
+        matrix
+            .case("prometheus-stopped-mid-canary", async || {
+                let windows = |state: &serde_json::Value| {
+                    state["windows"].as_array().cloned().unwrap_or_default()
+                };
+                let before = windows(&canary_state(sandbox).await.unwrap()).len();
+                let mut faults = Faults::default();
+                faults.inject(&["prometheus", "stop"], &["prometheus", "start"]);
+                // Two evaluations without Prometheus: both hold, neither aborts nor pauses.
+                let held = eventually(
+                    "two evaluations without Prometheus",
+                    Duration::from_secs(60),
+                    async || {
+                        let all = windows(&canary_state(sandbox).await?);
+                        (all.len() >= before + 2).then(|| all[before..].to_vec())
+                    },
+                )
+                .await;
+                for window in &held {
+                    assert_eq!(window["evaluation"]["verdict"], "hold", "{window:#}");
+                    assert!(
+                        window["note"].is_string(),
+                        "the reason is recorded: {window:#}"
+                    );
+                }
+                let state = canary_state(sandbox).await.unwrap();
+                assert_eq!(state["status"], "running", "{state:#}");
+                assert!(canary.as_mut().unwrap().running(), "the run goes on");
+                faults.restore();
+                // Prometheus is back: the next evaluations read it again.
+                let seen = windows(&canary_state(sandbox).await.unwrap()).len();
+                let read = eventually(
+                    "an evaluation reading Prometheus again",
+                    Duration::from_secs(90),
+                    async || {
+                        let all = windows(&canary_state(sandbox).await?);
+                        all[seen.min(all.len())..]
+                            .iter()
+                            .find(|w| w["note"].is_null())
+                            .cloned()
+                    },
+                )
+                .await;
+                assert!(canary.as_mut().unwrap().running(), "the run goes on");
+                format!(
+                    "{} evaluations held ({}), then {}",
+                    held.len(),
+                    held[0]["note"].as_str().unwrap_or_default(),
+                    read["evaluation"]["verdict"]
+                )
+            })
+            .await;
+
+        matrix
+            .case("kill-switch-during-running-canary", async || {
+                let audited = last_audit_id(sandbox).await;
+                let before = status(sandbox, config);
+                let stable = deployment_state(&before, STABLE).expect("stable").0;
+                let canary_replicas = deployment_state(&before, CANARY).expect("canary track").0;
+                assert!(canary_replicas > 0, "{before:#}");
+                let (code, _, stderr) = psctl(
+                    sandbox,
+                    config,
+                    &["kill-switch", "on", "--component", "webhook"],
+                );
+                assert_eq!(code, 0, "{stderr}");
+                assert!(
+                    stderr.contains("overrode the deploy lock held by")
+                        && stderr.contains(&format!("pid {pid} (canary webhook)")),
+                    "{stderr}"
+                );
+                let (code, _, canary_stderr) =
+                    canary.take().unwrap().wait(Duration::from_secs(30)).await;
+                assert_eq!(code, 2, "{canary_stderr}");
+                assert!(canary_stderr.contains("taken over by"), "{canary_stderr}");
+                let braked = status(sandbox, config);
+                assert_eq!(deployment_state(&braked, STABLE), Some((0, Some(stable))));
+                assert_eq!(
+                    deployment_state(&braked, CANARY),
+                    Some((0, Some(canary_replicas)))
+                );
+                // It stays braked: the stopped canary made no change after the override.
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                assert_eq!(replicas(sandbox, STABLE).await, Some(0));
+                assert_eq!(replicas(sandbox, CANARY).await, Some(0));
+                for args in [
+                    vec!["canary", "resume", "--component", "webhook"],
+                    vec!["canary", "promote", "--component", "webhook"],
+                ] {
+                    let (code, _, refused) = psctl(sandbox, config, &args);
+                    assert_eq!(code, 2, "{args:?}: {refused}");
+                    assert!(
+                        refused.contains("psctl kill-switch off"),
+                        "{args:?}: {refused}"
+                    );
+                }
+                let (code, _, stderr) = psctl(
+                    sandbox,
+                    config,
+                    &["kill-switch", "off", "--component", "webhook"],
+                );
+                assert_eq!(code, 0, "{stderr}");
+                let restored = status(sandbox, config);
+                assert_eq!(deployment_state(&restored, STABLE), Some((stable, None)));
+                assert_eq!(
+                    deployment_state(&restored, CANARY),
+                    Some((canary_replicas, None))
+                );
+                let rows = audit_rows(sandbox, audited).await;
+                let takeover = rows
+                    .iter()
+                    .find(|r| r.action == "lock-takeover")
+                    .unwrap_or_else(|| panic!("no override row: {:?}", actions(&rows)));
+                assert_eq!(takeover.details["reason"], "kill_switch_override");
+                assert!(
+                    takeover
+                        .from_state
+                        .contains(&format!("pid {pid} (canary webhook)")),
+                    "{takeover:?}"
+                );
+                for (action, target) in [
+                    ("kill-switch on", STABLE),
+                    ("kill-switch on", CANARY),
+                    ("kill-switch off", STABLE),
+                    ("kill-switch off", CANARY),
+                ] {
+                    assert!(
+                        rows.iter()
+                            .any(|r| r.action == action && r.target == target),
+                        "{action} {target}: {:?}",
+                        actions(&rows)
+                    );
+                }
+                // The stopped run is left for a human: an abort puts stable back whole.
+                let (code, _, stderr) = psctl(
+                    sandbox,
+                    config,
+                    &["canary", "abort", "--component", "webhook"],
+                );
+                assert_eq!(code, 0, "{stderr}");
+                assert_eq!(
+                    replicas(sandbox, STABLE).await,
+                    Some(i32::try_from(stable + canary_replicas).unwrap())
+                );
+                assert_eq!(replicas(sandbox, CANARY).await, Some(0));
+                error_line(&canary_stderr)
+            })
+            .await;
+    })
+    .await;
+}
