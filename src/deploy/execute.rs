@@ -186,11 +186,12 @@ impl KubeDeploy<'_> {
             deployment: step.deployment.clone(),
             selector: step.selector.clone(),
         };
+        let policy = Policy::default();
         let tracked = tokio::select! {
             tracked = track::track(
                 self.client,
                 &target,
-                &Policy::default(),
+                &policy,
                 self.timeout,
                 self.output,
             ) => tracked,
@@ -659,9 +660,8 @@ mod tests {
             "the changed component is audited as stopped: {calls:?}"
         );
         let error = executed.verdict.error(&executed.report).expect("an error");
-        assert!(
-            error.to_string().contains("taken over"),
-            "{error}"
-        );
+        let message = format!("{:#}", error.error());
+        assert!(message.contains("taken over"), "{message}");
+        assert_eq!(error.status(), ExitStatus::Usage);
     }
 }
