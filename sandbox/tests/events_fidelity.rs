@@ -50,7 +50,9 @@ async fn an_event_written_through_events_k8s_io_is_the_same_object_in_both_versi
     let event = Published {
         type_: EventType::Normal,
         reason: "Deployed".into(),
-        note: Some("deploy by ci@runner pid 7: revision 1 -> deployed (succeeded; audit #42)".into()),
+        note: Some(
+            "deploy by ci@runner pid 7: revision 1 -> deployed (succeeded; audit #42)".into(),
+        ),
         action: "Deploy".into(),
         secondary: None,
     };
@@ -80,7 +82,10 @@ async fn an_event_written_through_events_k8s_io_is_the_same_object_in_both_versi
     assert_eq!(item["reportingInstance"], "host-1");
     assert_eq!(item["type"], "Normal");
     assert_eq!(item["action"], "Deploy");
-    assert!(item.get("note").is_none() && item.get("regarding").is_none(), "{item:#}");
+    assert!(
+        item.get("note").is_none() && item.get("regarding").is_none(),
+        "{item:#}"
+    );
     let name = item["metadata"]["name"].as_str().unwrap().to_owned();
 
     // The events.k8s.io view of the same object.
@@ -97,14 +102,19 @@ async fn an_event_written_through_events_k8s_io_is_the_same_object_in_both_versi
     for resource in ["events", "events.v1.events.k8s.io"] {
         let table = namespace.kubectl(&["get", resource]).ok("get as a table");
         assert!(
-            table.contains("Deployed") && table.contains("configmap/web") && table.contains("audit #42"),
+            table.contains("Deployed")
+                && table.contains("configmap/web")
+                && table.contains("audit #42"),
             "{resource}:\n{table}"
         );
     }
 
     // A repeat within the Recorder's window becomes a series: a merge patch through
     // events.k8s.io/v1, visible through both versions.
-    recorder.publish(&event, &regarding).await.expect("the series patch is accepted");
+    recorder
+        .publish(&event, &regarding)
+        .await
+        .expect("the series patch is accepted");
     let events: Api<Event> = Api::namespaced(client.clone(), &namespace.name);
     let patched = events.get(&name).await.unwrap();
     assert_eq!(patched.series.as_ref().map(|s| s.count), Some(2));
@@ -134,7 +144,10 @@ async fn an_event_written_through_events_k8s_io_is_the_same_object_in_both_versi
         "eventTime": "2026-01-01T00:00:00.000000Z", "reportingInstance": "host-1",
     });
     let refused = events
-        .create(&PostParams::default(), &serde_json::from_value(bare).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(bare).unwrap(),
+        )
         .await
         .expect_err("reportingController is required through events.k8s.io/v1");
     assert!(
@@ -173,18 +186,31 @@ async fn an_event_written_through_events_k8s_io_is_the_same_object_in_both_versi
     assert_eq!(seen.note.as_deref(), Some("an old-style event"));
     assert_eq!(seen.deprecated_count, Some(1));
     assert_eq!(
-        seen.deprecated_source.and_then(|source| source.component).as_deref(),
+        seen.deprecated_source
+            .and_then(|source| source.component)
+            .as_deref(),
         Some("kubelet")
     );
-    assert_eq!(seen.regarding.and_then(|r: ObjectReference| r.name).as_deref(), Some("web"));
+    assert_eq!(
+        seen.regarding
+            .and_then(|r: ObjectReference| r.name)
+            .as_deref(),
+        Some("web")
+    );
 
     // Deleting through one version removes it from both; errors name the requested resource.
     events
         .delete("legacy", &DeleteParams::default())
         .await
         .expect("delete through events.k8s.io/v1");
-    let gone = core_events.get("legacy").await.expect_err("deleted for the core API too");
-    assert!(matches!(&gone, kube::Error::Api(status) if status.code == 404), "{gone:?}");
+    let gone = core_events
+        .get("legacy")
+        .await
+        .expect_err("deleted for the core API too");
+    assert!(
+        matches!(&gone, kube::Error::Api(status) if status.code == 404),
+        "{gone:?}"
+    );
     let missing = namespace.kubectl(&["get", "events.v1.events.k8s.io", "legacy"]);
     assert_ne!(missing.code, 0);
     assert!(

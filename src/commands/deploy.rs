@@ -326,6 +326,7 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
         .collect();
     preflight_images(&environment, &images, output).await?;
     let audit = support::open_audit(global, &environment, output).await?;
+    let audit = crate::events::publishing(audit, &client, &environment, output);
     let deploy_lock =
         support::take_lock(&client, &environment, "deploy", audit.as_ref(), output).await?;
 

@@ -161,6 +161,7 @@ pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output)
         ),
     )?;
     let audit = support::open_audit(global, &environment, output).await?;
+    let audit = crate::events::publishing(audit, &client, &environment, output);
     let held =
         support::take_lock(&client, &environment, "kill-switch", audit.as_ref(), output).await?;
     let mut failure = None;

@@ -329,8 +329,14 @@ fn is_qualified_name(value: &str) -> bool {
         && name
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 /// Checks every Event gets, whichever version wrote it (kubernetes' `legacyValidateEvent`), on
@@ -363,11 +369,7 @@ fn legacy_problems(event: &Value) -> Vec<Problem> {
                 "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
             ));
         }
-        for (field, limit) in [
-            ("reportingInstance", 128),
-            ("action", 128),
-            ("reason", 128),
-        ] {
+        for (field, limit) in [("reportingInstance", 128), ("action", 128), ("reason", 128)] {
             let value = text(event, field);
             if value.is_empty() {
                 problems.push(Problem::required(field));
@@ -684,14 +686,28 @@ async fn serve(
                     if let Some(error) = invalid(&name, &validate_update(&event, &old)) {
                         return Err(error);
                     }
-                    state.update(&core, namespace, &name, to_core_v1(&event), Part::Main, dry_run)?
+                    state.update(
+                        &core,
+                        namespace,
+                        &name,
+                        to_core_v1(&event),
+                        Part::Main,
+                        dry_run,
+                    )?
                 }
                 Err(_) => {
                     // An update of an absent Event creates it, as for core Events.
                     if let Some(error) = invalid(&name, &validate_create(&event)) {
                         return Err(error);
                     }
-                    state.update(&core, namespace, &name, to_core_v1(&event), Part::Main, dry_run)?
+                    state.update(
+                        &core,
+                        namespace,
+                        &name,
+                        to_core_v1(&event),
+                        Part::Main,
+                        dry_run,
+                    )?
                 }
             };
             Ok(respond(stored.0, stored.1))
@@ -820,10 +836,12 @@ mod tests {
 
     #[test]
     fn lists_tables_watch_lines_and_statuses_go_out_in_the_requested_version() {
-        let list = outgoing(json!({ "kind": "EventList", "apiVersion": "v1", "items": [core_event()] }));
+        let list =
+            outgoing(json!({ "kind": "EventList", "apiVersion": "v1", "items": [core_event()] }));
         assert_eq!(list["apiVersion"], API_VERSION);
         assert_eq!(list["items"][0]["note"], "deployed revision 2");
-        let table = outgoing(json!({ "kind": "Table", "rows": [{ "cells": [], "object": core_event() }] }));
+        let table =
+            outgoing(json!({ "kind": "Table", "rows": [{ "cells": [], "object": core_event() }] }));
         assert_eq!(table["rows"][0]["object"]["apiVersion"], API_VERSION);
         let line = watch_line(
             format!("{}\n", json!({ "type": "ADDED", "object": core_event() })).as_bytes(),
@@ -831,7 +849,8 @@ mod tests {
         let parsed: Value = serde_json::from_slice(line.trim_ascii_end()).unwrap();
         assert_eq!(parsed["type"], "ADDED");
         assert_eq!(parsed["object"]["regarding"]["name"], "web");
-        let status = outgoing(json!({ "kind": "Status", "details": { "name": "x", "kind": "events" } }));
+        let status =
+            outgoing(json!({ "kind": "Status", "details": { "name": "x", "kind": "events" } }));
         assert_eq!(status["details"]["group"], GROUP);
     }
 
@@ -897,7 +916,12 @@ mod tests {
         assert_eq!(fields, ["eventTime"]);
 
         let mut event = new_event();
-        for field in ["reportingController", "reportingInstance", "action", "reason"] {
+        for field in [
+            "reportingController",
+            "reportingInstance",
+            "action",
+            "reason",
+        ] {
             event.as_object_mut().unwrap().remove(field);
         }
         event["type"] = json!("Info");
@@ -922,9 +946,9 @@ mod tests {
         let error = invalid("web.1", &validate_create(&event)).unwrap();
         assert_eq!(error.code, 422);
         assert!(
-            error
-                .message
-                .starts_with("Event.events.k8s.io \"web.1\" is invalid: [reportingController: Required value"),
+            error.message.starts_with(
+                "Event.events.k8s.io \"web.1\" is invalid: [reportingController: Required value"
+            ),
             "{}",
             error.message
         );
@@ -943,10 +967,7 @@ mod tests {
     fn a_regarding_object_in_another_namespace_is_refused() {
         let mut event = new_event();
         event["regarding"]["namespace"] = json!("");
-        assert_eq!(
-            validate_create(&event)[0].field,
-            "involvedObject.namespace"
-        );
+        assert_eq!(validate_create(&event)[0].field, "involvedObject.namespace");
     }
 
     #[test]
@@ -985,14 +1006,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(patched["reason"], "X");
-        assert!(
-            apply_patch(
-                PatchKind::Strategic,
-                &old,
-                &json!({ "$patch": "replace" })
-            )
-            .is_err()
-        );
+        assert!(apply_patch(PatchKind::Strategic, &old, &json!({ "$patch": "replace" })).is_err());
         assert_eq!(
             apply_patch(PatchKind::Apply, &old, &json!({}))
                 .unwrap_err()
