@@ -133,6 +133,8 @@ pub enum OutputFormat {
     Table,
     /// JSON with the stable schemas documented in docs/cli.md.
     Json,
+    /// The same data as `json`, as YAML.
+    Yaml,
     /// JUnit XML for CI systems (`psctl smoke` only; other commands refuse it).
     Junit,
 }

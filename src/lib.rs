@@ -5,7 +5,8 @@
 //! subcommand, thin) over library modules that each own one concern: `cluster` (Kubernetes
 //! access), `helm` (the Helm driver and Helm's release storage), `rollout` (tracking and
 //! diagnosis), `lock` (the deploy Lease), `output` (printing and redaction), `canary` (gate
-//! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail).
+//! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail), and
+//! `events` (the Kubernetes Events that mirror audited actions).
 
 pub mod audit;
 pub mod build;
@@ -16,6 +17,7 @@ pub mod commands;
 pub mod db;
 pub mod deploy;
 pub mod error;
+pub mod events;
 pub mod helm;
 pub mod lock;
 pub mod output;

@@ -137,6 +137,7 @@ async fn start(args: CanaryStartArgs, global: &GlobalSettings, output: &Output) 
     )
     .await?;
     let audit = support::open_audit(global, &environment, output).await?;
+    let audit = crate::events::publishing(audit, &client, &environment, output);
     let operation = format!("canary {}", component.name);
     let me = lock::holder_identity(&operation);
     let held =
@@ -244,6 +245,7 @@ async fn resume(args: CanaryResumeArgs, global: &GlobalSettings, output: &Output
     )?;
     let prometheus = canary_kube::preflight_prometheus(&environment, output).await?;
     let audit = support::open_audit(global, &environment, output).await?;
+    let audit = crate::events::publishing(audit, &client, &environment, output);
     let operation = format!("canary {}", component.name);
     let me = lock::holder_identity(&operation);
     let held =
@@ -357,6 +359,7 @@ async fn take_over(
     }
     let prometheus = canary_kube::preflight_prometheus(&environment, output).await?;
     let audit = support::open_audit(global, &environment, output).await?;
+    let audit = crate::events::publishing(audit, &client, &environment, output);
     // A driver on another host shows it is alive by renewing the Lease while we watch.
     let held = match support::take_lock(&client, &environment, &operation, audit.as_ref(), output)
         .await

@@ -68,6 +68,7 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
     let client = preflight::preflight_cluster(&environment, output).await?;
     preflight::preflight_secret(&client, &environment, output).await?;
     let audit = support::open_audit(global, &environment, output).await?;
+    let audit = crate::events::publishing(audit, &client, &environment, output);
     let deploy_lock =
         support::take_lock(&client, &environment, "deploy", audit.as_ref(), output).await?;
     let selected = environment.select(&settings.components)?;

@@ -267,6 +267,7 @@ pub async fn run(args: KillSwitchArgs, global: &GlobalSettings, output: &Output)
         ),
     )?;
     let audit = support::open_audit(global, &environment, output).await?;
+    let audit = crate::events::publishing(audit, &client, &environment, output);
     // `on` is the emergency brake: it does not wait for whoever holds the Lease, it takes it
     // (audited) and the holder stops at its next safe point.
     let held = match state {

@@ -30,7 +30,7 @@ pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output
         return Err(CommandError::usage(anyhow::anyhow!(
             "`-o junit` is only available for `psctl smoke`"
         ))
-        .hint("use `-o table` or `-o json` for this command"));
+        .hint("use `-o table`, `-o json` or `-o yaml` for this command"));
     }
     match command {
         Command::Deploy(args) => deploy::run(args, global, output).await,

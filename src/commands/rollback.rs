@@ -302,6 +302,7 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
         &format!("execute this plan in `{}`?", environment.name),
     )?;
     let audit = support::open_audit(global, &environment, output).await?;
+    let audit = crate::events::publishing(audit, &client, &environment, output);
     let held =
         support::take_lock(&client, &environment, "rollback", audit.as_ref(), output).await?;
     let held = support::require_kill_switch_off(held, &client, &environment, &[&component]).await?;

@@ -574,7 +574,7 @@ impl Executor<'_> {
         };
         let mut global = self.global.clone();
         global.dry_run = false;
-        if self.output.format() == Format::Json {
+        if matches!(self.output.format(), Format::Json | Format::Yaml) {
             let (captured, buffer) = self.output.capturing_data();
             let result = Box::pin(super::dispatch(command, &global, &captured)).await;
             let text = buffer.contents();
@@ -642,7 +642,7 @@ impl Executor<'_> {
                     // With -o json the report is the only document on stdout; the
                     // rollback's own plan is summarised in `rollbacks`.
                     let (captured, _) = self.output.capturing_data();
-                    let output = if self.output.format() == Format::Json {
+                    let output = if matches!(self.output.format(), Format::Json | Format::Yaml) {
                         &captured
                     } else {
                         self.output

@@ -235,6 +235,7 @@ async fn apply(args: SecretsApplyArgs, global: &GlobalSettings, output: &Output)
         ),
     )?;
     let audit = super::audit::sink(global, output).await?;
+    let audit = crate::events::publishing(audit, &client, &environment, output);
     let me = lock::holder_identity("secrets apply");
     let held = support::take_lock(
         &client,

@@ -22,6 +22,8 @@ use crate::error::CommandError;
 pub enum Format {
     Table,
     Json,
+    /// The JSON document as YAML: same fields, same values.
+    Yaml,
     /// JUnit XML, for results that are test-like (`psctl smoke`).
     Junit,
 }
@@ -115,6 +117,32 @@ pub fn use_color(
         return true;
     }
     is_terminal
+}
+
+/// `value` as YAML, through its JSON form so that `-o yaml` and `-o json` carry the same data.
+/// Strings are scrubbed before they are quoted: `[REDACTED]` pasted into YAML text afterwards
+/// would read back as a list.
+pub fn to_yaml<T: Serialize + ?Sized>(value: &T, redactor: &Redactor) -> io::Result<String> {
+    fn scrub(value: serde_json::Value, redactor: &Redactor) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => Value::String(redactor.scrub(&text).into_owned()),
+            Value::Array(items) => Value::Array(
+                items
+                    .into_iter()
+                    .map(|item| scrub(item, redactor))
+                    .collect(),
+            ),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(key, item)| (redactor.scrub(&key).into_owned(), scrub(item, redactor)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+    let json = serde_json::to_value(value).map_err(io::Error::other)?;
+    serde_yaml::to_string(&scrub(json, redactor)).map_err(io::Error::other)
 }
 
 /// A writer shared between clones of [`Output`].
@@ -220,6 +248,7 @@ impl Output {
                 json.push('\n');
                 json
             }
+            Format::Yaml => to_yaml(value, &self.redactor)?,
             Format::Table => value.render_table(&self.style),
             Format::Junit => value.render_junit().ok_or_else(|| {
                 io::Error::new(
@@ -447,6 +476,12 @@ impl Output {
         let buffer = Buffer::default();
         let copy = Self {
             stdout: Arc::new(Mutex::new(Box::new(buffer.clone()))),
+            // Captured data is read back as JSON; the caller prints it in YAML itself.
+            format: if self.format == Format::Yaml {
+                Format::Json
+            } else {
+                self.format
+            },
             ..self.clone()
         };
         (copy, buffer)
@@ -508,6 +543,39 @@ mod tests {
             })
             .unwrap();
         assert_eq!(stdout.contents(), "{\n  \"names\": [\n    \"a\"\n  ]\n}\n");
+    }
+
+    #[test]
+    fn yaml_carries_the_same_data_as_json_and_is_scrubbed_too() {
+        let rows = Rows {
+            names: vec!["a".into(), "sk_live_0123456789".into(), "yes".into()],
+        };
+        let (json_output, json_stdout, _) = Output::buffered(Format::Json, Style::PLAIN);
+        json_output.data(&rows).unwrap();
+        let (yaml_output, yaml_stdout, _) = Output::buffered(Format::Yaml, Style::PLAIN);
+        yaml_output.redactor().register("sk_live_0123456789");
+        yaml_output.data(&rows).unwrap();
+        let yaml = yaml_stdout.contents();
+        assert!(!yaml.contains("sk_live_0123456789"), "{yaml}");
+        let from_yaml: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let mut from_json: serde_json::Value =
+            serde_json::from_str(&json_stdout.contents()).unwrap();
+        from_json["names"][1] = serde_json::json!(redact::REDACTED);
+        // `yes` stays the string "yes", not a YAML 1.1 boolean.
+        assert_eq!(from_yaml, from_json);
+    }
+
+    #[test]
+    fn captured_data_is_json_under_yaml_so_a_playbook_can_read_it_back() {
+        let (output, _, _) = Output::buffered(Format::Yaml, Style::PLAIN);
+        let (captured, buffer) = output.capturing_data();
+        captured
+            .data(&Rows {
+                names: vec!["a".into()],
+            })
+            .unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&buffer.contents()).unwrap();
+        assert_eq!(parsed["names"][0], "a");
     }
 
     #[test]

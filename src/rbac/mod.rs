@@ -282,6 +282,13 @@ pub fn required_rules(
             "events of a failing rollout",
         ),
         rule(
+            &["events.k8s.io"],
+            &["events"],
+            &[],
+            &["create", "patch"],
+            "a Kubernetes Event for every audited change (src/events); a repeated one is patched into a series",
+        ),
+        rule(
             &["monitoring.coreos.com"],
             &["servicemonitors"],
             &[],

@@ -61,6 +61,7 @@ impl GlobalSettings {
             format: match output {
                 OutputFormat::Table => Format::Table,
                 OutputFormat::Json => Format::Json,
+                OutputFormat::Yaml => Format::Yaml,
                 OutputFormat::Junit => Format::Junit,
             },
             dry_run,

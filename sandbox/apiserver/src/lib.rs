@@ -23,6 +23,7 @@ use futures::stream::BoxStream;
 pub mod auth;
 pub mod defaults;
 pub mod discovery;
+pub mod event_versions;
 pub mod faults;
 pub mod handlers;
 pub mod managed;

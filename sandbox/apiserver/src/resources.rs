@@ -228,6 +228,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
             &["status", "scale"],
             true,
         ),
+        crate::event_versions::resource_info(),
         R::builtin(
             ("coordination.k8s.io", "v1", "leases", "Lease"),
             true,

@@ -247,7 +247,7 @@ fn text_response(code: u16, text: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-fn stream_response(
+pub(crate) fn stream_response(
     content_type: &'static str,
     stream: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
 ) -> Response<Body> {
@@ -262,7 +262,7 @@ fn stream_response(
     response
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await
@@ -274,7 +274,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
         })
 }
 
-fn content_type(request_headers: &http::HeaderMap) -> String {
+pub(crate) fn content_type(request_headers: &http::HeaderMap) -> String {
     request_headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -283,7 +283,7 @@ fn content_type(request_headers: &http::HeaderMap) -> String {
 }
 
 /// Decodes an object body: JSON, YAML, or Kubernetes protobuf.
-fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
     match media {
         "application/vnd.kubernetes.protobuf" => protobuf::decode_object(body),
@@ -297,7 +297,7 @@ fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
 
 /// Decodes an optional `DeleteOptions` body; an empty or undecodable one is treated as absent,
 /// as kubectl and client-go may send protobuf or nothing.
-fn decode_delete_options(content_type: &str, body: &[u8]) -> Option<Value> {
+pub(crate) fn decode_delete_options(content_type: &str, body: &[u8]) -> Option<Value> {
     if body.is_empty() {
         return None;
     }
@@ -505,6 +505,9 @@ async fn resource(
     let info = state
         .find(&target.group, &target.version, &target.resource)
         .ok_or_else(|| ApiError::no_route(request.uri().path()))?;
+    if crate::event_versions::serves(&info) {
+        return crate::event_versions::resource(state, request, target).await;
+    }
     if info.create_only {
         if target.name.is_some() || *request.method() != Method::POST {
             return Err(ApiError::method_not_allowed(format!(
