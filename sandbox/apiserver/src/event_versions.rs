@@ -609,6 +609,13 @@ async fn serve(
     let headers = request.headers().clone();
     let content_type = server::content_type(&headers);
     let dry_run = query.dry_run();
+    // Field ownership is recorded as for any other write (the manager of the request).
+    let writer = crate::managed::Writer::from_request(
+        query.get("fieldManager"),
+        headers
+            .get(http::header::USER_AGENT)
+            .and_then(|agent| agent.to_str().ok()),
+    );
     let as_table = headers
         .get(http::header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
@@ -646,7 +653,13 @@ async fn serve(
                 }
                 Ok(respond(
                     201,
-                    state.create(&core, namespace, to_core_v1(&event), dry_run)?,
+                    state.create_as(
+                        &core,
+                        namespace,
+                        to_core_v1(&event),
+                        dry_run,
+                        crate::handlers::Ownership::Update(&writer),
+                    )?,
                 ))
             }
             Method::DELETE => {
@@ -693,6 +706,7 @@ async fn serve(
                         to_core_v1(&event),
                         Part::Main,
                         dry_run,
+                        &writer,
                     )?
                 }
                 Err(_) => {
@@ -707,6 +721,7 @@ async fn serve(
                         to_core_v1(&event),
                         Part::Main,
                         dry_run,
+                        &writer,
                     )?
                 }
             };
@@ -741,6 +756,7 @@ async fn serve(
                     to_core_v1(&patched),
                     Part::Main,
                     dry_run,
+                    &writer,
                 ) {
                     Err(error) if error.reason == "Conflict" && !pinned && attempts < 5 => {}
                     result => {
