@@ -1,77 +1,14 @@
-//! Shared by `tests/e2e_deploy.rs` and `benches/deploy_failfast.rs`: broken releases made on
-//! purpose (an image whose program exits at once, a release left in `pending-upgrade` the way a
-//! killed Helm leaves it) and the question "is this revision serving?" asked of the cluster.
-
-#![allow(dead_code)]
+//! Questions the tests ask the cluster (does this Deployment serve that revision?) and states
+//! they provoke on purpose (a release left in `pending-upgrade` the way a killed Helm leaves
+//! it). These use the administrator's client: they observe and break, they are not psctl.
 
 use std::io::Write as _;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
-use sha2::{Digest, Sha256};
-
-fn run(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Builds `<registry>/<image>:crashes-<hash>`: the sandbox base image with `/bin/false` as the
-/// service binary, so every container exits 1 at once and the pod crash-loops. The tag comes
-/// from the binary's content, so parallel runs share one image. Returns the tag.
-pub fn crashing_image(root: &str, registry: &str, image: &str) -> String {
-    let binary = std::fs::read("/bin/false").expect("/bin/false exists on the host");
-    let tag = format!("crashes-{}", &hex::encode(Sha256::digest(&binary))[..12]);
-    let reference = format!("{registry}/{image}:{tag}");
-    let present = Command::new("docker")
-        .args(["manifest", "inspect", "--insecure", &reference])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if present {
-        return tag;
-    }
-    let context = tempfile::tempdir().unwrap();
-    std::fs::create_dir(context.path().join("dist")).unwrap();
-    std::fs::write(context.path().join("dist/crashing-service"), &binary).unwrap();
-    std::fs::set_permissions(
-        context.path().join("dist/crashing-service"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    std::fs::copy(
-        Path::new(root).join("Dockerfile"),
-        context.path().join("Dockerfile"),
-    )
-    .unwrap();
-    run(
-        Command::new("docker").args([
-            "build",
-            "-q",
-            "--build-arg",
-            &format!("RUNTIME_BASE={registry}/psctl-base:bookworm"),
-            "--build-arg",
-            "BINARY=crashing-service",
-            "-t",
-            &reference,
-            &context.path().display().to_string(),
-        ]),
-        "docker build of the crashing image",
-    );
-    run(
-        Command::new("docker").args(["push", "-q", &reference]),
-        "docker push of the crashing image",
-    );
-    tag
-}
 
 /// The tag of an image reference, as psctl reads it.
 pub use psctl::helm::storage::tag_of;
