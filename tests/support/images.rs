@@ -23,6 +23,24 @@ pub(crate) fn run(command: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Holds an exclusive lock, shared by every test process of this target directory, while `f`
+/// checks, builds and pushes images: the registry answers concurrent pushes of the same blobs
+/// with `digest invalid` / `blob unknown`.
+fn exclusively<T>(f: impl FnOnce() -> T) -> T {
+    let path = profile_dir().join("e2e-images.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    let result = f();
+    drop(file);
+    result
+}
+
 fn present(reference: &str) -> bool {
     Command::new("docker")
         .args(["manifest", "inspect", "--insecure", reference])
@@ -89,12 +107,14 @@ pub fn service_images(registry: &str) -> String {
         hash.update(binary);
     }
     let tag = format!("e2e-{}", &hex::encode(hash.finalize())[..12]);
-    for (name, binary) in SERVICE_BINARIES.iter().zip(&binaries) {
-        let reference = format!("{registry}/{name}:{tag}");
-        if !present(&reference) {
-            build_and_push(registry, name, binary, &reference);
+    exclusively(|| {
+        for (name, binary) in SERVICE_BINARIES.iter().zip(&binaries) {
+            let reference = format!("{registry}/{name}:{tag}");
+            if !present(&reference) {
+                build_and_push(registry, name, binary, &reference);
+            }
         }
-    }
+    });
     tag
 }
 
@@ -104,9 +124,11 @@ pub fn crashing_image(registry: &str, image: &str) -> String {
     let binary = std::fs::read("/bin/false").expect("/bin/false exists on the host");
     let tag = format!("crashes-{}", &hex::encode(Sha256::digest(&binary))[..12]);
     let reference = format!("{registry}/{image}:{tag}");
-    if !present(&reference) {
-        build_and_push(registry, "crashing-service", &binary, &reference);
-    }
+    exclusively(|| {
+        if !present(&reference) {
+            build_and_push(registry, "crashing-service", &binary, &reference);
+        }
+    });
     tag
 }
 
