@@ -13,11 +13,8 @@
 //! repetitions; the last line is `verdict_after_failing_status_s=<median>
 //! previous_serving_after_s=<median>` (the maxima are on the line before).
 
-#[path = "../tests/smoke_support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
-
-#[path = "../tests/deploy_support/mod.rs"]
-mod deploy_support;
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -52,7 +49,7 @@ fn failing_status(pod: &Pod, tag: &str) -> Option<String> {
         .as_ref()
         .and_then(|s| s.containers.first())
         .and_then(|c| c.image.as_deref())
-        .is_some_and(|image| deploy_support::tag_of(image) == tag);
+        .is_some_and(|image| support::cluster::tag_of(image) == tag);
     if !runs_tag {
         return None;
     }
@@ -87,7 +84,7 @@ struct Run {
 async fn one_run(sandbox: &support::Sandbox, config: &std::path::Path, crashes: &str) -> Run {
     // Our own watch of the pods: the first failing status of a pod of the bad release.
     let first_failure: Arc<Mutex<Option<(Instant, String)>>> = Arc::default();
-    let pods: Api<Pod> = Api::namespaced(sandbox.client.clone(), &sandbox.namespace);
+    let pods: Api<Pod> = Api::namespaced(sandbox.admin.clone(), &sandbox.namespace);
     let watch = {
         let first_failure = first_failure.clone();
         let crashes = crashes.to_owned();
@@ -113,25 +110,17 @@ async fn one_run(sandbox: &support::Sandbox, config: &std::path::Path, crashes: 
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_psctl"))
-        .current_dir(support::ROOT)
-        .args([
-            "deploy",
-            "--component",
-            "webhook",
-            "--tag",
-            crashes,
-            "--timeout",
-            "3m",
-            "--config",
-            &config.display().to_string(),
-            "--allow-no-audit",
-            "--yes",
-        ])
-        .env("NO_COLOR", "1")
-        .env("PSCTL_E2E_SMOKE_DATABASE_URL", &sandbox.database_url)
-        .env_remove("PSCTL_ENV")
-        .env_remove("PSCTL_OUTPUT")
+    let deploy = [
+        "deploy",
+        "--component",
+        "webhook",
+        "--tag",
+        crashes,
+        "--timeout",
+        "3m",
+        "--yes",
+    ];
+    let mut child = tokio::process::Command::from(sandbox.command(config, &deploy).into_command())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -153,8 +142,8 @@ async fn one_run(sandbox: &support::Sandbox, config: &std::path::Path, crashes: 
         Some(1),
         "the bad deploy should exit 1:\n{transcript}"
     );
-    let serving_at = deploy_support::wait_serving(
-        &sandbox.client,
+    let serving_at = support::cluster::wait_serving(
+        &sandbox.admin,
         &sandbox.namespace,
         DEPLOYMENT,
         SELECTOR,
@@ -198,12 +187,12 @@ fn max(values: &[f64]) -> f64 {
 }
 
 async fn bench() {
-    let sandbox = support::Sandbox::new("failfast").await;
+    let sandbox = support::Sandbox::services("failfast").await;
     let config = sandbox.config("failfast", |_| {});
     sandbox.deploy(&config, &["webhook"]);
     let registry = sandbox.environment.registry.clone().unwrap();
     let crashes = tokio::task::spawn_blocking(move || {
-        deploy_support::crashing_image(support::ROOT, &registry, "problemsolver-webhook-worker")
+        support::images::crashing_image(&registry, "problemsolver-webhook-worker")
     })
     .await
     .unwrap();

@@ -6,7 +6,7 @@
 //! and database of its own, waits until the suite passes, then times five runs of the `psctl`
 //! binary as an operator would run it. The last line is `smoke_wall_s=<median>`.
 
-#[path = "../tests/smoke_support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ fn main() {
 }
 
 async fn bench() {
-    let sandbox = support::Sandbox::new("bench").await;
+    let sandbox = support::Sandbox::services("bench").await;
     // The chart's default poll interval: the functional figure is the one production sees.
     let config = sandbox.config("bench", |environment| {
         let values = environment["components"]["poller"]["values"]

@@ -1,16 +1,16 @@
 //! The audit trail on real PostgreSQL: concurrent writers keep one intact chain, `psctl audit`
 //! lists it, and secrets never reach a row.
 
-mod db_support;
+mod support;
 
-use db_support::{TestDb, psctl};
 use psctl::audit::{AuditEntry, AuditSink as _, ChainKey, PostgresAudit};
+use support::db::{TestDb, psctl};
 
 #[tokio::test]
 async fn concurrent_appends_form_one_intact_chain() {
     let db = TestDb::create("auditchain").await;
     let pool = db.pool().await;
-    db_support::migrate(&pool).await;
+    support::db::migrate(&pool).await;
     let mut tasks = Vec::new();
     for writer in 0..6 {
         let sink = PostgresAudit::new(pool.clone(), ChainKey::Hmac(b"k".to_vec()));
@@ -41,8 +41,8 @@ async fn concurrent_appends_form_one_intact_chain() {
 async fn psctl_audit_lists_the_newest_rows_without_secrets() {
     let db = TestDb::create("auditlist").await;
     let pool = db.pool().await;
-    db_support::migrate(&pool).await;
-    db_support::seed_audit(&pool, 3).await;
+    support::db::migrate(&pool).await;
+    support::db::seed_audit(&pool, 3).await;
     let sink = PostgresAudit::new(pool.clone(), ChainKey::Sha256);
     let entry = AuditEntry::new("secrets.apply", "problemsolver-secrets")
         .outcome("succeeded")

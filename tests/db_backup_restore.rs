@@ -2,17 +2,17 @@
 //! a new database gives identical reconciliation totals; the live database, an existing
 //! database and a tampered backup are all refused.
 
-mod db_support;
+mod support;
 
-use db_support::{TestDb, psctl};
+use support::db::{TestDb, psctl};
 
 #[tokio::test]
 async fn backup_then_restore_into_a_new_database_gives_identical_totals() {
     let live = TestDb::create("live").await;
     let pool = live.pool().await;
-    db_support::migrate(&pool).await;
-    db_support::seed_payments(&pool, 5).await;
-    db_support::seed_audit(&pool, 3).await;
+    support::db::migrate(&pool).await;
+    support::db::seed_payments(&pool, 5).await;
+    support::db::seed_audit(&pool, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let backups = dir.path().join("backups");
     let backups_arg = backups.to_str().unwrap();
@@ -65,7 +65,8 @@ async fn backup_then_restore_into_a_new_database_gives_identical_totals() {
         assert!(table.stdout.contains(column), "{table:#?}");
     }
 
-    let into = db_support::unique_name("restored");
+    let into_db = TestDb::reserve("restored");
+    let into = into_db.name.clone();
     let restore = psctl(
         dir.path(),
         &[
@@ -86,7 +87,7 @@ async fn backup_then_restore_into_a_new_database_gives_identical_totals() {
     assert_eq!(restore.code, 0, "{restore:#?}");
     assert_eq!(restore.json()["verify"]["totals"], totals);
 
-    let restored_url = db_support::url_for(&into);
+    let restored_url = support::db::url_for(&into);
     let after = psctl(
         dir.path(),
         &[
@@ -164,7 +165,8 @@ async fn backup_then_restore_into_a_new_database_gives_identical_totals() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&file, bytes).unwrap();
-    let other = db_support::unique_name("tampered");
+    let other_db = TestDb::reserve("tampered");
+    let other = other_db.name.clone();
     let tampered = psctl(
         dir.path(),
         &[
@@ -194,7 +196,7 @@ async fn backup_then_restore_into_a_new_database_gives_identical_totals() {
     assert!(!created, "a refused restore must not create the database");
 
     pool.close().await;
-    db_support::drop_database(&into).await;
+    into_db.drop_now().await;
     live.drop_now().await;
 }
 
@@ -202,7 +204,7 @@ async fn backup_then_restore_into_a_new_database_gives_identical_totals() {
 async fn retention_prunes_only_psctl_backups() {
     let live = TestDb::create("retention").await;
     let pool = live.pool().await;
-    db_support::migrate(&pool).await;
+    support::db::migrate(&pool).await;
     let dir = tempfile::tempdir().unwrap();
     let backups = dir.path().join("backups");
     let first = psctl(
@@ -260,8 +262,8 @@ async fn retention_prunes_only_psctl_backups() {
 async fn without_an_audit_trail_restore_proceeds_only_with_allow_no_audit() {
     let live = TestDb::create("noaudit").await;
     let pool = live.pool().await;
-    db_support::migrate(&pool).await;
-    db_support::seed_payments(&pool, 1).await;
+    support::db::migrate(&pool).await;
+    support::db::seed_payments(&pool, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let backups = dir.path().join("backups");
     let backup = psctl(
@@ -286,7 +288,8 @@ async fn without_an_audit_trail_restore_proceeds_only_with_allow_no_audit() {
         .await
         .unwrap();
 
-    let into = db_support::unique_name("noaudit_restored");
+    let into_db = TestDb::reserve("noaudit_restored");
+    let into = into_db.name.clone();
     let args = [
         "db",
         "restore",
@@ -337,6 +340,6 @@ async fn without_an_audit_trail_restore_proceeds_only_with_allow_no_audit() {
     assert!(exists(into.clone()).await);
 
     pool.close().await;
-    db_support::drop_database(&into).await;
+    into_db.drop_now().await;
     live.drop_now().await;
 }

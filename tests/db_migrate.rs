@@ -1,9 +1,9 @@
 //! `psctl db migrate` against real PostgreSQL: up/down/up with a verified backup first, a
 //! database ahead of the binary refused, and the production guard refusing a downgrade.
 
-mod db_support;
+mod support;
 
-use db_support::{TestDb, psctl};
+use support::db::{TestDb, psctl};
 
 async fn applied_versions(pool: &sqlx::PgPool) -> Vec<i64> {
     sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
@@ -175,7 +175,7 @@ async fn migrate_up_down_up_backs_up_first_and_audits() {
 async fn a_database_ahead_of_the_binary_is_refused() {
     let db = TestDb::create("ahead").await;
     let pool = db.pool().await;
-    db_support::migrate(&pool).await;
+    support::db::migrate(&pool).await;
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
          VALUES (20991231000001, 'from the future', true, '\\x00', 1)",
@@ -229,7 +229,7 @@ async fn a_database_ahead_of_the_binary_is_refused() {
 async fn a_changed_migration_is_refused() {
     let db = TestDb::create("checksum").await;
     let pool = db.pool().await;
-    db_support::migrate(&pool).await;
+    support::db::migrate(&pool).await;
     sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\xdead' WHERE version = (SELECT min(version) FROM _sqlx_migrations)")
         .execute(&pool)
         .await
@@ -250,7 +250,7 @@ async fn a_changed_migration_is_refused() {
 async fn the_production_guard_refuses_a_down_migration() {
     let db = TestDb::create("prodguard").await;
     let pool = db.pool().await;
-    db_support::migrate(&pool).await;
+    support::db::migrate(&pool).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("psctl.yaml"),
@@ -331,7 +331,7 @@ async fn an_unreachable_database_exits_3_without_printing_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!(
         "postgres://postgres:{}@127.0.0.1:1/nowhere",
-        db_support::FAKE_PASSWORD
+        support::db::FAKE_PASSWORD
     );
     for args in [
         vec!["db", "verify", "--database-url", &url],

@@ -2,9 +2,9 @@
 //! `ops_audit` row is named; a disabled append-only trigger and a broken reconciliation are
 //! findings with exit 1.
 
-mod db_support;
+mod support;
 
-use db_support::{TestDb, psctl};
+use support::db::{TestDb, psctl};
 
 fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     report["checks"]
@@ -19,9 +19,9 @@ fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
 async fn a_healthy_database_passes_every_check() {
     let db = TestDb::create("healthy").await;
     let pool = db.pool().await;
-    db_support::migrate(&pool).await;
-    db_support::seed_payments(&pool, 3).await;
-    db_support::seed_audit(&pool, 4).await;
+    support::db::migrate(&pool).await;
+    support::db::seed_payments(&pool, 3).await;
+    support::db::seed_audit(&pool, 4).await;
     let dir = tempfile::tempdir().unwrap();
     let run = psctl(
         dir.path(),
@@ -70,8 +70,8 @@ async fn a_healthy_database_passes_every_check() {
 async fn a_tampered_audit_row_breaks_the_chain_and_is_named() {
     let db = TestDb::create("tamper").await;
     let pool = db.pool().await;
-    db_support::migrate(&pool).await;
-    db_support::seed_audit(&pool, 5).await;
+    support::db::migrate(&pool).await;
+    support::db::seed_audit(&pool, 5).await;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM ops_audit ORDER BY id")
         .fetch_all(&pool)
         .await
@@ -132,7 +132,7 @@ async fn a_tampered_audit_row_breaks_the_chain_and_is_named() {
 async fn the_hmac_keyed_chain_needs_the_key_to_verify() {
     let db = TestDb::create("hmac").await;
     let pool = db.pool().await;
-    db_support::migrate(&pool).await;
+    support::db::migrate(&pool).await;
     let dir = tempfile::tempdir().unwrap();
     // The binary reads the key from its environment: migrating down past the audit trail's
     // migration (the newest two) and up again recreates it with one row under the key.
@@ -195,8 +195,8 @@ async fn the_hmac_keyed_chain_needs_the_key_to_verify() {
 async fn a_disabled_append_only_trigger_and_broken_reconciliation_are_findings() {
     let db = TestDb::create("findings").await;
     let pool = db.pool().await;
-    db_support::migrate(&pool).await;
-    db_support::seed_payments(&pool, 2).await;
+    support::db::migrate(&pool).await;
+    support::db::seed_payments(&pool, 2).await;
     sqlx::query("ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_no_update_delete")
         .execute(&pool)
         .await

@@ -9,34 +9,36 @@
 //! ones, built here if missing (`cargo build -p problemsolver-poller -p
 //! problemsolver-webhook-worker`).
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::Api;
 
-const BINARIES: [&str; 2] = ["problemsolver-poller", "problemsolver-webhook-worker"];
+use support::Sandbox;
+use support::sandbox::RuntimeSecret;
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
+const BINARIES: [&str; 2] = support::images::SERVICE_BINARIES;
 
 /// A directory holding both service binaries.
 fn prebuilt_binaries() -> PathBuf {
-    let release = target_dir().join("release");
+    let debug = support::profile_dir();
+    let release = debug
+        .parent()
+        .expect("the profile directory is inside the target directory")
+        .join("release");
     if BINARIES.iter().all(|b| release.join(b).is_file()) {
         return release;
     }
     let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
         .args(["build", "-p", BINARIES[0], "-p", BINARIES[1]])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(support::ROOT)
         .status()
         .expect("run cargo");
     assert!(status.success(), "building the service binaries failed");
-    target_dir().join("debug")
+    debug
 }
 
 /// The sandbox's runtime Secret values, as `psctl-sandbox up` keeps them.
@@ -54,92 +56,6 @@ fn sandbox_runtime_env() -> PathBuf {
         path.display()
     );
     path
-}
-
-struct Sandbox {
-    namespace: String,
-    config: tempfile::NamedTempFile,
-    client: kube::Client,
-    registry: String,
-}
-
-impl Sandbox {
-    async fn new(test: &str) -> Self {
-        let path = std::env::var_os("PSCTL_CONFIG").map(PathBuf::from).expect(
-            "PSCTL_CONFIG is not set: these tests need the sandbox; run them through scripts/test.sh \
-             or `eval \"$(psctl-sandbox env)\"` first",
-        );
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {} ({e}); is the sandbox up?", path.display()));
-        let environment = psctl::settings::file::parse(&path, &text)
-            .expect("the sandbox's psctl.yaml is valid")
-            .environments
-            .get("sandbox")
-            .expect("the sandbox config has environment `sandbox`")
-            .clone();
-        let registry = environment
-            .registry
-            .clone()
-            .expect("the sandbox config names its registry");
-        let namespace = format!("e2e-build-{test}-{}", std::process::id());
-        let mut yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        let sandbox = &mut yaml["environments"]["sandbox"];
-        sandbox["namespace"] = namespace.clone().into();
-        sandbox["build"] =
-            serde_yaml::from_str(&format!("{{runtime_base: {registry}/psctl-base:bookworm}}"))
-                .unwrap();
-        let config = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
-        std::fs::write(config.path(), serde_yaml::to_string(&yaml).unwrap()).unwrap();
-        let mut own = environment.clone();
-        own.namespace = namespace.clone();
-        let client = psctl::cluster::connect(&own)
-            .await
-            .expect("the sandbox API server is reachable");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let object: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &object)
-            .await
-            .expect("create the test namespace");
-        Self {
-            namespace,
-            config,
-            client,
-            registry,
-        }
-    }
-
-    fn psctl(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_psctl"))
-            .args(args)
-            .args([
-                "--config",
-                &self.config.path().display().to_string(),
-                "--env",
-                "sandbox",
-                "--allow-no-audit",
-                "--yes",
-            ])
-            .env("NO_COLOR", "1")
-            .env_remove("PSCTL_ENV")
-            .env_remove("PSCTL_CI_BUILD")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("run psctl");
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
-
-    async fn finish(self) {
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces
-            .delete(&self.namespace, &DeleteParams::default())
-            .await;
-    }
 }
 
 fn json(stdout: &str) -> serde_json::Value {
@@ -167,7 +83,12 @@ async fn remote_digest(registry: &str, image: &str, tag: &str) -> Option<String>
 
 #[tokio::test]
 async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
-    let sandbox = Sandbox::new("ship").await;
+    let sandbox = Sandbox::builder("build")
+        .runtime_secret(RuntimeSecret::Absent)
+        .start()
+        .await;
+    // The sandbox's own environment (its build settings), in the test's namespace.
+    let config = sandbox.sandbox_config("build", |_| {});
     let binaries = prebuilt_binaries();
     let prebuilt = binaries.display().to_string();
     let nanos = std::time::SystemTime::now()
@@ -177,8 +98,10 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
     let tag = format!("e2e-{}-{nanos}", std::process::id());
 
     // Dry run: the plan, nothing built or pushed.
-    let (code, stdout, stderr) =
-        sandbox.psctl(&["build", "--prebuilt", &prebuilt, "--tag", &tag, "--dry-run"]);
+    let (code, stdout, stderr) = sandbox.psctl(
+        &config,
+        &["build", "--prebuilt", &prebuilt, "--tag", &tag, "--dry-run"],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(&format!(
@@ -196,15 +119,18 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
     }
 
     // The real build: both pushed, digests printed and what the registry serves.
-    let (code, stdout, stderr) = sandbox.psctl(&[
-        "build",
-        "--prebuilt",
-        &prebuilt,
-        "--tag",
-        &tag,
-        "-o",
-        "json",
-    ]);
+    let (code, stdout, stderr) = sandbox.psctl(
+        &config,
+        &[
+            "build",
+            "--prebuilt",
+            &prebuilt,
+            "--tag",
+            &tag,
+            "-o",
+            "json",
+        ],
+    );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let report = json(&stdout);
     for (component, binary) in [("poller", BINARIES[0]), ("webhook", BINARIES[1])] {
@@ -243,15 +169,18 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
     }
 
     // The same build again: nothing pushed, the same digests.
-    let (code, stdout, stderr) = sandbox.psctl(&[
-        "build",
-        "--prebuilt",
-        &prebuilt,
-        "--tag",
-        &tag,
-        "-o",
-        "json",
-    ]);
+    let (code, stdout, stderr) = sandbox.psctl(
+        &config,
+        &[
+            "build",
+            "--prebuilt",
+            &prebuilt,
+            "--tag",
+            &tag,
+            "-o",
+            "json",
+        ],
+    );
     assert_eq!(code, 0, "{stderr}");
     let again = json(&stdout);
     assert_eq!(image(&again, "webhook")["push"], "already_present");
@@ -266,15 +195,18 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
         std::fs::copy("/bin/true", other.path().join(binary)).unwrap();
     }
     let other_dir = other.path().display().to_string();
-    let (code, stdout, stderr) = sandbox.psctl(&[
-        "build",
-        "--prebuilt",
-        &other_dir,
-        "--tag",
-        &tag,
-        "-o",
-        "json",
-    ]);
+    let (code, stdout, stderr) = sandbox.psctl(
+        &config,
+        &[
+            "build",
+            "--prebuilt",
+            &other_dir,
+            "--tag",
+            &tag,
+            "-o",
+            "json",
+        ],
+    );
     assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stderr.contains("refusing to overwrite"), "{stderr}");
     assert_eq!(image(&json(&stdout), "poller")["push"], "refused");
@@ -287,22 +219,28 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
 
     // Ship it: the runtime Secret from the sandbox's env file, then deploy the built worker.
     let runtime_env = sandbox_runtime_env().display().to_string();
-    let (code, _, stderr) = sandbox.psctl(&["secrets", "apply", "--from-env-file", &runtime_env]);
+    let (code, _, stderr) = sandbox.psctl(
+        &config,
+        &["secrets", "apply", "--from-env-file", &runtime_env],
+    );
     assert_eq!(code, 0, "{stderr}");
-    let (code, stdout, stderr) = sandbox.psctl(&[
-        "deploy",
-        "--component",
-        "webhook",
-        "--tag",
-        &tag,
-        "--timeout",
-        "120s",
-        "-o",
-        "json",
-    ]);
+    let (code, stdout, stderr) = sandbox.psctl(
+        &config,
+        &[
+            "deploy",
+            "--component",
+            "webhook",
+            "--tag",
+            &tag,
+            "--timeout",
+            "120s",
+            "-o",
+            "json",
+        ],
+    );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(json(&stdout)["components"][0]["result"], "deployed");
-    let deployments: Api<Deployment> = Api::namespaced(sandbox.client.clone(), &sandbox.namespace);
+    let deployments: Api<Deployment> = Api::namespaced(sandbox.admin.clone(), &sandbox.namespace);
     let deployment = deployments.get("problemsolver-webhook").await.unwrap();
     let template = deployment.spec.unwrap().template;
     let container_image = template.spec.unwrap().containers[0].image.clone().unwrap();
@@ -310,7 +248,7 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
         container_image,
         format!("{}/problemsolver-webhook-worker:{tag}", sandbox.registry)
     );
-    let (_, check, _) = sandbox.psctl(&["secrets", "check", "-o", "json"]);
+    let (_, check, _) = sandbox.psctl(&config, &["secrets", "check", "-o", "json"]);
     let fingerprint = json(&check)["fingerprint"].as_str().unwrap().to_owned();
     assert_eq!(
         template
@@ -322,5 +260,4 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
         Some(&fingerprint),
         "the pod template carries the Secret's fingerprint"
     );
-    sandbox.finish().await;
 }

@@ -3,271 +3,115 @@
 //! aborted with stable untouched, and a run killed mid-step is resumed from its recorded step.
 //!
 //! Each test has its own namespace and its own database (migrated, seeded with a copy of the
-//! sandbox merchant, whose endpoint is the sandbox's merchant sink), and feeds the worker's
-//! queue at a steady rate so both tracks deliver. The worker image is built from the workspace
-//! and pushed to the sandbox registry once per test process. Without the sandbox these tests
-//! fail; they never skip.
+//! sandbox merchant, whose endpoint is the sandbox's merchant sink), runs psctl as the
+//! namespace's least-privilege ServiceAccount (tests/support), and feeds the worker's queue at
+//! a steady rate so both tracks deliver. The worker image is built from the workspace and
+//! pushed to the sandbox registry under a content tag. Without the sandbox these tests fail;
+//! they never skip.
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, DeleteParams, PostParams};
-use sqlx::{Connection as _, PgConnection, PgPool};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+use sqlx::PgPool;
+
+use support::Sandbox;
+use support::sandbox::RuntimeSecret;
 
 const IMAGE: &str = "problemsolver-webhook-worker";
 const RELEASE: &str = "problemsolver-webhook";
 const CANARY: &str = "problemsolver-webhook-canary";
 
-fn sandbox_environment() -> psctl::settings::Environment {
-    let path = std::env::var_os("PSCTL_CONFIG").map(PathBuf::from).expect(
-        "PSCTL_CONFIG is not set: these tests need the sandbox; run them through scripts/test.sh \
-         or `eval \"$(psctl-sandbox env)\"` first",
-    );
-    let config = psctl::settings::file::load(&path).expect("the sandbox's psctl.yaml is valid");
-    config
-        .environments
-        .get("sandbox")
-        .expect("the sandbox config has environment `sandbox`")
-        .clone()
-}
-
-fn run(command: &mut Command, what: &str) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Builds the worker, makes an image of it on the sandbox base and pushes it under two tags
-/// (the "stable" and the "new" release: the same program, as a real canary of a rebuild is).
-/// Once per test process; returns the two tags.
-fn worker_tags(registry: &str) -> &'static (String, String) {
-    static TAGS: OnceLock<(String, String)> = OnceLock::new();
-    TAGS.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        run(
-            Command::new(cargo)
-                .args(["build", "-p", "problemsolver-webhook-worker"])
-                .current_dir(root),
-            "cargo build -p problemsolver-webhook-worker",
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let binary = target.join("debug").join(IMAGE);
-        let context = tempfile::tempdir().unwrap();
-        std::fs::create_dir(context.path().join("dist")).unwrap();
-        std::fs::copy(&binary, context.path().join("dist").join(IMAGE))
-            .unwrap_or_else(|e| panic!("copy {}: {e}", binary.display()));
-        let stamp = format!("{}-{}", std::process::id(), unix_now());
-        let stable = format!("e2e-canary-stable-{stamp}");
-        let new = format!("e2e-canary-new-{stamp}");
-        let reference = |tag: &str| format!("{registry}/{IMAGE}:{tag}");
-        run(
-            Command::new("docker")
-                .args(["build", "-q", "-f"])
-                .arg(root.join("Dockerfile"))
-                .args([
-                    "--build-arg",
-                    &format!("RUNTIME_BASE={registry}/psctl-base:bookworm"),
-                    "--build-arg",
-                    &format!("BINARY={IMAGE}"),
-                    "-t",
-                    &reference(&stable),
-                    "-t",
-                    &reference(&new),
-                ])
-                .arg(context.path()),
-            "docker build of the worker image",
-        );
-        for tag in [&stable, &new] {
-            run(
-                Command::new("docker").args(["push", "-q", &reference(tag)]),
-                "docker push",
-            );
-        }
-        (stable, new)
-    })
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// One test's namespace, database, configuration and traffic.
+/// One test's namespace, database (with the sandbox merchant), configuration and traffic. The
+/// "stable" and the "new" release are the same worker image under two tags, as a real canary
+/// of a rebuild is.
 struct CanaryBed {
-    namespace: String,
-    database: String,
-    admin_url: String,
-    pool: PgPool,
-    config: tempfile::NamedTempFile,
-    client: kube::Client,
     traffic: Option<tokio::task::JoinHandle<()>>,
+    pool: PgPool,
+    config: std::path::PathBuf,
     stable_tag: String,
     new_tag: String,
+    sandbox: Sandbox,
+}
+
+impl Drop for CanaryBed {
+    fn drop(&mut self) {
+        if let Some(traffic) = self.traffic.take() {
+            traffic.abort();
+        }
+    }
 }
 
 impl CanaryBed {
     async fn new(test: &str) -> Self {
-        let environment = sandbox_environment();
-        let registry = environment
-            .registry
-            .clone()
-            .expect("the sandbox config names its registry");
-        let (stable_tag, new_tag) = worker_tags(&registry).clone();
-        let namespace = format!("e2e-canary-{test}-{}", std::process::id());
-
-        // The database: migrated, with the sandbox merchant copied in (its secret is encrypted
-        // under the sandbox's ENCRYPTION_MASTER_KEY, which the copied runtime Secret carries).
-        let admin_url = std::env::var("DATABASE_URL").expect(
-            "DATABASE_URL is not set: load the sandbox with `eval \"$(psctl-sandbox env)\"`",
+        let sandbox = Sandbox::builder(test)
+            .service_images()
+            .runtime_secret(RuntimeSecret::Sandbox)
+            .sandbox_merchant()
+            .start()
+            .await;
+        let stable_tag = sandbox.tag.clone();
+        let new_tag = format!("{stable_tag}-new");
+        let (registry, from, to) = (
+            sandbox.registry.clone(),
+            stable_tag.clone(),
+            new_tag.clone(),
         );
-        let database = format!(
-            "e2e_canary_{}_{}",
-            test.replace('-', "_"),
-            std::process::id()
-        );
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .expect("the sandbox database is reachable");
-        let merchant: serde_json::Value = sqlx::query_scalar(
-            "SELECT row_to_json(m)::jsonb FROM merchants m WHERE name = 'sandbox-merchant' LIMIT 1",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .expect("the sandbox database has the seeded merchant");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE \"{database}\""
-        )))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-        admin.close().await.unwrap();
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&format!("/{database}"));
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect(url.as_str())
+        tokio::task::spawn_blocking(move || support::images::retag(&registry, IMAGE, &from, &to))
             .await
             .unwrap();
-        sqlx::migrate::Migrator::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&sandbox.database_url)
             .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .expect("migrate the test database");
-        sqlx::query(
-            "INSERT INTO merchants SELECT * FROM jsonb_populate_record(NULL::merchants, $1)",
-        )
-        .bind(&merchant)
-        .execute(&pool)
-        .await
-        .expect("copy the sandbox merchant");
+            .unwrap();
 
-        let client = psctl::cluster::connect(&environment)
-            .await
-            .expect("the sandbox API server is reachable");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let object: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &object)
-            .await
-            .expect("create the test namespace");
-        // The runtime Secret of the sandbox, pointed at this test's database.
-        let sandbox_secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
-        let runtime = sandbox_secrets
-            .get("problemsolver-secrets")
-            .await
-            .expect("the sandbox's runtime Secret");
-        let mut data = runtime.data.unwrap_or_default();
-        let pod_url = String::from_utf8(data["DATABASE_URL"].0.clone()).unwrap();
-        let mut pod_url = url::Url::parse(&pod_url).unwrap();
-        pod_url.set_path(&format!("/{database}"));
-        data.insert(
-            "DATABASE_URL".to_owned(),
-            k8s_openapi::ByteString(pod_url.as_str().as_bytes().to_vec()),
-        );
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some("problemsolver-secrets".to_owned()),
-                ..Default::default()
-            },
-            data: Some(data),
-            ..Default::default()
-        };
-        Api::<Secret>::namespaced(client.clone(), &namespace)
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("create the runtime Secret");
-
-        let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/webhook-worker");
         // Two stable replicas: every step below 100 % is 1 canary + 1 stable. The absolute
         // margin is wide because these workers never fail against a healthy sink: with zero
         // failures on both sides, proving "not worse by 0.1 point" needs thousands of requests.
-        let text = format!(
-            "environments:\n  e2e:\n    kube_context: {context}\n    kubeconfig: {kubeconfig}\n    namespace: {namespace}\n    \
-             registry: {registry}\n    helm: {helm}\n    prometheus_url: {prometheus}\n    components:\n      webhook:\n        \
-             release: {RELEASE}\n        chart: {chart}\n        image: {IMAGE}\n        deployment: {RELEASE}\n        \
-             selector: app=problemsolver-webhook\n        values:\n          replicaCount: 2\n          allowInsecureTargets: true\n        \
-             metrics:\n          service: problemsolver-webhook-metrics\n          port: 8001\n          \
-             required: [webhook_deliveries_total, webhook_queue_depth, worker_health_status]\n        \
-             canary:\n          deployment: {CANARY}\n          steps: [10, 60, 100]\n          bake: 30s\n          interval: 10s\n          \
-             policy:\n            min_requests: 30\n            margin_absolute: 0.02\n",
-            context = environment.kube_context,
-            kubeconfig = environment.kubeconfig.as_ref().unwrap().display(),
-            helm = environment.helm.as_ref().unwrap().display(),
-            prometheus = environment.prometheus_url.as_ref().unwrap(),
-            chart = chart.display(),
-        );
-        let config = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
-        std::fs::write(config.path(), text).unwrap();
+        let mut environment = sandbox.connection();
+        environment["components"] = serde_json::json!({
+            "webhook": {
+                "release": RELEASE,
+                "chart": std::path::Path::new(support::ROOT).join("charts/webhook-worker"),
+                "image": IMAGE,
+                "deployment": RELEASE,
+                "selector": "app=problemsolver-webhook",
+                "values": {"replicaCount": 2, "allowInsecureTargets": true},
+                "metrics": {
+                    "service": "problemsolver-webhook-metrics",
+                    "port": 8001,
+                    "required": ["webhook_deliveries_total", "webhook_queue_depth", "worker_health_status"],
+                },
+                "canary": {
+                    "deployment": CANARY,
+                    "steps": [10, 60, 100],
+                    "bake": "30s",
+                    "interval": "10s",
+                    "policy": {"min_requests": 30, "margin_absolute": 0.02},
+                },
+            },
+        });
+        let config = sandbox.write_config("canary", environment);
         Self {
-            namespace,
-            database,
-            admin_url,
+            traffic: None,
             pool,
             config,
-            client,
-            traffic: None,
             stable_tag,
             new_tag,
+            sandbox,
         }
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_psctl"));
-        command
-            .args(args)
-            .args([
-                "--config",
-                &self.config.path().display().to_string(),
-                "--allow-no-audit",
-                "--yes",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("NO_COLOR", "1")
-            .env_remove("PSCTL_ENV")
-            .env_remove("PSCTL_NAMESPACE");
-        command
+        self.sandbox
+            .command(&self.config, args)
+            .arg("--yes")
+            .into_command()
     }
 
     fn psctl(&self, args: &[&str]) -> (i32, String, String) {
@@ -306,7 +150,7 @@ impl CanaryBed {
     }
 
     async fn deployment(&self, name: &str) -> Option<Deployment> {
-        Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
+        Api::<Deployment>::namespaced(self.sandbox.admin.clone(), &self.sandbox.namespace)
             .get_opt(name)
             .await
             .unwrap()
@@ -325,30 +169,12 @@ impl CanaryBed {
     }
 
     async fn state(&self) -> Option<serde_json::Value> {
-        let config_map = Api::<ConfigMap>::namespaced(self.client.clone(), &self.namespace)
-            .get_opt("psctl-canary-webhook")
-            .await
-            .unwrap()?;
+        let config_map =
+            Api::<ConfigMap>::namespaced(self.sandbox.admin.clone(), &self.sandbox.namespace)
+                .get_opt("psctl-canary-webhook")
+                .await
+                .unwrap()?;
         serde_json::from_str(config_map.data?.get("state.json")?).ok()
-    }
-
-    async fn finish(mut self) {
-        if let Some(traffic) = self.traffic.take() {
-            traffic.abort();
-        }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces
-            .delete(&self.namespace, &DeleteParams::default())
-            .await;
-        self.pool.close().await;
-        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.database
-            )))
-            .execute(&mut admin)
-            .await;
-        }
     }
 }
 
@@ -358,7 +184,7 @@ fn image_tag(revision: &serde_json::Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_healthy_canary_goes_from_ten_to_a_hundred_and_is_promoted() {
-    let mut bed = CanaryBed::new("healthy").await;
+    let mut bed = CanaryBed::new("canary-healthy").await;
     bed.deploy_stable_and_start_traffic(8).await;
     let before = bed.history();
     assert_eq!(before.len(), 1, "{before:?}");
@@ -401,12 +227,11 @@ async fn a_healthy_canary_goes_from_ten_to_a_hundred_and_is_promoted() {
     let (code, stdout, _) = bed.psctl(&["canary", "status"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("promoted"), "{stdout}");
-    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_canary_whose_deliveries_fail_is_aborted_and_stable_is_untouched() {
-    let mut bed = CanaryBed::new("failing").await;
+    let mut bed = CanaryBed::new("canary-failing").await;
     bed.deploy_stable_and_start_traffic(8).await;
     let before = bed.history();
     // The new release's values refuse plain-HTTP private merchant endpoints (the sandbox sink
@@ -459,12 +284,11 @@ async fn a_canary_whose_deliveries_fail_is_aborted_and_stable_is_untouched() {
     assert_eq!(bed.history(), before);
     assert_eq!(bed.replicas(RELEASE).await, Some(2));
     assert_eq!(bed.replicas(CANARY).await, Some(0));
-    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_killed_mid_step_is_resumed_from_its_recorded_step() {
-    let mut bed = CanaryBed::new("resume").await;
+    let mut bed = CanaryBed::new("canary-resume").await;
     bed.deploy_stable_and_start_traffic(8).await;
     let new_tag = bed.new_tag.clone();
     let mut child = bed
@@ -543,12 +367,11 @@ async fn a_run_killed_mid_step_is_resumed_from_its_recorded_step() {
     );
     let history = bed.history();
     assert_eq!(image_tag(history.last().unwrap()), new_tag);
-    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abort_from_another_terminal_reaches_the_live_run_through_its_state() {
-    let mut bed = CanaryBed::new("remote-abort").await;
+    let mut bed = CanaryBed::new("canary-remote-abort").await;
     bed.deploy_stable_and_start_traffic(8).await;
     let new_tag = bed.new_tag.clone();
     let driver = bed
@@ -612,5 +435,4 @@ async fn an_abort_from_another_terminal_reaches_the_live_run_through_its_state()
     );
     assert_eq!(bed.replicas(RELEASE).await, Some(2));
     assert_eq!(bed.replicas(CANARY).await, Some(0));
-    bed.finish().await;
 }

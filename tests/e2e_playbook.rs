@@ -1,21 +1,21 @@
 //! End-to-end tests of `psctl run` against the sandbox (`scripts/test.sh` brings it up and
 //! exports its environment; without it these tests fail, they never skip).
 //!
-//! The test deploys the real service images into a namespace and database of its own (the
-//! smoke tests' support), then runs playbooks as an operator would: a failing smoke step
+//! The test deploys the real service images into a namespace and database of its own
+//! (tests/support; psctl runs as the namespace's least-privilege ServiceAccount), then runs
+//! playbooks as an operator would: a failing smoke step
 //! rolls back the release the run changed, `--from` resumes with the recorded baseline, a
 //! `continue` step lets the run go on but still exit 1, and dry runs are deterministic.
 
-#[path = "smoke_support/mod.rs"]
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 
-use support::{ROOT, Sandbox, in_sandbox, report, retag};
+use support::images::retag;
+use support::{Psctl, Sandbox, report};
 
 fn with_canary(environment: &mut serde_json::Value) {
     environment["components"]["webhook"]["canary"] = serde_json::json!({
@@ -45,10 +45,8 @@ fn history(sandbox: &Sandbox, config: &Path, component: &str) -> Vec<serde_json:
 
 #[tokio::test]
 async fn a_failed_step_rolls_back_what_the_run_changed_and_the_run_resumes_from_it() {
-    in_sandbox("playbook", async |sandbox| {
-        failed_step_rolls_back_and_resumes(sandbox).await
-    })
-    .await;
+    let sandbox = Sandbox::services("playbook").await;
+    failed_step_rolls_back_and_resumes(&sandbox).await;
 }
 
 async fn failed_step_rolls_back_and_resumes(sandbox: &Sandbox) {
@@ -128,7 +126,7 @@ async fn failed_step_rolls_back_and_resumes(sandbox: &Sandbox) {
     assert_eq!(history(sandbox, &good, "webhook").len(), 1);
 
     // The record in the cluster says what happened, for any operator.
-    let record = Api::<ConfigMap>::namespaced(sandbox.client.clone(), &sandbox.namespace)
+    let record = Api::<ConfigMap>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
         .get("psctl-run-e2e-release")
         .await
         .unwrap();
@@ -237,17 +235,12 @@ fn a_playbook_error_names_the_file_and_line() {
     .unwrap();
     let config = dir.path().join("psctl.yaml");
     std::fs::write(&config, "environments:\n  x:\n    kube_context: nowhere\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_psctl"))
-        .current_dir(ROOT)
-        .args(["run", &playbook.display().to_string(), "--config"])
-        .arg(&config)
-        .args(["--dry-run"])
-        .env("NO_COLOR", "1")
-        .env_remove("PSCTL_ENV")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let run = Psctl::new()
+        .args(["run", &playbook.display().to_string(), "--dry-run"])
+        .config(&config)
+        .run();
+    let stderr = &run.stderr;
+    assert_eq!(run.code, 2, "{stderr}");
     assert!(
         stderr.contains(&format!("{}:6: step 2 (deploy", playbook.display())),
         "{stderr}"

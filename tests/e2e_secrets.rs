@@ -1,18 +1,23 @@
 //! End-to-end tests of `psctl secrets apply` and `psctl secrets check` against the sandbox (they
-//! fail, never skip, without it). Each test works in its own namespace, deleted at the end.
+//! fail, never skip, without it). Each test works in its own namespace, deleted at the end also
+//! when an assertion fails, as the namespace's least-privilege ServiceAccount (tests/support).
 //!
 //! The values are random high-entropy markers: the tests assert that none of them (nor its
 //! base64 form) appears in stdout or stderr at any verbosity, in errors, or in the argv of a
 //! child process, while the Secret in the cluster does hold them.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
 use rand::Rng as _;
+
+use support::Sandbox;
+use support::sandbox::RuntimeSecret;
 
 const REQUIRED: [&str; 4] = [
     "DATABASE_URL",
@@ -26,45 +31,21 @@ fn marker() -> String {
     format!("MRK{}", hex::encode(bytes))
 }
 
-struct Sandbox {
-    namespace: String,
-    config: tempfile::NamedTempFile,
-    client: kube::Client,
-    /// PATH for psctl: only recording shims, so any child process psctl starts is logged.
+/// A namespace without the runtime Secret, and a PATH of recording shims: any child process
+/// psctl starts is logged.
+struct Bed {
+    sandbox: Sandbox,
+    config: PathBuf,
     shims: tempfile::TempDir,
 }
 
-impl Sandbox {
+impl Bed {
     async fn new(test: &str) -> Self {
-        let path = std::env::var_os("PSCTL_CONFIG").map(PathBuf::from).expect(
-            "PSCTL_CONFIG is not set: these tests need the sandbox; run them through scripts/test.sh \
-             or `eval \"$(psctl-sandbox env)\"` first",
-        );
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {} ({e}); is the sandbox up?", path.display()));
-        let environment = psctl::settings::file::parse(&path, &text)
-            .expect("the sandbox's psctl.yaml is valid")
-            .environments
-            .get("sandbox")
-            .expect("the sandbox config has environment `sandbox`")
-            .clone();
-        let namespace = format!("e2e-secrets-{test}-{}", std::process::id());
-        let mut yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        yaml["environments"]["sandbox"]["namespace"] = namespace.clone().into();
-        let config = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
-        std::fs::write(config.path(), serde_yaml::to_string(&yaml).unwrap()).unwrap();
-        let mut own = environment.clone();
-        own.namespace = namespace.clone();
-        let client = psctl::cluster::connect(&own)
-            .await
-            .expect("the sandbox API server is reachable");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let object: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &object)
-            .await
-            .expect("create the test namespace");
+        let sandbox = Sandbox::builder(test)
+            .runtime_secret(RuntimeSecret::Absent)
+            .start()
+            .await;
+        let config = sandbox.sandbox_config("secrets", |_| {});
         let shims = tempfile::tempdir().unwrap();
         for program in [
             "kubectl", "helm", "docker", "git", "cargo", "sh", "bash", "env",
@@ -82,35 +63,18 @@ impl Sandbox {
             std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         Self {
-            namespace,
+            sandbox,
             config,
-            client,
             shims,
         }
     }
 
     fn psctl(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_psctl"))
-            .args(args)
-            .args([
-                "--config",
-                &self.config.path().display().to_string(),
-                "--env",
-                "sandbox",
-                "--allow-no-audit",
-            ])
-            .env("NO_COLOR", "1")
+        self.sandbox
+            .command(&self.config, args)
             .env("PATH", self.shims.path())
-            .env_remove("PSCTL_ENV")
-            .env_remove("RUST_LOG")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("run psctl");
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+            .run()
+            .parts()
     }
 
     fn child_argv(&self) -> String {
@@ -118,15 +82,9 @@ impl Sandbox {
     }
 
     async fn secret(&self) -> Option<Secret> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let secrets: Api<Secret> =
+            Api::namespaced(self.sandbox.admin.clone(), &self.sandbox.namespace);
         secrets.get_opt("problemsolver-secrets").await.unwrap()
-    }
-
-    async fn finish(self) {
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces
-            .delete(&self.namespace, &DeleteParams::default())
-            .await;
     }
 }
 
@@ -172,7 +130,7 @@ fn changes(stdout: &str, change: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn apply_writes_the_values_and_never_prints_one() {
-    let sandbox = Sandbox::new("apply").await;
+    let sandbox = Bed::new("secrets-apply").await;
     let dir = tempfile::tempdir().unwrap();
     let mut values: BTreeMap<&str, String> = REQUIRED.iter().map(|k| (*k, marker())).collect();
     let mut seen: Vec<String> = Vec::new();
@@ -275,12 +233,11 @@ async fn apply_writes_the_values_and_never_prints_one() {
         "",
         "psctl secrets must not start child processes"
     );
-    sandbox.finish().await;
 }
 
 #[tokio::test]
 async fn check_reports_missing_and_empty_keys_and_when_the_secret_changed() {
-    let sandbox = Sandbox::new("check").await;
+    let sandbox = Bed::new("secrets-check").await;
     let (code, _, stderr) = sandbox.psctl(&["secrets", "check"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
@@ -309,7 +266,8 @@ async fn check_reports_missing_and_empty_keys_and_when_the_secret_changed() {
     );
 
     // Someone edits the Secret by hand: one key emptied, one removed.
-    let secrets: Api<Secret> = Api::namespaced(sandbox.client.clone(), &sandbox.namespace);
+    let secrets: Api<Secret> =
+        Api::namespaced(sandbox.sandbox.admin.clone(), &sandbox.sandbox.namespace);
     let patch = serde_json::json!({"data": {"BINANCE_API_KEY": "", "ENCRYPTION_MASTER_KEY": null}});
     secrets
         .patch(
@@ -343,5 +301,4 @@ async fn check_reports_missing_and_empty_keys_and_when_the_secret_changed() {
     let (_, table, _) = sandbox.psctl(&["secrets", "check"]);
     assert!(table.contains("last changed"), "{table}");
     assert_no_value(&values, &[&stdout, &stderr, &table]);
-    sandbox.finish().await;
 }

@@ -3,10 +3,10 @@
 //!
 //! Each test gets its own namespace and its own migrated database on the sandbox's Postgres,
 //! deploys the real service images (built from this workspace and pushed to the sandbox
-//! registry under a content-derived tag, see [`service_images`]) with `psctl deploy`, breaks
-//! one thing, and runs `psctl smoke` as an operator would.
+//! registry under a content-derived tag, see `support::images`) with `psctl deploy`, breaks one
+//! thing, and runs `psctl smoke` as an operator would, as the namespace's least-privilege
+//! ServiceAccount (tests/support).
 
-#[path = "smoke_support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use support::{Sandbox, check, report};
 
 #[tokio::test]
 async fn a_healthy_deployment_passes_every_check() {
-    let sandbox = Sandbox::new("healthy").await;
+    let sandbox = Sandbox::services("smoke-healthy").await;
     let config = sandbox.config("healthy", |_| {});
     sandbox.deploy(&config, &[]);
     // Prometheus discovers new pods within seconds (file_sd); --wait absorbs that.
@@ -80,12 +80,11 @@ async fn a_healthy_deployment_passes_every_check() {
     .unwrap();
     assert_eq!((invoices, deposits, hooks), (1, 1, 1));
     db.close().await.unwrap();
-    sandbox.finish().await;
 }
 
 #[tokio::test]
 async fn a_worker_without_a_required_metric_fails_that_check_by_name() {
-    let sandbox = Sandbox::new("missing-metric").await;
+    let sandbox = Sandbox::services("smoke-missing-metric").await;
     let config = sandbox.config("deploy", |_| {});
     sandbox.deploy(&config, &["webhook"]);
     let strict = sandbox.config("strict", |environment| {
@@ -121,12 +120,11 @@ async fn a_worker_without_a_required_metric_fails_that_check_by_name() {
         stderr.contains("FAIL metrics/webhook"),
         "the failure is named on stderr too: {stderr}"
     );
-    sandbox.finish().await;
 }
 
 #[tokio::test]
 async fn prometheus_down_fails_the_monitoring_checks_with_exit_3() {
-    let sandbox = Sandbox::new("prometheus-down").await;
+    let sandbox = Sandbox::services("smoke-prometheus-down").await;
     let config = sandbox.config("deploy", |_| {});
     sandbox.deploy(&config, &["webhook"]);
     let closed = {
@@ -167,15 +165,14 @@ async fn prometheus_down_fails_the_monitoring_checks_with_exit_3() {
         "pass",
         "the API server still answers: {report:#}"
     );
-    sandbox.finish().await;
 }
 
 #[tokio::test]
 async fn a_poller_scaled_to_zero_fails_the_functional_check_within_its_timeout() {
-    let sandbox = Sandbox::new("poller-stopped").await;
+    let sandbox = Sandbox::services("smoke-poller-stopped").await;
     let config = sandbox.config("deploy", |_| {});
     sandbox.deploy(&config, &["poller"]);
-    let deployments: Api<Deployment> = Api::namespaced(sandbox.client.clone(), &sandbox.namespace);
+    let deployments: Api<Deployment> = Api::namespaced(sandbox.admin.clone(), &sandbox.namespace);
     deployments
         .patch(
             "problemsolver-poller",
@@ -184,7 +181,7 @@ async fn a_poller_scaled_to_zero_fails_the_functional_check_within_its_timeout()
         )
         .await
         .unwrap();
-    let pods: Api<Pod> = Api::namespaced(sandbox.client.clone(), &sandbox.namespace);
+    let pods: Api<Pod> = Api::namespaced(sandbox.admin.clone(), &sandbox.namespace);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !pods
         .list(&ListParams::default().labels("app=problemsolver-poller"))
@@ -225,5 +222,4 @@ async fn a_poller_scaled_to_zero_fails_the_functional_check_within_its_timeout()
         elapsed < Duration::from_secs(7 + 8),
         "the verdict came after {elapsed:?}, not within the timeout"
     );
-    sandbox.finish().await;
 }

@@ -2,7 +2,9 @@
 //! is an `::error title=…::` annotation on stderr, the job summary file gets a markdown table,
 //! and the JUnit report counts unreachable dependencies as errors, not failures.
 
-use std::process::{Command, Stdio};
+mod support;
+
+use support::Psctl;
 
 /// A psctl.yaml whose cluster and Prometheus listen on nothing, in a temporary directory.
 fn unreachable_environment() -> tempfile::TempDir {
@@ -26,22 +28,14 @@ fn unreachable_environment() -> tempfile::TempDir {
 }
 
 fn smoke(dir: &tempfile::TempDir, extra: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_psctl"))
+    Psctl::new()
         .args(["smoke", "--timeout", "2s"])
         .args(extra)
         .env("PSCTL_CONFIG", dir.path().join("psctl.yaml"))
-        .env_remove("PSCTL_ENV")
-        .env_remove("DATABASE_URL")
         .env("GITHUB_ACTIONS", "true")
         .env("GITHUB_STEP_SUMMARY", dir.path().join("summary.md"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run psctl");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+        .run()
+        .parts()
 }
 
 #[test]

@@ -2,9 +2,13 @@
 //! files, writes no ANSI escape (0x1b) in either, even without `NO_COLOR`; and a table
 //! redirected to a file stays plain while stderr, still a terminal, keeps its colour.
 
+mod support;
+
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+use support::Psctl;
 
 /// A kubeconfig and a psctl.yaml whose cluster and Prometheus listen on nothing.
 struct Unreachable {
@@ -42,16 +46,11 @@ impl Unreachable {
 fn psctl_to_files(args: &[&str], config: &Path) -> (i32, Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let status = Command::new(env!("CARGO_BIN_EXE_psctl"))
+    let status = Psctl::new()
         .args(args)
         .env_remove("NO_COLOR")
-        .env_remove("CLICOLOR_FORCE")
-        .env_remove("PSCTL_ENV")
-        .env_remove("DATABASE_URL")
-        .env_remove("PROMETHEUS_URL")
-        .env_remove("RUST_LOG")
         .env("PSCTL_CONFIG", config)
-        .stdin(Stdio::null())
+        .into_command()
         .stdout(File::create(&out_path).unwrap())
         .stderr(File::create(&err_path).unwrap())
         .status()

@@ -1,20 +1,20 @@
-//! Shared helpers of psctl's database tests: a throwaway database per test on the PostgreSQL
-//! named by `PSCTL_TEST_DATABASE_URL` (an admin URL), the real `psctl` binary, and seed data
-//! shaped like the services write it.
-
-#![allow(dead_code)]
+//! Throwaway databases for tests: one per test on a PostgreSQL the test names by an admin URL
+//! (`PSCTL_TEST_DATABASE_URL` for the database tests, the sandbox's `DATABASE_URL` for the
+//! end-to-end tests), dropped when the [`TestDb`] is dropped, also when an assertion fails;
+//! the psctl runs of the database tests; and seed data shaped like the services write it.
 
 use std::path::Path;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection as _, PgConnection, PgPool};
+
+use super::{Psctl, Run};
 
 /// A password the tests put in every URL: trust authentication ignores it, and it must never
 /// appear in anything psctl prints.
 pub const FAKE_PASSWORD: &str = "Sup3rS3cretPw-do-not-print";
 
+/// The admin URL of the database tests' PostgreSQL.
 pub fn admin_url() -> String {
     match std::env::var("PSCTL_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
@@ -25,48 +25,70 @@ pub fn admin_url() -> String {
     }
 }
 
-/// The admin URL pointed at `database`, carrying [`FAKE_PASSWORD`].
-pub fn url_for(database: &str) -> String {
-    let mut url = url::Url::parse(&admin_url()).expect("PSCTL_TEST_DATABASE_URL is a URL");
-    url.set_password(Some(FAKE_PASSWORD))
-        .expect("URL with a host");
+/// `admin` pointed at `database`, carrying `password` when given.
+pub fn url_on(admin: &str, database: &str, password: Option<&str>) -> String {
+    let mut url = url::Url::parse(admin).expect("the admin URL is a URL");
+    if password.is_some() {
+        url.set_password(password).expect("URL with a host");
+    }
     url.set_path(&format!("/{database}"));
     url.to_string()
 }
 
-/// A uniquely named database, dropped by [`TestDb::drop_now`].
+/// The database tests' admin URL pointed at `database`, carrying [`FAKE_PASSWORD`].
+pub fn url_for(database: &str) -> String {
+    url_on(&admin_url(), database, Some(FAKE_PASSWORD))
+}
+
+/// A database name unique to this process and call.
+pub fn unique_name(prefix: &str) -> String {
+    format!("psctl_{}", super::unique(prefix).replace('-', "_"))
+}
+
+/// A uniquely named database, dropped (`WITH (FORCE)`) when this value is dropped.
 pub struct TestDb {
     pub name: String,
     pub url: String,
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-pub fn unique_name(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "psctl_{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
+    admin: String,
+    dropped: bool,
 }
 
 impl TestDb {
+    /// A new empty database on the database tests' PostgreSQL; its URL carries
+    /// [`FAKE_PASSWORD`].
     pub async fn create(prefix: &str) -> Self {
         let name = unique_name(prefix);
-        let mut admin = PgConnection::connect(&admin_url())
+        Self::create_on(&admin_url(), &name, Some(FAKE_PASSWORD)).await
+    }
+
+    /// A new empty database `name` on the server of `admin`.
+    pub async fn create_on(admin: &str, name: &str, password: Option<&str>) -> Self {
+        let mut connection = PgConnection::connect(admin)
             .await
-            .expect("connect with PSCTL_TEST_DATABASE_URL");
+            .expect("connect with the admin database URL");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut admin)
+            .execute(&mut connection)
             .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let url = url_for(&name);
-        Self { name, url }
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        connection.close().await.unwrap();
+        Self {
+            name: name.to_owned(),
+            url: url_on(admin, name, password),
+            admin: admin.to_owned(),
+            dropped: false,
+        }
+    }
+
+    /// A database the test expects psctl to create (a restore target): not created here, but
+    /// dropped like the others if it exists.
+    pub fn reserve(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        Self {
+            url: url_for(&name),
+            name,
+            admin: admin_url(),
+            dropped: false,
+        }
     }
 
     pub async fn pool(&self) -> PgPool {
@@ -77,64 +99,49 @@ impl TestDb {
             .unwrap()
     }
 
-    pub async fn drop_now(self) {
-        drop_database(&self.name).await;
+    /// Drops the database now (the end of a passing test), reporting a failure.
+    pub async fn drop_now(mut self) {
+        self.dropped = true;
+        drop_database(&self.admin, &self.name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
-pub async fn drop_database(name: &str) {
-    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        super::run_detached(&format!("database {name}"), async move {
+            drop_database(&admin, &name).await
+        });
+    }
+}
+
+async fn drop_database(admin: &str, name: &str) -> Result<(), String> {
+    let mut connection = PgConnection::connect(admin)
+        .await
+        .map_err(|e| format!("connect to drop {name}: {e}"))?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
     )))
-    .execute(&mut admin)
+    .execute(&mut connection)
     .await
-    .unwrap();
+    .map_err(|e| format!("DROP DATABASE {name}: {e}"))?;
+    let _ = connection.close().await;
+    Ok(())
 }
 
-/// What one run of the binary produced.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
-    }
-}
-
-/// Runs `psctl args` in `dir` with no configuration file and stdin closed; asserts that the
-/// test password appears nowhere in the output.
+/// Runs `psctl args` in `dir` with no configuration file; asserts that the test password
+/// appears nowhere in the output.
 pub fn psctl(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_psctl"));
-    command
-        .current_dir(dir)
-        .args(args)
-        .stdin(std::process::Stdio::null());
-    for variable in [
-        "DATABASE_URL",
-        "PSCTL_CONFIG",
-        "PSCTL_ENV",
-        "PSCTL_AUDIT_HMAC_KEY",
-        "PSCTL_BACKUP_DIR",
-        "PSCTL_OUTPUT",
-    ] {
-        command.env_remove(variable);
-    }
-    command.env("NO_COLOR", "1");
+    let mut command = Psctl::new().current_dir(dir).args(args);
     for (name, value) in env {
-        command.env(name, value);
+        command = command.env(name, value);
     }
-    let output = command.output().expect("run the psctl binary");
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    let run = command.run();
     assert!(
         !run.stdout.contains(FAKE_PASSWORD) && !run.stderr.contains(FAKE_PASSWORD),
         "the database password was printed: {run:#?}"

@@ -1,0 +1,149 @@
+//! Images on the sandbox registry: the real services built from this workspace, and a service
+//! image that crashes at once. Tags come from the binaries' content, so parallel tests and
+//! re-runs share one image and never rebuild what the registry already holds.
+
+use std::path::Path;
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use super::{ROOT, profile_dir};
+
+/// The two service binaries, as `cargo build` names them.
+pub const SERVICE_BINARIES: [&str; 2] = ["problemsolver-poller", "problemsolver-webhook-worker"];
+
+pub(crate) fn run(command: &mut Command, what: &str) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Holds an exclusive lock, shared by every test process of this target directory, while `f`
+/// checks, builds and pushes images: the registry answers concurrent pushes of the same blobs
+/// with `digest invalid` / `blob unknown`.
+fn exclusively<T>(f: impl FnOnce() -> T) -> T {
+    let path = profile_dir().join("e2e-images.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    let result = f();
+    drop(file);
+    result
+}
+
+fn present(reference: &str) -> bool {
+    Command::new("docker")
+        .args(["manifest", "inspect", "--insecure", reference])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Wraps `binary` (bytes) as `dist/<name>` in an image on the sandbox base image and pushes it
+/// as `reference`.
+fn build_and_push(registry: &str, name: &str, binary: &[u8], reference: &str) {
+    let context = tempfile::tempdir().unwrap();
+    std::fs::create_dir(context.path().join("dist")).unwrap();
+    let target = context.path().join("dist").join(name);
+    std::fs::write(&target, binary).unwrap();
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::copy(
+        Path::new(ROOT).join("Dockerfile"),
+        context.path().join("Dockerfile"),
+    )
+    .unwrap();
+    run(
+        Command::new("docker").args([
+            "build",
+            "-q",
+            "--build-arg",
+            &format!("RUNTIME_BASE={registry}/psctl-base:bookworm"),
+            "--build-arg",
+            &format!("BINARY={name}"),
+            "-t",
+            reference,
+            &context.path().display().to_string(),
+        ]),
+        &format!("docker build of {reference}"),
+    );
+    run(
+        Command::new("docker").args(["push", "-q", reference]),
+        &format!("docker push of {reference}"),
+    );
+}
+
+/// Builds both service binaries (debug, into this test build's target directory), wraps each
+/// in an image on the sandbox base image and pushes it to the sandbox registry. Returns the
+/// tag, `e2e-<content hash>`.
+pub fn service_images(registry: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let target = profile_dir();
+    let target_root = target
+        .parent()
+        .expect("the profile directory is inside the target directory");
+    run(
+        Command::new(&cargo)
+            .current_dir(ROOT)
+            .env("CARGO_TARGET_DIR", target_root)
+            .args(["build", "--quiet"])
+            .args(SERVICE_BINARIES.iter().flat_map(|b| ["-p", *b])),
+        "cargo build of the services",
+    );
+    let binaries: Vec<Vec<u8>> = SERVICE_BINARIES
+        .iter()
+        .map(|binary| std::fs::read(target.join(binary)).expect("built binary"))
+        .collect();
+    let mut hash = Sha256::new();
+    for binary in &binaries {
+        hash.update(binary);
+    }
+    let tag = format!("e2e-{}", &hex::encode(hash.finalize())[..12]);
+    exclusively(|| {
+        for (name, binary) in SERVICE_BINARIES.iter().zip(&binaries) {
+            let reference = format!("{registry}/{name}:{tag}");
+            if !present(&reference) {
+                build_and_push(registry, name, binary, &reference);
+            }
+        }
+    });
+    tag
+}
+
+/// Builds `<registry>/<image>:crashes-<hash>`: the sandbox base image with `/bin/false` as the
+/// service binary, so every container exits 1 at once and the pod crash-loops. Returns the tag.
+pub fn crashing_image(registry: &str, image: &str) -> String {
+    let binary = std::fs::read("/bin/false").expect("/bin/false exists on the host");
+    let tag = format!("crashes-{}", &hex::encode(Sha256::digest(&binary))[..12]);
+    let reference = format!("{registry}/{image}:{tag}");
+    exclusively(|| {
+        if !present(&reference) {
+            build_and_push(registry, "crashing-service", &binary, &reference);
+        }
+    });
+    tag
+}
+
+/// Pushes `image:from` again as `image:to` (same content, another tag).
+pub fn retag(registry: &str, image: &str, from: &str, to: &str) {
+    let source = format!("{registry}/{image}:{from}");
+    let target = format!("{registry}/{image}:{to}");
+    for args in [
+        vec!["pull", "-q", source.as_str()],
+        vec!["tag", source.as_str(), target.as_str()],
+        vec!["push", "-q", target.as_str()],
+    ] {
+        run(
+            Command::new("docker").args(&args),
+            &format!("docker {args:?}"),
+        );
+    }
+}
