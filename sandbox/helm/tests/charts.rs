@@ -186,9 +186,10 @@ fn poller_renders_the_runbook_objects() {
     assert!(service["spec"]["selector"].get("track").is_none());
     assert_eq!(count(&objects, "PodDisruptionBudget"), 1);
     assert_eq!(count(&objects, "NetworkPolicy"), 1);
-    // Off by default: the operator's CRDs are not everywhere.
-    assert_eq!(count(&objects, "ServiceMonitor"), 0);
-    assert_eq!(count(&objects, "PrometheusRule"), 0);
+    // On by default where the cluster serves the operator's CRDs (this template's discovery
+    // does); see the_runbook_alerts_ship_by_default.
+    assert_eq!(count(&objects, "ServiceMonitor"), 1);
+    assert_eq!(count(&objects, "PrometheusRule"), 1);
     let dashboard = find(&objects, "ConfigMap", "problemsolver-poller-dashboard");
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
     let json: Value = serde_json::from_str(dashboard["data"]["poller.json"].as_str().unwrap())
