@@ -12,6 +12,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql po
 have pg_dump || need_pkgs+=(postgresql-client)
 # The webhook worker's benchmark compares itself with pgbench on the durable cluster.
 ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need_pkgs+=(postgresql-contrib)
+# The webhook worker's shared rate limits are tested against a real Redis (scripts/redis.sh).
+have redis-server || need_pkgs+=(redis-server)
 have prometheus || need_pkgs+=(prometheus)
 have promtool || need_pkgs+=(prometheus)
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
@@ -32,7 +34,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
   # Debian starts packaged daemons on install; the sandbox runs its own instances instead.
-  for svc in prometheus prometheus-node-exporter docker-registry postgresql; do
+  for svc in prometheus prometheus-node-exporter docker-registry postgresql redis-server; do
     systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
   done
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the repository on this machine, installing and starting what they need
-# (PostgreSQL, Prometheus, the registry, the Helm engine, kubectl). This is the README's test
+# (PostgreSQL, Redis, Prometheus, the registry, the Helm engine, kubectl). This is the README's test
 # command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,9 @@ scripts/bootstrap.sh
 
 step "postgres"
 eval "$(scripts/postgres.sh start)"
+
+step "redis"
+eval "$(scripts/redis.sh start)"
 
 step "sandbox"
 # The fidelity and end-to-end tests run against a sandbox: bring it up (idempotent) and export

@@ -58,7 +58,7 @@ pub fn psctl_config(settings: &Settings, layout: &Layout, gateway: &str) -> Stri
                 "build": {"runtime_base": format!("{}/{BASE_IMAGE}", settings.registry())},
                 "secret": {
                     "name": RUNTIME_SECRET,
-                    "required_keys": ["DATABASE_URL", "BINANCE_API_KEY", "BINANCE_API_SECRET", "ENCRYPTION_MASTER_KEY"],
+                    "required_keys": ["DATABASE_URL", "BINANCE_API_KEY", "BINANCE_API_SECRET", "WEBHOOK_SECRET"],
                 },
                 "components": {
                     "poller": {

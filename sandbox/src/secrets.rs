@@ -155,6 +155,13 @@ impl Generated {
                 "BINANCE_API_SECRET".to_owned(),
                 self.binance_api_secret.clone(),
             ),
+            // The deploy runbook's name for the key wrapping merchants' signing secrets, and its
+            // older name with the same key, so a rollback to a build that reads only the older
+            // name still starts.
+            (
+                "WEBHOOK_SECRET".to_owned(),
+                self.encryption_master_key.clone(),
+            ),
             (
                 "ENCRYPTION_MASTER_KEY".to_owned(),
                 self.encryption_master_key.clone(),

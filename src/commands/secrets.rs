@@ -463,12 +463,20 @@ impl Render for CheckReport {
             )
         };
         text.push_str(&table::render(
-            &["KEY", "REQUIRED", "STATE", "LENGTH", "FINGERPRINT"],
+            &[
+                "KEY",
+                "REQUIRED",
+                "STATE",
+                "READ BY",
+                "LENGTH",
+                "FINGERPRINT",
+            ],
             self.keys.iter().map(|k| {
                 [
                     k.key.clone(),
                     if k.required { "yes" } else { "no" }.to_owned(),
                     k.state.name().to_owned(),
+                    k.read_by.unwrap_or("-").to_owned(),
                     k.length.unwrap_or("-").to_owned(),
                     k.fingerprint.clone().unwrap_or_else(|| "-".to_owned()),
                 ]

@@ -204,11 +204,7 @@ pub fn fingerprint_values(fingerprint: &str) -> Values {
 
 /// Required key names missing from `present`. Pure.
 pub fn missing_keys(present: &[String], required: &[String]) -> Vec<String> {
-    required
-        .iter()
-        .filter(|k| !present.contains(k))
-        .cloned()
-        .collect()
+    crate::secrets::missing_required(present, required)
 }
 
 /// No selected release may be `pending-*`; returns each component's deployed revision (the
@@ -511,7 +507,7 @@ mod tests {
         let required = environment().secret.required_keys;
         assert_eq!(
             missing_keys(&present, &required),
-            ["BINANCE_API_SECRET", "ENCRYPTION_MASTER_KEY"]
+            ["BINANCE_API_SECRET", "WEBHOOK_SECRET"]
         );
     }
 }

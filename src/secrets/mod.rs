@@ -331,6 +331,92 @@ pub fn diff(
     Diff { keys, desired }
 }
 
+// ---- the keys the services read ----
+
+/// One key of the runtime Secret that a service reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownKey {
+    pub key: &'static str,
+    /// Which service reads it: `poller`, `webhook-worker` or `poller, webhook-worker`.
+    pub read_by: &'static str,
+    /// What it is for, in a few words.
+    pub role: &'static str,
+}
+
+/// Every key of the deploy runbook's Secret, and the older name `ENCRYPTION_MASTER_KEY`.
+pub const KNOWN_KEYS: [KnownKey; 7] = [
+    KnownKey {
+        key: "DATABASE_URL",
+        read_by: "poller, webhook-worker",
+        role: "the problemsolver database",
+    },
+    KnownKey {
+        key: "BINANCE_API_KEY",
+        read_by: "poller",
+        role: "Binance deposit history",
+    },
+    KnownKey {
+        key: "BINANCE_API_SECRET",
+        read_by: "poller",
+        role: "signs Binance requests",
+    },
+    KnownKey {
+        key: "WEBHOOK_SECRET",
+        read_by: "webhook-worker",
+        role: "32-byte key wrapping merchants' signing secrets",
+    },
+    KnownKey {
+        key: "ENCRYPTION_MASTER_KEY",
+        read_by: "webhook-worker",
+        role: "older name of WEBHOOK_SECRET",
+    },
+    KnownKey {
+        key: "SENTRY_DSN",
+        read_by: "poller, webhook-worker",
+        role: "error reporting (optional)",
+    },
+    KnownKey {
+        key: "REDIS_URL",
+        read_by: "webhook-worker",
+        role: "rate limits shared by all replicas (optional)",
+    },
+];
+
+/// Keys that stand for each other: a required key is satisfied by its alias. The worker prefers
+/// `WEBHOOK_SECRET` and refuses to start when both are set to different keys.
+pub const ALIASES: [(&str, &str); 1] = [("WEBHOOK_SECRET", "ENCRYPTION_MASTER_KEY")];
+
+/// Which service reads `key` (`None` for a key no service reads).
+pub fn read_by(key: &str) -> Option<&'static str> {
+    KNOWN_KEYS.iter().find(|k| k.key == key).map(|k| k.read_by)
+}
+
+/// `key` and the keys that stand for it, `key` first.
+pub fn alternatives(key: &str) -> Vec<&str> {
+    let mut names = vec![key];
+    for (a, b) in ALIASES {
+        if key == a {
+            names.push(b);
+        } else if key == b {
+            names.push(a);
+        }
+    }
+    names
+}
+
+/// Required keys that neither `present` nor an alias of them satisfies.
+pub fn missing_required(present: &[String], required: &[String]) -> Vec<String> {
+    required
+        .iter()
+        .filter(|k| {
+            !alternatives(k)
+                .iter()
+                .any(|name| present.iter().any(|p| p.as_str() == *name))
+        })
+        .cloned()
+        .collect()
+}
+
 // ---- check ----
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -359,9 +445,12 @@ pub struct KeyStatus {
     pub state: KeyState,
     pub length: Option<&'static str>,
     pub fingerprint: Option<String>,
+    /// Which service reads the key (`None`: no service does).
+    pub read_by: Option<&'static str>,
 }
 
-/// Every required key (in configuration order), then any other key the Secret has. Pure.
+/// Every required key (in configuration order; a required key the Secret only holds under its
+/// alias is reported under the alias), then any other key the Secret has. Pure.
 pub fn check(
     data: &BTreeMap<String, Vec<u8>>,
     required: &[String],
@@ -379,11 +468,21 @@ pub fn check(
             },
             length: value.map(|v| length_class(v.len())),
             fingerprint: value.zip(key).map(|(v, k)| fingerprint(k, name, v)),
+            read_by: read_by(name),
         }
     };
-    let mut keys: Vec<KeyStatus> = required.iter().map(|name| status(name, true)).collect();
+    let mut keys: Vec<KeyStatus> = required
+        .iter()
+        .map(|name| {
+            let held = alternatives(name)
+                .into_iter()
+                .find(|alternative| data.contains_key(*alternative))
+                .unwrap_or(name.as_str());
+            status(held, true)
+        })
+        .collect();
     for name in data.keys() {
-        if !required.contains(name) {
+        if !keys.iter().any(|k| &k.key == name) {
             keys.push(status(name, false));
         }
     }
@@ -597,5 +696,74 @@ mod tests {
             .map(|k| k.key)
             .collect();
         assert_eq!(unusable, ["EMPTY", "NOPE"]);
+    }
+
+    #[test]
+    fn the_runbook_secret_satisfies_the_default_keys_and_the_alias_stands_in() {
+        let data = |keys: &[&str]| -> BTreeMap<String, Vec<u8>> {
+            keys.iter()
+                .map(|k| ((*k).to_owned(), b"value".to_vec()))
+                .collect()
+        };
+        let required: Vec<String> = crate::settings::file::DEFAULT_REQUIRED_KEYS
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+        // Exactly the deploy runbook's `kubectl create secret` keys.
+        let runbook = data(&[
+            "DATABASE_URL",
+            "BINANCE_API_KEY",
+            "BINANCE_API_SECRET",
+            "WEBHOOK_SECRET",
+            "SENTRY_DSN",
+            "REDIS_URL",
+        ]);
+        assert!(unusable_required(&runbook, &required).is_empty());
+        let keys: Vec<String> = runbook.keys().cloned().collect();
+        assert!(missing_required(&keys, &required).is_empty());
+        let report = check(&runbook, &required, None);
+        assert_eq!(report.len(), 6);
+        for status in &report {
+            let reader = status
+                .read_by
+                .unwrap_or_else(|| panic!("{} has no reader", status.key));
+            assert!(!reader.is_empty());
+        }
+        let reader = |key: &str| report.iter().find(|k| k.key == key).unwrap().read_by;
+        assert_eq!(reader("REDIS_URL"), Some("webhook-worker"));
+        assert_eq!(reader("BINANCE_API_SECRET"), Some("poller"));
+        assert_eq!(reader("SENTRY_DSN"), Some("poller, webhook-worker"));
+
+        // An older Secret with ENCRYPTION_MASTER_KEY satisfies WEBHOOK_SECRET, reported by its name.
+        let older = data(&[
+            "DATABASE_URL",
+            "BINANCE_API_KEY",
+            "BINANCE_API_SECRET",
+            "ENCRYPTION_MASTER_KEY",
+        ]);
+        let report = check(&older, &required, None);
+        assert_eq!(report.len(), 4);
+        assert!(
+            report
+                .iter()
+                .all(|k| k.required && k.state == KeyState::Present)
+        );
+        assert!(report.iter().any(|k| k.key == "ENCRYPTION_MASTER_KEY"));
+        let keys: Vec<String> = older.keys().cloned().collect();
+        assert!(missing_required(&keys, &required).is_empty());
+        // And an older configuration requiring ENCRYPTION_MASTER_KEY accepts WEBHOOK_SECRET.
+        let old_required = vec!["ENCRYPTION_MASTER_KEY".to_owned()];
+        assert!(missing_required(&["WEBHOOK_SECRET".to_owned()], &old_required).is_empty());
+        // Neither: missing, under the required name.
+        let neither = data(&["DATABASE_URL"]);
+        let unusable: Vec<String> = unusable_required(&neither, &required)
+            .into_iter()
+            .map(|k| k.key)
+            .collect();
+        assert_eq!(
+            unusable,
+            ["BINANCE_API_KEY", "BINANCE_API_SECRET", "WEBHOOK_SECRET"]
+        );
+        assert_eq!(read_by("SOMETHING_ELSE"), None);
     }
 }

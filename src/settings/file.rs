@@ -12,12 +12,14 @@ use super::parse_duration;
 
 /// Default runtime Secret name (the runbooks' own).
 pub const DEFAULT_SECRET_NAME: &str = "problemsolver-secrets";
-/// Keys the runtime Secret must carry unless the environment says otherwise.
+/// Keys the runtime Secret must carry unless the environment says otherwise: the deploy
+/// runbook's, less the optional `SENTRY_DSN` and `REDIS_URL`. `WEBHOOK_SECRET` is also satisfied
+/// by its older name `ENCRYPTION_MASTER_KEY` (see `secrets::ALIASES`).
 pub const DEFAULT_REQUIRED_KEYS: [&str; 4] = [
     "DATABASE_URL",
     "BINANCE_API_KEY",
     "BINANCE_API_SECRET",
-    "ENCRYPTION_MASTER_KEY",
+    "WEBHOOK_SECRET",
 ];
 pub const DEFAULT_NAMESPACE: &str = "default";
 pub const DEFAULT_DATABASE_URL_ENV: &str = "DATABASE_URL";
@@ -773,7 +775,7 @@ environments:
       dockerfile: Dockerfile
     secret:
       name: problemsolver-secrets
-      required_keys: [DATABASE_URL, BINANCE_API_KEY, BINANCE_API_SECRET, ENCRYPTION_MASTER_KEY]
+      required_keys: [DATABASE_URL, BINANCE_API_KEY, BINANCE_API_SECRET, WEBHOOK_SECRET]
     components:
       poller:
         release: problemsolver-poller

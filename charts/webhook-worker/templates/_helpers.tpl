@@ -39,3 +39,28 @@ An image tag as a string. Values passed as JSON arrive as float64, so an all-dig
 {{- define "ps.namespaceOr" -}}
 {{- default .root.Release.Namespace .namespace -}}
 {{- end -}}
+
+{{- /*
+WEBHOOK_RATE_LIMIT_REPLICAS: .Values.rateLimitReplicas, or (0) the most worker pods that can run
+at once: autoscaling.maxReplicas (else replicaCount), plus the rolling update's maxSurge (a
+number or a percentage, rounded up as Kubernetes does), plus the canary's replicas.
+*/}}
+{{- define "webhook.rateLimitReplicas" -}}
+{{- if gt (int .Values.rateLimitReplicas) 0 -}}
+{{- .Values.rateLimitReplicas -}}
+{{- else -}}
+{{- $base := int (ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled) -}}
+{{- $surge := 0 -}}
+{{- $rolling := (.Values.strategy | default dict).rollingUpdate | default dict -}}
+{{- with $rolling.maxSurge -}}
+{{- if kindIs "string" . -}}
+{{- $percent := int (trimSuffix "%" .) -}}
+{{- $surge = div (add (mul $base $percent) 99) 100 -}}
+{{- else -}}
+{{- $surge = int . -}}
+{{- end -}}
+{{- end -}}
+{{- $canary := ternary (int .Values.canary.replicas) 0 .Values.canary.enabled -}}
+{{- max 1 (add $base $surge $canary) -}}
+{{- end -}}
+{{- end -}}

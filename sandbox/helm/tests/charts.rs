@@ -186,9 +186,10 @@ fn poller_renders_the_runbook_objects() {
     assert!(service["spec"]["selector"].get("track").is_none());
     assert_eq!(count(&objects, "PodDisruptionBudget"), 1);
     assert_eq!(count(&objects, "NetworkPolicy"), 1);
-    // Off by default: the operator's CRDs are not everywhere.
-    assert_eq!(count(&objects, "ServiceMonitor"), 0);
-    assert_eq!(count(&objects, "PrometheusRule"), 0);
+    // On by default where the cluster serves the operator's CRDs (this template's discovery
+    // does); see the_runbook_alerts_ship_by_default.
+    assert_eq!(count(&objects, "ServiceMonitor"), 1);
+    assert_eq!(count(&objects, "PrometheusRule"), 1);
     let dashboard = find(&objects, "ConfigMap", "problemsolver-poller-dashboard");
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
     let json: Value = serde_json::from_str(dashboard["data"]["poller.json"].as_str().unwrap())
@@ -448,4 +449,130 @@ fn the_values_schema_rejects_bad_values_naming_the_field() {
         Some(1),
         "an empty secretName must be refused"
     );
+}
+
+/// The worker reads the deploy runbook's Secret keys: the key wrapping signing secrets under
+/// either name, and the optional REDIS_URL and SENTRY_DSN, all as optional references (the worker
+/// itself refuses to start without a key); the poller reads SENTRY_DSN optionally too.
+#[test]
+fn the_runbook_secret_keys_are_referenced_and_optional_ones_are_optional() {
+    let objects = template(&["problemsolver-webhook", "charts/webhook-worker"]);
+    let c = container(find(&objects, "Deployment", "problemsolver-webhook"));
+    let reference = |name: &str| env_entry(c, name)["valueFrom"]["secretKeyRef"].clone();
+    assert_eq!(reference("DATABASE_URL")["key"], "DATABASE_URL");
+    assert!(reference("DATABASE_URL").get("optional").is_none());
+    for key in [
+        "WEBHOOK_SECRET",
+        "ENCRYPTION_MASTER_KEY",
+        "REDIS_URL",
+        "SENTRY_DSN",
+    ] {
+        let entry = reference(key);
+        assert_eq!(entry["name"], "problemsolver-secrets", "{key}");
+        assert_eq!(entry["key"], key);
+        assert_eq!(entry["optional"], true, "{key}");
+    }
+    let objects = template(&["problemsolver-poller", "charts/poller"]);
+    let c = container(find(&objects, "Deployment", "problemsolver-poller"));
+    assert_eq!(
+        env_entry(c, "SENTRY_DSN")["valueFrom"]["secretKeyRef"]["optional"],
+        true
+    );
+    assert!(
+        env_entry(c, "BINANCE_API_SECRET")["valueFrom"]["secretKeyRef"]
+            .get("optional")
+            .is_none()
+    );
+}
+
+/// The divisor of the worker's rate limits while Redis does not answer: the most pods that can
+/// run at once.
+#[test]
+fn the_rate_limit_replicas_count_every_pod_that_can_run() {
+    let replicas = |set: &str| {
+        let mut args = vec!["problemsolver-webhook", "charts/webhook-worker"];
+        if !set.is_empty() {
+            args.extend(["--set", set]);
+        }
+        let objects = template(&args);
+        let c = container(find(&objects, "Deployment", "problemsolver-webhook"));
+        env_entry(c, "WEBHOOK_RATE_LIMIT_REPLICAS")["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // 2 replicas + maxSurge 1.
+    assert_eq!(replicas(""), "3");
+    // Autoscaler maximum 10 + surge 1 + canary 3.
+    assert_eq!(
+        replicas("autoscaling.enabled=true,canary.enabled=true,canary.replicas=3"),
+        "14"
+    );
+    // A percentage surge rounds up: 25 % of 10 is 3.
+    assert_eq!(
+        replicas("replicaCount=10,strategy.rollingUpdate.maxSurge=25%"),
+        "13"
+    );
+    assert_eq!(replicas("rateLimitReplicas=7"), "7");
+}
+
+/// With no value set, a cluster serving the prometheus-operator's CRDs (the sandbox's `helm
+/// template` answers discovery with them) gets the ServiceMonitor and the PrometheusRule, and the
+/// rule carries the deploy runbook's three alerts with its thresholds and priorities.
+#[test]
+fn the_runbook_alerts_ship_by_default() {
+    let mut alerts = Vec::new();
+    for (chart, release) in [
+        ("charts/poller", "problemsolver-poller"),
+        ("charts/webhook-worker", "problemsolver-webhook"),
+    ] {
+        let objects = template(&[release, chart]);
+        find(&objects, "ServiceMonitor", release);
+        let rule = find(&objects, "PrometheusRule", release);
+        alerts.extend(
+            rule["spec"]["groups"][0]["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned(),
+        );
+        let off = template(&[
+            release,
+            chart,
+            "--set",
+            "serviceMonitor.enabled=false,prometheusRule.enabled=false",
+        ]);
+        assert_eq!(count(&off, "ServiceMonitor"), 0);
+        assert_eq!(count(&off, "PrometheusRule"), 0);
+    }
+    let alert = |name: &str| {
+        alerts
+            .iter()
+            .find(|a| a["alert"] == name)
+            .unwrap_or_else(|| panic!("no alert {name}"))
+            .clone()
+    };
+    let poller = alert("PollerConsecutiveErrors");
+    assert!(
+        poller["expr"].as_str().unwrap().ends_with("> 5"),
+        "{poller}"
+    );
+    assert_eq!(poller["labels"]["priority"], "P1");
+    let webhook = alert("WebhookFailureRateHigh");
+    let expr = webhook["expr"].as_str().unwrap();
+    assert!(
+        expr.contains("[10m]") && expr.trim_end().ends_with("> 0.05"),
+        "{expr}"
+    );
+    assert_eq!(webhook["labels"]["priority"], "P2");
+    let reconciliation = alert("ReconciliationMismatch");
+    assert!(
+        reconciliation["expr"]
+            .as_str()
+            .unwrap()
+            .trim_end()
+            .ends_with("> 0.001"),
+        "{reconciliation}"
+    );
+    assert_eq!(reconciliation["labels"]["priority"], "P1");
 }

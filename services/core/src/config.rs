@@ -9,6 +9,12 @@ use std::str::FromStr;
 pub enum ConfigError {
     #[error("environment variable `{name}` is not set: {hint}")]
     Missing { name: String, hint: String },
+    #[error("environment variables `{first}` and `{second}` are both set and disagree: {hint}")]
+    Conflict {
+        first: String,
+        second: String,
+        hint: String,
+    },
     #[error("environment variable `{name}` is not valid Unicode")]
     NotUnicode { name: String },
     #[error("environment variable `{name}` has an invalid value {shown}: {reason}")]
@@ -106,6 +112,11 @@ pub fn env_secret(name: &str) -> Result<Secret<String>, ConfigError> {
             },
             other => other,
         })
+}
+
+/// An optional secret variable (e.g. `REDIS_URL`, `SENTRY_DSN`); unset or empty is `None`.
+pub fn env_secret_optional(name: &str) -> Result<Option<Secret<String>>, ConfigError> {
+    Ok(read(name)?.map(Secret::new))
 }
 
 /// An optional variable with a default.

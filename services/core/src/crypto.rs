@@ -1,6 +1,11 @@
-//! AES-256-GCM encryption of merchant webhook signing secrets (`whsec_...`) under
-//! `ENCRYPTION_MASTER_KEY`, with a fresh 96-bit nonce per row, and the helper that creates a
-//! merchant with its secret encrypted (used by tests, sandbox seeding and psctl's smoke test).
+//! AES-256-GCM encryption of merchant webhook signing secrets (`whsec_...`) under the key in
+//! `WEBHOOK_SECRET` (the deploy runbook's name; `ENCRYPTION_MASTER_KEY` is accepted as an older
+//! alias), with a fresh 96-bit nonce per row, and the helper that creates a merchant with its
+//! secret encrypted (used by tests, sandbox seeding and psctl's smoke test).
+//!
+//! Precedence: `WEBHOOK_SECRET` when set; else `ENCRYPTION_MASTER_KEY`; both set must decode to
+//! the same 32 bytes (hex and base64 spellings of one key are the same key), otherwise the worker
+//! refuses to start rather than guess which key the stored rows were encrypted under.
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -10,13 +15,15 @@ use uuid::Uuid;
 
 use crate::config::{ConfigError, Secret};
 
-/// Name of the environment variable holding the master key.
-pub const MASTER_KEY_ENV: &str = "ENCRYPTION_MASTER_KEY";
+/// Name of the environment variable holding the key (the deploy runbook's Secret key).
+pub const MASTER_KEY_ENV: &str = "WEBHOOK_SECRET";
+/// The older name of [`MASTER_KEY_ENV`], still accepted.
+pub const MASTER_KEY_ALIAS_ENV: &str = "ENCRYPTION_MASTER_KEY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
     #[error(
-        "webhook secret could not be decrypted: wrong `ENCRYPTION_MASTER_KEY` or corrupted row"
+        "webhook secret could not be decrypted: wrong `WEBHOOK_SECRET` (or `ENCRYPTION_MASTER_KEY`) or corrupted row"
     )]
     Decrypt,
     #[error("webhook secret could not be encrypted")]
@@ -63,10 +70,46 @@ impl MasterKey {
         Ok(MasterKey(Secret::new(key)))
     }
 
-    /// Reads and parses `ENCRYPTION_MASTER_KEY`.
+    /// Reads `WEBHOOK_SECRET`, or its alias `ENCRYPTION_MASTER_KEY` (see the module's precedence).
     pub fn from_env() -> Result<Self, ConfigError> {
-        let raw = crate::config::env_secret(MASTER_KEY_ENV)?;
-        Self::parse(MASTER_KEY_ENV, raw.expose())
+        Self::from_values(
+            crate::config::env_secret_optional(MASTER_KEY_ENV)?.as_ref(),
+            crate::config::env_secret_optional(MASTER_KEY_ALIAS_ENV)?.as_ref(),
+        )
+    }
+
+    /// The key from the values of `WEBHOOK_SECRET` and `ENCRYPTION_MASTER_KEY` (either may be
+    /// unset): the first wins; both set must be the same key.
+    pub fn from_values(
+        primary: Option<&Secret<String>>,
+        alias: Option<&Secret<String>>,
+    ) -> Result<Self, ConfigError> {
+        match (primary, alias) {
+            (None, None) => Err(ConfigError::Missing {
+                name: MASTER_KEY_ENV.to_owned(),
+                hint: format!(
+                    "set `{MASTER_KEY_ENV}` (or its older name `{MASTER_KEY_ALIAS_ENV}`) to a 32-byte key, \
+                     e.g. `openssl rand -hex 32`; in Kubernetes it comes from the `problemsolver-secrets` Secret"
+                ),
+            }),
+            (Some(primary), None) => Self::parse(MASTER_KEY_ENV, primary.expose()),
+            (None, Some(alias)) => Self::parse(MASTER_KEY_ALIAS_ENV, alias.expose()),
+            (Some(primary), Some(alias)) => {
+                let key = Self::parse(MASTER_KEY_ENV, primary.expose())?;
+                let other = Self::parse(MASTER_KEY_ALIAS_ENV, alias.expose())?;
+                if key.0.expose() == other.0.expose() {
+                    Ok(key)
+                } else {
+                    Err(ConfigError::Conflict {
+                        first: MASTER_KEY_ENV.to_owned(),
+                        second: MASTER_KEY_ALIAS_ENV.to_owned(),
+                        hint: "both name the key wrapping merchants' signing secrets; keep only \
+                               `WEBHOOK_SECRET` with the key the stored rows were encrypted under"
+                            .to_owned(),
+                    })
+                }
+            }
+        }
     }
 
     fn cipher(&self) -> Aes256Gcm {
@@ -190,6 +233,52 @@ mod tests {
             key.decrypt(&c, &n[..5]),
             Err(CryptoError::NonceLength(5))
         ));
+    }
+
+    #[test]
+    fn webhook_secret_wins_and_the_alias_must_agree() {
+        let secret = |text: &str| Secret::new(text.to_owned());
+        let hex_key = secret(HEX_KEY);
+        let b64_key = secret(
+            &base64::engine::general_purpose::STANDARD.encode(hex::decode(HEX_KEY).unwrap()),
+        );
+        let other = secret(&"ab".repeat(32));
+        let encrypted = MasterKey::parse("K", HEX_KEY)
+            .unwrap()
+            .encrypt("s")
+            .unwrap();
+        for (primary, alias) in [
+            (Some(&hex_key), None),
+            (None, Some(&hex_key)),
+            (Some(&hex_key), Some(&b64_key)),
+        ] {
+            let key = MasterKey::from_values(primary, alias).unwrap();
+            assert_eq!(
+                key.decrypt(&encrypted.0, &encrypted.1).unwrap().expose(),
+                "s"
+            );
+        }
+        let conflict = MasterKey::from_values(Some(&hex_key), Some(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            conflict.contains("`WEBHOOK_SECRET`") && conflict.contains("`ENCRYPTION_MASTER_KEY`"),
+            "{conflict}"
+        );
+        assert!(
+            !conflict.contains(HEX_KEY) && !conflict.contains("abab"),
+            "{conflict}"
+        );
+        let missing = MasterKey::from_values(None, None).unwrap_err().to_string();
+        assert!(
+            missing.contains("`WEBHOOK_SECRET`") && missing.contains("ENCRYPTION_MASTER_KEY"),
+            "{missing}"
+        );
+        // A bad alias is named as the alias.
+        let bad = MasterKey::from_values(None, Some(&secret("short")))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("`ENCRYPTION_MASTER_KEY`"), "{bad}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(start(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -52,8 +52,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logging and error reporting around the whole run, so a fatal error is reported too.
+async fn start(cli: Cli) -> anyhow::Result<ExitCode> {
+    let telemetry =
+        problemsolver_core::telemetry::init("problemsolver-poller", env!("CARGO_PKG_VERSION"))
+            .context("logging configuration")?;
+    let result = run(cli).await;
+    if let Err(error) = &result {
+        tracing::error!("{error:#}");
+    }
+    drop(telemetry);
+    result
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    problemsolver_core::telemetry::init().context("logging configuration")?;
     let config = Config::from_env()?;
     let pool_config = PoolConfig {
         max_connections: config.database_max_connections,

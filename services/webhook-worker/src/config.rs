@@ -38,6 +38,18 @@ pub struct Args {
     #[arg(long, env = "WEBHOOK_ENDPOINT_RPS", default_value = "10")]
     pub endpoint_rps: NonZeroU32,
 
+    /// The most worker replicas that can run at once (the HPA's maximum plus the rollout's
+    /// surge and canary pods). Only used while the shared limiter in Redis does not answer: each
+    /// replica then keeps to 1/N of WEBHOOK_GLOBAL_RPS and WEBHOOK_ENDPOINT_RPS, so together
+    /// they still never exceed them.
+    #[arg(long, env = "WEBHOOK_RATE_LIMIT_REPLICAS", default_value = "10")]
+    pub rate_limit_replicas: NonZeroU32,
+
+    /// Prefix of the shared rate limiter's Redis keys; environments sharing one Redis database
+    /// need different prefixes.
+    #[arg(long, env = "WEBHOOK_RATE_LIMIT_PREFIX", default_value = crate::ratelimit::DEFAULT_KEY_PREFIX)]
+    pub rate_limit_prefix: String,
+
     /// Deliveries in flight at once, shared by all pipelines.
     #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
@@ -135,8 +147,13 @@ pub enum ConfigError {
 const ENVIRONMENT_HELP: &str = "\
 Environment (secrets, read from the environment only and never printed):
   DATABASE_URL           postgres:// URL of the problemsolver database (required)
-  ENCRYPTION_MASTER_KEY  32-byte AES-256-GCM key decrypting merchants' webhook secrets,
-                         as 64 hex characters or base64 (required)
+  WEBHOOK_SECRET         32-byte AES-256-GCM key wrapping merchants' webhook signing
+                         secrets, as 64 hex characters or base64 (required)
+  ENCRYPTION_MASTER_KEY  older name of WEBHOOK_SECRET, accepted alone; set with a
+                         different value beside it, the worker refuses to start
+  REDIS_URL              redis:// URL: rate limits shared by all replicas (optional;
+                         without it each process enforces the full limits alone)
+  SENTRY_DSN             Sentry DSN: error events, secrets scrubbed (optional)
 Logging:
   RUST_LOG               log filter (default `info`)
   LOG_FORMAT             `json` or `text` (default `text`)
@@ -151,6 +168,8 @@ impl Args {
             allow_insecure_targets,
             global_rps,
             endpoint_rps,
+            rate_limit_replicas: _,
+            rate_limit_prefix: _,
             concurrency,
             batch_size,
             pipelines,

@@ -13,6 +13,7 @@ use problemsolver_core::http::{MetricsServer, Readiness, Shutdown};
 use problemsolver_core::{config, telemetry};
 use problemsolver_webhook_worker::config::Args;
 use problemsolver_webhook_worker::metrics::Metrics;
+use problemsolver_webhook_worker::ratelimit::{Limiter, SharedLimits};
 use problemsolver_webhook_worker::secrets::MasterKeyOpener;
 use problemsolver_webhook_worker::ssrf::TargetPolicy;
 use problemsolver_webhook_worker::worker::Worker;
@@ -30,21 +31,70 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(start(args)) {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!("{error:#}");
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
 }
 
+/// Logging and error reporting around the whole run, so a fatal error is reported too.
+async fn start(args: Args) -> anyhow::Result<ExitCode> {
+    let telemetry = telemetry::init("problemsolver-webhook-worker", env!("CARGO_PKG_VERSION"))?;
+    let result = run(args).await;
+    if let Err(error) = &result {
+        tracing::error!("{error:#}");
+    }
+    drop(telemetry);
+    result
+}
+
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    telemetry::init()?;
     let config = args.worker_config()?;
     let database_url = config::env_secret("DATABASE_URL")?;
     let master_key = MasterKey::from_env()?;
+    let limiter = match config::env_secret_optional("REDIS_URL")? {
+        Some(url) => {
+            let shared = SharedLimits::connect(
+                url.expose(),
+                &args.rate_limit_prefix,
+                config.global_rps,
+                config.per_endpoint_rps,
+            )?;
+            match shared.ping().await {
+                Ok(()) => tracing::info!(
+                    prefix = %args.rate_limit_prefix,
+                    "rate limits shared by all replicas through Redis (REDIS_URL)"
+                ),
+                Err(error) if error.is_configuration() => {
+                    return Err(anyhow::Error::new(error).context("connecting to `REDIS_URL`"));
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    fallback_replicas = args.rate_limit_replicas.get(),
+                    "Redis (REDIS_URL) does not answer yet: delivering under the conservative local share \
+                     (the rates divided by WEBHOOK_RATE_LIMIT_REPLICAS) until it does"
+                ),
+            }
+            Limiter::shared(
+                shared,
+                config.global_rps,
+                config.per_endpoint_rps,
+                args.rate_limit_replicas,
+            )
+        }
+        None => {
+            tracing::warn!(
+                global_rps = config.global_rps.get(),
+                endpoint_rps = config.per_endpoint_rps.get(),
+                "REDIS_URL is not set: rate limits are per process, so N replicas together may send N times \
+                 WEBHOOK_ENDPOINT_RPS to one merchant; set REDIS_URL to share them"
+            );
+            Limiter::local(config.global_rps, config.per_endpoint_rps)
+        }
+    };
     if config.client.policy == TargetPolicy::Insecure {
         tracing::warn!(
             "WEBHOOK_ALLOW_INSECURE_TARGETS=true: SSRF DEFENCE IS OFF. Plain http:// and private, loopback and \
@@ -98,15 +148,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         batch_worst_case_secs = config.batch_worst_case().as_secs_f64(),
         global_rps = config.global_rps.get(),
         endpoint_rps = config.per_endpoint_rps.get(),
+        rate_limiter = limiter.configured_backend().label(),
         once = args.once,
         "webhook worker starting"
     );
-    let worker = Arc::new(Worker::new(
-        pool.clone(),
-        config,
-        metrics,
-        Arc::new(MasterKeyOpener(master_key)),
-    )?);
+    let worker = Arc::new(
+        Worker::new(
+            pool.clone(),
+            config,
+            metrics,
+            Arc::new(MasterKeyOpener(master_key)),
+        )?
+        .with_limiter(limiter),
+    );
     tokio::spawn(Arc::clone(&worker).housekeeping(
         Duration::from_secs(args.queue_depth_interval_secs.max(1)),
         shutdown.token(),

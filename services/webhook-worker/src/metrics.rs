@@ -17,6 +17,11 @@ pub struct StatusLabel {
     pub status: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: &'static str,
+}
+
 /// Handles to every metric the worker updates.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -26,6 +31,10 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub health: Gauge,
     pub breaker_opens: Counter,
+    /// 1 for the rate limiter deciding now (`redis`, `local` or `local_fallback`), 0 for the others.
+    rate_limiter: Family<BackendLabel, Gauge>,
+    /// Redis calls of the shared rate limiter that failed (each decided by the local fallback).
+    pub rate_limiter_redis_errors: Counter,
 }
 
 impl Metrics {
@@ -37,6 +46,8 @@ impl Metrics {
             queue_depth: Gauge::default(),
             health: Gauge::default(),
             breaker_opens: Counter::default(),
+            rate_limiter: Family::default(),
+            rate_limiter_redis_errors: Counter::default(),
         };
         // prometheus-client appends `_total` to counters.
         registry.register(
@@ -69,6 +80,17 @@ impl Metrics {
             "Times a per-endpoint circuit breaker opened",
             metrics.breaker_opens.clone(),
         );
+        registry.register(
+            "webhook_rate_limiter",
+            "1 for the rate limiter deciding now: redis (shared by all replicas), local (per process, no REDIS_URL) or local_fallback (Redis unreachable: the conservative per-replica share)",
+            metrics.rate_limiter.clone(),
+        );
+        registry.register(
+            "webhook_rate_limiter_redis_errors",
+            "Calls to the shared rate limiter in Redis that failed and were decided by the local fallback",
+            metrics.rate_limiter_redis_errors.clone(),
+        );
+        metrics.set_rate_limiter(crate::ratelimit::Backend::Local);
         // Both series exist from the start so dashboards and rate() see zeros, not gaps.
         metrics.deliveries_with(true);
         metrics.deliveries_with(false);
@@ -85,6 +107,17 @@ impl Metrics {
     /// Attempts counted so far with this outcome.
     pub fn attempts(&self, success: bool) -> u64 {
         self.deliveries_with(success).get()
+    }
+
+    /// Marks `backend` as the rate limiter deciding now.
+    pub fn set_rate_limiter(&self, backend: crate::ratelimit::Backend) {
+        for each in crate::ratelimit::Backend::ALL {
+            self.rate_limiter
+                .get_or_create(&BackendLabel {
+                    backend: each.label(),
+                })
+                .set(i64::from(each == backend));
+        }
     }
 
     /// Counts one attempt.
@@ -119,6 +152,10 @@ mod tests {
             "circuit_breaker_opens_total 1",
             "webhook_queue_depth 7",
             "worker_health_status 1",
+            "webhook_rate_limiter{backend=\"local\"} 1",
+            "webhook_rate_limiter{backend=\"redis\"} 0",
+            "webhook_rate_limiter{backend=\"local_fallback\"} 0",
+            "webhook_rate_limiter_redis_errors_total 0",
             "webhook_delivery_duration_seconds_bucket{le=\"0.005\"} 0",
             "webhook_delivery_duration_seconds_bucket{le=\"10.0\"} 1",
         ] {

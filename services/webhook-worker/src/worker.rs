@@ -34,7 +34,7 @@ use crate::breaker::{BreakerPolicy, Breakers, Permit};
 use crate::client::{Attempt, ClientSettings, DeliveryClient};
 use crate::metrics::Metrics;
 use crate::queue::{self, Claimed, Completion, FinalStatus};
-use crate::ratelimit::RateLimits;
+use crate::ratelimit::Limiter;
 use crate::signing::{SigningKey, sign_delivery};
 
 /// Turns a merchant's stored (encrypted) secret into a signing key. The worker binary plugs in
@@ -145,7 +145,7 @@ pub struct Worker {
     metrics: Metrics,
     opener: Arc<dyn SecretOpener>,
     breakers: Mutex<Breakers<Uuid>>,
-    limits: RateLimits<Uuid>,
+    limits: Limiter,
     keys: Mutex<HashMap<Uuid, CachedKey>>,
     in_flight: Semaphore,
 }
@@ -177,7 +177,8 @@ impl Worker {
         let client = DeliveryClient::new(config.client)?;
         Ok(Self {
             breakers: Mutex::new(Breakers::new(config.breaker)),
-            limits: RateLimits::new(config.global_rps, config.per_endpoint_rps),
+            limits: Limiter::local(config.global_rps, config.per_endpoint_rps)
+                .with_metrics(metrics.clone()),
             keys: Mutex::new(HashMap::new()),
             in_flight: Semaphore::new(config.concurrency.max(1)),
             pool,
@@ -186,6 +187,12 @@ impl Worker {
             opener,
             config,
         })
+    }
+
+    /// Replaces the per-process rate limiter (e.g. with the one shared through Redis).
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limits = limiter.with_metrics(self.metrics.clone());
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -439,7 +446,7 @@ impl Worker {
         if let Permit::Rejected(wait) = permit {
             return plain(Completion::release(row.id, wait));
         }
-        if let Err(wait) = self.limits.try_endpoint(&row.merchant_id) {
+        if let Err(wait) = self.limits.admit(&row.merchant_id).await {
             if permit == Permit::Probe {
                 self.breakers
                     .lock()
@@ -460,7 +467,6 @@ impl Worker {
                 (wait + spread).max(Duration::from_millis(10)),
             ));
         }
-        self.limits.global().await;
 
         // The request may take up to the timeout; it must be over, with time left to write the
         // result, before the lease ends. Otherwise the row goes back unsent.

@@ -48,7 +48,12 @@ async fn help_documents_every_variable() {
     for name in [
         "--once",
         "DATABASE_URL",
+        "WEBHOOK_SECRET",
         "ENCRYPTION_MASTER_KEY",
+        "REDIS_URL",
+        "SENTRY_DSN",
+        "WEBHOOK_RATE_LIMIT_REPLICAS",
+        "WEBHOOK_RATE_LIMIT_PREFIX",
         "METRICS_ADDR",
         "RUST_LOG",
         "LOG_FORMAT",
@@ -108,6 +113,58 @@ async fn configuration_errors_name_the_variable_and_never_echo_secrets() {
     assert!(out.contains("cannot connect to the database"), "{out}");
     assert!(
         !out.contains("pw-never-shown") && !out.contains(MASTER_KEY_HEX),
+        "{out}"
+    );
+
+    // WEBHOOK_SECRET and its older name set to different keys: refused, naming both, showing neither.
+    let other_key = "ab".repeat(32);
+    let conflict = run(
+        &[
+            ("DATABASE_URL", "postgres://u:pw-never-shown@127.0.0.1:1/db"),
+            ("WEBHOOK_SECRET", MASTER_KEY_HEX),
+            ("ENCRYPTION_MASTER_KEY", &other_key),
+        ],
+        &["--once"],
+    )
+    .await;
+    assert!(!conflict.status.success());
+    let out = text(&conflict);
+    assert!(
+        out.contains("`WEBHOOK_SECRET`") && out.contains("`ENCRYPTION_MASTER_KEY`"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(MASTER_KEY_HEX) && !out.contains(&other_key),
+        "{out}"
+    );
+    // The runbook's name alone gets past the key check (to the unreachable database).
+    let runbook_name = run(
+        &[
+            ("DATABASE_URL", "postgres://u:pw-never-shown@127.0.0.1:1/db"),
+            ("WEBHOOK_SECRET", MASTER_KEY_HEX),
+        ],
+        &["--once"],
+    )
+    .await;
+    assert!(!runbook_name.status.success());
+    assert!(
+        text(&runbook_name).contains("cannot connect to the database"),
+        "{}",
+        text(&runbook_name)
+    );
+    // A malformed SENTRY_DSN stops the start without being shown.
+    let bad_dsn = run(
+        &[
+            ("SENTRY_DSN", "not-a-dsn-secret-part"),
+            ("WEBHOOK_SECRET", MASTER_KEY_HEX),
+        ],
+        &["--once"],
+    )
+    .await;
+    assert!(!bad_dsn.status.success());
+    let out = text(&bad_dsn);
+    assert!(
+        out.contains("SENTRY_DSN") && !out.contains("not-a-dsn-secret-part"),
         "{out}"
     );
 
