@@ -5,7 +5,6 @@
 //! controller `psctl`, the operator and the audit row it mirrors. Needs the sandbox, like every
 //! e2e test (`eval "$(psctl-sandbox env)"`); it fails, never skips, without it.
 
-#[path = "smoke_support/mod.rs"]
 mod support;
 
 use std::process::Command;
@@ -14,7 +13,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 
-use support::{in_sandbox, retag};
+use support::Sandbox;
+use support::images::retag;
 
 const WEBHOOK_DEPLOYMENT: &str = "problemsolver-webhook";
 
@@ -29,7 +29,9 @@ async fn audit_rows(database_url: &str) -> Vec<(i64, String, String)> {
     rows
 }
 
-fn kubectl(sandbox: &support::Sandbox, args: &[&str]) -> String {
+/// Real kubectl as the sandbox administrator (observation only: psctl's identity writes
+/// Events, it need not read them back).
+fn kubectl(sandbox: &Sandbox, args: &[&str]) -> String {
     let program = std::env::var("KUBECTL").expect("KUBECTL is set by `psctl-sandbox env`");
     let mut command = Command::new(program);
     if let Some(kubeconfig) = &sandbox.environment.kubeconfig {
@@ -52,10 +54,11 @@ fn kubectl(sandbox: &support::Sandbox, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn deploy_rollback_and_the_kill_switch_each_leave_an_event_naming_the_audit_row() {
-    in_sandbox("events", async |sandbox| {
+    {
+        let sandbox = &Sandbox::services("events").await;
         let config = sandbox.config("events", |_| {});
         sandbox.deploy(&config, &["webhook"]);
-        let registry = sandbox.environment.registry.clone().unwrap();
+        let registry = sandbox.registry.clone();
         let next = format!("{}-next", sandbox.tag);
         let (from, to) = (sandbox.tag.clone(), next.clone());
         tokio::task::spawn_blocking(move || {
@@ -106,16 +109,16 @@ async fn deploy_rollback_and_the_kill_switch_each_leave_an_event_naming_the_audi
             "{rows:?}"
         );
 
-        let deployment = Api::<Deployment>::namespaced(sandbox.client.clone(), &sandbox.namespace)
+        let deployment = Api::<Deployment>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
             .get(WEBHOOK_DEPLOYMENT)
             .await
             .unwrap();
         let uid = deployment.metadata.uid.clone().expect("a uid");
         let mut events: Vec<Event> =
-            Api::<Event>::namespaced(sandbox.client.clone(), &sandbox.namespace)
+            Api::<Event>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
                 .list(&ListParams::default())
                 .await
-                .expect("the test's identity lists events.k8s.io/v1 Events")
+                .expect("events.k8s.io/v1 Events are listed")
                 .items
                 .into_iter()
                 .filter(|event| event.reporting_controller.as_deref() == Some("psctl"))
@@ -175,6 +178,5 @@ async fn deploy_rollback_and_the_kill_switch_each_leave_an_event_naming_the_audi
                 "{resource}:\n{table}"
             );
         }
-    })
-    .await;
+    }
 }

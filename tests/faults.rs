@@ -10,11 +10,7 @@
 //! undone when its case ends, also when the case panics. Cases sharing a setup share one
 //! namespace and database. Without the sandbox these tests fail; they never skip.
 
-#[path = "smoke_support/mod.rs"]
 mod support;
-
-#[path = "deploy_support/mod.rs"]
-mod deploy_support;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -27,7 +23,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use sqlx::{Connection as _, PgConnection};
 
-use support::{ROOT, Sandbox, report, retag};
+use support::images::{crashing_image, retag};
+use support::{Sandbox, report};
 
 const IMAGE: &str = "problemsolver-webhook-worker";
 const STABLE: &str = "problemsolver-webhook";
@@ -154,23 +151,10 @@ async fn fault_matrix() {
 // ---------------------------------------------------------------------------------------------
 // psctl, its state and its audit trail
 
+/// psctl as the harness runs it (the test's least-privilege identity, the test database, no
+/// inherited environment), confirmed with `--yes`.
 fn psctl_command(sandbox: &Sandbox, config: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_psctl"));
-    command
-        .current_dir(ROOT)
-        .args(args)
-        .args([
-            "--config",
-            &config.display().to_string(),
-            "--allow-no-audit",
-            "--yes",
-        ])
-        .env("NO_COLOR", "1")
-        .env("PSCTL_E2E_SMOKE_DATABASE_URL", &sandbox.database_url)
-        .env_remove("PSCTL_ENV")
-        .env_remove("PSCTL_OUTPUT")
-        .env_remove("PSCTL_NAMESPACE");
-    command
+    sandbox.command(config, args).arg("--yes").into_command()
 }
 
 /// A psctl running in the background, its output going to files.
@@ -383,7 +367,7 @@ async fn eventually<T>(
 
 /// Pushes the sandbox's webhook image again as `<tag>-<suffix>` and returns the new tag.
 async fn new_tag(sandbox: &Sandbox, suffix: &str) -> String {
-    let registry = sandbox.environment.registry.clone().unwrap();
+    let registry = sandbox.registry.clone();
     let (from, to) = (sandbox.tag.clone(), format!("{}-{suffix}", sandbox.tag));
     let tag = to.clone();
     tokio::task::spawn_blocking(move || retag(&registry, IMAGE, &from, &to))
@@ -408,7 +392,8 @@ fn deploy_args(tag: &str) -> Vec<&str> {
 // Deploy and rollback
 
 async fn deploy_and_rollback(matrix: &mut Matrix) {
-    support::in_sandbox("faults-deploy", async |sandbox| {
+    {
+        let sandbox = &Sandbox::services("faults-deploy").await;
         let config = sandbox.config("deploy", |_| {});
         sandbox.deploy(&config, &["webhook"]);
         let namespace = sandbox.namespace.clone();
@@ -736,9 +721,9 @@ async fn deploy_and_rollback(matrix: &mut Matrix) {
 
         matrix
             .case("a-rollback-that-fails", async || {
-                let registry = sandbox.environment.registry.clone().unwrap();
+                let registry = sandbox.registry.clone();
                 let crashes = tokio::task::spawn_blocking(move || {
-                    deploy_support::crashing_image(ROOT, &registry, IMAGE)
+                    crashing_image(&registry, IMAGE)
                 })
                 .await
                 .unwrap();
@@ -816,15 +801,14 @@ async fn deploy_and_rollback(matrix: &mut Matrix) {
                     .to_owned()
             })
             .await;
-    })
-    .await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Canary
 
 async fn canary_state(sandbox: &Sandbox) -> Option<serde_json::Value> {
-    let config_map = Api::<ConfigMap>::namespaced(sandbox.client.clone(), &sandbox.namespace)
+    let config_map = Api::<ConfigMap>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
         .get_opt("psctl-canary-webhook")
         .await
         .ok()??;
@@ -832,7 +816,7 @@ async fn canary_state(sandbox: &Sandbox) -> Option<serde_json::Value> {
 }
 
 async fn replicas(sandbox: &Sandbox, name: &str) -> Option<i32> {
-    Api::<Deployment>::namespaced(sandbox.client.clone(), &sandbox.namespace)
+    Api::<Deployment>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
         .get_opt(name)
         .await
         .unwrap()
@@ -840,7 +824,8 @@ async fn replicas(sandbox: &Sandbox, name: &str) -> Option<i32> {
 }
 
 async fn canary(matrix: &mut Matrix) {
-    support::in_sandbox("faults-canary", async |sandbox| {
+    {
+        let sandbox = &Sandbox::services("faults-canary").await;
         // Two stable replicas, so the 50 % step is one canary and one stable; a long bake, so
         // the run is still baking whatever the cases take.
         let config = sandbox.config("canary", |environment| {
@@ -1031,6 +1016,5 @@ async fn canary(matrix: &mut Matrix) {
                 error_line(&canary_stderr)
             })
             .await;
-    })
-    .await;
+    }
 }
