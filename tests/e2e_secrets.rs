@@ -23,7 +23,7 @@ const REQUIRED: [&str; 4] = [
     "DATABASE_URL",
     "BINANCE_API_KEY",
     "BINANCE_API_SECRET",
-    "ENCRYPTION_MASTER_KEY",
+    "WEBHOOK_SECRET",
 ];
 
 fn marker() -> String {
@@ -137,13 +137,13 @@ async fn apply_writes_the_values_and_never_prints_one() {
 
     // A required key missing: refused before anything is written, the key named.
     let mut partial = values.clone();
-    partial.remove("ENCRYPTION_MASTER_KEY");
+    partial.remove("WEBHOOK_SECRET");
     let file = write_env(dir.path(), "partial.env", &partial);
     let (code, stdout, stderr) =
         sandbox.psctl(&["secrets", "apply", "--from-env-file", &file, "--yes", "-vv"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("ENCRYPTION_MASTER_KEY (missing)"),
+        stderr.contains("WEBHOOK_SECRET (missing)"),
         "{stderr}"
     );
     assert!(sandbox.secret().await.is_none());
@@ -268,7 +268,7 @@ async fn check_reports_missing_and_empty_keys_and_when_the_secret_changed() {
     // Someone edits the Secret by hand: one key emptied, one removed.
     let secrets: Api<Secret> =
         Api::namespaced(sandbox.sandbox.admin.clone(), &sandbox.sandbox.namespace);
-    let patch = serde_json::json!({"data": {"BINANCE_API_KEY": "", "ENCRYPTION_MASTER_KEY": null}});
+    let patch = serde_json::json!({"data": {"BINANCE_API_KEY": "", "WEBHOOK_SECRET": null}});
     secrets
         .patch(
             "problemsolver-secrets",
@@ -292,10 +292,10 @@ async fn check_reports_missing_and_empty_keys_and_when_the_secret_changed() {
         })
         .collect();
     assert_eq!(states["BINANCE_API_KEY"], "empty");
-    assert_eq!(states["ENCRYPTION_MASTER_KEY"], "missing");
+    assert_eq!(states["WEBHOOK_SECRET"], "missing");
     assert_eq!(states["DATABASE_URL"], "present");
     assert!(
-        stderr.contains("BINANCE_API_KEY (empty), ENCRYPTION_MASTER_KEY (missing)"),
+        stderr.contains("BINANCE_API_KEY (empty), WEBHOOK_SECRET (missing)"),
         "{stderr}"
     );
     let (_, table, _) = sandbox.psctl(&["secrets", "check"]);
