@@ -142,10 +142,7 @@ async fn apply_writes_the_values_and_never_prints_one() {
     let (code, stdout, stderr) =
         sandbox.psctl(&["secrets", "apply", "--from-env-file", &file, "--yes", "-vv"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(
-        stderr.contains("WEBHOOK_SECRET (missing)"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("WEBHOOK_SECRET (missing)"), "{stderr}");
     assert!(sandbox.secret().await.is_none());
     seen.extend([stdout, stderr]);
 

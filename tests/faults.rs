@@ -722,11 +722,9 @@ async fn deploy_and_rollback(matrix: &mut Matrix) {
         matrix
             .case("a-rollback-that-fails", async || {
                 let registry = sandbox.registry.clone();
-                let crashes = tokio::task::spawn_blocking(move || {
-                    crashing_image(&registry, IMAGE)
-                })
-                .await
-                .unwrap();
+                let crashes = tokio::task::spawn_blocking(move || crashing_image(&registry, IMAGE))
+                    .await
+                    .unwrap();
                 let (revision, _, good_tag) = release_state(&status(sandbox, config));
                 let audited = last_audit_id(sandbox).await;
                 let deploy = Background::spawn(sandbox, config, &deploy_args(&crashes));
