@@ -84,16 +84,7 @@ pub async fn take_lock(
     let me = lock::holder_identity(operation);
     let waiting = |message: String| output.info(message);
     let held = DeployLock::acquire(client, &environment.namespace, &me, &waiting).await?;
-    output.check(
-        CheckState::Ok,
-        "deploy lock",
-        &format!("Lease `{}` acquired", lock::LEASE_NAME),
-    );
-    if let Some(takeover) = &held.takeover {
-        output.warn(takeover.describe());
-        audit(audit_sink, output, environment, takeover_note(takeover)).await;
-    }
-    Ok(held)
+    Ok(announce(held, environment, audit_sink, output).await)
 }
 
 /// The kill switch's way to the Lease: taken whoever holds it (see
@@ -107,6 +98,17 @@ pub async fn take_lock_override(
 ) -> Result<DeployLock, LockError> {
     let me = lock::holder_identity(operation);
     let held = DeployLock::acquire_override(client, &environment.namespace, &me).await?;
+    Ok(announce(held, environment, audit_sink, output).await)
+}
+
+/// Reports a Lease just taken as a check; a takeover is announced and written to the audit
+/// trail before anything else happens.
+async fn announce(
+    held: DeployLock,
+    environment: &Environment,
+    audit_sink: &dyn AuditSink,
+    output: &Output,
+) -> DeployLock {
     output.check(
         CheckState::Ok,
         "deploy lock",
@@ -116,7 +118,7 @@ pub async fn take_lock_override(
         output.warn(takeover.describe());
         audit(audit_sink, output, environment, takeover_note(takeover)).await;
     }
-    Ok(held)
+    held
 }
 
 /// Refuses (exit 2) while the kill switch is on for any of `components`: every command that
