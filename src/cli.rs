@@ -335,7 +335,8 @@ pub enum SmokeCategory {
 pub enum CanaryCommand {
     /// Deploy TAG as the canary track and promote it step by step while the gates pass.
     Start(CanaryStartArgs),
-    /// Show a run: step, weights, who drives it, every evaluation with its figures.
+    /// Show a run: step, weights, who drives it, every evaluation with its figures (`--watch`
+    /// follows it live).
     Status(CanaryStatusArgs),
     /// End the current step now and continue (or, with --full, promote to 100 % at once).
     Promote(CanaryPromoteArgs),
@@ -347,11 +348,23 @@ pub enum CanaryCommand {
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  psctl canary status --env sandbox\n  \
-psctl canary status --env sandbox --component webhook -o json")]
+psctl canary status --env sandbox --component webhook -o json\n  \
+psctl canary status --env production --watch          # follow a run someone else started")]
 pub struct CanaryStatusArgs {
     /// Component whose canary to show (default: the only component with a canary track).
     #[arg(long, short = 'c', value_name = "NAME")]
     pub component: Option<String>,
+
+    /// Keep watching the run from any machine: print each evaluation and event as the driver
+    /// records it (under a live line on a terminal, as plain lines otherwise) until the run is
+    /// promoted (exit 0) or aborted (exit 1); then print the report. A paused run is watched
+    /// until someone promotes, resumes or aborts it.
+    #[arg(long, short = 'w')]
+    pub watch: bool,
+
+    /// How often `--watch` reads the run's state (one GET of its ConfigMap each time).
+    #[arg(long, default_value = "2s", value_parser = crate::settings::parse_duration, value_name = "DURATION", requires = "watch")]
+    pub every: Duration,
 }
 
 /// Which component's canary, plus how long a scale or rollout may take.

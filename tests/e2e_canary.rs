@@ -403,6 +403,13 @@ async fn an_abort_from_another_terminal_reaches_the_live_run_through_its_state()
         stdout.contains("driven by: ") && stdout.contains("(canary webhook)"),
         "{stdout}"
     );
+    // A third follows the run live until it ends.
+    let watcher = bed
+        .command(&["canary", "status", "--watch", "--every", "1s", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn psctl canary status --watch");
     let (code, _, stderr) = bed.psctl(&["canary", "abort"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("request stored"), "{stderr}");
@@ -435,4 +442,28 @@ async fn an_abort_from_another_terminal_reaches_the_live_run_through_its_state()
     );
     assert_eq!(bed.replicas(RELEASE).await, Some(2));
     assert_eq!(bed.replicas(CANARY).await, Some(0));
+
+    // The watcher saw the run running, then its end and why, and exits 1 with the final report.
+    let watched = tokio::task::spawn_blocking(move || watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&watched.stdout);
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert_eq!(
+        watched.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["status"], "aborted", "{report}");
+    let running = stderr
+        .find(": running at step 1/")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let aborted = stderr
+        .find(": aborted at step 1/")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(running < aborted, "{stderr}");
+    assert!(stderr.contains("reason: aborted by "), "{stderr}");
+    assert!(stderr.contains("scaled to 0"), "the abort's event: {stderr}");
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::canary::gate::{GateOutcome, StepDecision};
-use crate::canary::state::{CanaryRun, RunStatus};
+use crate::canary::state::{CanaryRun, RunStatus, WindowRecord};
 use crate::output::{Render, Style, table};
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +108,96 @@ impl Render for CanaryReport {
     }
 }
 
+/// One line per evaluation for `canary status --watch`: where, after how long, the verdict and
+/// what was decided.
+fn window_line(run: &CanaryRun, window: &WindowRecord) -> String {
+    let decision = match &window.decision {
+        StepDecision::Continue => "continue".to_owned(),
+        StepDecision::Advance => "advance".to_owned(),
+        StepDecision::Abort { reason } => format!("abort: {reason}"),
+        StepDecision::Pause { reason } => format!("pause: {reason}"),
+    };
+    let verdict = serde_json::to_value(window.evaluation.verdict)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!(
+        "{}  evaluation at step {}/{} ({}%) after {}s: {verdict}, {decision}; error rate {}",
+        time(window.at),
+        window.step + 1,
+        run.steps.len(),
+        window.weight,
+        window.elapsed_secs,
+        window.evaluation.error_rate.detail(),
+    )
+}
+
+/// The one-line state of a run: what the live line of `canary status --watch` shows.
+pub fn summary_line(report: &CanaryReport) -> String {
+    let run = &report.run;
+    let mut line = format!(
+        "canary of `{}` tag {}: {} at {}",
+        run.component,
+        run.tag,
+        run.status.as_str(),
+        run.position()
+    );
+    if matches!(run.status, RunStatus::Running | RunStatus::Paused) {
+        let split = run.split();
+        line.push_str(&format!(
+            ", canary {} / stable {} replicas",
+            split.canary, split.stable
+        ));
+    }
+    match &report.driven_by {
+        Some(holder) => line.push_str(&format!(", driven by {holder}")),
+        None if run.status == RunStatus::Running => {
+            line.push_str(", driven by nobody (`psctl canary resume` continues it)");
+        }
+        None => {}
+    }
+    line
+}
+
+/// What `canary status --watch` prints between two readings of a run: every event and
+/// evaluation recorded since `before` (oldest first), then the new state when it changed.
+/// Pure, so the watch loop only reads and prints.
+pub fn changes(before: &CanaryReport, after: &CanaryReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    // Both lists are bounded (the oldest entries are dropped), so entries are matched by
+    // content, not by position.
+    let mut new: Vec<(i64, String)> = after
+        .run
+        .events
+        .iter()
+        .filter(|event| !before.run.events.contains(event))
+        .map(|event| (event.at, format!("{}  {}", time(event.at), event.message)))
+        .collect();
+    new.extend(
+        after
+            .run
+            .windows
+            .iter()
+            .filter(|window| !before.run.windows.contains(window))
+            .map(|window| (window.at, window_line(&after.run, window))),
+    );
+    new.sort_by_key(|(at, _)| *at);
+    lines.extend(new.into_iter().map(|(_, line)| line));
+    let (was, now) = (summary_line(before), summary_line(after));
+    if was != now {
+        lines.push(now);
+    }
+    if let Some(reason) = after
+        .run
+        .reason
+        .as_ref()
+        .filter(|reason| before.run.reason.as_ref() != Some(*reason))
+    {
+        lines.push(format!("reason: {reason}"));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +241,90 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("guardrail-breached"), "{text}");
+    }
+
+    fn evaluation_at(run: &CanaryRun, at: i64, decision: StepDecision) -> WindowRecord {
+        let observation = Observation {
+            canary: crate::canary::gate::TrackFigures::new(500.0, 1.0, 90.0),
+            stable: crate::canary::gate::TrackFigures::new(4500.0, 9.0, 85.0),
+            canary_guardrail: crate::canary::gate::TrackFigures::new(500.0, 1.0, 90.0),
+        };
+        let evaluation = crate::canary::gate::evaluate(&run.policy, &observation);
+        WindowRecord {
+            step: run.step,
+            weight: run.weight(),
+            at,
+            elapsed_secs: 30,
+            observation,
+            evaluation,
+            decision,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn the_watch_prints_only_what_happened_since_the_last_reading_in_order() {
+        let mut run = crate::canary::state::tests::sample_run();
+        run.status = RunStatus::Running;
+        run.event(1_790_000_000, "canary at 10% (1 of 10 replicas)");
+        let before = CanaryReport {
+            run: run.clone(),
+            driven_by: Some("ops@host pid 7 (canary webhook)".into()),
+        };
+        // Nothing changed: nothing to print.
+        assert!(changes(&before, &before.clone()).is_empty());
+
+        let window = evaluation_at(&run, 1_790_000_030, StepDecision::Advance);
+        run.record(window);
+        run.advance();
+        run.event(1_790_000_031, "canary at 50% (5 of 10 replicas)");
+        let after = CanaryReport {
+            run: run.clone(),
+            driven_by: before.driven_by.clone(),
+        };
+        let lines = changes(&before, &after);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(
+            lines[0].contains("evaluation at step 1/4 (10%) after 30s: ")
+                && lines[0].contains(", advance; error rate "),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].ends_with("canary at 50% (5 of 10 replicas)"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].starts_with("canary of `") && lines[2].contains("running at step 2/"),
+            "{lines:#?}"
+        );
+
+        // The run ends: the new state and its reason, once.
+        let mut ended = after.clone();
+        ended.run.status = RunStatus::Aborted;
+        ended.run.reason = Some("aborted by ops@host".into());
+        ended.driven_by = None;
+        let lines = changes(&after, &ended);
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(lines[0].contains(": aborted at step 2/"), "{lines:#?}");
+        assert!(
+            !lines[0].contains("replicas"),
+            "a final run has no split: {lines:#?}"
+        );
+        assert_eq!(lines[1], "reason: aborted by ops@host");
+        assert!(changes(&ended, &ended.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_running_run_without_a_live_driver_says_how_to_continue_it() {
+        let mut run = crate::canary::state::tests::sample_run();
+        run.status = RunStatus::Running;
+        let line = summary_line(&CanaryReport {
+            run,
+            driven_by: None,
+        });
+        assert!(
+            line.contains("driven by nobody (`psctl canary resume` continues it)"),
+            "{line}"
+        );
     }
 }

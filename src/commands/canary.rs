@@ -20,7 +20,7 @@ use crate::audit::AuditSink;
 use crate::canary::gate::{OnInconclusive, StepTally};
 use crate::canary::kube::{self as canary_kube, Context, KubeBackend, unix_now};
 use crate::canary::plan::{self, StableTrack, StartSettings, pick_component};
-use crate::canary::report::CanaryReport;
+use crate::canary::report::{self as canary_report, CanaryReport};
 use crate::canary::runner::{self, Backend as _, Ending};
 use crate::canary::state::{self, CanaryRun, OperatorRequest, RunStatus};
 use crate::cli::{
@@ -28,10 +28,11 @@ use crate::cli::{
     CanaryStatusArgs, CanaryTargetArgs,
 };
 use crate::cluster;
-use crate::error::{CommandError, CommandResult, ExitStatus};
+use crate::error::{Classify as _, CommandError, CommandResult, ExitStatus};
 use crate::lock::{self, DeployLock, LockError};
 use crate::output::{CheckState, Output};
 use crate::settings::{Component, Environment, GlobalSettings};
+use crate::state::ConfigMapStore;
 
 pub async fn run(
     command: CanaryCommand,
@@ -163,7 +164,11 @@ async fn start(args: CanaryStartArgs, global: &GlobalSettings, output: &Output) 
 }
 
 async fn status(args: CanaryStatusArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
-    let CanaryStatusArgs { component } = args;
+    let CanaryStatusArgs {
+        component,
+        watch,
+        every,
+    } = args;
     let environment = global.environment()?;
     let (component, _) = pick_component(&environment, component.as_deref())?;
     let client = cluster::connect(&environment).await?;
@@ -172,10 +177,74 @@ async fn status(args: CanaryStatusArgs, global: &GlobalSettings, output: &Output
         return Err(no_run(&environment, component));
     };
     let driven_by = canary_kube::live_driver(&client, &environment.namespace, &run).await;
-    output
-        .data(&CanaryReport { run, driven_by })
-        .context("writing the canary status")?;
+    let mut report = CanaryReport { run, driven_by };
+    if watch {
+        report = follow(&client, &environment, &store, report, every, output).await?;
+    }
+    output.data(&report).context("writing the canary status")?;
+    if watch && report.run.status == RunStatus::Aborted {
+        let run = &report.run;
+        return Err(CommandError::verification(anyhow::anyhow!(
+            "the canary of `{}` (tag {}) was aborted: {}",
+            run.component,
+            run.tag,
+            run.reason.as_deref().unwrap_or("no reason recorded")
+        ))
+        .titled(format!("canary aborted: {}", run.component)));
+    }
     Ok(ExitStatus::Success)
+}
+
+/// Reads failures in a row `--watch` rides out (the client already retries each read).
+const WATCH_READ_FAILURES: u32 = 5;
+
+/// `canary status --watch`: reads the run every `every` until it is final, printing what the
+/// driver recorded in between ([`canary_report::changes`]).
+async fn follow(
+    client: &kube::Client,
+    environment: &Environment,
+    store: &ConfigMapStore<CanaryRun>,
+    mut report: CanaryReport,
+    every: std::time::Duration,
+    output: &Output,
+) -> Result<CanaryReport, CommandError> {
+    let progress = output.spinner(canary_report::summary_line(&report));
+    let mut failures = 0;
+    while !report.run.status.is_final() {
+        tokio::time::sleep(every).await;
+        let run = match store.load().await {
+            Ok(Some(run)) => run,
+            Ok(None) => {
+                progress.finish();
+                return Err(CommandError::usage(anyhow::anyhow!(
+                    "the canary's state ConfigMap `{}` was deleted while watching",
+                    store.name()
+                )));
+            }
+            Err(error)
+                if failures < WATCH_READ_FAILURES
+                    && error.exit_status() == ExitStatus::Unreachable =>
+            {
+                failures += 1;
+                progress.println(format!("reading the run failed ({error}); trying again"));
+                continue;
+            }
+            Err(error) => {
+                progress.finish();
+                return Err(error.into());
+            }
+        };
+        failures = 0;
+        let driven_by = canary_kube::live_driver(client, &environment.namespace, &run).await;
+        let next = CanaryReport { run, driven_by };
+        for line in canary_report::changes(&report, &next) {
+            progress.println(line);
+        }
+        progress.set_message(canary_report::summary_line(&next));
+        report = next;
+    }
+    progress.finish();
+    Ok(report)
 }
 
 async fn promote(
