@@ -16,6 +16,8 @@ ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || need_pkgs+=(postgresql-c
 have redis-server || need_pkgs+=(redis-server)
 have prometheus || need_pkgs+=(prometheus)
 have promtool || need_pkgs+=(prometheus)
+# The sandbox's Prometheus sends the alerts of the charts' rules to a real Alertmanager.
+have prometheus-alertmanager || need_pkgs+=(prometheus-alertmanager)
 [ -x /usr/bin/docker-registry ] || need_pkgs+=(docker-registry)
 # The kubelet and sandbox fidelity tests build their tiny container images from the host's
 # static busybox.
@@ -34,7 +36,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
   # Debian starts packaged daemons on install; the sandbox runs its own instances instead.
-  for svc in prometheus prometheus-node-exporter docker-registry postgresql redis-server; do
+  for svc in prometheus prometheus-alertmanager prometheus-node-exporter docker-registry postgresql redis-server; do
     systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
   done
 fi

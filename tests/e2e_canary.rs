@@ -465,5 +465,8 @@ async fn an_abort_from_another_terminal_reaches_the_live_run_through_its_state()
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(running < aborted, "{stderr}");
     assert!(stderr.contains("reason: aborted by "), "{stderr}");
-    assert!(stderr.contains("scaled to 0"), "the abort's event: {stderr}");
+    assert!(
+        stderr.contains("scaled to 0"),
+        "the abort's event: {stderr}"
+    );
 }

@@ -45,6 +45,21 @@ async fn a_healthy_deployment_passes_every_check() {
     );
     assert!(!stdout.contains("postgres://") && !stderr.contains("postgres://"));
 
+    // `psctl deploy` installed both charts' PrometheusRules, and Prometheus loaded them as an
+    // operator-managed Prometheus does: the runbook's three alerts are evaluated for this
+    // namespace.
+    let loaded = runbook_alerts_loaded(&sandbox).await;
+    for alert in [
+        "PollerConsecutiveErrors",
+        "ReconciliationMismatch",
+        "WebhookFailureRateHigh",
+    ] {
+        assert!(
+            loaded.iter().any(|name| name == alert),
+            "{alert} not loaded: {loaded:?}"
+        );
+    }
+
     // The same suite as JUnit: well-formed XML with one testcase per check and no failure.
     let (code, junit, stderr) = sandbox.psctl(
         &config,
@@ -222,4 +237,47 @@ async fn a_poller_scaled_to_zero_fails_the_functional_check_within_its_timeout()
         elapsed < Duration::from_secs(7 + 8),
         "the verdict came after {elapsed:?}, not within the timeout"
     );
+}
+
+/// The alerting rules Prometheus has loaded from this test's namespace's PrometheusRules (one
+/// file per object, named `<namespace>-<name>.yml`), once both charts' are there.
+async fn runbook_alerts_loaded(sandbox: &Sandbox) -> Vec<String> {
+    let url = format!(
+        "{}/api/v1/rules?type=alert",
+        sandbox
+            .environment
+            .prometheus_url
+            .as_deref()
+            .expect("the sandbox environment names Prometheus")
+            .trim_end_matches('/')
+    );
+    let prefix = format!("/{}-", sandbox.namespace);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body: serde_json::Value = reqwest::get(&url)
+            .await
+            .expect("Prometheus answers")
+            .json()
+            .await
+            .expect("rules JSON");
+        let groups: Vec<&serde_json::Value> = body["data"]["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .filter(|group| {
+                group["file"]
+                    .as_str()
+                    .is_some_and(|file| file.contains(&prefix))
+            })
+            .collect();
+        let names: Vec<String> = groups
+            .iter()
+            .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+            .filter_map(|rule| rule["name"].as_str().map(str::to_owned))
+            .collect();
+        if groups.len() >= 2 || Instant::now() > deadline {
+            return names;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

@@ -59,6 +59,9 @@ pub struct UpArgs {
     /// Prometheus port on 127.0.0.1.
     #[arg(long)]
     pub prometheus_port: Option<u16>,
+    /// Alertmanager port on 127.0.0.1.
+    #[arg(long)]
+    pub alertmanager_port: Option<u16>,
     /// Port of the sandbox's Postgres endpoint (loopback and network gateway).
     #[arg(long)]
     pub postgres_port: Option<u16>,

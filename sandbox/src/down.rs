@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use crate::process::{self, run};
 use crate::settings::Layout;
-use crate::up::{PROMETHEUS_BIN, REGISTRY_BIN};
+use crate::up::{ALERTMANAGER_BIN, PROMETHEUS_BIN, REGISTRY_BIN};
 
 /// Stops everything; returns what was done, one line each.
 pub fn down(layout: &Layout, purge: bool) -> anyhow::Result<Vec<String>> {
@@ -16,6 +16,7 @@ pub fn down(layout: &Layout, purge: bool) -> anyhow::Result<Vec<String>> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     for (name, program) in [
         ("prometheus", PROMETHEUS_BIN.to_owned()),
+        ("alertmanager", ALERTMANAGER_BIN.to_owned()),
         ("daemon", exe.display().to_string()),
         ("registry", REGISTRY_BIN.to_owned()),
     ] {

@@ -11,6 +11,7 @@ pub fn variables(layout: &Layout, settings: &Settings) -> Vec<(&'static str, Str
         ("PSCTL_SANDBOX_DIR", layout.root.display().to_string()),
         ("DATABASE_URL", settings.database_url_host()),
         ("PROMETHEUS_URL", settings.prometheus_url()),
+        ("ALERTMANAGER_URL", settings.alertmanager_url()),
         ("PSCTL_REGISTRY", settings.registry()),
         ("HELM", layout.helm().display().to_string()),
         ("KUBECTL", layout.kubectl().display().to_string()),

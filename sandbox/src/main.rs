@@ -9,6 +9,7 @@ mod pgproxy;
 mod probe;
 mod process;
 mod render;
+mod rules;
 mod run;
 mod secrets;
 mod serve;

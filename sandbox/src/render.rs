@@ -103,14 +103,46 @@ pub fn psctl_config(settings: &Settings, layout: &Layout, gateway: &str) -> Stri
     to_yaml(&value)
 }
 
-/// Prometheus: one job over the file_sd list the daemon keeps from the API server's pods.
-pub fn prometheus_config(layout: &Layout) -> String {
+/// Prometheus: one job over the file_sd list the daemon keeps from the API server's pods, the
+/// rule files it keeps from the PrometheusRules (`rules.rs`), and the sandbox's Alertmanager.
+pub fn prometheus_config(settings: &Settings, layout: &Layout) -> String {
     let value = json!({
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s", "scrape_timeout": "4s"},
+        "rule_files": [format!("{}/*.yml", path(&layout.prometheus_rules_dir()))],
+        "alerting": {"alertmanagers": [{
+            "static_configs": [{"targets": [format!("127.0.0.1:{}", settings.alertmanager_port)]}],
+        }]},
         "scrape_configs": [{
             "job_name": "sandbox-pods",
             "file_sd_configs": [{"files": [path(&layout.prometheus_targets())], "refresh_interval": "5s"}],
         }],
+    });
+    to_yaml(&value)
+}
+
+/// Alertmanager: the routing of `docs/examples/alertmanager.yaml` (P1 and P2 page, P3 goes to
+/// the team's channel, a P1 inhibits its namespace's P2/P3) with receivers that notify nobody,
+/// so tests read the alerts from Alertmanager's API.
+pub fn alertmanager_config() -> String {
+    let value = json!({
+        "route": {
+            "receiver": "team-channel",
+            "group_by": ["alertname", "namespace"],
+            "group_wait": "5s",
+            "group_interval": "30s",
+            "repeat_interval": "4h",
+            "routes": [
+                {"receiver": "pagerduty-p1", "matchers": ["priority=\"P1\""]},
+                {"receiver": "pagerduty-p2", "matchers": ["priority=\"P2\""]},
+                {"receiver": "team-channel", "matchers": ["priority=\"P3\""]},
+            ],
+        },
+        "inhibit_rules": [{
+            "source_matchers": ["priority=\"P1\""],
+            "target_matchers": ["priority=~\"P2|P3\""],
+            "equal": ["namespace"],
+        }],
+        "receivers": [{"name": "pagerduty-p1"}, {"name": "pagerduty-p2"}, {"name": "team-channel"}],
     });
     to_yaml(&value)
 }
@@ -207,12 +239,51 @@ mod tests {
     #[test]
     fn prometheus_reads_the_daemon_target_file_every_five_seconds() {
         let parsed: serde_yaml::Value =
-            serde_yaml::from_str(&prometheus_config(&layout())).unwrap();
+            serde_yaml::from_str(&prometheus_config(&Settings::default(), &layout())).unwrap();
         assert_eq!(parsed["global"]["scrape_interval"], "5s");
         assert_eq!(
             parsed["scrape_configs"][0]["file_sd_configs"][0]["files"][0],
             "/state/prometheus/targets.json"
         );
+        assert_eq!(parsed["rule_files"][0], "/state/prometheus/rules/*.yml");
+        assert_eq!(
+            parsed["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0],
+            "127.0.0.1:9093"
+        );
+    }
+
+    #[test]
+    fn the_alertmanager_configuration_is_valid_and_routes_by_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("alertmanager.yml");
+        std::fs::write(&file, alertmanager_config()).unwrap();
+        let checked = std::process::Command::new("amtool")
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .expect("amtool is missing: install the Debian package prometheus-alertmanager");
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stdout)
+        );
+        for (labels, receiver) in [
+            ("priority=P1", "pagerduty-p1"),
+            ("priority=P2", "pagerduty-p2"),
+            ("priority=P3", "team-channel"),
+        ] {
+            let routed = std::process::Command::new("amtool")
+                .args(["config", "routes", "test", "--config.file"])
+                .arg(&file)
+                .arg(labels)
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&routed.stdout).trim(),
+                receiver,
+                "{labels}"
+            );
+        }
     }
 
     #[test]

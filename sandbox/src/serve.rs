@@ -61,12 +61,14 @@ impl PodBackend for Logs {
     }
 }
 
-struct Health {
+pub(crate) struct Health {
     controllers: Option<psctl_sandbox_cluster::ControllersHandle>,
     kubelet: Option<psctl_sandbox_cluster::KubeletHandle>,
     merchant_url: String,
     binance_url: String,
     targets: usize,
+    /// PrometheusRules loaded into Prometheus (`rules.rs`).
+    pub(crate) rules: usize,
 }
 
 #[derive(Clone)]
@@ -170,10 +172,17 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
             merchant_url: merchant.url("/webhook"),
             binance_url: binance.base_url(),
             targets: 0,
+            rules: 0,
         })),
         postgres,
         binance: Arc::new(binance),
     };
+    tokio::spawn(crate::rules::keep_rules(
+        client.clone(),
+        layout.clone(),
+        settings.prometheus_url(),
+        control.health.clone(),
+    ));
     tokio::spawn(keep_targets(client, layout.clone(), control.health.clone()));
 
     let app = Router::new()
@@ -236,6 +245,7 @@ async fn healthz(
         "binance_stub": health.binance_url,
         "postgres_endpoint": control.postgres.enabled(),
         "prometheus_targets": health.targets,
+        "prometheus_rules": health.rules,
         "build": crate::process::build_stamp(),
     });
     let code = if controllers && kubelet {

@@ -30,6 +30,9 @@ pub struct Settings {
     pub registry_port: u16,
     /// Prometheus, on 127.0.0.1.
     pub prometheus_port: u16,
+    /// Alertmanager, on 127.0.0.1 (Prometheus sends it the alerts of the loaded rules).
+    #[serde(default = "default_alertmanager_port")]
+    pub alertmanager_port: u16,
     /// The sandbox's Postgres endpoint (a proxy to the shared server), on 127.0.0.1 and the
     /// network gateway, so it can be cut off by `fault postgres stop` without touching the server.
     pub postgres_port: u16,
@@ -56,6 +59,7 @@ impl Default for Settings {
             control_port: 6444,
             registry_port: 5000,
             prometheus_port: 9090,
+            alertmanager_port: 9093,
             postgres_port: 55433,
             merchant_port: 18080,
             binance_port: 18081,
@@ -65,6 +69,10 @@ impl Default for Settings {
             node: "psctl-sandbox".to_owned(),
         }
     }
+}
+
+fn default_alertmanager_port() -> u16 {
+    9093
 }
 
 fn default_database() -> String {
@@ -126,6 +134,11 @@ impl Settings {
     /// The Prometheus URL.
     pub fn prometheus_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.prometheus_port)
+    }
+
+    /// Alertmanager's base URL.
+    pub fn alertmanager_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.alertmanager_port)
     }
 
     /// The sandbox database as seen from this machine.
@@ -235,6 +248,13 @@ impl Layout {
     }
     pub fn prometheus_targets(&self) -> PathBuf {
         self.prometheus_dir().join("targets.json")
+    }
+    /// Rule files from the API server's PrometheusRules (`rules.rs`).
+    pub fn prometheus_rules_dir(&self) -> PathBuf {
+        self.prometheus_dir().join("rules")
+    }
+    pub fn alertmanager_dir(&self) -> PathBuf {
+        self.root.join("alertmanager")
     }
     pub fn base_image_dir(&self) -> PathBuf {
         self.root.join("base-image")

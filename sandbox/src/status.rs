@@ -91,10 +91,22 @@ pub async fn collect(layout: &Layout, settings: &Settings) -> Vec<Part> {
         .as_ref()
         .and_then(|value| value["prometheus_targets"].as_u64())
         .unwrap_or(0);
+    let rules = health
+        .as_ref()
+        .and_then(|value| value["prometheus_rules"].as_u64())
+        .unwrap_or(0);
     parts.push(part(
         "prometheus",
         http_ok(&client, &format!("{}/-/ready", settings.prometheus_url())).await,
-        format!("{} ({targets} pod targets)", settings.prometheus_url()),
+        format!(
+            "{} ({targets} pod targets, {rules} PrometheusRules)",
+            settings.prometheus_url()
+        ),
+    ));
+    parts.push(part(
+        "alertmanager",
+        http_ok(&client, &format!("{}/-/ready", settings.alertmanager_url())).await,
+        settings.alertmanager_url(),
     ));
     parts.push(part(
         "network",

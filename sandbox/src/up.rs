@@ -19,6 +19,8 @@ use crate::{base_image, render};
 /// Program names as they appear in /proc, for pid checks.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 pub const PROMETHEUS_BIN: &str = "prometheus";
+/// Debian's name for the Alertmanager binary (package prometheus-alertmanager).
+pub const ALERTMANAGER_BIN: &str = "prometheus-alertmanager";
 
 /// What `up` does besides starting the parts.
 #[derive(Debug, Clone)]
@@ -152,6 +154,14 @@ pub async fn up(
             "API server {} with controllers, kubelet and merchant sink",
             settings.api_url()
         ),
+    );
+
+    let t = step("alertmanager");
+    ensure_alertmanager(layout, settings).await?;
+    done(
+        "alertmanager",
+        t,
+        &format!("{} up", settings.alertmanager_url()),
     );
 
     let t = step("prometheus");
@@ -446,7 +456,8 @@ pub async fn ensure_prometheus(layout: &Layout, settings: &Settings) -> anyhow::
     let dir = layout.prometheus_dir();
     std::fs::create_dir_all(dir.join("data"))?;
     let config = dir.join("prometheus.yml");
-    std::fs::write(&config, render::prometheus_config(layout))?;
+    std::fs::create_dir_all(layout.prometheus_rules_dir())?;
+    std::fs::write(&config, render::prometheus_config(settings, layout))?;
     if !layout.prometheus_targets().exists() {
         std::fs::write(layout.prometheus_targets(), "[]\n")?;
     }
@@ -470,6 +481,40 @@ pub async fn ensure_prometheus(layout: &Layout, settings: &Settings) -> anyhow::
     let log = layout.log_file("prometheus");
     wait_for(
         "Prometheus",
+        &format!("see `{}`", log.display()),
+        Duration::from_secs(60),
+        || http_ok(&client, &ready),
+    )
+    .await
+}
+
+/// Starts Alertmanager (no clustering: one instance, no gossip port) unless it already answers.
+pub async fn ensure_alertmanager(layout: &Layout, settings: &Settings) -> anyhow::Result<()> {
+    let client = http();
+    let ready = format!("{}/-/ready", settings.alertmanager_url());
+    let dir = layout.alertmanager_dir();
+    std::fs::create_dir_all(dir.join("data"))?;
+    let config = dir.join("alertmanager.yml");
+    std::fs::write(&config, render::alertmanager_config())?;
+    if http_ok(&client, &ready).await {
+        return Ok(());
+    }
+    let program = which(ALERTMANAGER_BIN).context(
+        "`prometheus-alertmanager` is missing: install the Debian package prometheus-alertmanager (scripts/bootstrap.sh)",
+    )?;
+    let args = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.path={}", dir.join("data").display()),
+        format!(
+            "--web.listen-address=127.0.0.1:{}",
+            settings.alertmanager_port
+        ),
+        "--cluster.listen-address=".to_owned(),
+    ];
+    process::spawn_detached(layout, "alertmanager", &program, &args)?;
+    let log = layout.log_file("alertmanager");
+    wait_for(
+        "Alertmanager",
         &format!("see `{}`", log.display()),
         Duration::from_secs(60),
         || http_ok(&client, &ready),
