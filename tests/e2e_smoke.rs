@@ -281,3 +281,91 @@ async fn runbook_alerts_loaded(sandbox: &Sandbox) -> Vec<String> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// The runbook's P1 "poller errors > 5" end to end: a healthy poller loses Binance (its
+/// Deployment is edited behind psctl's back, as a bad config push would), counts its failed
+/// polls, the rule `psctl deploy` installed fires after its `for: 1m`, and Alertmanager
+/// receives it on the P1 route.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poller_that_cannot_reach_binance_pages_through_the_runbook_alert() {
+    let sandbox = Sandbox::services("smoke-alert").await;
+    let config = sandbox.config("healthy", |_| {});
+    sandbox.deploy(&config, &["poller"]);
+
+    // Same host, a port nothing listens on: every poll fails at connect. Recreate, so the new
+    // pod leads as soon as the old one's leadership lapses.
+    let deployments: Api<Deployment> = Api::namespaced(sandbox.admin.clone(), &sandbox.namespace);
+    let mut poller = deployments.get("problemsolver-poller").await.unwrap();
+    let spec = poller.spec.as_mut().unwrap();
+    spec.strategy = Some(k8s_openapi::api::apps::v1::DeploymentStrategy {
+        type_: Some("Recreate".into()),
+        rolling_update: None,
+    });
+    let container = &mut spec.template.spec.as_mut().unwrap().containers[0];
+    let env = container.env.as_mut().unwrap();
+    // The chart's default comes first and the environment's value after it: the last wins.
+    let binance = env
+        .iter_mut()
+        .rev()
+        .find(|var| var.name == "BINANCE_API_BASE")
+        .expect("the chart sets BINANCE_API_BASE");
+    let base = binance.value.clone().unwrap();
+    let (host, _) = base.rsplit_once(':').unwrap();
+    binance.value = Some(format!("{host}:9"));
+    deployments
+        .replace("problemsolver-poller", &Default::default(), &poller)
+        .await
+        .unwrap();
+
+    let alertmanager = std::env::var("ALERTMANAGER_URL")
+        .expect("ALERTMANAGER_URL is not set: load the sandbox's environment (psctl-sandbox env)");
+    let url = format!(
+        "{alertmanager}/api/v2/alerts?filter=alertname%3D%22PollerConsecutiveErrors%22&filter=namespace%3D%22{}%22",
+        sandbox.namespace
+    );
+    // The old leader's lapse, 5 failed polls at 2 s, the rule's `for: 1m`, then evaluation
+    // and notification delays.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let alert = loop {
+        let alerts: serde_json::Value = reqwest::get(&url)
+            .await
+            .expect("Alertmanager answers")
+            .json()
+            .await
+            .expect("alerts JSON");
+        if let Some(alert) = alerts.as_array().and_then(|list| list.first()) {
+            break alert.clone();
+        }
+        if Instant::now() >= deadline {
+            let prometheus = std::env::var("PROMETHEUS_URL").unwrap_or_default();
+            let query = format!(
+                "{prometheus}/api/v1/query?query=%7B__name__%3D~%22problemsolver_poller_(consecutive_errors%7Cis_leader)%22%2Cnamespace%3D%22{}%22%7D",
+                sandbox.namespace
+            );
+            let figures = match reqwest::get(&query).await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(error) => error.to_string(),
+            };
+            panic!(
+                "PollerConsecutiveErrors never reached Alertmanager: {alerts}; Prometheus: {figures}"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert_eq!(alert["labels"]["priority"], "P1", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "critical", "{alert}");
+    assert!(
+        alert["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|url| url.ends_with("poller.md#consecutive-errors")),
+        "{alert}"
+    );
+    let receivers: Vec<&str> = alert["receivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|receiver| receiver["name"].as_str())
+        .collect();
+    assert_eq!(receivers, vec!["pagerduty-p1"], "{alert}");
+    sandbox.finish().await;
+}
