@@ -2,6 +2,7 @@
 //! (never the current-context implicitly), and classification of API failures into exit codes.
 
 pub mod access;
+pub mod image;
 pub mod ownership;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
