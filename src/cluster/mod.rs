@@ -35,7 +35,7 @@ pub enum ClusterError {
         #[source]
         source: kube::config::InClusterError,
     },
-    #[error("the {origin} proxy is not a valid URL")]
+    #[error("{origin} is not a valid proxy URL")]
     Proxy {
         origin: String,
         #[source]
@@ -244,7 +244,7 @@ pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterE
                 no_proxy.as_deref(),
                 &config.cluster_url,
             ) {
-                config.proxy_url = Some(parse_proxy(&proxy, "HTTPS_PROXY")?);
+                config.proxy_url = Some(parse_proxy(&proxy, "HTTPS_PROXY").map_err(|e| *e)?);
             }
             config
         }
@@ -272,13 +272,18 @@ pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterE
                     source,
                 })?;
             // kube takes HTTPS_PROXY without looking at NO_PROXY; client-go honours both.
+            let origin = if from_file.is_some() {
+                "the kubeconfig's proxy-url"
+            } else {
+                "HTTPS_PROXY"
+            };
             config.proxy_url = match effective_proxy(
                 from_file.as_deref(),
                 https_proxy.as_deref(),
                 no_proxy.as_deref(),
                 &config.cluster_url,
             ) {
-                Some(proxy) => Some(parse_proxy(&proxy, "proxy-url")?),
+                Some(proxy) => Some(parse_proxy(&proxy, origin).map_err(|e| *e)?),
                 None => None,
             };
             config
@@ -302,15 +307,15 @@ pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterE
         .build())
 }
 
-/// A proxy URL from `origin`, or a configuration error that names where it came from without
-/// echoing it (it may carry credentials).
-fn parse_proxy(proxy: &str, origin: &str) -> Result<http::Uri, ClusterError> {
-    proxy
-        .parse()
-        .map_err(|source: http::uri::InvalidUri| ClusterError::Proxy {
+/// A proxy URL from `origin`; the error names where it came from without echoing it (it may
+/// carry credentials).
+fn parse_proxy(proxy: &str, origin: &str) -> Result<http::Uri, Box<ClusterError>> {
+    proxy.parse().map_err(|source| {
+        Box::new(ClusterError::Proxy {
             origin: origin.to_owned(),
             source,
         })
+    })
 }
 
 /// Connects and asks the API server for its version: a client known to reach the cluster, or
