@@ -1,6 +1,7 @@
 //! Controllers and kubelet together against real Docker: a Deployment rolls out, updates,
 //! rolls back onto its old ReplicaSet, scales down (containers go), feeds Endpoints, is garbage
-//! collected, and a broken rollout reports ProgressDeadlineExceeded.
+//! collected, a broken rollout reports ProgressDeadlineExceeded, and observedGeneration trails
+//! generation by the controllers' sync delay.
 
 mod support;
 
