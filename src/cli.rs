@@ -62,9 +62,11 @@ pub struct GlobalArgs {
     )]
     pub environment: Option<String>,
 
-    /// Kubernetes context, overriding the environment's `kube_context`.
+    /// Kubernetes context, overriding the environment's `kube_context` (unused in a pod that
+    /// falls back to its ServiceAccount for want of a kubeconfig).
     #[arg(
         long,
+        visible_alias = "kube-context",
         global = true,
         env = "PSCTL_CONTEXT",
         hide_env_values = true,
@@ -753,5 +755,24 @@ mod tests {
     #[test]
     fn the_clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kube_context_is_the_same_flag_as_context() {
+        use clap::Parser as _;
+        for args in [
+            ["psctl", "--kube-context", "prod-eu", "status"],
+            ["psctl", "status", "--kube-context=prod-eu", ""],
+            ["psctl", "--context", "prod-eu", "status"],
+        ] {
+            let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+            let cli = Cli::try_parse_from(&args).unwrap();
+            assert_eq!(cli.global.context.as_deref(), Some("prod-eu"), "{args:?}");
+        }
+        // Given twice under both names, it is one flag given twice: refused like any repeat.
+        assert!(
+            Cli::try_parse_from(["psctl", "--context", "a", "--kube-context", "b", "status"])
+                .is_err()
+        );
     }
 }

@@ -101,6 +101,46 @@ fn a_context_missing_from_the_kubeconfig_is_a_configuration_error() {
 }
 
 #[test]
+fn a_helm_driver_other_than_secrets_is_refused_before_anything_runs() {
+    let file =
+        config("environments:\n  e:\n    kube_context: nowhere\n    registry: 127.0.0.1:5000\n");
+    let run = |driver: &str, args: &[&str]| {
+        Psctl::new()
+            .env("PSCTL_CONFIG", file.path())
+            .env("HELM_DRIVER", driver)
+            .args(args)
+            .run()
+            .parts()
+    };
+    for driver in ["configmap", "sql", "memory"] {
+        for args in [
+            &["history"][..],
+            &["deploy", "--dry-run", "--tag", "1.2.3"][..],
+            &["status"][..],
+        ] {
+            let (code, stdout, stderr) = run(driver, args);
+            assert_eq!(code, 2, "HELM_DRIVER={driver} {args:?}: {stderr}");
+            assert!(stdout.is_empty(), "{stdout}");
+            assert!(
+                stderr.starts_with(&format!(
+                    "error: HELM_DRIVER=\"{driver}\" is not supported: psctl reads Helm release history from Secrets only"
+                )),
+                "{stderr}"
+            );
+            assert!(stderr.contains("unset HELM_DRIVER"), "{stderr}");
+        }
+    }
+    insta::assert_snapshot!("helm_driver_refused", run("configmap", &["history"]).2);
+    // Helm's own spellings of its default pass, and commands that never touch Helm do not care.
+    for driver in ["secret", "secrets", ""] {
+        let (code, _, stderr) = run(driver, &["deploy", "--dry-run", "--tag", "1.2.3"]);
+        assert_eq!(code, 0, "HELM_DRIVER={driver:?}: {stderr}");
+    }
+    let (code, _, stderr) = run("configmap", &["rbac"]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
 fn the_dry_run_plan_needs_no_cluster_and_is_json_on_stdout() {
     let file =
         config("environments:\n  e:\n    kube_context: nowhere\n    registry: 127.0.0.1:5000\n");

@@ -369,3 +369,101 @@ async fn a_poller_that_cannot_reach_binance_pages_through_the_runbook_alert() {
     assert_eq!(receivers, vec!["pagerduty-p1"], "{alert}");
     sandbox.finish().await;
 }
+
+/// A real cluster leaves evicted pods behind (phase `Failed`, reason `Evicted`) while the
+/// ReplicaSet replaces them: a healthy release with one lying around still passes.
+#[tokio::test]
+async fn an_evicted_pod_left_around_does_not_fail_a_healthy_release() {
+    let sandbox = Sandbox::services("smoke-evicted").await;
+    let config = sandbox.config("deploy", |_| {});
+    sandbox.deploy(&config, &["webhook"]);
+    let pods: Api<Pod> = Api::namespaced(sandbox.admin.clone(), &sandbox.namespace);
+    let selector = "app=problemsolver-webhook";
+    let before = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items;
+    let replicas = before.len();
+    let victim = before[0].metadata.name.clone().unwrap();
+    sandbox.evict(&victim).await;
+
+    let ended = |pod: &Pod| {
+        matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Failed" | "Succeeded")
+        )
+    };
+    let ready = |pod: &Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    // The evicted pod stays, Failed/Evicted; the ReplicaSet brings the count back.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap()
+            .items;
+        let evicted = now
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(victim.as_str()))
+            .expect("an evicted pod is not deleted");
+        let status = evicted.status.clone().unwrap_or_default();
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        assert_eq!(status.reason.as_deref(), Some("Evicted"));
+        let live_ready = now.iter().filter(|p| !ended(p) && ready(p)).count();
+        if live_ready == replicas && now.len() == replicas + 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replacement for the evicted pod: {} pods, {live_ready} ready",
+            now.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let (code, stdout, stderr) = sandbox.psctl(
+        &config,
+        &[
+            "smoke",
+            "--only",
+            "cluster",
+            "--component",
+            "webhook",
+            "--wait",
+            "30s",
+            "-o",
+            "json",
+        ],
+    );
+    let smoke = report(&stdout);
+    assert_eq!(code, 0, "{smoke:#}\n{stderr}");
+    let pods_ready = check(&smoke, "pods-ready/webhook");
+    assert_eq!(pods_ready["result"], "pass", "{pods_ready}");
+    assert!(
+        pods_ready["evidence"]
+            .as_str()
+            .unwrap()
+            .ends_with("(1 ended pod(s) not judged)"),
+        "{pods_ready}"
+    );
+
+    // `psctl status` shows the evicted pod as kubectl does, and exits 0.
+    let (code, stdout, stderr) = sandbox.psctl(&config, &["status", "-o", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let status = report(&stdout);
+    let shown = status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["pods"].as_array().unwrap().iter())
+        .find(|p| p["name"] == victim.as_str())
+        .cloned()
+        .expect("status lists the evicted pod");
+    assert_eq!(shown["phase"], "Evicted", "{shown}");
+}

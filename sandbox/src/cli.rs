@@ -83,6 +83,11 @@ pub struct UpArgs {
     /// Node name of the kubelet (labels this sandbox's containers).
     #[arg(long)]
     pub node: Option<String>,
+    /// Milliseconds the Deployment and ReplicaSet controllers wait before acting on a change,
+    /// like a controller manager's work queue (default 1000; 0 reacts at once). Takes effect
+    /// when the daemon starts: `down`, then `up`.
+    #[arg(long, value_name = "MS")]
+    pub controller_sync_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +128,15 @@ pub enum FaultCommand {
     Postgres {
         #[arg(value_enum)]
         action: StartStop,
+    },
+    /// Evict a pod as the kubelet does under node pressure: its containers are killed and the
+    /// pod is left `Failed` with reason `Evicted` (its ReplicaSet creates a replacement).
+    Evict {
+        /// Pod name.
+        pod: String,
+        /// Pod namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
     },
     /// Kill the containers of a pod (the kubelet restarts them per restartPolicy).
     KillContainer {

@@ -70,6 +70,33 @@ pub async fn apply(
             )
             .replace("startped", "started"))
         }
+        FaultCommand::Evict { pod, namespace } => {
+            // Path segments are Kubernetes names (no `/`); the daemon checks they exist.
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(45))
+                .no_proxy()
+                .build()
+                .context("cannot build an HTTP client")?;
+            let response = client
+                .post(format!(
+                    "{}/kubelet/evict/{namespace}/{pod}",
+                    settings.control_url()
+                ))
+                .send()
+                .await
+                .context("the sandbox daemon does not answer: is the sandbox up?")?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if status == reqwest::StatusCode::NOT_FOUND && !text.contains("not found") {
+                anyhow::bail!(
+                    "the running daemon cannot evict (an older build): `psctl-sandbox down && psctl-sandbox up`"
+                );
+            }
+            if !status.is_success() {
+                anyhow::bail!("cannot evict: {}", text.trim());
+            }
+            Ok(text.trim().to_owned())
+        }
         FaultCommand::KillContainer { pod, namespace } => {
             let ids = run(
                 "docker",

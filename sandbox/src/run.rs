@@ -133,6 +133,7 @@ fn merge(previous: Settings, args: UpArgs) -> Settings {
         database,
         network,
         node,
+        controller_sync_delay_ms,
     } = args;
     Settings {
         api_port: api_port.unwrap_or(previous.api_port),
@@ -147,5 +148,7 @@ fn merge(previous: Settings, args: UpArgs) -> Settings {
         database: database.unwrap_or(previous.database),
         network: network.unwrap_or(previous.network),
         node: node.unwrap_or(previous.node),
+        controller_sync_delay_ms: controller_sync_delay_ms
+            .unwrap_or(previous.controller_sync_delay_ms),
     }
 }

@@ -19,7 +19,9 @@ use psctl_sandbox_apiserver::{
     ApiServer, ApiServerConfig, LogOptions, PodBackend, PodBackendError, PodLogs,
 };
 use psctl_sandbox_cluster::kubelet::logs::LogsError;
-use psctl_sandbox_cluster::{Controllers, ControllersConfig, DockerLogs, Kubelet, KubeletConfig};
+use psctl_sandbox_cluster::{
+    Controllers, ControllersConfig, DockerLogs, EvictError, Evictor, Kubelet, KubeletConfig,
+};
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -74,6 +76,7 @@ pub(crate) struct Health {
 #[derive(Clone)]
 struct Control {
     health: Arc<Mutex<Health>>,
+    evictor: Evictor,
     postgres: pgproxy::Switch,
     binance: Arc<problemsolver_stubs::binance::BinanceStubHandle>,
 }
@@ -131,7 +134,13 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
     let client =
         kube::Client::try_from(config).context("cannot build a client for the API server")?;
 
-    let controllers = Controllers::run(client.clone(), ControllersConfig::default());
+    let controllers = Controllers::run(
+        client.clone(),
+        ControllersConfig {
+            sync_delay: Duration::from_millis(settings.controller_sync_delay_ms),
+            ..ControllersConfig::default()
+        },
+    );
     let kubelet = Kubelet::run(
         client.clone(),
         KubeletConfig {
@@ -165,7 +174,9 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
         )
     })?;
 
+    let evictor = kubelet.evictor();
     let control = Control {
+        evictor,
         health: Arc::new(Mutex::new(Health {
             controllers: Some(controllers),
             kubelet: Some(kubelet),
@@ -189,6 +200,7 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
         .route("/healthz", get(healthz))
         .route("/postgres/{action}", post(postgres_switch))
         .route("/binance/deposits", post(push_deposit))
+        .route("/kubelet/evict/{namespace}/{pod}", post(evict_pod))
         .with_state(control);
     let listener =
         tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], settings.control_port)))
@@ -274,6 +286,30 @@ async fn postgres_switch(
         axum::http::StatusCode::OK,
         format!("postgres endpoint {action}ed\n"),
     )
+}
+
+/// `POST /kubelet/evict/{namespace}/{pod}`: the kubelet evicts the pod (see `Evictor::evict`);
+/// answers once the API server shows it `Failed`/`Evicted`.
+async fn evict_pod(
+    State(control): State<Control>,
+    AxumPath((namespace, pod)): AxumPath<(String, String)>,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    match control.evictor.evict(&namespace, &pod).await {
+        Ok(_) => (
+            StatusCode::OK,
+            format!("pod {namespace}/{pod}: evicted (phase Failed, reason Evicted)\n"),
+        ),
+        Err(error) => {
+            let code = match &error {
+                EvictError::NotFound { .. } => StatusCode::NOT_FOUND,
+                EvictError::OtherNode { .. } | EvictError::Ended { .. } => StatusCode::CONFLICT,
+                EvictError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                EvictError::Kube(_) => StatusCode::BAD_GATEWAY,
+            };
+            (code, format!("{error}\n"))
+        }
+    }
 }
 
 async fn push_deposit(

@@ -50,6 +50,18 @@ pub struct Settings {
     /// The node name of the kubelet; containers carry it as a label, which is how `down` finds
     /// this sandbox's containers and no one else's.
     pub node: String,
+    /// How long the Deployment and ReplicaSet controllers wait before acting on a change (a
+    /// real controller manager's work queue lag: `status.observedGeneration` trails
+    /// `metadata.generation` meanwhile); 0 reacts at once.
+    #[serde(default = "default_controller_sync_delay_ms")]
+    pub controller_sync_delay_ms: u64,
+}
+
+/// The default of [`Settings::controller_sync_delay_ms`].
+pub const CONTROLLER_SYNC_DELAY_MS: u64 = 1000;
+
+fn default_controller_sync_delay_ms() -> u64 {
+    CONTROLLER_SYNC_DELAY_MS
 }
 
 impl Default for Settings {
@@ -67,6 +79,7 @@ impl Default for Settings {
             database: DATABASE.to_owned(),
             network: "psctl-sandbox".to_owned(),
             node: "psctl-sandbox".to_owned(),
+            controller_sync_delay_ms: CONTROLLER_SYNC_DELAY_MS,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::canary::plan::{
 use crate::canary::queries::{self, CANARY_TRACK, STABLE_TRACK, Scope};
 use crate::canary::runner::{Backend, Observed};
 use crate::canary::state::{self, CanaryRun, OperatorRequest, RunStatus, Split};
+use crate::cluster::image::{self, AppImage};
 use crate::cluster::{self, ClusterError, is_not_found, ownership};
 use crate::error::{CommandError, ExitStatus};
 use crate::helm::driver::{HelmTarget, UpgradeSpec};
@@ -366,6 +367,20 @@ impl<'a> KubeBackend<'a> {
             })
     }
 
+    /// The manifest digest `tag` points at in the environment's registry, for pods pinned by
+    /// digest; `None` without a registry or when it cannot say.
+    async fn tag_digest(&self, tag: &str) -> Option<String> {
+        let registry = self.context.environment.registry.as_deref()?;
+        let registry = crate::registry::Registry::new(registry).ok()?;
+        match registry.manifest(&self.context.component.image, tag).await {
+            Ok(manifest) => manifest.map(|m| m.digest),
+            Err(error) => {
+                tracing::debug!(%error, "cannot resolve the tag's digest");
+                None
+            }
+        }
+    }
+
     /// The canary Deployment already runs the tag under test.
     async fn canary_is_current(&self, run: &CanaryRun) -> Result<bool, String> {
         match self.deployments.get_opt(&run.canary_deployment).await {
@@ -446,24 +461,43 @@ impl Backend for KubeBackend<'_> {
             .list(&ListParams::default().labels(&self.track_selector(CANARY_TRACK)))
             .await
             .map_err(|e| format!("listing canary pods: {}", cluster::describe(&e)))?;
+        // Pods that ended (evicted, completed) no longer run anything: the ReplicaSet replaces them.
         let live: Vec<&Pod> = pods
             .items
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| !crate::rollout::diagnosis::has_ended(p))
             .collect();
         if live.is_empty() {
             return Err("no canary pod is running".to_owned());
         }
-        let suffix = format!(":{}", run.tag);
+        // Only the application's containers are compared: admission may add sidecars.
+        let repository = repository(self.context.environment, self.context.component);
+        let app = match &repository {
+            Some(repository) => AppImage::Repository(repository),
+            None => AppImage::Named(&self.context.component.image),
+        };
+        let pinned = live.iter().any(|p| {
+            p.spec
+                .as_ref()
+                .is_some_and(|s| image::app_digest_only(s, app))
+        });
+        let tag_digest = if pinned {
+            self.tag_digest(&run.tag).await
+        } else {
+            None
+        };
         for pod in &live {
-            let on_tag = pod.spec.as_ref().is_some_and(|s| {
-                s.containers
-                    .iter()
-                    .all(|c| c.image.as_deref().is_some_and(|i| i.ends_with(&suffix)))
-            });
-            if !on_tag {
+            let checked = pod.spec.as_ref().map_or_else(
+                || Err("it has no spec".to_owned()),
+                |spec| image::check_app_tag(spec, app, &run.tag, tag_digest.as_deref()),
+            );
+            if let Err(why) = checked {
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                return Err(format!("canary pod `{name}` does not run tag {}", run.tag));
+                return Err(format!(
+                    "canary pod `{name}` does not run tag {}: {why}",
+                    run.tag
+                ));
             }
         }
         // ...and passes the smoke suite's cluster and metrics checks, narrowed to the canary

@@ -1,8 +1,13 @@
 //! Cluster access: a kube-rs `Client` built from the environment's own kubeconfig and context
-//! (never the current-context implicitly), and classification of API failures into exit codes.
+//! (never the current-context implicitly), or, in a pod without any kubeconfig, from the pod's
+//! ServiceAccount (in-cluster configuration, as client-go falls back to); and classification of
+//! API failures into exit codes.
 
 pub mod access;
+pub mod image;
 pub mod ownership;
+
+use std::path::{Path, PathBuf};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -22,6 +27,19 @@ pub enum ClusterError {
         context: String,
         #[source]
         source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no kubeconfig, and the in-cluster configuration (KUBERNETES_SERVICE_HOST, the ServiceAccount's token and CA) is unusable"
+    )]
+    InCluster {
+        #[source]
+        source: kube::config::InClusterError,
+    },
+    #[error("{origin} is not a valid proxy URL")]
+    Proxy {
+        origin: String,
+        #[source]
+        source: http::uri::InvalidUri,
     },
     #[error("cannot build a Kubernetes client for context `{context}`")]
     Client {
@@ -55,7 +73,10 @@ impl ClusterError {
 impl Classify for ClusterError {
     fn exit_status(&self) -> ExitStatus {
         match self {
-            Self::Kubeconfig { .. } | Self::Context { .. } => ExitStatus::Usage,
+            Self::Kubeconfig { .. }
+            | Self::Context { .. }
+            | Self::InCluster { .. }
+            | Self::Proxy { .. } => ExitStatus::Usage,
             Self::Client { .. } => ExitStatus::Unreachable,
             // The server answered: a refusal (403, 404, 409, 422) is not "unreachable".
             Self::Api {
@@ -68,13 +89,16 @@ impl Classify for ClusterError {
 
     fn hints(&self) -> Vec<String> {
         match self {
+            Self::InCluster { .. } => vec![
+                "mount the ServiceAccount token (`automountServiceAccountToken: true`), or set `kubeconfig:` for the environment in psctl.yaml".to_owned(),
+            ],
             Self::Kubeconfig { .. } | Self::Context { .. } => vec![
                 "set `kubeconfig:` and `kube_context:` for the environment in psctl.yaml, or load the sandbox with `eval \"$(psctl-sandbox env)\"`".to_owned(),
             ],
             Self::Api { error: kube::Error::Api(status), .. } if status.code == 403 || status.code == 401 => {
                 vec!["the context's credentials are not authorised for this; check the RBAC of the user in the kubeconfig".to_owned()]
             }
-            Self::Api { error: kube::Error::Api(_), .. } => Vec::new(),
+            Self::Api { error: kube::Error::Api(_), .. } | Self::Proxy { .. } => Vec::new(),
             Self::Client { .. } | Self::Api { .. } => {
                 vec!["is the cluster up? for the sandbox: `psctl-sandbox up`".to_owned()]
             }
@@ -82,29 +106,189 @@ impl Classify for ClusterError {
     }
 }
 
+/// Where the cluster's address and credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The environment's `kubeconfig:`, with its `kube_context`.
+    File(PathBuf),
+    /// `$KUBECONFIG` or `~/.kube/config` (as kubectl reads them), with the `kube_context`.
+    Default,
+    /// A pod's ServiceAccount: `KUBERNETES_SERVICE_HOST`/`_PORT`, the token, CA and namespace
+    /// files under [`SERVICE_ACCOUNT_DIR`]. The `kube_context` names nothing here.
+    InCluster,
+}
+
+/// Where Kubernetes mounts a pod's ServiceAccount credentials.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// What the process can see of its surroundings, for [`select_source`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Surroundings {
+    /// `$KUBECONFIG` is set and not empty.
+    pub kubeconfig_env: bool,
+    /// `~/.kube/config` exists.
+    pub default_file: bool,
+    /// `KUBERNETES_SERVICE_HOST` and `_PORT` are set and the ServiceAccount token is mounted.
+    pub in_pod: bool,
+}
+
+impl Surroundings {
+    pub fn probe() -> Self {
+        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        Self {
+            kubeconfig_env: set("KUBECONFIG"),
+            default_file: std::env::var_os("HOME")
+                .is_some_and(|home| Path::new(&home).join(".kube/config").is_file()),
+            in_pod: set("KUBERNETES_SERVICE_HOST")
+                && set("KUBERNETES_SERVICE_PORT")
+                && Path::new(SERVICE_ACCOUNT_DIR).join("token").is_file(),
+        }
+    }
+}
+
+/// The environment's kubeconfig when configured; else `$KUBECONFIG` or `~/.kube/config` when
+/// either exists; else, in a pod, the in-cluster configuration. Outside a pod without any
+/// kubeconfig, [`Source::Default`] (whose loading error says what is missing). Pure.
+pub fn select_source(configured: Option<&Path>, surroundings: Surroundings) -> Source {
+    match configured {
+        Some(path) => Source::File(path.to_owned()),
+        None if surroundings.in_pod
+            && !surroundings.kubeconfig_env
+            && !surroundings.default_file =>
+        {
+            Source::InCluster
+        }
+        None => Source::Default,
+    }
+}
+
+/// The source [`connect`] uses for `environment` in this process.
+pub fn source(environment: &Environment) -> Source {
+    select_source(environment.kubeconfig.as_deref(), Surroundings::probe())
+}
+
+/// The proxy for the API server at `server`, as client-go chooses it: the kubeconfig cluster's
+/// `proxy-url` when set (NO_PROXY does not apply to it), else `HTTPS_PROXY` unless `NO_PROXY`
+/// (comma-separated hosts, domains with their subdomains, IPs, CIDRs, `*`) exempts the
+/// server's host. Pure.
+pub fn effective_proxy(
+    kubeconfig_proxy: Option<&str>,
+    https_proxy: Option<&str>,
+    no_proxy: Option<&str>,
+    server: &http::Uri,
+) -> Option<String> {
+    if let Some(proxy) = kubeconfig_proxy.filter(|p| !p.is_empty()) {
+        return Some(proxy.to_owned());
+    }
+    let proxy = https_proxy.filter(|p| !p.is_empty())?;
+    let exempt = no_proxy.is_some_and(|no| {
+        hyper_util::client::proxy::matcher::Matcher::builder()
+            .https(proxy.to_owned())
+            .no(no.to_owned())
+            .build()
+            .intercept(&with_https_scheme(server))
+            .is_none()
+    });
+    (!exempt).then(|| proxy.to_owned())
+}
+
+/// `server` as an `https` URI (the matcher only intercepts http(s) destinations by scheme; the
+/// proxy choice is the same for both here).
+fn with_https_scheme(server: &http::Uri) -> http::Uri {
+    let authority = server.authority().map_or("", |a| a.as_str());
+    format!("https://{authority}/")
+        .parse()
+        .unwrap_or_else(|_| server.clone())
+}
+
+fn env_nonempty(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+/// The `proxy-url` of the cluster `context` points at in `kubeconfig`.
+fn kubeconfig_proxy(kubeconfig: &Kubeconfig, context: &str) -> Option<String> {
+    let cluster = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| c.name == context)?
+        .context
+        .as_ref()?
+        .cluster
+        .clone();
+    kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster)?
+        .cluster
+        .as_ref()?
+        .proxy_url
+        .clone()
+}
+
 /// Connects to the environment's cluster. The context is always the environment's: a kubeconfig
-/// whose current-context points elsewhere is never used by accident.
+/// whose current-context points elsewhere is never used by accident. Without any kubeconfig, in
+/// a pod, the pod's ServiceAccount is used (see [`select_source`]).
 pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterError> {
-    let kubeconfig = match &environment.kubeconfig {
-        Some(path) => Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
-            path: Some(format!("`{}`", path.display())),
-            source,
-        })?,
-        None => {
-            Kubeconfig::read().map_err(|source| ClusterError::Kubeconfig { path: None, source })?
+    let https_proxy = env_nonempty(&["HTTPS_PROXY", "https_proxy"]);
+    let no_proxy = env_nonempty(&["NO_PROXY", "no_proxy"]);
+    let mut config = match source(environment) {
+        Source::InCluster => {
+            let mut config =
+                kube::Config::incluster().map_err(|source| ClusterError::InCluster { source })?;
+            config.proxy_url = None;
+            if let Some(proxy) = effective_proxy(
+                None,
+                https_proxy.as_deref(),
+                no_proxy.as_deref(),
+                &config.cluster_url,
+            ) {
+                config.proxy_url = Some(parse_proxy(&proxy, "HTTPS_PROXY").map_err(|e| *e)?);
+            }
+            config
+        }
+        source => {
+            let kubeconfig = match source {
+                Source::File(path) => {
+                    Kubeconfig::read_from(&path).map_err(|source| ClusterError::Kubeconfig {
+                        path: Some(format!("`{}`", path.display())),
+                        source,
+                    })?
+                }
+                _ => Kubeconfig::read()
+                    .map_err(|source| ClusterError::Kubeconfig { path: None, source })?,
+            };
+            let from_file = kubeconfig_proxy(&kubeconfig, &environment.kube_context);
+            let options = KubeConfigOptions {
+                context: Some(environment.kube_context.clone()),
+                cluster: None,
+                user: None,
+            };
+            let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|source| ClusterError::Context {
+                    context: environment.kube_context.clone(),
+                    source,
+                })?;
+            // kube takes HTTPS_PROXY without looking at NO_PROXY; client-go honours both.
+            let origin = if from_file.is_some() {
+                "the kubeconfig's proxy-url"
+            } else {
+                "HTTPS_PROXY"
+            };
+            config.proxy_url = match effective_proxy(
+                from_file.as_deref(),
+                https_proxy.as_deref(),
+                no_proxy.as_deref(),
+                &config.cluster_url,
+            ) {
+                Some(proxy) => Some(parse_proxy(&proxy, origin).map_err(|e| *e)?),
+                None => None,
+            };
+            config
         }
     };
-    let options = KubeConfigOptions {
-        context: Some(environment.kube_context.clone()),
-        cluster: None,
-        user: None,
-    };
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-        .await
-        .map_err(|source| ClusterError::Context {
-            context: environment.kube_context.clone(),
-            source,
-        })?;
     config.default_namespace = environment.namespace.clone();
     // kube's default retry of 429/503/504 backs off up to 1000 s between 15 tries: against an
     // API server that keeps answering 503, one request would hang for minutes. psctl retries a
@@ -121,6 +305,17 @@ pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterE
         .with_layer(&tower::buffer::BufferLayer::new(1024))
         .with_layer(&tower::retry::RetryLayer::new(retry_policy()))
         .build())
+}
+
+/// A proxy URL from `origin`; the error names where it came from without echoing it (it may
+/// carry credentials).
+fn parse_proxy(proxy: &str, origin: &str) -> Result<http::Uri, Box<ClusterError>> {
+    proxy.parse().map_err(|source| {
+        Box::new(ClusterError::Proxy {
+            origin: origin.to_owned(),
+            source,
+        })
+    })
 }
 
 /// Connects and asks the API server for its version: a client known to reach the cluster, or
@@ -178,4 +373,84 @@ pub fn describe(error: &kube::Error) -> String {
 /// True when `error` is the API saying "not found".
 pub fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_kubeconfig_always_wins() {
+        let everything = Surroundings {
+            kubeconfig_env: true,
+            default_file: true,
+            in_pod: true,
+        };
+        assert_eq!(
+            select_source(Some(Path::new("/etc/psctl/kubeconfig")), everything),
+            Source::File("/etc/psctl/kubeconfig".into())
+        );
+    }
+
+    #[test]
+    fn in_a_pod_without_kubeconfig_the_service_account_is_used() {
+        let pod = Surroundings {
+            in_pod: true,
+            ..Surroundings::default()
+        };
+        assert_eq!(select_source(None, pod), Source::InCluster);
+        // Any kubeconfig the user provides is preferred, as client-go does.
+        for surroundings in [
+            Surroundings {
+                kubeconfig_env: true,
+                ..pod
+            },
+            Surroundings {
+                default_file: true,
+                ..pod
+            },
+        ] {
+            assert_eq!(select_source(None, surroundings), Source::Default);
+        }
+        // Outside a pod, the default loading rules report what is missing.
+        assert_eq!(
+            select_source(None, Surroundings::default()),
+            Source::Default
+        );
+    }
+
+    #[test]
+    fn no_proxy_exempts_the_api_server_but_never_a_kubeconfig_proxy() {
+        let server: http::Uri = "https://api.prod.example.com:6443".parse().unwrap();
+        let env = Some("http://proxy.corp:3128");
+        assert_eq!(
+            effective_proxy(None, env, None, &server).as_deref(),
+            Some("http://proxy.corp:3128")
+        );
+        for no_proxy in [
+            "example.com",
+            ".prod.example.com",
+            "*",
+            "localhost, api.prod.example.com",
+        ] {
+            assert_eq!(
+                effective_proxy(None, env, Some(no_proxy), &server),
+                None,
+                "{no_proxy}"
+            );
+        }
+        assert!(effective_proxy(None, env, Some("other.example.org"), &server).is_some());
+        let by_ip: http::Uri = "https://10.96.0.1:443".parse().unwrap();
+        assert_eq!(
+            effective_proxy(None, env, Some("10.96.0.0/12"), &by_ip),
+            None
+        );
+        assert!(effective_proxy(None, env, Some("10.0.0.0/16"), &by_ip).is_some());
+        assert_eq!(
+            effective_proxy(Some("socks5://bastion:1080"), env, Some("*"), &server).as_deref(),
+            Some("socks5://bastion:1080")
+        );
+        assert_eq!(effective_proxy(None, None, Some("*"), &server), None);
+        assert_eq!(effective_proxy(None, Some(""), None, &server), None);
+    }
 }

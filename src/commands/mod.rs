@@ -32,6 +32,20 @@ pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output
         ))
         .hint("use `-o table`, `-o json` or `-o yaml` for this command"));
     }
+    // Helm (a child of psctl) would keep its releases where `HELM_DRIVER` says while psctl reads
+    // them from Secrets: refused before either runs.
+    if matches!(
+        command,
+        Command::Deploy(_)
+            | Command::History(_)
+            | Command::Rollback(_)
+            | Command::Status(_)
+            | Command::Canary(_)
+            | Command::Run(_)
+            | Command::Evidence(_)
+    ) {
+        crate::helm::storage::check_driver(std::env::var("HELM_DRIVER").ok().as_deref())?;
+    }
     match command {
         Command::Deploy(args) => deploy::run(args, global, output).await,
         Command::History(args) => history::run(args, global, output).await,

@@ -637,6 +637,7 @@ mod tests {
             namespace: "default".into(),
             kube_context: "c".into(),
             kubeconfig: None,
+            in_cluster: false,
         }
     }
 

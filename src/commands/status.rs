@@ -13,6 +13,7 @@ use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
+use crate::cluster::image::{self, AppImage};
 use crate::cluster::{self, ClusterError};
 use crate::error::{CommandResult, ExitStatus};
 use crate::helm::revision;
@@ -256,7 +257,14 @@ pub async fn run(args: StatusArgs, global: &GlobalSettings, output: &Output) -> 
             release_status: current.map(|r| r.status.to_string()),
             image_tag: current.map(|r| r.image_tag.clone()),
             deployments,
-            pods: pods.items.iter().map(pod_status).collect(),
+            pods: {
+                let repository = crate::canary::plan::repository(&environment, component);
+                let app = match &repository {
+                    Some(repository) => AppImage::Repository(repository),
+                    None => AppImage::Named(&component.image),
+                };
+                pods.items.iter().map(|pod| pod_status(pod, app)).collect()
+            },
             metrics,
             metrics_error,
         });
@@ -271,7 +279,7 @@ pub async fn run(args: StatusArgs, global: &GlobalSettings, output: &Output) -> 
     Ok(ExitStatus::Success)
 }
 
-fn pod_status(pod: &Pod) -> PodStatus {
+fn pod_status(pod: &Pod, app: AppImage<'_>) -> PodStatus {
     let status = pod.status.as_ref();
     let containers = status
         .and_then(|s| s.container_statuses.clone())
@@ -286,7 +294,11 @@ fn pod_status(pod: &Pod) -> PodStatus {
     PodStatus {
         name: pod.metadata.name.clone().unwrap_or_default(),
         ready: format!("{}/{total}", containers.iter().filter(|c| c.ready).count()),
-        phase: waiting
+        // An ended pod shows why it ended (`Evicted`, `Shutdown`), as `kubectl get pods` does.
+        phase: status
+            .filter(|s| matches!(s.phase.as_deref(), Some("Failed" | "Succeeded")))
+            .and_then(|s| s.reason.clone())
+            .or(waiting)
             .or_else(|| status.and_then(|s| s.phase.clone()))
             .unwrap_or_else(|| "Pending".to_owned()),
         restarts: containers.iter().map(|c| c.restart_count).sum(),
@@ -295,11 +307,11 @@ fn pod_status(pod: &Pod) -> PodStatus {
             .creation_timestamp
             .as_ref()
             .map(|t| Timestamp::now().as_second() - t.0.as_second()),
+        // The application's image, not an injected sidecar's.
         image: pod
             .spec
             .as_ref()
-            .and_then(|s| s.containers.first())
-            .and_then(|c| c.image.clone())
+            .and_then(|s| image::app_image(s, app))
             .unwrap_or_default(),
         track: pod
             .metadata

@@ -451,6 +451,7 @@ mod tests {
             namespace: "default".into(),
             kube_context: "psctl-sandbox".into(),
             kubeconfig: None,
+            in_cluster: false,
         };
         let settings = DeploySettings {
             components: Vec::new(),

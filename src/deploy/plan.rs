@@ -283,6 +283,7 @@ mod tests {
             namespace: "default".into(),
             kube_context: "psctl-sandbox".into(),
             kubeconfig: None,
+            in_cluster: false,
         }
     }
 

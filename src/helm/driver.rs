@@ -28,6 +28,10 @@ pub struct HelmTarget {
     pub namespace: String,
     pub kube_context: String,
     pub kubeconfig: Option<PathBuf>,
+    /// psctl itself uses the pod's ServiceAccount (no kubeconfig anywhere): Helm is given no
+    /// context or kubeconfig, so client-go falls back to the same in-cluster configuration.
+    #[serde(skip)]
+    pub in_cluster: bool,
 }
 
 /// One Helm invocation as data.
@@ -112,12 +116,12 @@ pub fn merge(base: &mut Values, overlay: Values) {
 
 impl HelmTarget {
     fn connection_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--namespace".to_owned(),
-            self.namespace.clone(),
-            "--kube-context".to_owned(),
-            self.kube_context.clone(),
-        ];
+        let mut args = vec!["--namespace".to_owned(), self.namespace.clone()];
+        if self.in_cluster {
+            return args;
+        }
+        args.push("--kube-context".to_owned());
+        args.push(self.kube_context.clone());
         if let Some(kubeconfig) = &self.kubeconfig {
             args.push("--kubeconfig".to_owned());
             args.push(kubeconfig.display().to_string());
@@ -352,6 +356,7 @@ pub fn helm_target(environment: &Environment) -> HelmTarget {
         namespace: environment.namespace.clone(),
         kube_context: environment.kube_context.clone(),
         kubeconfig: environment.kubeconfig.clone(),
+        in_cluster: crate::cluster::source(environment) == crate::cluster::Source::InCluster,
     }
 }
 
@@ -389,6 +394,7 @@ mod tests {
             namespace: "default".into(),
             kube_context: "psctl-sandbox".into(),
             kubeconfig: Some(PathBuf::from("/state/kubeconfig")),
+            in_cluster: false,
         }
     }
 
@@ -552,6 +558,19 @@ mod tests {
         assert_eq!(
             target().uninstall("r").args[..2],
             ["uninstall".to_owned(), "r".to_owned()]
+        );
+    }
+
+    #[test]
+    fn in_cluster_helm_gets_no_context_so_it_uses_the_service_account_too() {
+        let in_pod = HelmTarget {
+            kubeconfig: None,
+            in_cluster: true,
+            ..target()
+        };
+        assert_eq!(
+            in_pod.rollback("problemsolver-poller", 3).display(),
+            "/opt/helm rollback problemsolver-poller 3 --namespace default"
         );
     }
 

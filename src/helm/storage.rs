@@ -22,6 +22,20 @@ pub const SECRET_PREFIX: &str = "sh.helm.release.v1.";
 /// The label selector Helm puts on its release Secrets.
 pub const OWNER_SELECTOR: &str = "owner=helm";
 
+/// Refuses a Helm storage driver other than Secrets (`HELM_DRIVER` unset, empty, `secret` or
+/// `secrets`, the spellings Helm itself takes for its default): psctl reads release history
+/// from Secrets only, so with ConfigMaps, SQL or memory storage it would see no history, or a
+/// stale one, while Helm recorded revisions elsewhere.
+pub fn check_driver(driver: Option<&str>) -> Result<(), CommandError> {
+    match driver {
+        None | Some("" | "secret" | "secrets") => Ok(()),
+        Some(other) => Err(CommandError::usage(anyhow::anyhow!(
+            "HELM_DRIVER={other:?} is not supported: psctl reads Helm release history from Secrets only"
+        ))
+        .hint("unset HELM_DRIVER (or set it to `secret`) for psctl and every Helm that manages these releases")),
+    }
+}
+
 /// The lifecycle states Helm records for a revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -500,6 +514,7 @@ pub(crate) mod tests {
     #[test]
     fn image_tags_are_read_from_references() {
         assert_eq!(tag_of("127.0.0.1:5000/app:1.2"), "1.2");
+        assert_eq!(tag_of("reg:5000/team/app:v2@sha256:abc"), "v2");
         assert_eq!(tag_of("127.0.0.1:5000/app"), "latest");
         assert_eq!(tag_of("app:v1@sha256:abc"), "v1");
         assert_eq!(tag_of("app@sha256:abc"), "sha256:abc");

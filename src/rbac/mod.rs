@@ -251,7 +251,7 @@ pub fn required_rules(
             &["replicasets"],
             &[],
             &["get", "list", "watch"],
-            "rollout tracking and rollback --undo read the ReplicaSet history",
+            "rollout tracking, smoke checks and rollback --undo read the ReplicaSet history",
         ),
         rule(
             &[""],

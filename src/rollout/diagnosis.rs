@@ -114,28 +114,32 @@ pub fn assess(snapshot: &Snapshot, policy: &Policy) -> Verdict {
             events: Vec::new(),
         });
     };
-    let revision = annotation(&deployment.metadata, REVISION_ANNOTATION);
-    let new_rs_names: Vec<&str> = snapshot
-        .replica_sets
-        .iter()
-        .filter(|rs| owned_by(&rs.metadata, deployment.metadata.uid.as_deref()))
-        .filter(|rs| {
-            revision.is_some() && annotation(&rs.metadata, REVISION_ANNOTATION) == revision
-        })
-        .filter_map(|rs| rs.metadata.name.as_deref())
-        .collect();
-    let new_pods: Vec<&Pod> = snapshot
-        .pods
-        .iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .filter(|pod| {
-            pod.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|owner| new_rs_names.contains(&owner.name.as_str()))
-        })
-        .collect();
+    // Nothing is judged until the controller has seen the current spec: before that, the
+    // revision annotation, the status and the "new" ReplicaSet all describe the previous
+    // generation, and its pods' troubles are not the new rollout's (as `kubectl rollout status`).
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    let observed = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .unwrap_or(0);
+    if observed < generation {
+        return Verdict::Progressing(Progress {
+            desired: deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1),
+            updated: 0,
+            ready: 0,
+            available: 0,
+            old: 0,
+            message: format!(
+                "waiting for the Deployment controller to observe generation {generation} (observed {observed})"
+            ),
+        });
+    }
+    let new_pods = new_replica_set_pods(snapshot);
 
     // Pod-level failures first: they are the precise reason behind a stalled Deployment.
     for pod in &new_pods {
@@ -176,12 +180,6 @@ pub fn assess(snapshot: &Snapshot, policy: &Policy) -> Verdict {
         old: (total - updated).max(0),
         message,
     };
-    let generation = deployment.metadata.generation.unwrap_or(0);
-    if status.observed_generation.unwrap_or(0) < generation {
-        return Verdict::Progressing(progress(
-            "waiting for the Deployment controller to observe the new spec".into(),
-        ));
-    }
     if updated < spec_replicas {
         return Verdict::Progressing(progress(format!(
             "{updated} of {spec_replicas} new replicas updated"
@@ -201,6 +199,67 @@ pub fn assess(snapshot: &Snapshot, policy: &Policy) -> Verdict {
     Verdict::Complete(progress(format!(
         "{updated} of {spec_replicas} replicas updated and available"
     )))
+}
+
+/// The live pods of the Deployment's new ReplicaSet: the one owned by the Deployment whose
+/// revision annotation is the Deployment's, matched by controller ownerReference and by its
+/// `pod-template-hash`. Pods of older ReplicaSets, pods being deleted and pods that ended
+/// (`Failed`, e.g. evicted, or `Succeeded`; the ReplicaSet replaces them) are left out.
+/// Meaningful only once `status.observedGeneration` has caught up with `metadata.generation`.
+pub fn new_replica_set_pods(snapshot: &Snapshot) -> Vec<&Pod> {
+    let Some(deployment) = &snapshot.deployment else {
+        return Vec::new();
+    };
+    let Some(revision) = annotation(&deployment.metadata, REVISION_ANNOTATION) else {
+        return Vec::new();
+    };
+    let new_sets: Vec<&ReplicaSet> = snapshot
+        .replica_sets
+        .iter()
+        .filter(|rs| owned_by(&rs.metadata, deployment.metadata.uid.as_deref()))
+        .filter(|rs| annotation(&rs.metadata, REVISION_ANNOTATION) == Some(revision))
+        .collect();
+    snapshot
+        .pods
+        .iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| !has_ended(pod))
+        .filter(|pod| new_sets.iter().any(|rs| belongs_to(pod, rs)))
+        .collect()
+}
+
+/// Label the Deployment controller puts on a ReplicaSet and its pods.
+pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
+/// A pod in phase `Failed` or `Succeeded`: its containers will not run again.
+pub fn has_ended(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed" | "Succeeded")
+    )
+}
+
+/// `pod` is controlled by `rs` (by uid when both are known, else by name) and carries its
+/// `pod-template-hash`, when the ReplicaSet has one.
+fn belongs_to(pod: &Pod, rs: &ReplicaSet) -> bool {
+    let owned = pod.metadata.owner_references.iter().flatten().any(|owner| {
+        owner.kind == "ReplicaSet"
+            && match (&rs.metadata.uid, owner.uid.as_str()) {
+                (Some(uid), owner_uid) if !owner_uid.is_empty() => uid == owner_uid,
+                _ => rs.metadata.name.as_deref() == Some(owner.name.as_str()),
+            }
+    });
+    let hash = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(POD_TEMPLATE_HASH))
+            .cloned()
+    };
+    owned
+        && match hash(&rs.metadata) {
+            Some(expected) => hash(&pod.metadata).as_deref() == Some(expected.as_str()),
+            None => true,
+        }
 }
 
 fn pod_failure(pod: &Pod, now: Timestamp, policy: &Policy) -> Option<Diagnosis> {
@@ -622,6 +681,140 @@ mod tests {
                 "{status} → {verdict:?}"
             );
         }
+    }
+
+    /// A Deployment whose spec moved to generation 3 while the controller still reports
+    /// generation 2: the revision annotation, the status and the ReplicaSets are the previous
+    /// rollout's.
+    fn lagging(status: serde_json::Value, pods: Vec<Pod>) -> Snapshot {
+        let mut snapshot = rolling(status, pods);
+        snapshot.deployment.as_mut().unwrap().metadata.generation = Some(3);
+        snapshot
+    }
+
+    #[test]
+    fn nothing_is_judged_before_the_controller_observes_the_new_generation() {
+        // The previous rollout's new ReplicaSet is crash-looping: not the new spec's fault.
+        let crash = pod(
+            "web-new-a",
+            "web-new",
+            waiting("CrashLoopBackOff", "back-off 40s"),
+        );
+        let Verdict::Progressing(progress) = assess(
+            &lagging(MID_ROLLOUT(), vec![crash.clone()]),
+            &Policy::default(),
+        ) else {
+            panic!("a stale generation must not fail")
+        };
+        assert_eq!(
+            progress.message,
+            "waiting for the Deployment controller to observe generation 3 (observed 2)"
+        );
+        // The previous generation's ProgressDeadlineExceeded neither.
+        let deadline = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                            "message": "ReplicaSet \"web-new\" has timed out progressing."}]});
+        assert!(matches!(
+            assess(&lagging(deadline.clone(), Vec::new()), &Policy::default()),
+            Verdict::Progressing(_)
+        ));
+        // Nor is the previous generation's completed status a success.
+        let complete = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+            "readyReplicas": 2, "availableReplicas": 2});
+        assert!(matches!(
+            assess(&lagging(complete.clone(), Vec::new()), &Policy::default()),
+            Verdict::Progressing(_)
+        ));
+        // Once observed, the same states are judged.
+        let mut observed = json!({"observedGeneration": 3});
+        for (key, value) in complete.as_object().unwrap() {
+            if key != "observedGeneration" {
+                observed[key] = value.clone();
+            }
+        }
+        let mut snapshot = lagging(observed, Vec::new());
+        assert!(matches!(
+            assess(&snapshot, &Policy::default()),
+            Verdict::Complete(_)
+        ));
+        snapshot.pods = vec![crash];
+        assert!(matches!(
+            assess(&snapshot, &Policy::default()),
+            Verdict::Failed(Diagnosis {
+                reason: FailureReason::CrashLoopBackOff,
+                ..
+            })
+        ));
+        let mut deadline = deadline;
+        deadline["observedGeneration"] = json!(3);
+        assert!(matches!(
+            assess(&lagging(deadline, Vec::new()), &Policy::default()),
+            Verdict::Failed(Diagnosis {
+                reason: FailureReason::ProgressDeadlineExceeded,
+                ..
+            })
+        ));
+    }
+
+    /// ReplicaSets and pods as the controller makes them: uids, `pod-template-hash` labels.
+    fn hashed_replica_set(name: &str, hash: &str, revision: &str) -> ReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}"),
+                         "labels": {POD_TEMPLATE_HASH: hash},
+                         "annotations": {REVISION_ANNOTATION: revision},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "problemsolver-webhook", "uid": "d-1"}]},
+        }))
+        .unwrap()
+    }
+
+    fn hashed_pod(name: &str, rs: &str, hash: &str, status: serde_json::Value) -> Pod {
+        let mut pod = pod(name, rs, waiting("ContainerCreating", ""));
+        pod.metadata.labels = Some([(POD_TEMPLATE_HASH.to_owned(), hash.to_owned())].into());
+        pod.status = Some(serde_json::from_value(status).unwrap());
+        pod
+    }
+
+    #[test]
+    fn only_pods_of_the_new_replica_set_are_judged() {
+        let crashing = json!({"phase": "Running",
+            "containerStatuses": [waiting("CrashLoopBackOff", "back-off 20s")]});
+        let evicted = json!({"phase": "Failed", "reason": "Evicted",
+            "message": "The node was low on resource: memory.",
+            "containerStatuses": [{"name": "worker", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]});
+        let snapshot = |pods: Vec<Pod>| Snapshot {
+            deployment: Some(deployment(2, MID_ROLLOUT())),
+            replica_sets: vec![
+                hashed_replica_set("web-6d4f8", "6d4f8", "1"),
+                hashed_replica_set("web-7c9b2", "7c9b2", "2"),
+            ],
+            pods,
+            events: Vec::new(),
+            now: at(100),
+        };
+        // The previous ReplicaSet's crash-looping pod and an evicted pod of the new one: still
+        // progressing, and neither is the pod the timeout would name.
+        let old = hashed_pod("web-6d4f8-a", "web-6d4f8", "6d4f8", crashing.clone());
+        let gone = hashed_pod("web-7c9b2-b", "web-7c9b2", "7c9b2", evicted);
+        let quiet = snapshot(vec![old.clone(), gone]);
+        assert!(matches!(
+            assess(&quiet, &Policy::default()),
+            Verdict::Progressing(_)
+        ));
+        assert!(new_replica_set_pods(&quiet).is_empty());
+        // A pod naming the new ReplicaSet but carrying another template's hash is not its pod.
+        let stray = hashed_pod("web-7c9b2-c", "web-7c9b2", "6d4f8", crashing.clone());
+        assert!(matches!(
+            assess(&snapshot(vec![stray]), &Policy::default()),
+            Verdict::Progressing(_)
+        ));
+        // The new ReplicaSet's own crash-looping pod fails the rollout.
+        let new = hashed_pod("web-7c9b2-d", "web-7c9b2", "7c9b2", crashing);
+        let Verdict::Failed(diagnosis) = assess(&snapshot(vec![old, new]), &Policy::default())
+        else {
+            panic!("the new ReplicaSet's crash loop must fail")
+        };
+        assert_eq!(diagnosis.pod.as_deref(), Some("web-7c9b2-d"));
     }
 
     #[test]

@@ -202,7 +202,7 @@ pub async fn track(
         let now = Instant::now();
         if now >= deadline {
             spinner.finish();
-            let stuck = first_unready_pod(&snapshot.pods);
+            let stuck = first_unready_pod(&diagnosis::new_replica_set_pods(&snapshot));
             return Ok(Outcome::TimedOut {
                 progress: last_progress,
                 diagnosis: stuck,
@@ -404,7 +404,9 @@ pub fn pod_lines(pods: &[Pod]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn first_unready_pod(pods: &[Pod]) -> Option<Diagnosis> {
+/// The first pod of the new ReplicaSet with an unready container (older ReplicaSets' pods are
+/// not what the timeout is about).
+fn first_unready_pod(pods: &[&Pod]) -> Option<Diagnosis> {
     pods.iter().find_map(|pod| {
         let status = pod.status.as_ref()?;
         let unready = status

@@ -1,14 +1,19 @@
-//! Cluster checks: every pod of a component Ready and none restarting. The verdict is a pure
-//! function of the pod list ([`judge_pods`]); only [`pods_ready`] talks to the API server.
+//! Cluster checks: every current pod of a component Ready and none restarting. The verdict is a
+//! pure function of the pod and ReplicaSet lists ([`judge_pods`]); only [`pods_ready`] talks to
+//! the API server. Pods a real cluster leaves around are not judged: pods that ended (`Failed`,
+//! e.g. evicted or after a node shutdown, or `Succeeded`) and pods of a Deployment's older
+//! ReplicaSets (still terminating after a rollout).
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 
 use super::{Outcome, pod_selector};
 use crate::cluster::describe;
+use crate::rollout::diagnosis::{REVISION_ANNOTATION, has_ended};
 use crate::settings::Component;
 
 /// Lists the component's pods (narrowed by `pods`) and judges them.
@@ -21,41 +26,133 @@ pub async fn pods_ready(
 ) -> Outcome {
     let selector = pod_selector(component, pods);
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    match api.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => judge_pods(
-            &list.items,
-            &selector,
-            namespace,
-            Timestamp::now(),
-            restart_window,
-        ),
-        Err(error @ kube::Error::Api(_)) => Outcome::fail(format!(
-            "listing pods `{selector}` in `{namespace}`: {}",
-            describe(&error)
-        )),
-        Err(error) => Outcome::unreachable(format!(
-            "the API server is unreachable (listing pods `{selector}`): {}",
-            describe(&error)
-        )),
-    }
+    let list = match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        Err(error @ kube::Error::Api(_)) => {
+            return Outcome::fail(format!(
+                "listing pods `{selector}` in `{namespace}`: {}",
+                describe(&error)
+            ));
+        }
+        Err(error) => {
+            return Outcome::unreachable(format!(
+                "the API server is unreachable (listing pods `{selector}`): {}",
+                describe(&error)
+            ));
+        }
+    };
+    // ReplicaSets carry their Deployment's template labels, so the same selector finds them.
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
+    let replica_sets = match replica_sets
+        .list(&ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(error @ kube::Error::Api(_)) => {
+            return Outcome::fail(format!(
+                "listing ReplicaSets `{selector}` in `{namespace}`: {}",
+                describe(&error)
+            ));
+        }
+        Err(error) => {
+            return Outcome::unreachable(format!(
+                "the API server is unreachable (listing ReplicaSets `{selector}`): {}",
+                describe(&error)
+            ));
+        }
+    };
+    judge_pods(
+        &list.items,
+        &replica_sets,
+        &selector,
+        namespace,
+        Timestamp::now(),
+        restart_window,
+    )
 }
 
-/// Pass when there is at least one (non-terminating) pod, every one is Ready and none has a
-/// container waiting in a failure state or restarted within `restart_window`. Pure.
+/// Names (uids when known) of the ReplicaSets that are not their Deployment's newest revision.
+fn old_replica_sets(replica_sets: &[ReplicaSet]) -> Vec<&ReplicaSet> {
+    let revision = |rs: &ReplicaSet| -> Option<u64> {
+        rs.metadata
+            .annotations
+            .as_ref()?
+            .get(REVISION_ANNOTATION)?
+            .parse()
+            .ok()
+    };
+    let deployment = |rs: &ReplicaSet| -> Option<String> {
+        rs.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "Deployment" && o.controller == Some(true))
+            .map(|o| o.uid.clone())
+    };
+    replica_sets
+        .iter()
+        .filter(|rs| {
+            let (Some(owner), Some(mine)) = (deployment(rs), revision(rs)) else {
+                return false;
+            };
+            replica_sets.iter().any(|other| {
+                deployment(other).as_deref() == Some(owner.as_str())
+                    && revision(other).is_some_and(|theirs| theirs > mine)
+            })
+        })
+        .collect()
+}
+
+/// True when `pod` is controlled by one of `replica_sets`.
+fn owned_by_any(pod: &Pod, replica_sets: &[&ReplicaSet]) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.kind == "ReplicaSet")
+        .any(|o| {
+            replica_sets
+                .iter()
+                .any(|rs| rs.metadata.uid.as_deref() == Some(o.uid.as_str()))
+        })
+}
+
+/// Pass when there is at least one current pod (not terminating, not ended, not of an older
+/// ReplicaSet of its Deployment), every one is Ready and none has a container waiting in a
+/// failure state or restarted within `restart_window`. Pure.
 pub fn judge_pods(
     pods: &[Pod],
+    replica_sets: &[ReplicaSet],
     selector: &str,
     namespace: &str,
     now: Timestamp,
     restart_window: Duration,
 ) -> Outcome {
-    let live: Vec<&Pod> = pods
+    let old = old_replica_sets(replica_sets);
+    let not_terminating: Vec<&Pod> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
+    let ended = not_terminating.iter().filter(|p| has_ended(p)).count();
+    let of_old = not_terminating
+        .iter()
+        .filter(|p| !has_ended(p) && owned_by_any(p, &old))
+        .count();
+    let live: Vec<&Pod> = not_terminating
+        .into_iter()
+        .filter(|p| !has_ended(p) && !owned_by_any(p, &old))
+        .collect();
+    let left_out = match (ended, of_old) {
+        (0, 0) => String::new(),
+        (ended, 0) => format!(" ({ended} ended pod(s) not judged)"),
+        (0, old) => format!(" ({old} pod(s) of older ReplicaSets not judged)"),
+        (ended, old) => {
+            format!(" ({ended} ended pod(s) and {old} pod(s) of older ReplicaSets not judged)")
+        }
+    };
     if live.is_empty() {
         return Outcome::fail(format!(
-            "no pods match `{selector}` in namespace `{namespace}`: is the release deployed, or scaled to zero (`psctl kill-switch off`)?"
+            "no running pods match `{selector}` in namespace `{namespace}`{left_out}: is the release deployed, or scaled to zero (`psctl kill-switch off`)?"
         ));
     }
     let mut problems = Vec::new();
@@ -115,13 +212,13 @@ pub fn judge_pods(
     }
     if problems.is_empty() {
         Outcome::pass(format!(
-            "{n}/{n} pods Ready, {restarts_total} restart(s) in total, none in the last {}s",
+            "{n}/{n} pods Ready, {restarts_total} restart(s) in total, none in the last {}s{left_out}",
             restart_window.as_secs(),
             n = live.len()
         ))
     } else {
         Outcome::fail(format!(
-            "{}; see `kubectl describe pod` and `kubectl logs --previous`",
+            "{}{left_out}; see `kubectl describe pod` and `kubectl logs --previous`",
             problems.join("; ")
         ))
     }
@@ -160,7 +257,7 @@ mod tests {
             pod("a", true, 0, None),
             pod("b", true, 2, Some("2026-11-23T10:00:00Z")),
         ];
-        let outcome = judge_pods(&pods, "app=x", "default", now(), WINDOW);
+        let outcome = judge_pods(&pods, &[], "app=x", "default", now(), WINDOW);
         assert_eq!(
             outcome,
             Outcome::pass("2/2 pods Ready, 2 restart(s) in total, none in the last 600s")
@@ -173,7 +270,7 @@ mod tests {
             pod("a", true, 3, Some("2026-11-23T11:58:00Z")),
             pod("b", false, 0, None),
         ];
-        let outcome = judge_pods(&pods, "app=x", "default", now(), WINDOW);
+        let outcome = judge_pods(&pods, &[], "app=x", "default", now(), WINDOW);
         assert_eq!(outcome.verdict, super::super::Verdict::Fail);
         assert!(
             outcome.evidence.contains(
@@ -193,12 +290,12 @@ mod tests {
 
     #[test]
     fn no_pods_is_a_failure_that_says_where_it_looked() {
-        let outcome = judge_pods(&[], "app=x", "apps", now(), WINDOW);
+        let outcome = judge_pods(&[], &[], "app=x", "apps", now(), WINDOW);
         assert!(!outcome.unreachable);
         assert!(
             outcome
                 .evidence
-                .starts_with("no pods match `app=x` in namespace `apps`"),
+                .starts_with("no running pods match `app=x` in namespace `apps`:"),
             "{}",
             outcome.evidence
         );
@@ -212,11 +309,107 @@ mod tests {
             serde_json::from_value(serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}}))
                 .unwrap(),
         );
-        let outcome = judge_pods(&[crashing], "app=x", "default", now(), WINDOW);
+        let outcome = judge_pods(&[crashing], &[], "app=x", "default", now(), WINDOW);
         assert!(
             outcome.evidence.contains(
                 "pod `c` not Ready (phase Running), container `service` CrashLoopBackOff"
             ),
+            "{}",
+            outcome.evidence
+        );
+    }
+
+    fn replica_set(name: &str, deployment: &str, revision: &str) -> ReplicaSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}"),
+                         "annotations": {REVISION_ANNOTATION: revision},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
+                                              "uid": format!("uid-{deployment}"), "controller": true}]},
+        }))
+        .unwrap()
+    }
+
+    fn owned(mut pod: Pod, rs: &str) -> Pod {
+        pod.metadata.owner_references = Some(vec![
+            serde_json::from_value(
+                serde_json::json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": rs, "uid": format!("uid-{rs}"), "controller": true}),
+            )
+            .unwrap(),
+        ]);
+        pod
+    }
+
+    #[test]
+    fn evicted_and_completed_pods_are_not_judged() {
+        let mut evicted = pod("web-b", false, 0, None);
+        let status = evicted.status.as_mut().unwrap();
+        status.phase = Some("Failed".into());
+        status.reason = Some("Evicted".into());
+        status.container_statuses.as_mut().unwrap()[0].state = Some(
+            serde_json::from_value(serde_json::json!({"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown"}}))
+                .unwrap(),
+        );
+        let mut completed = pod("web-c", false, 0, None);
+        completed.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let pods = [pod("web-a", true, 0, None), evicted.clone(), completed];
+        let outcome = judge_pods(&pods, &[], "app=x", "default", now(), WINDOW);
+        assert_eq!(
+            outcome,
+            Outcome::pass(
+                "1/1 pods Ready, 0 restart(s) in total, none in the last 600s (2 ended pod(s) not judged)"
+            )
+        );
+        // Only ended pods left: there is nothing running, and the evidence says why.
+        let outcome = judge_pods(&[evicted], &[], "app=x", "default", now(), WINDOW);
+        assert_eq!(outcome.verdict, super::super::Verdict::Fail);
+        assert!(
+            outcome
+                .evidence
+                .contains("in namespace `default` (1 ended pod(s) not judged)"),
+            "{}",
+            outcome.evidence
+        );
+    }
+
+    #[test]
+    fn pods_of_older_replica_sets_are_not_judged_but_the_new_ones_are() {
+        let replica_sets = [
+            replica_set("web-old", "web", "4"),
+            replica_set("web-new", "web", "5"),
+            // Another Deployment's only ReplicaSet (the canary) is current whatever its number.
+            replica_set("web-canary-1", "web-canary", "1"),
+        ];
+        let old_unready = owned(pod("web-old-a", false, 0, None), "web-old");
+        let new_ready = owned(pod("web-new-a", true, 0, None), "web-new");
+        let canary_ready = owned(pod("web-canary-1-a", true, 0, None), "web-canary-1");
+        let outcome = judge_pods(
+            &[old_unready, new_ready.clone(), canary_ready],
+            &replica_sets,
+            "app=x",
+            "default",
+            now(),
+            WINDOW,
+        );
+        assert_eq!(
+            outcome,
+            Outcome::pass(
+                "2/2 pods Ready, 0 restart(s) in total, none in the last 600s (1 pod(s) of older ReplicaSets not judged)"
+            )
+        );
+        let new_unready = owned(pod("web-new-b", false, 0, None), "web-new");
+        let outcome = judge_pods(
+            &[new_ready, new_unready],
+            &replica_sets,
+            "app=x",
+            "default",
+            now(),
+            WINDOW,
+        );
+        assert!(
+            outcome
+                .evidence
+                .starts_with("pod `web-new-b` not Ready (phase Running)"),
             "{}",
             outcome.evidence
         );

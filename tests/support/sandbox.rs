@@ -574,6 +574,41 @@ impl Sandbox {
             .clone()
     }
 
+    /// `psctl-sandbox fault evict POD -n <namespace>`, through the daemon's control endpoint
+    /// (whose port `$PSCTL_SANDBOX_DIR/sandbox.json` records): the kubelet kills the pod's
+    /// containers and leaves it `Failed`/`Evicted`. Asserts the daemon did.
+    pub async fn evict(&self, pod: &str) {
+        let dir = std::env::var_os("PSCTL_SANDBOX_DIR").map(PathBuf::from).expect(
+            "PSCTL_SANDBOX_DIR is not set: load the sandbox's environment with `eval \"$(psctl-sandbox env)\"`",
+        );
+        let settings: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("sandbox.json"))
+                .unwrap_or_else(|e| panic!("read {}/sandbox.json: {e}", dir.display())),
+        )
+        .expect("sandbox.json is JSON");
+        let port = settings["control_port"]
+            .as_u64()
+            .expect("sandbox.json names the control port");
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(45))
+            .build()
+            .unwrap()
+            .post(format!(
+                "http://127.0.0.1:{port}/kubelet/evict/{}/{pod}",
+                self.namespace
+            ))
+            .send()
+            .await
+            .expect("the sandbox daemon answers");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "eviction of {pod} refused ({status}): {text} (a daemon older than `fault evict` needs `psctl-sandbox down && psctl-sandbox up`)"
+        );
+    }
+
     /// Ends the test explicitly (dropping does the same).
     pub async fn finish(self) {
         drop(self);

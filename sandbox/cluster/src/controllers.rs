@@ -32,6 +32,11 @@ pub struct ControllersConfig {
     pub resync: Duration,
     /// How often the garbage collector sweeps.
     pub gc_interval: Duration,
+    /// How long the Deployment and ReplicaSet controllers wait after a change before they act
+    /// (then on the object as it is by then), like the work queue of a real controller
+    /// manager: for that moment `status.observedGeneration` trails `metadata.generation`.
+    /// Changes arriving meanwhile are handled together in the next sync. Zero reacts at once.
+    pub sync_delay: Duration,
 }
 
 impl Default for ControllersConfig {
@@ -39,6 +44,7 @@ impl Default for ControllersConfig {
         Self {
             resync: Duration::from_secs(30),
             gc_interval: Duration::from_secs(2),
+            sync_delay: Duration::from_secs(1),
         }
     }
 }
@@ -248,10 +254,34 @@ fn new_replica_set(
     }
 }
 
+/// Waits out [`ControllersConfig::sync_delay`], then reads `object` again: the sync works on
+/// the object as it is after the delay (`None` when it is gone), as a work queue's worker
+/// reads its informer's cache when it pops the key.
+async fn after_sync_delay<K>(
+    context: &Context,
+    object: Arc<K>,
+) -> Result<Option<Arc<K>>, ControllerError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if context.config.sync_delay.is_zero() {
+        return Ok(Some(object));
+    }
+    tokio::time::sleep(context.config.sync_delay).await;
+    let api: Api<K> = Api::namespaced(context.client.clone(), &namespace_of(object.as_ref()));
+    Ok(api.get_opt(&object.name_any()).await?.map(Arc::new))
+}
+
 async fn reconcile_deployment(
     deployment: Arc<Deployment>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let Some(deployment) = after_sync_delay(&context, deployment).await? else {
+        return Ok(Action::await_change());
+    };
     let resync = Action::requeue(context.config.resync);
     if deployment.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -581,6 +611,9 @@ async fn reconcile_replica_set(
     rs: Arc<ReplicaSet>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let Some(rs) = after_sync_delay(&context, rs).await? else {
+        return Ok(Action::await_change());
+    };
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

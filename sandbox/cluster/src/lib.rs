@@ -15,4 +15,4 @@ pub mod replicaset;
 pub mod selector;
 
 pub use controllers::{Controllers, ControllersConfig, ControllersHandle};
-pub use kubelet::{DockerLogs, Kubelet, KubeletConfig, KubeletHandle};
+pub use kubelet::{DockerLogs, EvictError, Evictor, Kubelet, KubeletConfig, KubeletHandle};

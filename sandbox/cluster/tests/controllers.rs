@@ -1,6 +1,7 @@
 //! Controllers and kubelet together against real Docker: a Deployment rolls out, updates,
 //! rolls back onto its old ReplicaSet, scales down (containers go), feeds Endpoints, is garbage
-//! collected, and a broken rollout reports ProgressDeadlineExceeded.
+//! collected, a broken rollout reports ProgressDeadlineExceeded, and observedGeneration trails
+//! generation by the controllers' sync delay.
 
 mod support;
 
@@ -161,6 +162,7 @@ async fn deployment_rolls_out_updates_rolls_back_scales_and_is_collected() {
         ControllersConfig {
             resync: Duration::from_secs(5),
             gc_interval: Duration::from_millis(500),
+            ..ControllersConfig::default()
         },
     );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -395,4 +397,57 @@ async fn stuck_rollout_reports_progress_deadline_exceeded() {
         (available.status.as_str(), available.reason.as_deref()),
         ("False", Some("MinimumReplicasUnavailable"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observed_generation_trails_generation_by_the_sync_delay() {
+    let node = unique("test-node");
+    let (_api, client) = api(&node).await;
+    let _controllers = Controllers::run(
+        client.clone(),
+        ControllersConfig {
+            sync_delay: Duration::from_secs(3),
+            ..ControllersConfig::default()
+        },
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let observed = |d: &Deployment| d.status.as_ref().and_then(|s| s.observed_generation);
+    let created = deployments
+        .create(
+            &PostParams::default(),
+            &deployment("lagging", "127.0.0.1:5000/psctl-test/busybox:1", 0, 60),
+        )
+        .await
+        .expect("create");
+    assert_eq!(created.metadata.generation, Some(1));
+    let now = deployments.get("lagging").await.expect("get");
+    assert_eq!(observed(&now), None, "{:?}", now.status);
+    eventually("generation 1 observed", Duration::from_secs(20), || async {
+        let d = deployments.get("lagging").await.expect("get");
+        (
+            observed(&d).eq(&Some(1)).then_some(()),
+            format!("{:?}", d.status),
+        )
+    })
+    .await;
+
+    let patched = deployments
+        .patch(
+            "lagging",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"minReadySeconds": 2}})),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(patched.metadata.generation, Some(2));
+    let now = deployments.get("lagging").await.expect("get");
+    assert_eq!(observed(&now), Some(1), "the controller acted at once");
+    eventually("generation 2 observed", Duration::from_secs(20), || async {
+        let d = deployments.get("lagging").await.expect("get");
+        (
+            observed(&d).eq(&Some(2)).then_some(()),
+            format!("{:?}", d.status),
+        )
+    })
+    .await;
 }

@@ -87,9 +87,118 @@ pub enum KubeletError {
 pub struct KubeletHandle {
     task: JoinHandle<()>,
     stopping: Arc<AtomicBool>,
+    evictor: Evictor,
+}
+
+/// Evicts pods of the kubelet's node (see [`Evictor::evict`]).
+#[derive(Clone)]
+pub struct Evictor {
+    client: Client,
+    node: String,
+    evictions: Arc<std::sync::Mutex<HashMap<String, String>>>,
+}
+
+impl std::fmt::Debug for Evictor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evictor").field("node", &self.node).finish()
+    }
+}
+
+/// Why a pod could not be evicted.
+#[derive(Debug, thiserror::Error)]
+pub enum EvictError {
+    #[error("pod `{namespace}/{name}` not found")]
+    NotFound { namespace: String, name: String },
+    #[error("pod `{namespace}/{name}` is not on node `{node}`")]
+    OtherNode {
+        namespace: String,
+        name: String,
+        node: String,
+    },
+    #[error("pod `{namespace}/{name}` has already ended (phase {phase})")]
+    Ended {
+        namespace: String,
+        name: String,
+        phase: String,
+    },
+    #[error("pod `{namespace}/{name}` was not marked evicted within {seconds}s")]
+    Timeout {
+        namespace: String,
+        name: String,
+        seconds: u64,
+    },
+    #[error("API call failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// The message of an eviction the sandbox injects (a real kubelet names the resource it ran
+/// short of and the measured figures).
+pub const EVICTION_MESSAGE: &str = "The node was low on resource: memory. ";
+
+impl Evictor {
+    /// Evicts the pod as the kubelet's eviction manager does under node pressure: its worker
+    /// kills the containers and marks the pod `Failed` with reason `Evicted` (the pod object
+    /// stays; its ReplicaSet, no longer counting it, creates a replacement). Returns once the
+    /// API server shows the pod evicted.
+    pub async fn evict(&self, namespace: &str, name: &str) -> Result<Pod, EvictError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod = api
+            .get_opt(name)
+            .await?
+            .ok_or_else(|| EvictError::NotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })?;
+        if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(self.node.as_str()) {
+            return Err(EvictError::OtherNode {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                node: self.node.clone(),
+            });
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        if let Some(phase @ ("Failed" | "Succeeded")) = phase.as_deref() {
+            return Err(EvictError::Ended {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                phase: phase.to_owned(),
+            });
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        self.evictions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(uid.clone(), EVICTION_MESSAGE.to_owned());
+        const LIMIT: Duration = Duration::from_secs(30);
+        let started = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(pod) = api.get_opt(name).await?
+                && pod.status.as_ref().and_then(|s| s.reason.as_deref()) == Some(status::EVICTED)
+            {
+                return Ok(pod);
+            }
+            if started.elapsed() > LIMIT {
+                self.evictions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&uid);
+                return Err(EvictError::Timeout {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    seconds: LIMIT.as_secs(),
+                });
+            }
+        }
+    }
 }
 
 impl KubeletHandle {
+    /// Evicts pods of this node; usable while the handle is held elsewhere.
+    pub fn evictor(&self) -> Evictor {
+        self.evictor.clone()
+    }
+
     /// Whether the kubelet loop ended (it runs until stopped, so this means a failure).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
@@ -129,10 +238,17 @@ impl Kubelet {
             http,
             host_ip,
             stopping: stopping.clone(),
+            evictions: Arc::default(),
+        };
+        let evictor = Evictor {
+            client: shared.client.clone(),
+            node: shared.config.node_name.clone(),
+            evictions: shared.evictions.clone(),
         };
         Ok(KubeletHandle {
             task: tokio::spawn(pod_loop(shared)),
             stopping,
+            evictor,
         })
     }
 }

@@ -86,6 +86,50 @@ pub fn conditions(
     ]
 }
 
+/// `status.reason` of a pod the kubelet evicted.
+pub const EVICTED: &str = "Evicted";
+
+/// The status a kubelet eviction leaves: phase `Failed`, reason `Evicted` and the eviction
+/// message, the `DisruptionTarget` condition (`TerminationByKubelet`), `Ready` and
+/// `ContainersReady` false (`PodFailed`), and the killed containers' `statuses`; addresses
+/// and start time as they were. The pod object stays until someone deletes it.
+pub fn evicted(
+    previous: &PodStatus,
+    statuses: Vec<ContainerStatus>,
+    message: &str,
+    now: Timestamp,
+) -> PodStatus {
+    let mut conditions = vec![
+        condition(Some(previous), "PodScheduled", true, None, now),
+        condition(Some(previous), "Initialized", true, None, now),
+        condition(
+            Some(previous),
+            "ContainersReady",
+            false,
+            Some("PodFailed"),
+            now,
+        ),
+        condition(Some(previous), "Ready", false, Some("PodFailed"), now),
+    ];
+    let mut disruption = condition(
+        Some(previous),
+        "DisruptionTarget",
+        true,
+        Some("TerminationByKubelet"),
+        now,
+    );
+    disruption.message = Some(message.to_owned());
+    conditions.push(disruption);
+    PodStatus {
+        phase: Some("Failed".to_owned()),
+        reason: Some(EVICTED.to_owned()),
+        message: Some(message.to_owned()),
+        conditions: Some(conditions),
+        container_statuses: Some(statuses),
+        ..previous.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +232,74 @@ mod tests {
         assert_eq!(
             types,
             ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
+        );
+    }
+
+    #[test]
+    fn an_evicted_pod_is_failed_with_the_kubelet_s_reason_and_condition() {
+        let before = PodStatus {
+            phase: Some("Running".to_owned()),
+            pod_ip: Some("172.18.0.5".to_owned()),
+            conditions: Some(conditions(None, &[running(true)], Timestamp::UNIX_EPOCH)),
+            ..PodStatus::default()
+        };
+        let killed = ContainerStatus {
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 137,
+                    reason: Some("Error".to_owned()),
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        };
+        let message = "The node was low on resource: memory. ";
+        let now = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(60);
+        let after = evicted(&before, vec![killed], message, now);
+        assert_eq!(after.phase.as_deref(), Some("Failed"));
+        assert_eq!(after.reason.as_deref(), Some("Evicted"));
+        assert_eq!(after.message.as_deref(), Some(message));
+        assert_eq!(after.pod_ip.as_deref(), Some("172.18.0.5"));
+        let find = |type_: &str| {
+            after
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == type_)
+                .cloned()
+                .unwrap()
+        };
+        let ready = find("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("PodFailed"))
+        );
+        assert_eq!(ready.last_transition_time, Some(Time(now)));
+        // Unchanged conditions keep their transition time.
+        assert_eq!(
+            find("PodScheduled").last_transition_time,
+            Some(Time(Timestamp::UNIX_EPOCH))
+        );
+        let disruption = find("DisruptionTarget");
+        assert_eq!(
+            (
+                disruption.status.as_str(),
+                disruption.reason.as_deref(),
+                disruption.message.as_deref()
+            ),
+            ("True", Some("TerminationByKubelet"), Some(message))
+        );
+        assert_eq!(
+            after.container_statuses.unwrap()[0]
+                .state
+                .as_ref()
+                .unwrap()
+                .terminated
+                .as_ref()
+                .unwrap()
+                .exit_code,
+            137
         );
     }
 }

@@ -38,6 +38,17 @@ pub(crate) struct Shared {
     /// Set when the kubelet itself stops: workers then leave their containers running for the
     /// next kubelet to adopt instead of tearing them down.
     pub stopping: Arc<AtomicBool>,
+    /// Pods to evict (by uid) with the eviction message: each pod's worker takes its own.
+    pub evictions: Arc<std::sync::Mutex<HashMap<String, String>>>,
+}
+
+impl Shared {
+    fn take_eviction(&self, uid: &str) -> Option<String> {
+        self.evictions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -117,13 +128,24 @@ impl ContainerRuntime {
 /// containers down.
 pub(crate) async fn run_pod(shared: Shared, mut updates: watch::Receiver<Arc<Pod>>) {
     let mut pod = updates.borrow().clone();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
     let mut worker = PodWorker::new(shared, &pod).await;
     let tick = worker.shared.config.sync_interval;
+    // An evicted pod has ended: nothing runs or restarts until it is deleted.
+    let mut evicted = false;
     loop {
         if pod.metadata.deletion_timestamp.is_some() {
             break;
         }
-        worker.sync(&pod).await;
+        if !evicted {
+            match worker.shared.take_eviction(&uid) {
+                Some(message) => {
+                    worker.evict(&pod, &message).await;
+                    evicted = true;
+                }
+                None => worker.sync(&pod).await,
+            }
+        }
         tokio::select! {
             changed = updates.changed() => {
                 if changed.is_err() {
@@ -980,6 +1002,93 @@ impl PodWorker {
             Err(error) => {
                 tracing::debug!(%error, pod = pod.name_any(), "could not write pod status")
             }
+        }
+    }
+
+    /// A hard eviction, as the kubelet's eviction manager does it: event `Evicted`, every
+    /// container killed at once (no grace period), then the pod `Failed` with reason `Evicted`
+    /// (see [`status::evicted`]). The containers stay (stopped) until the pod is deleted.
+    async fn evict(&mut self, pod: &Pod, message: &str) {
+        self.event(pod, None, EventType::Warning, status::EVICTED, message)
+            .await;
+        let running: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|runtime| runtime.current.is_some())
+            .map(|runtime| runtime.name.clone())
+            .collect();
+        for name in &running {
+            self.event(
+                pod,
+                Some(name),
+                EventType::Normal,
+                "Killing",
+                &format!("Stopping container {name}"),
+            )
+            .await;
+        }
+        let docker = self.shared.docker.clone();
+        let network = self.shared.config.network.clone();
+        let now = Timestamp::now();
+        for runtime in &mut self.containers {
+            runtime.waiting = None;
+            runtime.restart_at = None;
+            let Some(instance) = runtime.current.take() else {
+                if runtime.finished.is_none() {
+                    // Never started: what the kubelet reports for a container it cannot find.
+                    runtime.finished = Some(ContainerStateTerminated {
+                        exit_code: 137,
+                        reason: Some("ContainerStatusUnknown".to_owned()),
+                        message: Some(
+                            "The container could not be located when the pod was terminated"
+                                .to_owned(),
+                        ),
+                        ..ContainerStateTerminated::default()
+                    });
+                }
+                continue;
+            };
+            if let Err(error) = docker.stop(&instance.id, Duration::ZERO).await {
+                tracing::debug!(%error, "could not kill container");
+            }
+            let info = docker.inspect(&instance.id, &network).await.ok();
+            let exit_code = info.as_ref().map_or(137, |info| info.exit_code);
+            runtime.finished = Some(ContainerStateTerminated {
+                exit_code,
+                reason: Some(if exit_code == 0 { "Completed" } else { "Error" }.to_owned()),
+                started_at: Some(Time(instance.started_at)),
+                finished_at: Some(Time(info.and_then(|info| info.finished_at).unwrap_or(now))),
+                container_id: Some(format!("docker://{}", instance.id)),
+                ..ContainerStateTerminated::default()
+            });
+        }
+        let specs = pod
+            .spec
+            .as_ref()
+            .map(|spec| spec.containers.clone())
+            .unwrap_or_default();
+        let statuses: Vec<ContainerStatus> = self
+            .containers
+            .iter()
+            .zip(&specs)
+            .map(|(runtime, spec)| self.container_status(runtime, spec))
+            .collect();
+        let previous = pod.status.clone().unwrap_or_default();
+        let evicted = status::evicted(&previous, statuses, message, now);
+        let api: Api<Pod> = Api::namespaced(
+            self.shared.client.clone(),
+            &pod.namespace().unwrap_or_else(|| "default".to_owned()),
+        );
+        let patch = serde_json::json!({"status": evicted});
+        if let Err(error) = api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            tracing::warn!(%error, pod = pod.name_any(), "could not mark the pod evicted");
         }
     }
 
