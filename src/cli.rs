@@ -210,9 +210,14 @@ pub struct HistoryArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  psctl rollback webhook --env sandbox\n  \
+#[command(after_help = "After the rollback rolls out, psctl verifies the recovery: the component's \
+pods Ready and not restarting, its metrics endpoint serving every required metric, and, when \
+psctl.yaml sets `recovery.deposit_rate_baseline`, the deposit rate back to its level before the \
+incident within the configured window. A failed verification exits 1 (3 when only Prometheus or \
+the API server was out of reach); `--no-verify` skips it (see docs/rollback.md).\n\n\
+Examples:\n  psctl rollback webhook --env sandbox\n  \
 psctl rollback webhook --env sandbox --to-rev 3\n  psctl rollback poller --undo\n  \
-psctl rollback webhook --unstick --yes")]
+psctl rollback webhook --unstick --yes\n  psctl rollback webhook --env sandbox --no-verify")]
 pub struct RollbackArgs {
     /// Component to roll back (optional when the environment has exactly one component).
     #[arg(value_name = "COMPONENT")]
@@ -238,6 +243,11 @@ pub struct RollbackArgs {
     /// Upper bound for tracking the rollback's rollout.
     #[arg(long, default_value = "5m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+
+    /// Do not verify the recovery after the rollout (smoke checks and the deposit-rate
+    /// baseline); the rollback then succeeds once its rollout completes.
+    #[arg(long)]
+    pub no_verify: bool,
 }
 
 #[derive(Debug, Args)]

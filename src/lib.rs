@@ -5,8 +5,8 @@
 //! subcommand, thin) over library modules that each own one concern: `cluster` (Kubernetes
 //! access), `helm` (the Helm driver and Helm's release storage), `rollout` (tracking and
 //! diagnosis), `lock` (the deploy Lease), `output` (printing and redaction), `canary` (gate
-//! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail), and
-//! `events` (the Kubernetes Events that mirror audited actions).
+//! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail), `recovery` (what a rollback
+//! verifies), and `events` (the Kubernetes Events that mirror audited actions).
 
 pub mod audit;
 pub mod build;
@@ -25,6 +25,7 @@ pub mod playbook;
 pub mod process;
 pub mod prom;
 pub mod rbac;
+pub mod recovery;
 pub mod registry;
 pub mod rollout;
 pub mod secrets;

@@ -158,6 +158,55 @@ fn the_release_playbook_plan_needs_no_cluster() {
     });
 }
 
+/// The restore playbook stops both services that write to the database before the restore and
+/// starts both after the switch (webhook worker first, poller last), so both come back on the
+/// restored database.
+#[test]
+fn the_restore_playbook_switches_both_services() {
+    let file = config("environments:\n  e:\n    kube_context: nowhere\n");
+    let (code, stdout, stderr) = psctl(
+        &[
+            "run",
+            "playbooks/restore.yaml",
+            "--var",
+            "backup=/backups/psctl-payments-20261123T100000Z.dump",
+            "--var",
+            "into=payments_restore_1123",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+        Some(file.path()),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let commands: Vec<String> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["type"] == "kill-switch")
+        .map(|s| {
+            s["command"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert_eq!(commands.len(), 3, "{plan:#}");
+    assert!(
+        commands[0].contains("on") && commands[0].contains("poller") && commands[0].contains("webhook"),
+        "{commands:?}"
+    );
+    assert!(commands[1].contains("off") && commands[1].contains("webhook"), "{commands:?}");
+    assert!(commands[2].contains("off") && commands[2].contains("poller"), "{commands:?}");
+    support::snapshot_settings().bind(|| {
+        insta::assert_json_snapshot!("restore_playbook_plan_json", plan, {".vars.git_sha" => "[commit]"})
+    });
+}
+
 #[test]
 fn a_closed_stdout_is_not_an_error() {
     let mut child = Psctl::new()
