@@ -147,6 +147,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Roll a component back to an earlier revision, or recover a release stuck in pending-*.
     Rollback(RollbackArgs),
+    /// Remove a component's Helm release (then redeploy a pinned tag with `psctl deploy`).
+    Uninstall(UninstallArgs),
     /// Releases, revisions, pods, last poller success and queue depth on one screen.
     Status(StatusArgs),
     /// Post-deploy validation: pods, metrics, monitoring, a paid smoke invoice, ledger integrity.
@@ -248,6 +250,29 @@ pub struct RollbackArgs {
     /// baseline); the rollback then succeeds once its rollout completes.
     #[arg(long)]
     pub no_verify: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "The rollback runbook's other way back, when a Helm rollback is not wanted: \
+uninstall the release, then deploy the pinned tag again. The plan shows what runs now and the \
+last good tag before it, recorded in the audit trail before Helm deletes the release's history. \
+Takes the deploy Lease, refuses while the kill switch is on for the component, asks unless \
+--yes, and on a production environment also needs --force-production (see docs/rollback.md).\n\n\
+Examples:\n  psctl uninstall webhook --env staging --dry-run -o json\n  \
+psctl uninstall webhook --env staging --yes\n  \
+psctl deploy --env staging --component webhook --tag 1.4.1 --yes")]
+pub struct UninstallArgs {
+    /// Component whose release is removed.
+    #[arg(value_name = "COMPONENT")]
+    pub component: String,
+
+    /// Uninstall in an environment marked `production: true` (it stops serving until the next deploy).
+    #[arg(long)]
+    pub force_production: bool,
+
+    /// Upper bound for waiting until the Deployment and its pods are gone.
+    #[arg(long, default_value = "2m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]

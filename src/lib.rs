@@ -32,6 +32,7 @@ pub mod secrets;
 pub mod settings;
 pub mod smoke;
 pub mod state;
+pub mod uninstall;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -158,6 +158,36 @@ fn the_release_playbook_plan_needs_no_cluster() {
     });
 }
 
+/// `psctl uninstall --dry-run -o json` is a plan that needs no cluster: without one it says the
+/// history was not read and shows the command, what it waits for and the redeploy; a production
+/// environment is flagged, and the real run there is refused without --force-production before
+/// anything is contacted.
+#[test]
+fn the_uninstall_plan_needs_no_cluster_and_production_needs_force() {
+    let file = config("environments:\n  prod:\n    kube_context: nowhere\n    namespace: apps\n    production: true\n");
+    let (code, stdout, stderr) = psctl(
+        &["uninstall", "webhook", "--dry-run", "-o", "json"],
+        Some(file.path()),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("the release history was not read"), "{stderr}");
+    assert!(
+        stderr.contains("`prod` is a production environment: uninstalling `webhook` stops it until it is deployed again; the real run is refused without --force-production"),
+        "{stderr}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    support::snapshot_settings().bind(|| insta::assert_json_snapshot!("uninstall_plan_json", plan));
+
+    let (code, stdout, stderr) = psctl(&["uninstall", "webhook", "--yes"], Some(file.path()));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("--force-production"), "{stderr}");
+    assert!(stderr.contains("psctl rollback webhook"), "{stderr}");
+
+    let (code, _, stderr) = psctl(&["uninstall", "nosuch", "--dry-run"], Some(file.path()));
+    assert_eq!(code, 2, "{stderr}");
+}
+
 /// The restore playbook stops both services that write to the database before the restore and
 /// starts both after the switch (webhook worker first, poller last), so both come back on the
 /// restored database.

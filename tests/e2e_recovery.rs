@@ -192,3 +192,87 @@ async fn the_deposit_rate_baseline_is_read_from_prometheus_at_the_bad_revisions_
     );
     assert!(stderr.contains("deposit-rate: "), "{stderr}");
 }
+
+/// The rollback runbook's "uninstall and redeploy the pinned tag": the dry run names what runs
+/// and the last good tag, the uninstall removes the release, its Deployment and pods, and a
+/// deploy of the pinned tag brings the component back as revision 1.
+#[tokio::test]
+async fn uninstall_then_deploy_the_pinned_tag() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams};
+
+    let sandbox = &Sandbox::services("recovery-uninstall").await;
+    let config = sandbox.config("uninstall", |_| {});
+    sandbox.deploy(&config, &["webhook"]);
+    let next = format!("{}-next", sandbox.tag);
+    let (registry, from, to) = (sandbox.registry.clone(), sandbox.tag.clone(), next.clone());
+    tokio::task::spawn_blocking(move || {
+        support::images::retag(&registry, "problemsolver-webhook-worker", &from, &to);
+    })
+    .await
+    .unwrap();
+    let (code, _, stderr) = sandbox.psctl(
+        &config,
+        &["deploy", "--component", "webhook", "--tag", &next, "--timeout", "3m"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+
+    // The dry run: what runs now, the pinned tag to come back to, nothing changed.
+    let (code, stdout, stderr) = sandbox.psctl(
+        &config,
+        &["uninstall", "webhook", "--dry-run", "-o", "json"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let plan = report(&stdout);
+    assert_eq!(plan["installed"]["revision"], 2, "{plan:#}");
+    assert_eq!(plan["installed"]["image_tag"], next.as_str(), "{plan:#}");
+    assert_eq!(plan["installed"]["last_good_tag"], sandbox.tag.as_str(), "{plan:#}");
+    assert_eq!(
+        plan["redeploy"],
+        format!("psctl deploy --env e2e --component webhook --tag {}", sandbox.tag),
+        "{plan:#}"
+    );
+    assert_eq!(revisions(sandbox, &config).len(), 2);
+
+    let (code, stdout, stderr) = sandbox.psctl(&config, &["uninstall", "webhook", "-o", "json"]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("Deployment problemsolver-webhook and its pods are gone"),
+        "{stderr}"
+    );
+    assert!(revisions(sandbox, &config).is_empty());
+    let deployments = Api::<Deployment>::namespaced(sandbox.admin.clone(), &sandbox.namespace);
+    assert!(deployments.get_opt("problemsolver-webhook").await.unwrap().is_none());
+    let pods = Api::<Pod>::namespaced(sandbox.admin.clone(), &sandbox.namespace);
+    let left = pods
+        .list(&ListParams::default().labels("app=problemsolver-webhook"))
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "{:?}", left.items.len());
+    // The poller was not touched.
+    assert!(deployments.get_opt("problemsolver-poller").await.unwrap().is_some());
+
+    // Nothing left to uninstall: refused.
+    let (code, _, stderr) = sandbox.psctl(&config, &["uninstall", "webhook"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("is not installed"), "{stderr}");
+
+    // The pinned tag again: a fresh release, serving.
+    let (code, _, stderr) = sandbox.psctl(
+        &config,
+        &["deploy", "--component", "webhook", "--tag", &sandbox.tag, "--timeout", "3m"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(revisions(sandbox, &config), [(1, "deployed".to_owned())]);
+    support::cluster::wait_serving(
+        &sandbox.admin,
+        &sandbox.namespace,
+        "problemsolver-webhook",
+        "app=problemsolver-webhook",
+        &sandbox.tag,
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|reason| panic!("the pinned tag is not serving: {reason}"));
+}
