@@ -324,11 +324,7 @@ pub fn describe_window(run: &CanaryRun, record: &WindowRecord) -> String {
         record.elapsed_secs,
         run.bake_secs
     );
-    for (name, outcome) in [
-        ("error-rate", &evaluation.error_rate),
-        ("latency", &evaluation.latency),
-        ("guardrail", &evaluation.guardrail),
-    ] {
+    for (name, outcome) in evaluation.gates() {
         text.push_str(&format!(
             "\n  {name:<10} {:<12} {}",
             outcome.name(),
@@ -545,6 +541,84 @@ mod tests {
             drive(&script, &mut run).await,
             Ending::Aborted { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn an_absolute_error_target_aborts_a_canary_as_bad_as_stable() {
+        // 0.8 % on both tracks: the comparison with stable passes and the 1 % guardrail holds.
+        let both_bad = figures(3000.0, 0.008, 0.008);
+        let script = Script::with(vec![both_bad]);
+        let mut run = short_run();
+        assert_eq!(drive(&script, &mut run).await, Ending::Promoted);
+        assert!(run.windows.iter().all(|w| w.evaluation.max_error_rate.is_none()));
+
+        // With the runbook's target of 0.5 %, the same figures fail twice in a row: abort.
+        let script = Script::with(vec![both_bad]);
+        let mut run = short_run();
+        run.policy.max_error_rate = Some(0.005);
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert!(
+            reason.starts_with("2 failed evaluations in a row; last: max-error-rate: canary 0.80% of 3000, target at most 0.50%"),
+            "{reason}"
+        );
+        assert_eq!(script.calls(), ["weights 1 9", "smoke", "abort"]);
+        let window = run.windows.last().unwrap();
+        assert_eq!(window.evaluation.error_rate.name(), "pass");
+        assert!(describe_window(&run, window).contains("\n  max-error-rate fail"));
+
+        // A canary under the target passes it and is promoted.
+        let script = Script::with(vec![figures(3000.0, 0.001, 0.004)]);
+        let mut run = short_run();
+        run.policy.max_error_rate = Some(0.005);
+        assert_eq!(drive(&script, &mut run).await, Ending::Promoted);
+        assert!(run.windows.iter().all(|w| {
+            w.evaluation
+                .max_error_rate
+                .as_ref()
+                .is_some_and(|g| g.name() == "pass")
+        }));
+    }
+
+    #[tokio::test]
+    async fn on_latency_decides_what_a_p95_breach_does() {
+        let mut slow = figures(3000.0, 0.004, 0.004);
+        slow.canary.p95_ms = Some(900.0);
+
+        // The default: a latency breach aborts like any failed gate.
+        let script = Script::with(vec![slow]);
+        let mut run = short_run();
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert!(reason.contains("latency: canary p95 900 ms"), "{reason}");
+
+        // `pause`: the run stops for a human at the same point, the tracks untouched.
+        let script = Script::with(vec![slow]);
+        let mut run = short_run();
+        run.policy.on_latency = crate::canary::gate::OnLatency::Pause;
+        let Ending::Paused { reason } = drive(&script, &mut run).await else {
+            panic!("expected a pause");
+        };
+        assert!(
+            reason.starts_with("p95 latency failed 2 evaluations in a row (on_latency: pause"),
+            "{reason}"
+        );
+        assert_eq!(script.calls(), ["weights 1 9", "smoke"], "neither abort nor promote");
+        assert_eq!(run.status, RunStatus::Paused);
+        assert_eq!(run.windows.len(), 2);
+
+        // `pause` concerns latency alone: with the error comparison failing too, it aborts.
+        let mut slow_and_failing = figures(3000.0, 0.009, 0.002);
+        slow_and_failing.canary.p95_ms = Some(900.0);
+        let script = Script::with(vec![slow_and_failing]);
+        let mut run = short_run();
+        run.policy.on_latency = crate::canary::gate::OnLatency::Pause;
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert!(reason.contains("error-rate: canary 0.90%"), "{reason}");
     }
 
     #[tokio::test]

@@ -1001,6 +1001,42 @@ environments:
         );
     }
 
+    /// The production example: 10 worker replicas, so the canary steps are 1+9, 3+7 and 6+4;
+    /// the absolute error target and `on_latency: pause`; the deposit-rate baseline.
+    #[test]
+    fn the_production_example_gives_the_worker_ten_replicas_and_the_runbook_gates() {
+        let text = include_str!("../../docs/examples/psctl.production.yaml");
+        let config = parse(Path::new("psctl.production.yaml"), text).unwrap();
+        let production = &config.environments["production"];
+        assert!(production.production);
+        let webhook = production.component("webhook").unwrap();
+        let replicas = webhook.values["replicaCount"].as_i64().unwrap();
+        assert_eq!(replicas, 10);
+        let canary = webhook.canary.as_ref().unwrap();
+        let splits: Vec<(i32, i32)> = canary
+            .steps
+            .iter()
+            .map(|weight| {
+                let split = crate::canary::state::split(i32::try_from(replicas).unwrap(), *weight);
+                (split.canary, split.stable)
+            })
+            .collect();
+        assert_eq!(splits, [(1, 9), (3, 7), (6, 4), (10, 0)]);
+        assert_eq!(canary.policy.max_error_rate, Some(0.005));
+        assert_eq!(
+            canary.policy.on_latency,
+            crate::canary::gate::OnLatency::Pause
+        );
+        assert_eq!(
+            production
+                .recovery
+                .deposit_rate_baseline
+                .as_ref()
+                .map(|b| b.window),
+            Some(Duration::from_secs(900))
+        );
+    }
+
     #[test]
     fn the_recovery_baseline_is_optional_read_and_checked() {
         let config = parse(Path::new("psctl.yaml"), CONTRACT_EXAMPLE).unwrap();
