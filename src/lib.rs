@@ -22,6 +22,7 @@ pub mod helm;
 pub mod lock;
 pub mod output;
 pub mod playbook;
+pub mod postmortem;
 pub mod process;
 pub mod prom;
 pub mod rbac;
