@@ -27,6 +27,15 @@ pub trait Backend {
     /// Unix seconds.
     fn now(&self) -> i64;
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
+    /// Waits `duration` between two evaluations of a bake, like `sleep`, while watching the
+    /// canary pods all along: returns early with the reason as soon as one of them fails
+    /// (crash loop, image pull, OOM, unready past its probe's grace), so such a canary is
+    /// aborted within one interval rather than judged on figures.
+    fn bake_wait(
+        &self,
+        run: &CanaryRun,
+        duration: Duration,
+    ) -> impl Future<Output = Option<String>>;
     /// Scales the tracks to `split` (creating the canary track if needed) and waits until both
     /// are rolled out. An error means the canary cannot run: the loop aborts.
     fn set_weights(
@@ -165,11 +174,15 @@ pub async fn drive<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
             continue;
         };
 
-        backend
-            .sleep(Duration::from_secs(run.interval_secs.max(1)))
+        let failing = backend
+            .bake_wait(run, Duration::from_secs(run.interval_secs.max(1)))
             .await;
         if backend.fenced().is_some() {
             continue;
+        }
+        if let Some(problem) = failing {
+            let reason = format!("a canary pod failed at {}: {problem}", run.position());
+            return abort(backend, run, reason).await;
         }
         // A request that arrived while sleeping goes first: an abort must not wait for figures.
         if let Some(request) = save(backend, run).await {
@@ -363,6 +376,9 @@ mod tests {
         sleeps: Cell<usize>,
         /// The Lease is lost after this many sleeps.
         fenced_after_sleeps: Option<usize>,
+        /// A canary pod starts crash-looping during this bake wait (1 = the first).
+        crash_at_wait: Option<usize>,
+        waits: Cell<usize>,
     }
 
     impl Script {
@@ -399,6 +415,18 @@ mod tests {
                 panic!("killed");
             }
             self.clock.set(self.clock.get() + duration.as_secs() as i64);
+        }
+
+        async fn bake_wait(&self, _run: &CanaryRun, duration: Duration) -> Option<String> {
+            let waits = self.waits.get() + 1;
+            self.waits.set(waits);
+            if self.crash_at_wait == Some(waits) {
+                // Seen a few seconds into the wait, long before its end.
+                self.sleep(Duration::from_secs(3)).await;
+                return Some("CrashLoopBackOff in pod canary-1 (container worker): last exit code 1".into());
+            }
+            self.sleep(duration).await;
+            None
         }
 
         async fn set_weights(&self, run: &CanaryRun, split: Split) -> Result<String, String> {
@@ -619,6 +647,30 @@ mod tests {
             panic!("expected an abort");
         };
         assert!(reason.contains("error-rate: canary 0.90%"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_canary_pod_crash_looping_mid_bake_aborts_within_one_interval() {
+        // Healthy figures throughout: only the pods say something is wrong.
+        let script = Script {
+            crash_at_wait: Some(2),
+            ..Script::with(vec![figures(3000.0, 0.004, 0.004)])
+        };
+        let mut run = short_run();
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert_eq!(
+            reason,
+            "a canary pod failed at step 1/4 (10%): CrashLoopBackOff in pod canary-1 (container worker): last exit code 1"
+        );
+        assert_eq!(script.calls(), ["weights 1 9", "smoke", "abort"]);
+        // One evaluation happened (after the first wait); the crash was acted on 3 s into the
+        // second wait, before its 20 s were over and before any further evaluation.
+        assert_eq!(run.windows.len(), 1);
+        let started = run.step_started_at.unwrap();
+        assert_eq!(script.now() - started, 20 + 3);
+        assert_eq!(run.status, RunStatus::Aborted);
     }
 
     #[tokio::test]
