@@ -250,6 +250,29 @@ pub struct RollbackReport<'a> {
     pub verification: Verification,
 }
 
+impl Render for RollbackReport<'_> {
+    fn render_table(&self, style: &Style) -> String {
+        let mut text = self.plan.render_table(style);
+        let verification = &self.verification;
+        let status = serde_json::to_value(verification.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        match &verification.reason {
+            Some(reason) => text.push_str(&format!("verification: {status} ({reason})\n")),
+            None => {
+                let failed = verification.failure_summary();
+                if failed.is_empty() {
+                    text.push_str(&format!("verification: {status}\n"));
+                } else {
+                    text.push_str(&format!("verification: {status}: {failed}\n"));
+                }
+            }
+        }
+        text
+    }
+}
+
 /// Unix seconds of the current revision's last deployment: when the incident began. Pure.
 fn incident_start(history: &[Revision]) -> Option<i64> {
     let current = revision::current(history)?;
