@@ -33,7 +33,7 @@ pub async fn run(args: UninstallArgs, global: &GlobalSettings, output: &Output) 
                 std::slice::from_ref(&component.release),
             )
             .await
-            .map_err(|error| error.to_string()),
+            .map_err(|error| format!("{:#}", error.error())),
             Err(error) => Err(error.to_string()),
         };
         let history = match history {

@@ -117,12 +117,10 @@ pub async fn check<S: RateSource>(
     result.threshold = Some(threshold);
     let started = source.now();
     let deadline = started.saturating_add(seconds(spec.window));
-    let mut last_error: Option<RateError> = None;
     loop {
-        match source.rate(None).await {
+        let last_error = match source.rate(None).await {
             Ok(Some(value)) => {
                 result.last = Some(value);
-                last_error = None;
                 if value >= threshold {
                     result.result = Verdict::Pass;
                     result.waited_seconds = elapsed(started, source.now());
@@ -137,10 +135,11 @@ pub async fn check<S: RateSource>(
                     );
                     return result;
                 }
+                None
             }
-            Ok(None) => last_error = None,
-            Err(error) => last_error = Some(error),
-        }
+            Ok(None) => None,
+            Err(error) => Some(error),
+        };
         let now = source.now();
         if now >= deadline {
             result.waited_seconds = elapsed(started, now);
