@@ -212,14 +212,16 @@ pub struct HistoryArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "After the rollback rolls out, psctl verifies the recovery: the component's \
+#[command(
+    after_help = "After the rollback rolls out, psctl verifies the recovery: the component's \
 pods Ready and not restarting, its metrics endpoint serving every required metric, and, when \
 psctl.yaml sets `recovery.deposit_rate_baseline`, the deposit rate back to its level before the \
 incident within the configured window. A failed verification exits 1 (3 when only Prometheus or \
 the API server was out of reach); `--no-verify` skips it (see docs/rollback.md).\n\n\
 Examples:\n  psctl rollback webhook --env sandbox\n  \
 psctl rollback webhook --env sandbox --to-rev 3\n  psctl rollback poller --undo\n  \
-psctl rollback webhook --unstick --yes\n  psctl rollback webhook --env sandbox --no-verify")]
+psctl rollback webhook --unstick --yes\n  psctl rollback webhook --env sandbox --no-verify"
+)]
 pub struct RollbackArgs {
     /// Component to roll back (optional when the environment has exactly one component).
     #[arg(value_name = "COMPONENT")]
@@ -253,14 +255,16 @@ pub struct RollbackArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "The rollback runbook's other way back, when a Helm rollback is not wanted: \
+#[command(
+    after_help = "The rollback runbook's other way back, when a Helm rollback is not wanted: \
 uninstall the release, then deploy the pinned tag again. The plan shows what runs now and the \
 last good tag before it, recorded in the audit trail before Helm deletes the release's history. \
 Takes the deploy Lease, refuses while the kill switch is on for the component, asks unless \
 --yes, and on a production environment also needs --force-production (see docs/rollback.md).\n\n\
 Examples:\n  psctl uninstall webhook --env staging --dry-run -o json\n  \
 psctl uninstall webhook --env staging --yes\n  \
-psctl deploy --env staging --component webhook --tag 1.4.1 --yes")]
+psctl deploy --env staging --component webhook --tag 1.4.1 --yes"
+)]
 pub struct UninstallArgs {
     /// Component whose release is removed.
     #[arg(value_name = "COMPONENT")]

@@ -173,22 +173,36 @@ async fn evidence_writes_a_postmortem_skeleton_from_the_audit_trail() {
         .find("psctl `deploy` on `problemsolver-webhook` (revision 1 → revision 2): rolled_back")
         .unwrap_or_else(|| panic!("{timeline}"));
     let stop = timeline
-        .find("psctl `kill-switch on` on `problemsolver-poller` (2 replicas → 0 replicas): succeeded")
+        .find(
+            "psctl `kill-switch on` on `problemsolver-poller` (2 replicas → 0 replicas): succeeded",
+        )
         .unwrap_or_else(|| panic!("{timeline}"));
     assert!(deploy < stop, "oldest first: {timeline}");
-    assert!(timeline.contains("The cluster could not be read"), "{timeline}");
+    assert!(
+        timeline.contains("The cluster could not be read"),
+        "{timeline}"
+    );
     let commands = section("## Commands run");
     assert_eq!(
-        commands.lines().filter(|l| l.starts_with("| ") && l.contains("`psctl ")).count(),
+        commands
+            .lines()
+            .filter(|l| l.starts_with("| ") && l.contains("`psctl "))
+            .count(),
         3,
         "{commands}"
     );
-    assert!(commands.contains("| `psctl secrets apply` | problemsolver-secrets |"), "{commands}");
+    assert!(
+        commands.contains("| `psctl secrets apply` | problemsolver-secrets |"),
+        "{commands}"
+    );
     // Another environment's rows are not this incident's.
     assert!(!text.contains("revision 7"), "{text}");
     assert!(!text.contains("do-not-store-me"), "{text}");
     let evidence = section("## Evidence");
-    assert!(evidence.contains("- [audit trail](db/audit.json) — 3 rows"), "{evidence}");
+    assert!(
+        evidence.contains("- [audit trail](db/audit.json) — 3 rows"),
+        "{evidence}"
+    );
     assert!(evidence.contains("- cluster: not collected"), "{evidence}");
     assert!(out.join("db/audit.json").exists());
     pool.close().await;

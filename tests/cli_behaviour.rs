@@ -164,13 +164,18 @@ fn the_release_playbook_plan_needs_no_cluster() {
 /// anything is contacted.
 #[test]
 fn the_uninstall_plan_needs_no_cluster_and_production_needs_force() {
-    let file = config("environments:\n  prod:\n    kube_context: nowhere\n    namespace: apps\n    production: true\n");
+    let file = config(
+        "environments:\n  prod:\n    kube_context: nowhere\n    namespace: apps\n    production: true\n",
+    );
     let (code, stdout, stderr) = psctl(
         &["uninstall", "webhook", "--dry-run", "-o", "json"],
         Some(file.path()),
     );
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("the release history was not read"), "{stderr}");
+    assert!(
+        stderr.contains("the release history was not read"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("`prod` is a production environment: uninstalling `webhook` stops it until it is deployed again; the real run is refused without --force-production"),
         "{stderr}"

@@ -318,9 +318,9 @@ impl Evaluation {
         let parts: Vec<String> = self
             .gates()
             .into_iter()
-        .filter(|(_, outcome)| !matches!(outcome, GateOutcome::Pass { .. }))
-        .map(|(name, outcome)| format!("{name}: {}", outcome.detail()))
-        .collect();
+            .filter(|(_, outcome)| !matches!(outcome, GateOutcome::Pass { .. }))
+            .map(|(name, outcome)| format!("{name}: {}", outcome.detail()))
+            .collect();
         if parts.is_empty() {
             "all gates passed".to_string()
         } else {

@@ -423,7 +423,9 @@ mod tests {
             if self.crash_at_wait == Some(waits) {
                 // Seen a few seconds into the wait, long before its end.
                 self.sleep(Duration::from_secs(3)).await;
-                return Some("CrashLoopBackOff in pod canary-1 (container worker): last exit code 1".into());
+                return Some(
+                    "CrashLoopBackOff in pod canary-1 (container worker): last exit code 1".into(),
+                );
             }
             self.sleep(duration).await;
             None
@@ -578,7 +580,11 @@ mod tests {
         let script = Script::with(vec![both_bad]);
         let mut run = short_run();
         assert_eq!(drive(&script, &mut run).await, Ending::Promoted);
-        assert!(run.windows.iter().all(|w| w.evaluation.max_error_rate.is_none()));
+        assert!(
+            run.windows
+                .iter()
+                .all(|w| w.evaluation.max_error_rate.is_none())
+        );
 
         // With the runbook's target of 0.5 %, the same figures fail twice in a row: abort.
         let script = Script::with(vec![both_bad]);
@@ -633,7 +639,11 @@ mod tests {
             reason.starts_with("p95 latency failed 2 evaluations in a row (on_latency: pause"),
             "{reason}"
         );
-        assert_eq!(script.calls(), ["weights 1 9", "smoke"], "neither abort nor promote");
+        assert_eq!(
+            script.calls(),
+            ["weights 1 9", "smoke"],
+            "neither abort nor promote"
+        );
         assert_eq!(run.status, RunStatus::Paused);
         assert_eq!(run.windows.len(), 2);
 

@@ -370,11 +370,11 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
     .await;
     let verification = match &result {
         Err(_) => Verification::not_run("the rollback did not complete"),
-        Ok(false) => Verification::skipped("nothing rolled out to verify (the release was uninstalled)"),
-        Ok(true) if no_verify => Verification::skipped("--no-verify"),
-        Ok(true) => {
-            recovery::verify(&client, &environment, &component, incident, output).await
+        Ok(false) => {
+            Verification::skipped("nothing rolled out to verify (the release was uninstalled)")
         }
+        Ok(true) if no_verify => Verification::skipped("--no-verify"),
+        Ok(true) => recovery::verify(&client, &environment, &component, incident, output).await,
     };
     let outcome = match (&result, verification.status) {
         (Err(_), _) => "failed",

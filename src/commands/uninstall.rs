@@ -46,8 +46,12 @@ pub async fn run(args: UninstallArgs, global: &GlobalSettings, output: &Output) 
             }
         };
         let plan = uninstall::plan(&environment, &component, &helm, history.as_deref())?;
-        if let Err(refusal) = uninstall::guard_production(&environment, &component, force_production) {
-            output.warn(format!("{refusal}; the real run is refused without --force-production"));
+        if let Err(refusal) =
+            uninstall::guard_production(&environment, &component, force_production)
+        {
+            output.warn(format!(
+                "{refusal}; the real run is refused without --force-production"
+            ));
         }
         output.data(&plan).context("writing the plan")?;
         return Ok(ExitStatus::Success);
@@ -92,7 +96,11 @@ pub async fn run(args: UninstallArgs, global: &GlobalSettings, output: &Output) 
         }
     };
     let result = uninstall::execute(&client, &environment, &plan, timeout, output).await;
-    let outcome = if result.is_ok() { "succeeded" } else { "failed" };
+    let outcome = if result.is_ok() {
+        "succeeded"
+    } else {
+        "failed"
+    };
     support::audit(
         audit.as_ref(),
         output,

@@ -413,7 +413,12 @@ mod tests {
             ("deploy", "rollback_failed", "RollbackFailed", "Warning"),
             ("rollback (helm)", "succeeded", "RolledBack", "Warning"),
             ("rollback (undo)", "failed", "RollbackFailed", "Warning"),
-            ("rollback (helm)", "unverified", "RollbackUnverified", "Warning"),
+            (
+                "rollback (helm)",
+                "unverified",
+                "RollbackUnverified",
+                "Warning",
+            ),
             ("uninstall", "succeeded", "Uninstalled", "Warning"),
             ("uninstall", "failed", "UninstallFailed", "Warning"),
             ("canary", "succeeded", "CanaryPromoted", "Normal"),

@@ -154,7 +154,9 @@ pub fn render(inputs: &Inputs<'_>) -> String {
         ),
         _ => {}
     }
-    text.push_str("\nAdd what psctl cannot know: alerts fired, pages, decisions and who made them.\n\n");
+    text.push_str(
+        "\nAdd what psctl cannot know: alerts fired, pages, decisions and who made them.\n\n",
+    );
 
     text.push_str(SECTIONS[2]);
     text.push_str("\n\n");
@@ -183,14 +185,15 @@ pub fn render(inputs: &Inputs<'_>) -> String {
     }
 
     text.push_str(SECTIONS[3]);
-    text.push_str("\n\n- Trigger:\n- Why it was not caught earlier (tests, canary gates, alerts):\n\n");
+    text.push_str(
+        "\n\n- Trigger:\n- Why it was not caught earlier (tests, canary gates, alerts):\n\n",
+    );
     text.push_str(SECTIONS[4]);
     text.push_str(
         "\n\n- Merchant IDs:\n- Invoice IDs:\n- Deposits (txid) late, duplicated or quarantined:\n\n",
     );
     text.push_str(SECTIONS[5]);
-    text.push_str(
-        "\n\nReconciled totals before and after (`psctl db verify --env ");
+    text.push_str("\n\nReconciled totals before and after (`psctl db verify --env ");
     text.push_str(inputs.environment);
     text.push_str(
         " -o json`; compare `totals`), and the ledger's append-only check (`psctl smoke --only integrity`):\n\n",
@@ -275,7 +278,10 @@ mod tests {
             .position(|l| l.contains("psctl `rollback (helm)`"))
             .unwrap();
         assert!(timeline[rollback - 1].contains("Pod/p-99 "), "{timeline:?}");
-        assert!(timeline[rollback + 1].contains("Pod/p-100 "), "{timeline:?}");
+        assert!(
+            timeline[rollback + 1].contains("Pod/p-100 "),
+            "{timeline:?}"
+        );
         assert!(text.contains("(5 older events omitted: see [events.txt](events.txt))"));
     }
 

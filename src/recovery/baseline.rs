@@ -179,8 +179,7 @@ fn figure(value: f64) -> String {
 }
 
 fn rfc3339(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .map_or_else(|| unix.to_string(), |t| t.to_rfc3339())
+    chrono::DateTime::from_timestamp(unix, 0).map_or_else(|| unix.to_string(), |t| t.to_rfc3339())
 }
 
 #[cfg(test)]
@@ -265,7 +264,11 @@ mod tests {
         assert_eq!(result.threshold, Some(1.6));
         assert_eq!(result.last, Some(1.7));
         assert_eq!(result.waited_seconds, 60);
-        assert!(result.evidence.contains("1.7000/s after 60s"), "{}", result.evidence);
+        assert!(
+            result.evidence.contains("1.7000/s after 60s"),
+            "{}",
+            result.evidence
+        );
         // The baseline was read at the incident's start, every other read at "now".
         assert_eq!(
             source.asked_at.borrow().as_slice(),
@@ -288,7 +291,11 @@ mod tests {
             "{}",
             result.evidence
         );
-        assert!(result.evidence.ends_with("within 120s: it is 0.4000/s"), "{}", result.evidence);
+        assert!(
+            result.evidence.ends_with("within 120s: it is 0.4000/s"),
+            "{}",
+            result.evidence
+        );
         // Reads at 0, 30, 60, 90 and 120 s: the window's last instant is read too.
         assert_eq!(source.asked_at.borrow().len(), 1 + 5);
     }
@@ -298,13 +305,21 @@ mod tests {
         let source = Script::new(Ok(None), vec![Ok(Some(5.0))]);
         let result = check(&source, &spec(), 900_000, BaselineSource::RevisionDeployed).await;
         assert_eq!(result.result, Verdict::Fail);
-        assert!(result.evidence.contains("no data at the baseline time"), "{}", result.evidence);
+        assert!(
+            result.evidence.contains("no data at the baseline time"),
+            "{}",
+            result.evidence
+        );
         assert_eq!(source.asked_at.borrow().len(), 1);
 
         let source = Script::new(Ok(Some(0.0)), vec![Ok(None)]);
         let result = check(&source, &spec(), 900_000, BaselineSource::RevisionDeployed).await;
         assert!(result.passed(), "{result:?}");
-        assert!(result.evidence.contains("nothing to return to"), "{}", result.evidence);
+        assert!(
+            result.evidence.contains("nothing to return to"),
+            "{}",
+            result.evidence
+        );
         assert_eq!(source.asked_at.borrow().len(), 1);
     }
 
@@ -312,16 +327,29 @@ mod tests {
     async fn prometheus_out_of_reach_is_unreachable_only_when_nothing_was_read() {
         let source = Script::new(Err(down()), vec![Ok(Some(5.0))]);
         let result = check(&source, &spec(), 900_000, BaselineSource::RevisionDeployed).await;
-        assert!(result.unreachable && result.result == Verdict::Fail, "{result:?}");
+        assert!(
+            result.unreachable && result.result == Verdict::Fail,
+            "{result:?}"
+        );
 
         let source = Script::new(Ok(Some(2.0)), vec![Err(down())]);
         let result = check(&source, &spec(), 900_000, BaselineSource::RevisionDeployed).await;
-        assert!(result.unreachable && result.result == Verdict::Fail, "{result:?}");
-        assert!(result.evidence.contains("the last read failed: Prometheus"), "{}", result.evidence);
+        assert!(
+            result.unreachable && result.result == Verdict::Fail,
+            "{result:?}"
+        );
+        assert!(
+            result.evidence.contains("the last read failed: Prometheus"),
+            "{}",
+            result.evidence
+        );
 
         // A low rate was read, then Prometheus went away: the rate said no, not the network.
         let source = Script::new(Ok(Some(2.0)), vec![Ok(Some(0.1)), Err(down())]);
         let result = check(&source, &spec(), 900_000, BaselineSource::RevisionDeployed).await;
-        assert!(!result.unreachable && result.result == Verdict::Fail, "{result:?}");
+        assert!(
+            !result.unreachable && result.result == Verdict::Fail,
+            "{result:?}"
+        );
     }
 }

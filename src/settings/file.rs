@@ -1045,7 +1045,9 @@ environments:
             RecoverySpec::default()
         );
         let with = |baseline: &str| {
-            format!("environments: {{dev: {{kube_context: c, recovery: {{deposit_rate_baseline: {baseline}}}}}}}")
+            format!(
+                "environments: {{dev: {{kube_context: c, recovery: {{deposit_rate_baseline: {baseline}}}}}}}"
+            )
         };
         let config = parse(
             Path::new("psctl.yaml"),
@@ -1075,8 +1077,9 @@ environments:
         );
         assert!(error_text(&with("{query: q}")).contains(&format!("{prefix}.window: required")));
         assert!(
-            error_text(&with("{query: q, window: 10m, tolerance: 1.5}"))
-                .contains(&format!("{prefix}.tolerance: must be more than 0 and at most 1"))
+            error_text(&with("{query: q, window: 10m, tolerance: 1.5}")).contains(&format!(
+                "{prefix}.tolerance: must be more than 0 and at most 1"
+            ))
         );
         assert!(
             error_text(&with("{query: q, window: 1m, interval: 5m}"))

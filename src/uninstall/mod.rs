@@ -98,7 +98,9 @@ impl Render for UninstallPlan {
 /// Why an uninstall is refused before anything changes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
-    #[error("release `{release}` is not installed in namespace `{namespace}`: nothing to uninstall")]
+    #[error(
+        "release `{release}` is not installed in namespace `{namespace}`: nothing to uninstall"
+    )]
     NotInstalled { release: String, namespace: String },
     #[error(
         "`{environment}` is a production environment: uninstalling `{component}` stops it until it is deployed again"
@@ -182,7 +184,11 @@ pub fn plan(
     };
     let tag = installed
         .as_ref()
-        .and_then(|i| i.last_good_tag.clone().or_else(|| Some(i.image_tag.clone())))
+        .and_then(|i| {
+            i.last_good_tag
+                .clone()
+                .or_else(|| Some(i.image_tag.clone()))
+        })
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "<pinned-tag>".to_owned());
     let run = helm.uninstall(&component.release);
