@@ -85,7 +85,6 @@ pub async fn run(args: UninstallArgs, global: &GlobalSettings, output: &Output) 
         std::slice::from_ref(&component.release),
     )
     .await
-    .map_err(crate::error::CommandError::from)
     .and_then(|history| {
         uninstall::plan(&environment, &component, &helm, Some(&history)).map_err(Into::into)
     }) {
