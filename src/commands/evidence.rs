@@ -165,7 +165,7 @@ pub async fn run(args: EvidenceArgs, global: &GlobalSettings, output: &Output) -
             detail: i.detail.clone(),
         })
         .collect();
-    let collected_at = now.to_string();
+    let collected_at = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let skeleton = postmortem::render(&postmortem::Inputs {
         environment: &environment.name,
         namespace: &environment.namespace,
