@@ -149,6 +149,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Roll a component back to an earlier revision, or recover a release stuck in pending-*.
     Rollback(RollbackArgs),
+    /// Remove a component's Helm release (then redeploy a pinned tag with `psctl deploy`).
+    Uninstall(UninstallArgs),
     /// Releases, revisions, pods, last poller success and queue depth on one screen.
     Status(StatusArgs),
     /// Post-deploy validation: pods, metrics, monitoring, a paid smoke invoice, ledger integrity.
@@ -212,9 +214,16 @@ pub struct HistoryArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  psctl rollback webhook --env sandbox\n  \
+#[command(
+    after_help = "After the rollback rolls out, psctl verifies the recovery: the component's \
+pods Ready and not restarting, its metrics endpoint serving every required metric, and, when \
+psctl.yaml sets `recovery.deposit_rate_baseline`, the deposit rate back to its level before the \
+incident within the configured window. A failed verification exits 1 (3 when only Prometheus or \
+the API server was out of reach); `--no-verify` skips it (see docs/rollback.md).\n\n\
+Examples:\n  psctl rollback webhook --env sandbox\n  \
 psctl rollback webhook --env sandbox --to-rev 3\n  psctl rollback poller --undo\n  \
-psctl rollback webhook --unstick --yes")]
+psctl rollback webhook --unstick --yes\n  psctl rollback webhook --env sandbox --no-verify"
+)]
 pub struct RollbackArgs {
     /// Component to roll back (optional when the environment has exactly one component).
     #[arg(value_name = "COMPONENT")]
@@ -239,6 +248,36 @@ pub struct RollbackArgs {
 
     /// Upper bound for tracking the rollback's rollout.
     #[arg(long, default_value = "5m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Do not verify the recovery after the rollout (smoke checks and the deposit-rate
+    /// baseline); the rollback then succeeds once its rollout completes.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The rollback runbook's other way back, when a Helm rollback is not wanted: \
+uninstall the release, then deploy the pinned tag again. The plan shows what runs now and the \
+last good tag before it, recorded in the audit trail before Helm deletes the release's history. \
+Takes the deploy Lease, refuses while the kill switch is on for the component, asks unless \
+--yes, and on a production environment also needs --force-production (see docs/rollback.md).\n\n\
+Examples:\n  psctl uninstall webhook --env staging --dry-run -o json\n  \
+psctl uninstall webhook --env staging --yes\n  \
+psctl deploy --env staging --component webhook --tag 1.4.1 --yes"
+)]
+pub struct UninstallArgs {
+    /// Component whose release is removed.
+    #[arg(value_name = "COMPONENT")]
+    pub component: String,
+
+    /// Uninstall in an environment marked `production: true` (it stops serving until the next deploy).
+    #[arg(long)]
+    pub force_production: bool,
+
+    /// Upper bound for waiting until the Deployment and its pods are gone.
+    #[arg(long, default_value = "2m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
 

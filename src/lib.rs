@@ -5,8 +5,8 @@
 //! subcommand, thin) over library modules that each own one concern: `cluster` (Kubernetes
 //! access), `helm` (the Helm driver and Helm's release storage), `rollout` (tracking and
 //! diagnosis), `lock` (the deploy Lease), `output` (printing and redaction), `canary` (gate
-//! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail), and
-//! `events` (the Kubernetes Events that mirror audited actions).
+//! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail), `recovery` (what a rollback
+//! verifies), and `events` (the Kubernetes Events that mirror audited actions).
 
 pub mod audit;
 pub mod build;
@@ -22,15 +22,18 @@ pub mod helm;
 pub mod lock;
 pub mod output;
 pub mod playbook;
+pub mod postmortem;
 pub mod process;
 pub mod prom;
 pub mod rbac;
+pub mod recovery;
 pub mod registry;
 pub mod rollout;
 pub mod secrets;
 pub mod settings;
 pub mod smoke;
 pub mod state;
+pub mod uninstall;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -198,6 +198,92 @@ fn the_release_playbook_plan_needs_no_cluster() {
     });
 }
 
+/// `psctl uninstall --dry-run -o json` is a plan that needs no cluster: without one it says the
+/// history was not read and shows the command, what it waits for and the redeploy; a production
+/// environment is flagged, and the real run there is refused without --force-production before
+/// anything is contacted.
+#[test]
+fn the_uninstall_plan_needs_no_cluster_and_production_needs_force() {
+    let file = config(
+        "environments:\n  prod:\n    kube_context: nowhere\n    namespace: apps\n    production: true\n",
+    );
+    let (code, stdout, stderr) = psctl(
+        &["uninstall", "webhook", "--dry-run", "-o", "json"],
+        Some(file.path()),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("the release history was not read"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`prod` is a production environment: uninstalling `webhook` stops it until it is deployed again; the real run is refused without --force-production"),
+        "{stderr}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    support::snapshot_settings().bind(|| insta::assert_json_snapshot!("uninstall_plan_json", plan));
+
+    let (code, stdout, stderr) = psctl(&["uninstall", "webhook", "--yes"], Some(file.path()));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("--force-production"), "{stderr}");
+    assert!(stderr.contains("psctl rollback webhook"), "{stderr}");
+
+    let (code, _, stderr) = psctl(&["uninstall", "nosuch", "--dry-run"], Some(file.path()));
+    assert_eq!(code, 2, "{stderr}");
+}
+
+/// The restore playbook stops both services that write to the database before the restore and
+/// starts both after the switch (webhook worker first, poller last), so both come back on the
+/// restored database.
+#[test]
+fn the_restore_playbook_switches_both_services() {
+    let file = config("environments:\n  e:\n    kube_context: nowhere\n");
+    let (code, stdout, stderr) = psctl(
+        &[
+            "run",
+            "playbooks/restore.yaml",
+            "--var",
+            "backup=/backups/psctl-payments-20261123T100000Z.dump",
+            "--var",
+            "into=payments_restore_1123",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+        Some(file.path()),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let commands: Vec<String> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["type"] == "kill-switch")
+        .map(|s| {
+            s["command"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "kill-switch on --component poller --component webhook",
+            "kill-switch off --component webhook",
+            "kill-switch off --component poller",
+        ],
+        "{plan:#}"
+    );
+    support::snapshot_settings().bind(|| {
+        insta::assert_json_snapshot!("restore_playbook_plan_json", plan, {".vars.git_sha" => "[commit]"})
+    });
+}
+
 #[test]
 fn a_closed_stdout_is_not_an_error() {
     let mut child = Psctl::new()

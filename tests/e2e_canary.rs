@@ -1,6 +1,7 @@
 //! End-to-end tests of `psctl canary` in the sandbox, with real Prometheus measuring real
 //! webhook workers: a healthy canary is promoted, a canary whose new values break delivery is
-//! aborted with stable untouched, and a run killed mid-step is resumed from its recorded step.
+//! aborted with stable untouched, a run killed mid-step is resumed from its recorded step, and a
+//! canary pod that starts crash-looping mid-bake aborts the run before the next evaluation.
 //!
 //! Each test has its own namespace and its own database (migrated, seeded with a copy of the
 //! sandbox merchant, whose endpoint is the sandbox's merchant sink), runs psctl as the
@@ -469,4 +470,128 @@ async fn an_abort_from_another_terminal_reaches_the_live_run_through_its_state()
         stderr.contains("scaled to 0"),
         "the abort's event: {stderr}"
     );
+}
+
+/// The canary pods are watched between evaluations: a canary container that starts crash-looping
+/// in the middle of a bake (killed twice, so the kubelet backs off its restart) aborts the run
+/// with the pod's diagnosis before the step's next evaluation, whatever the figures say.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_pod_that_starts_crash_looping_mid_bake_aborts_the_run() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+
+    let mut bed = CanaryBed::new("canary-crashloop").await;
+    bed.deploy_stable_and_start_traffic(8).await;
+    let new_tag = bed.new_tag.clone();
+    // A long interval: the abort must come from watching the pods, not from an evaluation.
+    let child = bed
+        .command(&[
+            "canary",
+            "start",
+            "--tag",
+            &new_tag,
+            "--bake",
+            "5m",
+            "--interval",
+            "2m",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn psctl canary start");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(state) = bed.state().await
+            && state["step_started_at"].is_i64()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "step 1 never started baking: {:?}",
+            bed.state().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pods = Api::<Pod>::namespaced(bed.sandbox.admin.clone(), &bed.sandbox.namespace);
+    let canary_pod = pods
+        .list(&ListParams::default().labels("app=problemsolver-webhook,track=canary"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .and_then(|p| p.metadata.name)
+        .expect("a canary pod");
+    let sandbox_bin =
+        std::path::Path::new(env!("CARGO_BIN_EXE_psctl")).with_file_name("psctl-sandbox");
+    let kill = || {
+        let output = Command::new(&sandbox_bin)
+            .args([
+                "fault",
+                "kill-container",
+                &canary_pod,
+                "--namespace",
+                &bed.sandbox.namespace,
+            ])
+            .output()
+            .expect("run psctl-sandbox");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    };
+    let restarts = || async {
+        pods.get(&canary_pod)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.first().map(|c| (c.restart_count, c.ready)))
+            .unwrap_or((0, false))
+    };
+    // The first crash is restarted at once (the kubelet's back-off starts after it)...
+    let first = kill();
+    assert!(first.contains("killed"), "{first}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while restarts().await.0 < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the canary container was not restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // ...the second lands in CrashLoopBackOff (10 s of back-off).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        let output = kill();
+        if output.contains("killed") {
+            break output;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running container to kill again: {output}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(second.contains("killed"), "{second}");
+
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["status"], "aborted", "{report}");
+    let reason = report["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("a canary pod failed at step 1/3 (10%): CrashLoopBackOff in pod problemsolver-webhook-canary-"),
+        "{reason}"
+    );
+    // Aborted by the watch: the 2-minute interval never came round to an evaluation.
+    assert_eq!(report["windows"], serde_json::json!([]), "{report}");
+    // Stable is whole again and the canary kept at zero for investigation.
+    assert_eq!(bed.replicas(RELEASE).await, Some(2));
+    assert_eq!(bed.replicas(CANARY).await, Some(0));
 }

@@ -421,27 +421,48 @@ pub async fn list(pool: &PgPool, limit: i64) -> Result<Vec<AuditRow>, AuditError
         .fetch_all(pool)
         .await
         .map_err(AuditError::Read)?;
-    Ok(rows
-        .into_iter()
-        .map(|raw| {
-            let (row, hash) = split(raw);
-            AuditRow {
-                id: row.id,
-                at: row.at,
-                os_user: row.os_user,
-                kube_identity: row.kube_identity,
-                environment: row.environment,
-                action: row.action,
-                target: row.target,
-                from_state: row.from_state,
-                to_state: row.to_state,
-                outcome: row.outcome,
-                details: row.details,
-                prev_hash: row.prev_hash.map(hex::encode),
-                hash: hex::encode(hash),
-            }
-        })
-        .collect())
+    Ok(rows.into_iter().map(listed).collect())
+}
+
+fn listed(raw: RawRow) -> AuditRow {
+    let (row, hash) = split(raw);
+    AuditRow {
+        id: row.id,
+        at: row.at,
+        os_user: row.os_user,
+        kube_identity: row.kube_identity,
+        environment: row.environment,
+        action: row.action,
+        target: row.target,
+        from_state: row.from_state,
+        to_state: row.to_state,
+        outcome: row.outcome,
+        details: row.details,
+        prev_hash: row.prev_hash.map(hex::encode),
+        hash: hex::encode(hash),
+    }
+}
+
+/// The rows of `environment` (and those recorded without one, such as database commands)
+/// written at or after `from`: the newest `limit`, oldest first.
+pub async fn since(
+    pool: &PgPool,
+    environment: &str,
+    from: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<AuditRow>, AuditError> {
+    let sql = format!(
+        "SELECT * FROM (SELECT {SELECT_COLUMNS} FROM ops_audit \
+          WHERE at >= $1 AND (environment = $2 OR environment = '') ORDER BY id DESC LIMIT $3) t ORDER BY id"
+    );
+    let rows: Vec<RawRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(from)
+        .bind(environment)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(AuditError::Read)?;
+    Ok(rows.into_iter().map(listed).collect())
 }
 
 /// Result of walking the whole chain.

@@ -27,6 +27,18 @@ pub enum OnInconclusive {
     Abort,
 }
 
+/// What a latency breach leads to once it has failed `consecutive_failures_to_abort`
+/// evaluations in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnLatency {
+    /// Abort the canary like any other failed gate (the default).
+    Abort,
+    /// Stop promoting and wait for a human (the runbook's "P95 latency >500ms → manual review"):
+    /// only when latency was the one gate that failed.
+    Pause,
+}
+
 /// The thresholds of the gates. Defaults follow the runbook: 95 % confidence, p95 under 500 ms,
 /// an absolute error-rate guardrail of 1 % over 5 minutes, two failed windows in a row to abort.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +70,13 @@ pub struct GatePolicy {
     /// The bake may be extended to this multiple of itself while results are inconclusive.
     pub max_bake_factor: f64,
     pub on_inconclusive: OnInconclusive,
+    /// Absolute target for the canary's failure rate since the step began (the runbook's
+    /// "error rate < 0.5 %": 0.005), judged with `confidence` beside the comparison with stable.
+    /// `None` (the default): only the comparison and the guardrail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// What a latency gate failure does at the abort limit: `abort` (default) or `pause`.
+    pub on_latency: OnLatency,
 }
 
 impl GatePolicy {
@@ -84,6 +103,8 @@ impl Default for GatePolicy {
             consecutive_failures_to_abort: 2,
             max_bake_factor: 3.0,
             on_inconclusive: OnInconclusive::Pause,
+            max_error_rate: None,
+            on_latency: OnLatency::Abort,
         }
     }
 }
@@ -141,6 +162,11 @@ pub fn check_policy(policy: &GatePolicy) -> Result<(), String> {
         if !valid {
             return Err(format!("`{field}` must be {range}"));
         }
+    }
+    if let Some(max) = policy.max_error_rate
+        && !(max > 0.0 && max < 1.0)
+    {
+        return Err("`max_error_rate` must be between 0 and 1 (exclusive), e.g. 0.005".to_owned());
     }
     if policy.latency_slack_ms < 0.0 || policy.guardrail_window.is_zero() {
         return Err(
@@ -262,6 +288,9 @@ pub struct Evaluation {
     pub error_rate: GateOutcome,
     pub latency: GateOutcome,
     pub guardrail: GateOutcome,
+    /// The absolute target (`max_error_rate`), when the policy sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<GateOutcome>,
     /// P(canary failure rate > stable + margin), when it could be computed.
     pub prob_worse: Option<f64>,
     /// P(canary failure rate <= stable + margin), when it could be computed.
@@ -286,20 +315,38 @@ pub enum Verdict {
 impl Evaluation {
     /// A one-line explanation naming every gate that did not pass.
     pub fn summary(&self) -> String {
-        let parts: Vec<String> = [
-            ("error-rate", &self.error_rate),
-            ("latency", &self.latency),
-            ("guardrail", &self.guardrail),
-        ]
-        .into_iter()
-        .filter(|(_, outcome)| !matches!(outcome, GateOutcome::Pass { .. }))
-        .map(|(name, outcome)| format!("{name}: {}", outcome.detail()))
-        .collect();
+        let parts: Vec<String> = self
+            .gates()
+            .into_iter()
+            .filter(|(_, outcome)| !matches!(outcome, GateOutcome::Pass { .. }))
+            .map(|(name, outcome)| format!("{name}: {}", outcome.detail()))
+            .collect();
         if parts.is_empty() {
             "all gates passed".to_string()
         } else {
             parts.join("; ")
         }
+    }
+
+    /// Every gate judged, by name, in report order.
+    pub fn gates(&self) -> Vec<(&'static str, &GateOutcome)> {
+        let mut gates = vec![("error-rate", &self.error_rate)];
+        if let Some(target) = &self.max_error_rate {
+            gates.push(("max-error-rate", target));
+        }
+        gates.push(("latency", &self.latency));
+        gates.push(("guardrail", &self.guardrail));
+        gates
+    }
+
+    /// The latency gate failed and no other gate did.
+    pub fn only_latency_failed(&self) -> bool {
+        matches!(self.latency, GateOutcome::Fail { .. })
+            && self
+                .gates()
+                .iter()
+                .filter(|(name, _)| *name != "latency")
+                .all(|(_, outcome)| !matches!(outcome, GateOutcome::Fail { .. }))
     }
 }
 
@@ -308,8 +355,12 @@ pub fn evaluate(policy: &GatePolicy, observation: &Observation) -> Evaluation {
     let (error_rate, prob_worse, prob_not_worse) = error_rate_gate(policy, observation);
     let latency = latency_gate(policy, observation);
     let guardrail = guardrail_gate(policy, &observation.canary_guardrail);
+    let max_error_rate = policy
+        .max_error_rate
+        .map(|max| target_gate(policy, max, &observation.canary));
 
-    let outcomes = [&error_rate, &latency, &guardrail];
+    let mut outcomes = vec![&error_rate, &latency, &guardrail];
+    outcomes.extend(max_error_rate.as_ref());
     let verdict = if matches!(guardrail, GateOutcome::Fail { .. }) {
         Verdict::GuardrailBreached
     } else if outcomes
@@ -336,8 +387,49 @@ pub fn evaluate(policy: &GatePolicy, observation: &Observation) -> Evaluation {
         error_rate,
         latency,
         guardrail,
+        max_error_rate,
         prob_worse,
         prob_not_worse,
+    }
+}
+
+/// The absolute target: the canary's failure rate since the step began at most `max`, judged
+/// with `confidence` (the prior centred on `max`, as the guardrail's), and, like the comparison,
+/// not passed on fewer than `min_requests`.
+fn target_gate(policy: &GatePolicy, max: f64, canary: &TrackFigures) -> GateOutcome {
+    let (requests, failures) = match canary.counts() {
+        Ok(counts) => counts,
+        Err(missing) => {
+            return GateOutcome::NoData {
+                detail: format!("no canary {missing} from Prometheus"),
+            };
+        }
+    };
+    let counts = Counts::new(requests, failures);
+    let prob_above = BetaPosterior::update(BetaPosterior::centred_on(max), counts).survival(max);
+    let figures = format!(
+        "canary {} of {requests:.0}, target at most {}, P(rate > target) = {prob_above:.3}",
+        percent(counts.rate()),
+        percent(max),
+    );
+    if prob_above > policy.confidence {
+        GateOutcome::Fail { detail: figures }
+    } else if requests < policy.min_requests {
+        GateOutcome::Inconclusive {
+            detail: format!(
+                "{figures}; only {requests:.0} canary requests (need {:.0})",
+                policy.min_requests
+            ),
+        }
+    } else if 1.0 - prob_above >= policy.confidence {
+        GateOutcome::Pass { detail: figures }
+    } else {
+        GateOutcome::Inconclusive {
+            detail: format!(
+                "{figures}; not yet {:.0}% sure it is below",
+                policy.confidence * 100.0
+            ),
+        }
     }
 }
 
@@ -530,7 +622,18 @@ pub fn decide(
         }
         Verdict::Fail => {
             tally.consecutive_failures += 1;
-            if tally.consecutive_failures >= policy.consecutive_failures_to_abort {
+            if tally.consecutive_failures >= policy.consecutive_failures_to_abort
+                && policy.on_latency == OnLatency::Pause
+                && evaluation.only_latency_failed()
+            {
+                StepDecision::Pause {
+                    reason: format!(
+                        "p95 latency failed {} evaluations in a row (on_latency: pause, a human decides): {}",
+                        tally.consecutive_failures,
+                        evaluation.latency.detail()
+                    ),
+                }
+            } else if tally.consecutive_failures >= policy.consecutive_failures_to_abort {
                 StepDecision::Abort {
                     reason: format!(
                         "{} failed evaluations in a row; last: {}",

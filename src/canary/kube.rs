@@ -415,6 +415,27 @@ impl<'a> KubeBackend<'a> {
     }
 }
 
+/// How often the canary pods are looked at during a bake.
+const POD_WATCH_PERIOD: Duration = Duration::from_secs(2);
+
+impl KubeBackend<'_> {
+    /// The first failing canary pod, explained; `None` when none fails or the pods cannot be
+    /// listed (an API hiccup is not the canary's fault: the next look decides).
+    async fn canary_pod_failure(&self) -> Option<String> {
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&self.track_selector(CANARY_TRACK)))
+            .await
+            .ok()?;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        pods.items
+            .iter()
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            .find_map(|pod| crate::rollout::diagnosis::pod_failure(pod, now, &Policy::default()))
+            .map(|diagnosis| diagnosis.to_string())
+    }
+}
+
 impl Backend for KubeBackend<'_> {
     fn now(&self) -> i64 {
         unix_now()
@@ -430,6 +451,24 @@ impl Backend for KubeBackend<'_> {
 
     fn fenced(&self) -> Option<String> {
         self.lease.check().err().map(|error| error.to_string())
+    }
+
+    async fn bake_wait(&self, _run: &CanaryRun, duration: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + duration;
+        loop {
+            if let Some(problem) = self.canary_pod_failure().await {
+                return Some(problem);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            // A lost Lease ends the wait at once: the runner stops at its next check.
+            tokio::select! {
+                () = tokio::time::sleep((deadline - now).min(POD_WATCH_PERIOD)) => {}
+                _ = self.lease.lost() => return None,
+            }
+        }
     }
 
     async fn set_weights(&self, run: &CanaryRun, split: Split) -> Result<String, String> {

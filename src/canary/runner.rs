@@ -27,6 +27,15 @@ pub trait Backend {
     /// Unix seconds.
     fn now(&self) -> i64;
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
+    /// Waits `duration` between two evaluations of a bake, like `sleep`, while watching the
+    /// canary pods all along: returns early with the reason as soon as one of them fails
+    /// (crash loop, image pull, OOM, unready past its probe's grace), so such a canary is
+    /// aborted within one interval rather than judged on figures.
+    fn bake_wait(
+        &self,
+        run: &CanaryRun,
+        duration: Duration,
+    ) -> impl Future<Output = Option<String>>;
     /// Scales the tracks to `split` (creating the canary track if needed) and waits until both
     /// are rolled out. An error means the canary cannot run: the loop aborts.
     fn set_weights(
@@ -165,11 +174,15 @@ pub async fn drive<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
             continue;
         };
 
-        backend
-            .sleep(Duration::from_secs(run.interval_secs.max(1)))
+        let failing = backend
+            .bake_wait(run, Duration::from_secs(run.interval_secs.max(1)))
             .await;
         if backend.fenced().is_some() {
             continue;
+        }
+        if let Some(problem) = failing {
+            let reason = format!("a canary pod failed at {}: {problem}", run.position());
+            return abort(backend, run, reason).await;
         }
         // A request that arrived while sleeping goes first: an abort must not wait for figures.
         if let Some(request) = save(backend, run).await {
@@ -324,11 +337,7 @@ pub fn describe_window(run: &CanaryRun, record: &WindowRecord) -> String {
         record.elapsed_secs,
         run.bake_secs
     );
-    for (name, outcome) in [
-        ("error-rate", &evaluation.error_rate),
-        ("latency", &evaluation.latency),
-        ("guardrail", &evaluation.guardrail),
-    ] {
+    for (name, outcome) in evaluation.gates() {
         text.push_str(&format!(
             "\n  {name:<10} {:<12} {}",
             outcome.name(),
@@ -367,6 +376,9 @@ mod tests {
         sleeps: Cell<usize>,
         /// The Lease is lost after this many sleeps.
         fenced_after_sleeps: Option<usize>,
+        /// A canary pod starts crash-looping during this bake wait (1 = the first).
+        crash_at_wait: Option<usize>,
+        waits: Cell<usize>,
     }
 
     impl Script {
@@ -403,6 +415,20 @@ mod tests {
                 panic!("killed");
             }
             self.clock.set(self.clock.get() + duration.as_secs() as i64);
+        }
+
+        async fn bake_wait(&self, _run: &CanaryRun, duration: Duration) -> Option<String> {
+            let waits = self.waits.get() + 1;
+            self.waits.set(waits);
+            if self.crash_at_wait == Some(waits) {
+                // Seen a few seconds into the wait, long before its end.
+                self.sleep(Duration::from_secs(3)).await;
+                return Some(
+                    "CrashLoopBackOff in pod canary-1 (container worker): last exit code 1".into(),
+                );
+            }
+            self.sleep(duration).await;
+            None
         }
 
         async fn set_weights(&self, run: &CanaryRun, split: Split) -> Result<String, String> {
@@ -545,6 +571,116 @@ mod tests {
             drive(&script, &mut run).await,
             Ending::Aborted { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn an_absolute_error_target_aborts_a_canary_as_bad_as_stable() {
+        // 0.8 % on both tracks: the comparison with stable passes and the 1 % guardrail holds.
+        let both_bad = figures(3000.0, 0.008, 0.008);
+        let script = Script::with(vec![both_bad]);
+        let mut run = short_run();
+        assert_eq!(drive(&script, &mut run).await, Ending::Promoted);
+        assert!(
+            run.windows
+                .iter()
+                .all(|w| w.evaluation.max_error_rate.is_none())
+        );
+
+        // With the runbook's target of 0.5 %, the same figures fail twice in a row: abort.
+        let script = Script::with(vec![both_bad]);
+        let mut run = short_run();
+        run.policy.max_error_rate = Some(0.005);
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert!(
+            reason.starts_with("2 failed evaluations in a row; last: max-error-rate: canary 0.80% of 3000, target at most 0.50%"),
+            "{reason}"
+        );
+        assert_eq!(script.calls(), ["weights 1 9", "smoke", "abort"]);
+        let window = run.windows.last().unwrap();
+        assert_eq!(window.evaluation.error_rate.name(), "pass");
+        assert!(describe_window(&run, window).contains("\n  max-error-rate fail"));
+
+        // A canary under the target passes it and is promoted.
+        let script = Script::with(vec![figures(3000.0, 0.001, 0.004)]);
+        let mut run = short_run();
+        run.policy.max_error_rate = Some(0.005);
+        assert_eq!(drive(&script, &mut run).await, Ending::Promoted);
+        assert!(run.windows.iter().all(|w| {
+            w.evaluation
+                .max_error_rate
+                .as_ref()
+                .is_some_and(|g| g.name() == "pass")
+        }));
+    }
+
+    #[tokio::test]
+    async fn on_latency_decides_what_a_p95_breach_does() {
+        let mut slow = figures(3000.0, 0.004, 0.004);
+        slow.canary.p95_ms = Some(900.0);
+
+        // The default: a latency breach aborts like any failed gate.
+        let script = Script::with(vec![slow]);
+        let mut run = short_run();
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert!(reason.contains("latency: canary p95 900 ms"), "{reason}");
+
+        // `pause`: the run stops for a human at the same point, the tracks untouched.
+        let script = Script::with(vec![slow]);
+        let mut run = short_run();
+        run.policy.on_latency = crate::canary::gate::OnLatency::Pause;
+        let Ending::Paused { reason } = drive(&script, &mut run).await else {
+            panic!("expected a pause");
+        };
+        assert!(
+            reason.starts_with("p95 latency failed 2 evaluations in a row (on_latency: pause"),
+            "{reason}"
+        );
+        assert_eq!(
+            script.calls(),
+            ["weights 1 9", "smoke"],
+            "neither abort nor promote"
+        );
+        assert_eq!(run.status, RunStatus::Paused);
+        assert_eq!(run.windows.len(), 2);
+
+        // `pause` concerns latency alone: with the error comparison failing too, it aborts.
+        let mut slow_and_failing = figures(3000.0, 0.009, 0.002);
+        slow_and_failing.canary.p95_ms = Some(900.0);
+        let script = Script::with(vec![slow_and_failing]);
+        let mut run = short_run();
+        run.policy.on_latency = crate::canary::gate::OnLatency::Pause;
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert!(reason.contains("error-rate: canary 0.90%"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_canary_pod_crash_looping_mid_bake_aborts_within_one_interval() {
+        // Healthy figures throughout: only the pods say something is wrong.
+        let script = Script {
+            crash_at_wait: Some(2),
+            ..Script::with(vec![figures(3000.0, 0.004, 0.004)])
+        };
+        let mut run = short_run();
+        let Ending::Aborted { reason } = drive(&script, &mut run).await else {
+            panic!("expected an abort");
+        };
+        assert_eq!(
+            reason,
+            "a canary pod failed at step 1/4 (10%): CrashLoopBackOff in pod canary-1 (container worker): last exit code 1"
+        );
+        assert_eq!(script.calls(), ["weights 1 9", "smoke", "abort"]);
+        // One evaluation happened (after the first wait); the crash was acted on 3 s into the
+        // second wait, before its 20 s were over and before any further evaluation.
+        assert_eq!(run.windows.len(), 1);
+        let started = run.step_started_at.unwrap();
+        assert_eq!(script.now() - started, 20 + 3);
+        assert_eq!(run.status, RunStatus::Aborted);
     }
 
     #[tokio::test]

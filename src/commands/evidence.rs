@@ -1,7 +1,9 @@
 //! `psctl evidence`: gathers what an incident review needs before pods are replaced or
 //! restarted: each component's pods (status and container states), the last log lines of
 //! every container (and of its previous instance after a crash), the namespace's recent
-//! events, each release's Helm history, the poller checkpoint and recent system events.
+//! events, each release's Helm history, the poller checkpoint, recent system events and the
+//! audit trail's rows of the window; then a postmortem skeleton (`postmortem.md`,
+//! `crate::postmortem`) built from them, linking every file.
 //!
 //! Every item is attempted; one that cannot be read is recorded as skipped with the reason,
 //! so a partial record is still written. Secrets, container environment values and
@@ -23,6 +25,7 @@ use crate::cluster;
 use crate::error::{CommandError, CommandResult, ExitStatus, ResultExt as _};
 use crate::helm::storage::read_revisions;
 use crate::output::{CheckState, Output, Render, Style, table};
+use crate::postmortem;
 use crate::rollout::track::pod_lines;
 use crate::settings::{Environment, GlobalSettings};
 
@@ -142,13 +145,42 @@ pub async fn run(args: EvidenceArgs, global: &GlobalSettings, output: &Output) -
         output,
     };
 
-    match cluster::connect(&environment).await {
+    let events = match cluster::connect(&environment).await {
         Ok(client) => {
-            collect_cluster(&client, &environment, since, tail, now, &mut collector).await;
+            collect_cluster(&client, &environment, since, tail, now, &mut collector).await
         }
-        Err(error) => collector.skip("cluster", error.to_string()),
-    }
-    collect_database(global, output, since, &mut collector).await;
+        Err(error) => {
+            collector.skip("cluster", error.to_string());
+            None
+        }
+    };
+    let audit = collect_database(global, output, &environment, since, &mut collector).await;
+    let links: Vec<postmortem::EvidenceLink> = collector
+        .items
+        .iter()
+        .map(|i| postmortem::EvidenceLink {
+            item: i.item.clone(),
+            file: i.file.clone(),
+            collected: i.result == "collected",
+            detail: i.detail.clone(),
+        })
+        .collect();
+    let collected_at = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let skeleton = postmortem::render(&postmortem::Inputs {
+        environment: &environment.name,
+        namespace: &environment.namespace,
+        collected_at: &collected_at,
+        since: &humantime(since),
+        audit: audit.as_deref(),
+        events: events.as_deref(),
+        evidence: &links,
+    });
+    collector.write(
+        "postmortem",
+        "postmortem.md",
+        &skeleton,
+        "skeleton: timeline, commands run, evidence links".to_owned(),
+    );
 
     let report = EvidenceReport {
         environment: environment.name.clone(),
@@ -208,7 +240,7 @@ async fn collect_cluster(
     tail: u32,
     now: Timestamp,
     collector: &mut Collector<'_>,
-) {
+) -> Option<Vec<postmortem::EventLine>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &environment.namespace);
     for component in &environment.components {
         let list = match pods
@@ -240,24 +272,33 @@ async fn collect_cluster(
     }
 
     let events: Api<Event> = Api::namespaced(client.clone(), &environment.namespace);
-    match events.list(&ListParams::default()).await {
+    let timeline = match events.list(&ListParams::default()).await {
         Ok(list) => {
             let cutoff = now.as_second() - since.as_secs() as i64;
-            let mut lines: Vec<(i64, String)> = list
+            let mut lines: Vec<(i64, String, String)> = list
                 .items
                 .iter()
                 .filter_map(|event| {
                     let at = event_time(event)?;
-                    (at >= cutoff).then(|| (at, event_line(event)))
+                    (at >= cutoff).then(|| (at, event_line(event), event_summary(event)))
                 })
                 .collect();
             lines.sort();
-            let text: String = lines.into_iter().map(|(_, l)| l + "\n").collect();
+            let text: String = lines.iter().map(|(_, l, _)| format!("{l}\n")).collect();
             let count = text.lines().count();
             collector.write("events", "events.txt", &text, format!("{count} events"));
+            Some(
+                lines
+                    .into_iter()
+                    .map(|(at, _, text)| postmortem::EventLine { at, text })
+                    .collect(),
+            )
         }
-        Err(error) => collector.skip("events", cluster::describe(&error)),
-    }
+        Err(error) => {
+            collector.skip("events", cluster::describe(&error));
+            None
+        }
+    };
 
     let releases: Vec<String> = environment
         .components
@@ -273,6 +314,7 @@ async fn collect_cluster(
         ),
         Err(error) => collector.skip("helm history", format!("{:#}", error.error())),
     }
+    timeline
 }
 
 #[derive(Debug, Serialize)]
@@ -428,13 +470,18 @@ fn event_line(event: &Event) -> String {
         .and_then(|s| Timestamp::from_second(s).ok())
         .map(|t| t.to_string())
         .unwrap_or_default();
+    format!("{at} {}", event_summary(event))
+}
+
+/// An event without its time: type, object, reason, message and count.
+fn event_summary(event: &Event) -> String {
     let object = format!(
         "{}/{}",
         event.involved_object.kind.clone().unwrap_or_default(),
         event.involved_object.name.clone().unwrap_or_default()
     );
     format!(
-        "{at} {} {object} {}: {} (x{})",
+        "{} {object} {}: {} (x{})",
         event.type_.clone().unwrap_or_default(),
         event.reason.clone().unwrap_or_default(),
         event.message.clone().unwrap_or_default().replace('\n', " "),
@@ -442,17 +489,20 @@ fn event_line(event: &Event) -> String {
     )
 }
 
+/// The database items; returns the audit rows of the window for the postmortem (`None` when
+/// the audit trail could not be read).
 async fn collect_database(
     global: &GlobalSettings,
     output: &Output,
+    environment: &Environment,
     since: Duration,
     collector: &mut Collector<'_>,
-) {
+) -> Option<Vec<crate::audit::AuditRow>> {
     let target = match resolve_target(global, output) {
         Ok(target) => target,
         Err(error) => {
             collector.skip("database", format!("{:#}", error.error()));
-            return;
+            return None;
         }
     };
     let pool = match crate::db::connect(&target.url, Duration::from_secs(5)).await {
@@ -462,7 +512,7 @@ async fn collect_database(
                 "database",
                 output.redactor().scrub(&error.to_string()).into_owned(),
             );
-            return;
+            return None;
         }
     };
     let checkpoint = sqlx::query(
@@ -526,8 +576,33 @@ async fn collect_database(
         }
         Err(error) => collector.skip("system events", error.to_string()),
     }
+    let audit = match crate::audit::since(
+        &pool,
+        &environment.name,
+        chrono::TimeDelta::from_std(since)
+            .ok()
+            .and_then(|window| chrono::Utc::now().checked_sub_signed(window))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+        AUDIT_ROWS,
+    )
+    .await
+    {
+        Ok(rows) => {
+            let detail = format!("{} rows (oldest first, {AUDIT_ROWS} at most)", rows.len());
+            collector.json("audit trail", "db/audit.json", &rows, detail);
+            Some(rows)
+        }
+        Err(error) => {
+            collector.skip("audit trail", error.to_string());
+            None
+        }
+    };
     pool.close().await;
+    audit
 }
+
+/// Audit rows of the window collected at most (the newest).
+const AUDIT_ROWS: i64 = 1000;
 
 #[cfg(test)]
 mod tests {

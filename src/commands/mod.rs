@@ -17,6 +17,7 @@ pub mod secrets;
 pub mod smoke;
 pub mod status;
 pub mod support;
+pub mod uninstall;
 
 use crate::cli::Command;
 use crate::error::{CommandError, CommandResult};
@@ -50,6 +51,7 @@ pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output
         Command::Deploy(args) => deploy::run(args, global, output).await,
         Command::History(args) => history::run(args, global, output).await,
         Command::Rollback(args) => rollback::run(args, global, output).await,
+        Command::Uninstall(args) => uninstall::run(args, global, output).await,
         Command::Status(args) => status::run(args, global, output).await,
         Command::Smoke(args) => smoke::run(args, global, output).await,
         Command::Canary(command) => canary::run(command, global, output).await,

@@ -1,7 +1,8 @@
 //! `psctl rollback`: return a component to an earlier Helm revision (default: the last one that
 //! was deployed successfully), or to the Deployment's previous ReplicaSet (`--undo`), or recover
 //! a release stuck in `pending-*` (`--unstick`). Each builds a plan first, tracks the result
-//! like a deploy, takes the deploy Lease and writes the audit trail.
+//! like a deploy, verifies the recovery (`crate::recovery`: smoke checks and the deposit-rate
+//! baseline, unless `--no-verify`), takes the deploy Lease and writes the audit trail.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::helm::driver::HelmCommand;
 use crate::helm::revision;
 use crate::helm::storage::{self, Revision};
 use crate::output::{CheckState, Output, Render, Style};
+use crate::recovery::{self, Incident, Verification};
 use crate::rollout::diagnosis::{Policy, REVISION_ANNOTATION};
 use crate::rollout::track::{self, Target};
 use crate::settings::{Component, Environment, GlobalSettings};
@@ -239,6 +241,46 @@ pub fn undo_target<'a>(
         .max_by_key(|(_, revision)| *revision)
 }
 
+/// What `psctl rollback -o json` prints after acting: the plan and how the recovery was
+/// verified.
+#[derive(Debug, Serialize)]
+pub struct RollbackReport<'a> {
+    #[serde(flatten)]
+    pub plan: &'a RollbackPlan,
+    pub verification: Verification,
+}
+
+impl Render for RollbackReport<'_> {
+    fn render_table(&self, style: &Style) -> String {
+        let mut text = self.plan.render_table(style);
+        let verification = &self.verification;
+        let status = serde_json::to_value(verification.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        match &verification.reason {
+            Some(reason) => text.push_str(&format!("verification: {status} ({reason})\n")),
+            None => {
+                let failed = verification.failure_summary();
+                if failed.is_empty() {
+                    text.push_str(&format!("verification: {status}\n"));
+                } else {
+                    text.push_str(&format!("verification: {status}: {failed}\n"));
+                }
+            }
+        }
+        text
+    }
+}
+
+/// Unix seconds of the current revision's last deployment: when the incident began. Pure.
+fn incident_start(history: &[Revision]) -> Option<i64> {
+    let current = revision::current(history)?;
+    chrono::DateTime::parse_from_rfc3339(&current.updated)
+        .ok()
+        .map(|t| t.timestamp())
+}
+
 pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -> CommandResult {
     let RollbackArgs {
         component,
@@ -247,6 +289,7 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
         unstick,
         force,
         timeout,
+        no_verify,
     } = args;
     let mode = match (undo, unstick) {
         (true, _) => Mode::Undo,
@@ -271,8 +314,8 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
     };
     let client = cluster::connect(&environment).await?;
     let helm = support::helm_target(&environment);
-    let plan = match mode {
-        Mode::Undo => undo_plan(&client, &environment, &component).await?,
+    let (plan, started) = match mode {
+        Mode::Undo => (undo_plan(&client, &environment, &component).await?, None),
         Mode::Helm(wanted) => {
             let history = read_revisions(
                 &client,
@@ -280,7 +323,10 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
                 std::slice::from_ref(&component.release),
             )
             .await?;
-            helm_plan(&component, &history, wanted, &helm)?
+            (
+                helm_plan(&component, &history, wanted, &helm)?,
+                incident_start(&history),
+            )
         }
         Mode::Unstick => {
             let history = read_revisions(
@@ -289,8 +335,15 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
                 std::slice::from_ref(&component.release),
             )
             .await?;
-            unstick_plan(&component, &history, &helm)?
+            (
+                unstick_plan(&component, &history, &helm)?,
+                incident_start(&history),
+            )
         }
+    };
+    let incident = Incident {
+        started,
+        rollback_started: chrono::Utc::now().timestamp(),
     };
     if global.dry_run {
         output.data(&plan).context("writing the plan")?;
@@ -315,10 +368,18 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
         output,
     )
     .await;
-    let outcome = if result.is_ok() {
-        "succeeded"
-    } else {
-        "failed"
+    let verification = match &result {
+        Err(_) => Verification::not_run("the rollback did not complete"),
+        Ok(false) => {
+            Verification::skipped("nothing rolled out to verify (the release was uninstalled)")
+        }
+        Ok(true) if no_verify => Verification::skipped("--no-verify"),
+        Ok(true) => recovery::verify(&client, &environment, &component, incident, output).await,
+    };
+    let outcome = match (&result, verification.status) {
+        (Err(_), _) => "failed",
+        (Ok(_), recovery::Status::Failed) => "unverified",
+        (Ok(_), _) => "succeeded",
     };
     support::audit(
         audit.as_ref(),
@@ -334,15 +395,38 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
                 .target_revision
                 .map_or_else(|| "uninstalled".to_owned(), |r| format!("revision {r}")),
             outcome: outcome.to_owned(),
-            details: serde_json::json!({"component": component.name}),
+            details: serde_json::json!({
+                "component": component.name,
+                "verification": verification.status,
+            }),
         },
     )
     .await;
     if let Err(error) = held.release().await {
         output.warn(format!("the deploy lock was not released cleanly: {error}"));
     }
-    output.data(&plan).context("writing the rollback report")?;
-    result.map(|()| ExitStatus::Success)
+    let status = verification.exit_status();
+    let failures = verification.failure_summary();
+    output
+        .data(&RollbackReport {
+            plan: &plan,
+            verification,
+        })
+        .context("writing the rollback report")?;
+    result?;
+    match status {
+        ExitStatus::Success => Ok(ExitStatus::Success),
+        ExitStatus::Unreachable => Err(CommandError::unreachable(anyhow::anyhow!(
+            "the rollback of `{}` rolled out but its recovery could not be verified: {failures}",
+            component.name
+        ))
+        .hint("check that the cluster and Prometheus answer, then `psctl smoke --env ENV`")),
+        _ => Err(CommandError::verification(anyhow::anyhow!(
+            "the rollback of `{}` rolled out but the service did not recover: {failures}",
+            component.name
+        ))
+        .hint("the revision rolled back to is not healthy either: inspect `psctl status` and `psctl history`, then roll back further with `--to-rev N` or stop it with `psctl kill-switch on`")),
+    }
 }
 
 async fn undo_plan(
@@ -459,7 +543,7 @@ async fn execute(
     plan: &RollbackPlan,
     execution: Execution,
     output: &Output,
-) -> Result<(), CommandError> {
+) -> Result<bool, CommandError> {
     let Execution { timeout, force } = execution;
     let mut needs_tracking = false;
     for step in &plan.steps {
@@ -528,7 +612,7 @@ async fn execute(
         }
     }
     if !needs_tracking {
-        return Ok(());
+        return Ok(false);
     }
     let target = Target {
         namespace: environment.namespace.clone(),
@@ -542,7 +626,7 @@ async fn execute(
         &outcome,
     );
     if outcome.is_complete() {
-        Ok(())
+        Ok(true)
     } else {
         Err(CommandError::verification(anyhow::anyhow!(
             "the rollback of `{}` did not roll out: {}",

@@ -635,6 +635,7 @@ impl Executor<'_> {
                         unstick: false,
                         force: false,
                         timeout: std::time::Duration::from_secs(300),
+                        no_verify: false,
                     };
                     let mut global = self.global.clone();
                     global.dry_run = false;

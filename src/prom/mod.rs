@@ -93,6 +93,20 @@ impl Prometheus {
         decode_query(data)
     }
 
+    /// Evaluates `promql` at `unix_seconds` (the API's `time` parameter), as it would have
+    /// answered then: what a rate was before an incident, say.
+    pub async fn query_at(
+        &self,
+        promql: &str,
+        unix_seconds: i64,
+    ) -> Result<Vec<Sample>, PromError> {
+        let time = unix_seconds.to_string();
+        let data: QueryData = self
+            .get("/api/v1/query", &[("query", promql), ("time", &time)])
+            .await?;
+        decode_query(data)
+    }
+
     /// Every active scrape target.
     pub async fn targets(&self) -> Result<Vec<Target>, PromError> {
         let data: TargetsData = self.get("/api/v1/targets", &[("state", "active")]).await?;

@@ -262,7 +262,9 @@ fn belongs_to(pod: &Pod, rs: &ReplicaSet) -> bool {
         }
 }
 
-fn pod_failure(pod: &Pod, now: Timestamp, policy: &Policy) -> Option<Diagnosis> {
+/// Why one pod is failing (a container crash-looping, unable to pull or start, OOM-killed, or
+/// running unready past its probe's grace), or `None`. Pure.
+pub fn pod_failure(pod: &Pod, now: Timestamp, policy: &Policy) -> Option<Diagnosis> {
     let name = pod.metadata.name.clone();
     let status = pod.status.as_ref()?;
     let statuses = status

@@ -79,7 +79,24 @@ struct RawEnvironment {
     helm: Option<PathBuf>,
     secret: Option<RawSecret>,
     build: Option<RawBuild>,
+    recovery: Option<RawRecovery>,
     components: Option<IndexMap<String, RawComponent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecovery {
+    deposit_rate_baseline: Option<RawBaseline>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBaseline {
+    query: Option<String>,
+    window: Option<String>,
+    tolerance: Option<f64>,
+    interval: Option<String>,
+    lookback: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,9 +173,40 @@ pub struct Environment {
     pub secret: SecretSpec,
     /// How `psctl build` makes the images.
     pub build: BuildSpec,
+    /// What `psctl rollback` checks besides the smoke suite (the `recovery:` section).
+    pub recovery: RecoverySpec,
     /// In file order: `deploy` without `--component` walks them in this order.
     pub components: Vec<Component>,
 }
+
+/// The `recovery:` section of an environment: how `psctl rollback` proves the service recovered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecoverySpec {
+    /// The deposit rate must return to its pre-incident level (none: not checked).
+    pub deposit_rate_baseline: Option<BaselineSpec>,
+}
+
+/// `recovery.deposit_rate_baseline`: a PromQL rate compared with its value before the incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaselineSpec {
+    /// Instant query whose series are summed, e.g.
+    /// `sum(rate(problemsolver_deposits_processed_total[5m]))`.
+    pub query: String,
+    /// How long after the rollback the rate may take to come back.
+    pub window: Duration,
+    /// The share of the baseline that counts as "back" (0 < tolerance <= 1; default 0.8).
+    pub tolerance: f64,
+    /// How often the rate is read during the window (default 15 s).
+    pub interval: Duration,
+    /// When psctl cannot tell when the bad revision arrived (`--undo`), the baseline is read
+    /// this long before the rollback started (default 30 m).
+    pub lookback: Duration,
+}
+
+/// Defaults of `recovery.deposit_rate_baseline`.
+pub const DEFAULT_BASELINE_TOLERANCE: f64 = 0.8;
+pub const DEFAULT_BASELINE_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_BASELINE_LOOKBACK: Duration = Duration::from_secs(1800);
 
 /// The `build:` section of an environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -448,6 +496,7 @@ fn validate_environment(
         helm,
         secret,
         build,
+        recovery,
         components,
     } = raw;
     let kube_context = required_text(kube_context, &key("kube_context"), invalid)?;
@@ -512,6 +561,7 @@ fn validate_environment(
             "must start with http:// or https://, e.g. `http://127.0.0.1:9090`",
         ));
     }
+    let recovery = validate_recovery(recovery, &key, invalid)?;
     let components = match components {
         None => default_components(),
         Some(raw) if raw.is_empty() => {
@@ -557,7 +607,75 @@ fn validate_environment(
         helm: helm.map(|p| resolve_relative(base, p)),
         secret,
         build,
+        recovery,
         components,
+    })
+}
+
+fn validate_recovery(
+    raw: Option<RawRecovery>,
+    key: &dyn Fn(&str) -> String,
+    invalid: Invalid<'_>,
+) -> Result<RecoverySpec, ConfigError> {
+    let Some(RawRecovery {
+        deposit_rate_baseline,
+    }) = raw
+    else {
+        return Ok(RecoverySpec::default());
+    };
+    let Some(RawBaseline {
+        query,
+        window,
+        tolerance,
+        interval,
+        lookback,
+    }) = deposit_rate_baseline
+    else {
+        return Ok(RecoverySpec::default());
+    };
+    let prefix = "recovery.deposit_rate_baseline";
+    let query = required_text(query, &key(&format!("{prefix}.query")), invalid)?;
+    let duration = |field: &str, text: Option<String>, default: Option<Duration>| {
+        let name = key(&format!("{prefix}.{field}"));
+        let value = match (text, default) {
+            (Some(text), _) => parse_duration(&text).map_err(|e| invalid(name.clone(), &e))?,
+            (None, Some(default)) => default,
+            (None, None) => {
+                return Err(invalid(
+                    name,
+                    "required: how long the rate may take to return, e.g. `10m`",
+                ));
+            }
+        };
+        if value.is_zero() {
+            return Err(invalid(name, "must be more than zero"));
+        }
+        Ok(value)
+    };
+    let window = duration("window", window, None)?;
+    let interval = duration("interval", interval, Some(DEFAULT_BASELINE_INTERVAL))?;
+    if interval > window {
+        return Err(invalid(
+            key(&format!("{prefix}.interval")),
+            "must be at most the window",
+        ));
+    }
+    let lookback = duration("lookback", lookback, Some(DEFAULT_BASELINE_LOOKBACK))?;
+    let tolerance = tolerance.unwrap_or(DEFAULT_BASELINE_TOLERANCE);
+    if !(tolerance > 0.0 && tolerance <= 1.0) {
+        return Err(invalid(
+            key(&format!("{prefix}.tolerance")),
+            "must be more than 0 and at most 1 (the share of the baseline that counts as recovered, e.g. 0.8)",
+        ));
+    }
+    Ok(RecoverySpec {
+        deposit_rate_baseline: Some(BaselineSpec {
+            query,
+            window,
+            tolerance,
+            interval,
+            lookback,
+        }),
     })
 }
 
@@ -880,6 +998,96 @@ environments:
         assert_eq!(
             error_text("environments: {dev: {namespace: default}}"),
             "psctl.yaml: environments.dev.kube_context: missing"
+        );
+    }
+
+    /// The production example: 10 worker replicas, so the canary steps are 1+9, 3+7 and 6+4;
+    /// the absolute error target and `on_latency: pause`; the deposit-rate baseline.
+    #[test]
+    fn the_production_example_gives_the_worker_ten_replicas_and_the_runbook_gates() {
+        let text = include_str!("../../docs/examples/psctl.production.yaml");
+        let config = parse(Path::new("psctl.production.yaml"), text).unwrap();
+        let production = &config.environments["production"];
+        assert!(production.production);
+        let webhook = production.component("webhook").unwrap();
+        let replicas = webhook.values["replicaCount"].as_i64().unwrap();
+        assert_eq!(replicas, 10);
+        let canary = webhook.canary.as_ref().unwrap();
+        let splits: Vec<(i32, i32)> = canary
+            .steps
+            .iter()
+            .map(|weight| {
+                let split = crate::canary::state::split(i32::try_from(replicas).unwrap(), *weight);
+                (split.canary, split.stable)
+            })
+            .collect();
+        assert_eq!(splits, [(1, 9), (3, 7), (6, 4), (10, 0)]);
+        assert_eq!(canary.policy.max_error_rate, Some(0.005));
+        assert_eq!(
+            canary.policy.on_latency,
+            crate::canary::gate::OnLatency::Pause
+        );
+        assert_eq!(
+            production
+                .recovery
+                .deposit_rate_baseline
+                .as_ref()
+                .map(|b| b.window),
+            Some(Duration::from_secs(900))
+        );
+    }
+
+    #[test]
+    fn the_recovery_baseline_is_optional_read_and_checked() {
+        let config = parse(Path::new("psctl.yaml"), CONTRACT_EXAMPLE).unwrap();
+        assert_eq!(
+            config.environments["sandbox"].recovery,
+            RecoverySpec::default()
+        );
+        let with = |baseline: &str| {
+            format!(
+                "environments: {{dev: {{kube_context: c, recovery: {{deposit_rate_baseline: {baseline}}}}}}}"
+            )
+        };
+        let config = parse(
+            Path::new("psctl.yaml"),
+            &with("{query: 'sum(rate(problemsolver_deposits_processed_total[5m]))', window: 10m}"),
+        )
+        .unwrap();
+        let baseline = config.environments["dev"]
+            .recovery
+            .deposit_rate_baseline
+            .clone()
+            .unwrap();
+        assert_eq!(
+            baseline,
+            BaselineSpec {
+                query: "sum(rate(problemsolver_deposits_processed_total[5m]))".to_owned(),
+                window: Duration::from_secs(600),
+                tolerance: DEFAULT_BASELINE_TOLERANCE,
+                interval: DEFAULT_BASELINE_INTERVAL,
+                lookback: DEFAULT_BASELINE_LOOKBACK,
+            }
+        );
+        let prefix = "environments.dev.recovery.deposit_rate_baseline";
+        assert!(
+            error_text(&with("{window: 10m}")).contains(&format!("{prefix}.query: missing")),
+            "{}",
+            error_text(&with("{window: 10m}"))
+        );
+        assert!(error_text(&with("{query: q}")).contains(&format!("{prefix}.window: required")));
+        assert!(
+            error_text(&with("{query: q, window: 10m, tolerance: 1.5}")).contains(&format!(
+                "{prefix}.tolerance: must be more than 0 and at most 1"
+            ))
+        );
+        assert!(
+            error_text(&with("{query: q, window: 1m, interval: 5m}"))
+                .contains(&format!("{prefix}.interval: must be at most the window"))
+        );
+        assert!(
+            error_text(&with("{query: q, window: 10m, baseline: 3}"))
+                .contains("unknown field `baseline`")
         );
     }
 

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use file::{
-    BuildSpec, BuildTool, CanarySpec, Component, ConfigError, Environment, MetricsSpec, SecretSpec,
+    BaselineSpec, BuildSpec, BuildTool, CanarySpec, Component, ConfigError, Environment,
+    MetricsSpec, RecoverySpec, SecretSpec,
 };
 
 use crate::cli::{GlobalArgs, OutputFormat};
