@@ -30,8 +30,10 @@
 //!   2 failed checks, counted cumulatively as those tools count them, abort; after 5 checks
 //!   (the 300 s bake) it promotes. It never pauses.
 //!
-//! The last lines are the headline, each `name=value`, for 100 canary requests a minute; each
-//! psctl figure is followed by the threshold gate's on the same runs (`threshold_` prefix):
+//! The headline, for 100 canary requests a minute, is printed on one line (`headline at 100
+//! req/min: psctl <figures> | threshold <figures>`), then once more one figure a line, each
+//! `name=value`, each psctl figure followed by the threshold gate's on the same runs
+//! (`threshold_` prefix), as the last eight lines:
 //! - `false_abort_rate`: share of equal-canary runs that ended aborted, at any point of the step.
 //! - `healthy_paused_rate`: share of equal-canary runs that ended paused for a human.
 //! - `detect_5x_rate`: share of 5×-error runs aborted within two evaluation windows, a window
@@ -43,7 +45,8 @@
 //!   the abort. Neither gate can pause on latency (a breach is a failure, never inconclusive),
 //!   so no pauses are counted.
 //!
-//! `cargo bench -p psctl --bench canary` (set `CANARY_SIM_RUNS` to change the run count).
+//! `cargo bench -p psctl --bench canary` (set `CANARY_SIM_RUNS` to change the run count; run by
+//! `cargo test --bench canary`, the quick mode CI uses, the default is 50 runs).
 
 use std::time::Duration;
 
@@ -421,10 +424,12 @@ fn simulate(policy: &GatePolicy, scenario: usize, per_minute: u64, runs: u32) ->
 }
 
 fn main() {
+    // `cargo test --bench canary` (no `--bench` argument) is the quick mode CI uses.
+    let full = std::env::args().any(|arg| arg == "--bench");
     let runs: u32 = std::env::var("CANARY_SIM_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(if full { 2000 } else { 50 });
     let policy = GatePolicy::default();
     let started = std::time::Instant::now();
 
@@ -525,6 +530,19 @@ fn main() {
             slow.1.share(slow.1.aborted_by_latency),
         ),
     ];
+    // The headline on one line, psctl's gate beside the threshold gate, then one figure a line.
+    let side = |pick: fn(&(&str, f64, f64)) -> f64| {
+        figures
+            .iter()
+            .map(|figure| format!("{}={:.4}", figure.0, pick(figure)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "headline at {HEADLINE_PER_MINUTE} req/min: psctl {} | threshold {}",
+        side(|figure| figure.1),
+        side(|figure| figure.2)
+    );
     for (name, ours, theirs) in figures {
         println!("{name}={ours:.4}");
         println!("threshold_{name}={theirs:.4}");

@@ -41,4 +41,7 @@ cargo nextest run --workspace --locked --no-fail-fast --failure-output final -E 
 
 step "fault matrix (tests/faults.rs: one line per case, then fault_matrix cases=N survived=N)"
 cargo nextest run -p psctl --test faults --locked --no-capture || status=$?
+
+step "benchmarks (scripts/bench-quick.sh: every benchmark compiles; the cheap ones print their figures)"
+scripts/bench-quick.sh || status=$?
 exit "$status"

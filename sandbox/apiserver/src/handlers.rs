@@ -18,6 +18,7 @@ use crate::managed::{self, Scope, Writer};
 use crate::patch::{self, PatchKind};
 use crate::query::Query;
 use crate::rbac::{self, RoleSource};
+use crate::requests::RequestCounter;
 use crate::resources::{self, ResourceInfo};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, success_status};
@@ -31,6 +32,8 @@ pub struct State {
     pub resources: RwLock<Vec<ResourceInfo>>,
     /// Active injected faults.
     pub faults: Faults,
+    /// Authenticated requests counted by user, verb and resource (`/_sandbox/requests`).
+    pub requests: RequestCounter,
     /// Bearer tokens: the administrator's and those issued through TokenRequest.
     pub authenticator: Authenticator,
     /// Configuration given at start.
@@ -197,6 +200,7 @@ impl State {
             store: Store::new(config.watch_history),
             resources: RwLock::new(resources::builtin()),
             faults: Faults::default(),
+            requests: RequestCounter::default(),
             authenticator: Authenticator::new(config.admin_token.clone()),
             config,
             local_addr,

@@ -32,6 +32,7 @@ pub mod protobuf;
 pub mod proxy;
 pub mod query;
 pub mod rbac;
+pub mod requests;
 pub mod resources;
 pub mod selector;
 pub mod server;

@@ -25,6 +25,7 @@ use crate::managed::Writer;
 use crate::patch::PatchKind;
 use crate::query::{Query, ResourcePath, split_path};
 use crate::rbac::{self, Attributes};
+use crate::requests::RequestKind;
 use crate::status::ApiError;
 use crate::{
     ApiServerConfig, Authorization, LogOptions, PodBackendError, PodLogs, discovery, protobuf,
@@ -327,7 +328,11 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
             return error_response(&error);
         }
     };
-    if let Err(error) = authorize(&state, &request, &user) {
+    let attributes = attributes_of(&state, &request, &user);
+    if !path.starts_with("/_sandbox/") {
+        state.requests.record(RequestKind::of(&attributes));
+    }
+    if let Err(error) = authorize(&state, &attributes) {
         tracing::debug!(%method, %path, user = %user.name, "request forbidden");
         return error_response(&error);
     }
@@ -393,12 +398,11 @@ fn attributes_of(state: &State, request: &Request<Incoming>, user: &UserInfo) ->
     }
 }
 
-fn authorize(state: &State, request: &Request<Incoming>, user: &UserInfo) -> Result<(), ApiError> {
+fn authorize(state: &State, attributes: &Attributes) -> Result<(), ApiError> {
     if state.config.authorization == Authorization::AlwaysAllow {
         return Ok(());
     }
-    let attributes = attributes_of(state, request, user);
-    if rbac::authorize(state, &attributes).allowed {
+    if rbac::authorize(state, attributes).allowed {
         Ok(())
     } else {
         Err(attributes.forbidden())
@@ -415,6 +419,7 @@ async fn route(
     let resources = state.resource_table();
     match (method.clone(), path.as_str()) {
         (_, "/_sandbox/faults") => return faults(state, request).await,
+        (_, "/_sandbox/requests") => return requests(state, &request),
         (Method::GET, "/version") => {
             return Ok(json_response(
                 200,
@@ -492,6 +497,23 @@ async fn faults(
         }
         _ => Err(ApiError::method_not_allowed(
             "use GET, POST or DELETE on /_sandbox/faults",
+        )),
+    }
+}
+
+fn requests(state: &State, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    match *request.method() {
+        Method::GET => {
+            let query = Query::parse(request.uri().query());
+            let counts = state.requests.snapshot(query.get("user"));
+            Ok(json_response(200, &crate::requests::report(&counts)))
+        }
+        Method::DELETE => {
+            state.requests.reset();
+            Ok(json_response(200, &json!({ "cleared": true })))
+        }
+        _ => Err(ApiError::method_not_allowed(
+            "use GET (optionally ?user=NAME) or DELETE on /_sandbox/requests",
         )),
     }
 }

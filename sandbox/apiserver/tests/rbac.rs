@@ -271,3 +271,108 @@ async fn kube_rs_through_a_kubeconfig_uses_https_with_the_servers_ca() {
         .expect("listed over HTTPS, the certificate verified against the CA");
     test.server.shutdown().await;
 }
+
+fn sandbox_request(method: &str, uri: &str) -> http::Request<Vec<u8>> {
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Vec::new())
+        .expect("request")
+}
+
+/// `/_sandbox/requests` counts what each identity asked, forbidden requests included, in the
+/// audit log's terms (its own path is not counted); only the administrator reads or resets it.
+#[tokio::test]
+async fn requests_are_counted_per_identity_verb_and_resource() {
+    let test = common::start().await;
+    let viewer = bound_account(&test.client, &test.server, "default", "viewer", "view").await;
+    test.client
+        .request_text(sandbox_request("DELETE", "/_sandbox/requests"))
+        .await
+        .expect("reset");
+
+    let maps: Api<ConfigMap> = Api::namespaced(viewer.clone(), "default");
+    maps.list(&Default::default()).await.expect("view lists");
+    maps.list(&Default::default()).await.expect("view lists");
+    maps.get_opt("absent").await.expect("view gets");
+    let secrets: Api<Secret> = Api::namespaced(viewer.clone(), "default");
+    secrets
+        .list(&Default::default())
+        .await
+        .expect_err("view reads no Secrets");
+    viewer
+        .request_text(sandbox_request("GET", "/version"))
+        .await
+        .expect("version");
+    let admin_maps: Api<ConfigMap> = Api::namespaced(test.client.clone(), "default");
+    admin_maps
+        .list(&Default::default())
+        .await
+        .expect("admin lists");
+
+    let refused = viewer
+        .request_text(sandbox_request("GET", "/_sandbox/requests"))
+        .await
+        .expect_err("only the administrator reads the counts");
+    assert!(matches!(refused, kube::Error::Api(status) if status.code == 403));
+
+    let user = "system:serviceaccount:default:viewer";
+    let text = test
+        .client
+        .request_text(sandbox_request(
+            "GET",
+            &format!("/_sandbox/requests?user={user}"),
+        ))
+        .await
+        .expect("counts");
+    let counts: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let row = |verb: &str, resource: &str, path: &str| json!({"user": user, "verb": verb, "group": "", "resource": resource, "subresource": "", "path": path});
+    let with_count = |mut row: serde_json::Value, count: u64| {
+        row["count"] = json!(count);
+        row
+    };
+    assert_eq!(
+        counts,
+        json!({
+            "total": 5,
+            "requests": [
+                with_count(row("get", "", "/version"), 1),
+                with_count(row("get", "configmaps", ""), 1),
+                with_count(row("list", "configmaps", ""), 2),
+                with_count(row("list", "secrets", ""), 1),
+            ],
+        }),
+        "{text}"
+    );
+    let everyone: serde_json::Value = serde_json::from_str(
+        &test
+            .client
+            .request_text(sandbox_request("GET", "/_sandbox/requests"))
+            .await
+            .expect("counts"),
+    )
+    .expect("JSON");
+    let admin_lists = everyone["requests"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["user"] == "sandbox-admin" && r["verb"] == "list")
+        .expect("the administrator's list is counted");
+    assert_eq!(admin_lists["resource"], "configmaps");
+    assert_eq!(admin_lists["count"], 1);
+
+    test.client
+        .request_text(sandbox_request("DELETE", "/_sandbox/requests"))
+        .await
+        .expect("reset");
+    let after: serde_json::Value = serde_json::from_str(
+        &test
+            .client
+            .request_text(sandbox_request("GET", "/_sandbox/requests"))
+            .await
+            .expect("counts"),
+    )
+    .expect("JSON");
+    assert_eq!(after, json!({"total": 0, "requests": []}));
+    test.server.shutdown().await;
+}
