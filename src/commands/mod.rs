@@ -40,6 +40,7 @@ pub async fn dispatch(command: Command, global: &GlobalSettings, output: &Output
         Command::Deploy(_)
             | Command::History(_)
             | Command::Rollback(_)
+            | Command::Uninstall(_)
             | Command::Status(_)
             | Command::Canary(_)
             | Command::Run(_)

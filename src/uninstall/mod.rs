@@ -310,6 +310,7 @@ mod tests {
             namespace: "apps".into(),
             kube_context: "c".into(),
             kubeconfig: None,
+            in_cluster: false,
         }
     }
 
