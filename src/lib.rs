@@ -5,8 +5,9 @@
 //! subcommand, thin) over library modules that each own one concern: `cluster` (Kubernetes
 //! access), `helm` (the Helm driver and Helm's release storage), `rollout` (tracking and
 //! diagnosis), `lock` (the deploy Lease), `output` (printing and redaction), `canary` (gate
-//! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail), and
-//! `events` (the Kubernetes Events that mirror audited actions).
+//! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail),
+//! `events` (the Kubernetes Events that mirror audited actions), and `yaml` (the one YAML
+//! library, re-exported).
 
 pub mod audit;
 pub mod build;
@@ -31,6 +32,7 @@ pub mod secrets;
 pub mod settings;
 pub mod smoke;
 pub mod state;
+pub mod yaml;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

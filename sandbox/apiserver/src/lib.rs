@@ -40,6 +40,7 @@ pub mod store;
 pub mod table;
 pub mod tls;
 pub mod watch;
+mod yaml;
 
 pub use server::{ApiServer, RunningApiServer};
 pub use status::ApiError;
