@@ -6,7 +6,8 @@
 //! access), `helm` (the Helm driver and Helm's release storage), `rollout` (tracking and
 //! diagnosis), `lock` (the deploy Lease), `output` (printing and redaction), `canary` (gate
 //! statistics and decisions), `db` and `audit` (migrations, backups and the audit trail), `recovery` (what a rollback
-//! verifies), and `events` (the Kubernetes Events that mirror audited actions).
+//! verifies), `events` (the Kubernetes Events that mirror audited actions), and `yaml` (the one YAML
+//! library, re-exported).
 
 pub mod audit;
 pub mod build;
@@ -34,6 +35,7 @@ pub mod settings;
 pub mod smoke;
 pub mod state;
 pub mod uninstall;
+pub mod yaml;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

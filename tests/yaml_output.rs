@@ -58,7 +58,7 @@ fn yaml_and_json_carry_the_same_document() {
         let yaml_text = psctl(&[command, &["-o", "yaml"][..]].concat(), config.path());
         assert_ne!(json_text, yaml_text, "{command:?} printed JSON for -o yaml");
         let json: serde_json::Value = serde_json::from_str(&json_text).unwrap();
-        let yaml: serde_json::Value = serde_yaml::from_str(&yaml_text)
+        let yaml: serde_json::Value = psctl::yaml::from_str(&yaml_text)
             .unwrap_or_else(|error| panic!("{command:?}: not YAML ({error}):\n{yaml_text}"));
         assert_eq!(yaml, json, "{command:?}");
     }

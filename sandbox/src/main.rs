@@ -17,6 +17,7 @@ mod settings;
 mod status;
 mod targets;
 mod up;
+mod yaml;
 
 fn main() -> std::process::ExitCode {
     run::main()

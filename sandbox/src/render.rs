@@ -170,7 +170,7 @@ fn path(path: &Path) -> String {
 fn to_yaml(value: &serde_json::Value) -> String {
     // Serialising a JSON value built in this module cannot fail: it holds only strings, numbers,
     // booleans, arrays and string-keyed maps.
-    serde_yaml::to_string(value).unwrap_or_default()
+    crate::yaml::to_string(value).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -189,8 +189,8 @@ mod tests {
             api_port: 7443,
             ..Settings::default()
         };
-        let parsed: serde_yaml::Value =
-            serde_yaml::from_str(&kubeconfig(&settings, "admin-token", "PEM")).unwrap();
+        let parsed: crate::yaml::Value =
+            crate::yaml::from_str(&kubeconfig(&settings, "admin-token", "PEM")).unwrap();
         assert_eq!(parsed["current-context"], "psctl-sandbox");
         assert_eq!(parsed["contexts"].as_sequence().unwrap().len(), 1);
         assert_eq!(
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn psctl_config_has_the_sandbox_environment() {
         let text = psctl_config(&Settings::default(), &layout(), "172.30.0.1");
-        let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let parsed: crate::yaml::Value = crate::yaml::from_str(&text).unwrap();
         let env = &parsed["environments"]["sandbox"];
         assert_eq!(env["kube_context"], "psctl-sandbox");
         assert_eq!(env["kubeconfig"], "/state/kubeconfig");
@@ -238,8 +238,8 @@ mod tests {
 
     #[test]
     fn prometheus_reads_the_daemon_target_file_every_five_seconds() {
-        let parsed: serde_yaml::Value =
-            serde_yaml::from_str(&prometheus_config(&Settings::default(), &layout())).unwrap();
+        let parsed: crate::yaml::Value =
+            crate::yaml::from_str(&prometheus_config(&Settings::default(), &layout())).unwrap();
         assert_eq!(parsed["global"]["scrape_interval"], "5s");
         assert_eq!(
             parsed["scrape_configs"][0]["file_sd_configs"][0]["files"][0],
@@ -288,8 +288,8 @@ mod tests {
 
     #[test]
     fn registry_listens_on_loopback_and_stores_under_the_state_dir() {
-        let parsed: serde_yaml::Value =
-            serde_yaml::from_str(&registry_config(&Settings::default(), &layout())).unwrap();
+        let parsed: crate::yaml::Value =
+            crate::yaml::from_str(&registry_config(&Settings::default(), &layout())).unwrap();
         assert_eq!(parsed["http"]["addr"], "127.0.0.1:5000");
         assert_eq!(
             parsed["storage"]["filesystem"]["rootdirectory"],

@@ -36,7 +36,7 @@ pub fn rule_file(object: &DynamicObject) -> Option<String> {
     if groups.as_array().is_none_or(Vec::is_empty) {
         return None;
     }
-    serde_yaml::to_string(&serde_json::json!({ "groups": groups })).ok()
+    crate::yaml::to_string(&serde_json::json!({ "groups": groups })).ok()
 }
 
 /// `<namespace>-<name>.yml`: unique per object, since names are DNS labels without `/`.
@@ -192,7 +192,7 @@ mod tests {
         );
         assert_eq!(file_name(&rule), "shop-poller.yml");
         let text = rule_file(&rule).unwrap();
-        let parsed: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let parsed: serde_json::Value = crate::yaml::from_str(&text).unwrap();
         assert_eq!(parsed["groups"][0]["rules"][0]["alert"], "A");
         assert_eq!(parsed["groups"][0]["rules"][0]["for"], "1m");
         assert!(rule_file(&object("shop", "empty", serde_json::json!({"groups": []}))).is_none());

@@ -326,8 +326,8 @@ impl<'a> KubeBackend<'a> {
         }
     }
 
-    fn values(&self, run: &CanaryRun) -> serde_yaml::Mapping {
-        let extra: serde_yaml::Mapping =
+    fn values(&self, run: &CanaryRun) -> crate::yaml::Mapping {
+        let extra: crate::yaml::Mapping =
             serde_json::from_value(run.values.clone()).unwrap_or_default();
         merge_values(&self.context.component.values, &extra)
     }

@@ -144,13 +144,13 @@ pub fn shape(spec: &CanarySpec, settings: &StartSettings) -> Result<RunShape, Co
 
 /// Deep-merges `overlay` into `base` (mappings merge key by key, anything else is replaced).
 pub fn merge_values(
-    base: &serde_yaml::Mapping,
-    overlay: &serde_yaml::Mapping,
-) -> serde_yaml::Mapping {
+    base: &crate::yaml::Mapping,
+    overlay: &crate::yaml::Mapping,
+) -> crate::yaml::Mapping {
     let mut merged = base.clone();
     for (key, value) in overlay {
         match (merged.get_mut(key), value) {
-            (Some(serde_yaml::Value::Mapping(existing)), serde_yaml::Value::Mapping(more)) => {
+            (Some(crate::yaml::Value::Mapping(existing)), crate::yaml::Value::Mapping(more)) => {
                 *existing = merge_values(existing, more);
             }
             _ => {
@@ -178,7 +178,7 @@ pub fn template_command(
     repository: Option<&str>,
     tag: &str,
     replicas: i32,
-    values: &serde_yaml::Mapping,
+    values: &crate::yaml::Mapping,
 ) -> Result<HelmCommand, CommandError> {
     let mut merged = driver::chart_values(values)?;
     driver::merge(&mut merged, driver::image_values(repository, None)?);
@@ -198,7 +198,7 @@ pub fn canary_object(
     tag: &str,
 ) -> Result<serde_json::Value, String> {
     use serde::Deserialize as _;
-    for document in serde_yaml::Deserializer::from_str(rendered) {
+    for document in crate::yaml::Deserializer::from_str(rendered) {
         let Ok(value) = serde_json::Value::deserialize(document) else {
             continue;
         };
@@ -290,7 +290,7 @@ impl Render for StartPlan {
 pub struct Start {
     pub plan: StartPlan,
     /// The `--values` overlay, recorded in the run so that a resume renders the same chart.
-    pub extra: serde_yaml::Mapping,
+    pub extra: crate::yaml::Mapping,
     /// `<repository>:<tag>` of the image under test.
     pub image: String,
 }
@@ -302,7 +302,7 @@ pub fn start(
     component: &Component,
     spec: &CanarySpec,
     settings: &StartSettings,
-    extra: serde_yaml::Mapping,
+    extra: crate::yaml::Mapping,
     helm: &HelmTarget,
     chart: &Path,
 ) -> Result<Start, CommandError> {
@@ -507,19 +507,19 @@ mod tests {
 
     #[test]
     fn values_merge_deeply_with_the_overlay_winning() {
-        let base: serde_yaml::Mapping =
-            serde_yaml::from_str("allowInsecureTargets: true\nenv: {A: '1', B: '2'}\n").unwrap();
-        let overlay: serde_yaml::Mapping =
-            serde_yaml::from_str("allowInsecureTargets: false\nenv: {B: '3'}\n").unwrap();
+        let base: crate::yaml::Mapping =
+            crate::yaml::from_str("allowInsecureTargets: true\nenv: {A: '1', B: '2'}\n").unwrap();
+        let overlay: crate::yaml::Mapping =
+            crate::yaml::from_str("allowInsecureTargets: false\nenv: {B: '3'}\n").unwrap();
         let merged = merge_values(&base, &overlay);
-        let expected: serde_yaml::Mapping =
-            serde_yaml::from_str("allowInsecureTargets: false\nenv: {A: '1', B: '3'}\n").unwrap();
+        let expected: crate::yaml::Mapping =
+            crate::yaml::from_str("allowInsecureTargets: false\nenv: {A: '1', B: '3'}\n").unwrap();
         assert_eq!(merged, expected);
     }
 
     #[test]
     fn the_canary_is_rendered_with_the_canary_track_on_and_values_in_a_file() {
-        let values: serde_yaml::Mapping = serde_yaml::from_str("logLevel: debug\n").unwrap();
+        let values: crate::yaml::Mapping = crate::yaml::from_str("logLevel: debug\n").unwrap();
         let command = template_command(
             &helm(),
             "problemsolver-webhook",
@@ -554,7 +554,7 @@ mod tests {
             None,
             "1.4.3,canary.replicas=100",
             2,
-            &serde_yaml::Mapping::new(),
+            &crate::yaml::Mapping::new(),
         )
         .unwrap_err();
         assert_eq!(error.status(), ExitStatus::Usage);
@@ -584,7 +584,7 @@ mod tests {
     fn a_started_run_records_the_plan_the_stable_track_and_its_driver() {
         let environment = environment();
         let (component, spec) = pick_component(&environment, None).unwrap();
-        let extra: serde_yaml::Mapping = serde_yaml::from_str("logLevel: debug\n").unwrap();
+        let extra: crate::yaml::Mapping = crate::yaml::from_str("logLevel: debug\n").unwrap();
         let start = start(
             &environment,
             component,

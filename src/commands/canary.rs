@@ -85,7 +85,7 @@ async fn start(args: CanaryStartArgs, global: &GlobalSettings, output: &Output) 
     let (component, spec) = pick_component(&environment, settings.component.as_deref())?;
     let extra = match &settings.values {
         Some(path) => read_values_file(path)?,
-        None => serde_yaml::Mapping::new(),
+        None => crate::yaml::Mapping::new(),
     };
     let helm = support::helm_target(&environment);
     let chart = support::resolve_chart(&global.config, &component.chart);
@@ -589,16 +589,16 @@ async fn drive_and_report(
 // ---------------------------------------------------------------------------------------------
 // Preflight and plumbing
 
-fn read_values_file(path: &Path) -> Result<serde_yaml::Mapping, CommandError> {
+fn read_values_file(path: &Path) -> Result<crate::yaml::Mapping, CommandError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         CommandError::usage(
             anyhow::Error::new(e).context(format!("reading --values `{}`", path.display())),
         )
     })?;
     if text.trim().is_empty() {
-        return Ok(serde_yaml::Mapping::new());
+        return Ok(crate::yaml::Mapping::new());
     }
-    serde_yaml::from_str(&text).map_err(|e| {
+    crate::yaml::from_str(&text).map_err(|e| {
         CommandError::usage(anyhow::anyhow!(
             "--values `{}` is not a YAML mapping of chart values: {e}",
             path.display()

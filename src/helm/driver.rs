@@ -56,12 +56,12 @@ pub struct UpgradeSpec<'a> {
     pub image_repository: Option<String>,
     pub image_tag: Option<&'a str>,
     /// Extra non-secret chart values from psctl.yaml.
-    pub values: &'a serde_yaml::Mapping,
+    pub values: &'a crate::yaml::Mapping,
     pub description: &'a str,
 }
 
 /// psctl.yaml's (or a `--values` file's) chart values in the form Helm is given.
-pub fn chart_values(values: &serde_yaml::Mapping) -> Result<Values, HelmError> {
+pub fn chart_values(values: &crate::yaml::Mapping) -> Result<Values, HelmError> {
     match serde_json::to_value(values).map_err(HelmError::Values)? {
         Value::Object(map) => Ok(map),
         _ => Ok(Values::new()),
@@ -400,8 +400,8 @@ mod tests {
 
     #[test]
     fn upgrade_argv_is_pinned_to_context_and_namespace_and_never_waits() {
-        let values: serde_yaml::Mapping =
-            serde_yaml::from_str("replicaCount: 2\nenv: {RUST_LOG: info}").unwrap();
+        let values: crate::yaml::Mapping =
+            crate::yaml::from_str("replicaCount: 2\nenv: {RUST_LOG: info}").unwrap();
         let command = target()
             .upgrade_install(&UpgradeSpec {
                 release: "problemsolver-webhook",
@@ -442,8 +442,8 @@ mod tests {
 
     #[test]
     fn the_chosen_image_wins_over_psctl_yaml_values() {
-        let values: serde_yaml::Mapping =
-            serde_yaml::from_str("image: {tag: old, pullPolicy: Always}").unwrap();
+        let values: crate::yaml::Mapping =
+            crate::yaml::from_str("image: {tag: old, pullPolicy: Always}").unwrap();
         let command = target()
             .upgrade_install(&UpgradeSpec {
                 release: "r",
@@ -469,7 +469,7 @@ mod tests {
                 chart: Path::new("c"),
                 image_repository: Some("registry/good".into()),
                 image_tag: Some("v1,image.repository=evil/x"),
-                values: &serde_yaml::Mapping::new(),
+                values: &crate::yaml::Mapping::new(),
                 description: "d",
             })
             .unwrap_err();
@@ -486,7 +486,7 @@ mod tests {
                 chart: Path::new("c"),
                 image_repository: None,
                 image_tag: Some("on"),
-                values: &serde_yaml::from_str("env: {FLAG: 'yes', N: '1_000'}").unwrap(),
+                values: &crate::yaml::from_str("env: {FLAG: 'yes', N: '1_000'}").unwrap(),
                 description: "d",
             })
             .unwrap();
@@ -494,8 +494,8 @@ mod tests {
         assert!(file.contains(r#""tag": "on""#), "{file}");
         assert!(file.contains(r#""FLAG": "yes""#), "{file}");
         assert!(file.contains(r#""N": "1_000""#), "{file}");
-        let reread: serde_yaml::Value = serde_yaml::from_str(&file).unwrap();
-        assert_eq!(reread["image"]["tag"], serde_yaml::Value::from("on"));
+        let reread: crate::yaml::Value = crate::yaml::from_str(&file).unwrap();
+        assert_eq!(reread["image"]["tag"], crate::yaml::Value::from("on"));
     }
 
     #[test]
@@ -506,7 +506,7 @@ mod tests {
                 chart: Path::new("c"),
                 image_repository: None,
                 image_tag: None,
-                values: &serde_yaml::Mapping::new(),
+                values: &crate::yaml::Mapping::new(),
                 description: "d",
             })
             .unwrap();

@@ -142,7 +142,7 @@ pub fn to_yaml<T: Serialize + ?Sized>(value: &T, redactor: &Redactor) -> io::Res
         }
     }
     let json = serde_json::to_value(value).map_err(io::Error::other)?;
-    serde_yaml::to_string(&scrub(json, redactor)).map_err(io::Error::other)
+    crate::yaml::to_string(&scrub(json, redactor)).map_err(io::Error::other)
 }
 
 /// A writer shared between clones of [`Output`].
@@ -557,7 +557,7 @@ mod tests {
         yaml_output.data(&rows).unwrap();
         let yaml = yaml_stdout.contents();
         assert!(!yaml.contains("sk_live_0123456789"), "{yaml}");
-        let from_yaml: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let from_yaml: serde_json::Value = crate::yaml::from_str(&yaml).unwrap();
         let mut from_json: serde_json::Value =
             serde_json::from_str(&json_stdout.contents()).unwrap();
         from_json["names"][1] = serde_json::json!(redact::REDACTED);

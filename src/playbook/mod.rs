@@ -414,13 +414,13 @@ pub fn parse(file: &str, text: &str, context: &Context) -> Result<Playbook, Play
     };
     let vars = resolve_vars(text, context).map_err(|(line, message)| invalid(line, message))?;
     let substituted = substitute(text, &vars).map_err(|(line, message)| invalid(line, message))?;
-    let deserializer = serde_yaml::Deserializer::from_str(&substituted);
+    let deserializer = crate::yaml::Deserializer::from_str(&substituted);
     let raw: RawPlaybook = serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         let line = inner.location().map(|l| l.line());
         let mut message = inner.to_string();
-        // serde_yaml appends " at line L column C"; the line is already in front.
+        // The YAML library appends " at line L column C"; the line is already in front.
         if let Some(at) = message.rfind(" at line ") {
             message.truncate(at);
         }
@@ -502,20 +502,20 @@ fn resolve_vars(
     #[derive(Deserialize)]
     struct VarsOnly {
         #[serde(default)]
-        vars: IndexMap<String, serde_yaml::Value>,
+        vars: IndexMap<String, crate::yaml::Value>,
     }
     // Read `vars:` leniently (the rest of the file is checked after substitution). `${x}` is
     // not valid YAML everywhere (inside a flow mapping `{` opens a mapping), so this pass
     // sees each reference as a plain placeholder word and turns them back inside `vars:`.
     let masked = mask_references(text);
-    let declared = match serde_yaml::from_str::<serde_yaml::Value>(&masked) {
-        Ok(serde_yaml::Value::Mapping(map)) => {
-            let vars_value = map.get("vars").cloned().unwrap_or(serde_yaml::Value::Null);
+    let declared = match crate::yaml::from_str::<crate::yaml::Value>(&masked) {
+        Ok(crate::yaml::Value::Mapping(map)) => {
+            let vars_value = map.get("vars").cloned().unwrap_or(crate::yaml::Value::Null);
             if vars_value.is_null() {
                 IndexMap::new()
             } else {
-                serde_yaml::from_value::<VarsOnly>(serde_yaml::Value::Mapping(
-                    [(serde_yaml::Value::from("vars"), vars_value)]
+                crate::yaml::from_value::<VarsOnly>(crate::yaml::Value::Mapping(
+                    [(crate::yaml::Value::from("vars"), vars_value)]
                         .into_iter()
                         .collect(),
                 ))
@@ -564,9 +564,9 @@ fn resolve_vars(
             ));
         }
         let value = match value {
-            serde_yaml::Value::String(s) => unmask_references(s),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Bool(b) => b.to_string(),
+            crate::yaml::Value::String(s) => unmask_references(s),
+            crate::yaml::Value::Number(n) => n.to_string(),
+            crate::yaml::Value::Bool(b) => b.to_string(),
             _ => {
                 return Err((
                     None,

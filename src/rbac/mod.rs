@@ -575,7 +575,7 @@ mod tests {
         let permissions = permissions("default", rules, Some(&subject));
         let yaml = render_yaml("sandbox", "default", &permissions);
         // What is printed parses back to the objects built, so comments never change meaning.
-        let documents: Vec<Value> = serde_yaml::Deserializer::from_str(&yaml)
+        let documents: Vec<Value> = crate::yaml::Deserializer::from_str(&yaml)
             .map(|document| Value::deserialize(document).expect("valid YAML"))
             .collect();
         assert_eq!(documents[0], permissions.role);

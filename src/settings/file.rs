@@ -123,7 +123,7 @@ struct RawComponent {
     binary: Option<String>,
     deployment: Option<String>,
     selector: Option<String>,
-    values: Option<serde_yaml::Mapping>,
+    values: Option<crate::yaml::Mapping>,
     metrics: Option<RawMetrics>,
     canary: Option<RawCanary>,
 }
@@ -272,7 +272,7 @@ pub struct Component {
     /// Label selector of the component's pods, e.g. `app=problemsolver-poller`.
     pub selector: String,
     /// Extra non-secret chart values.
-    pub values: serde_yaml::Mapping,
+    pub values: crate::yaml::Mapping,
     pub metrics: Option<MetricsSpec>,
     pub canary: Option<CanarySpec>,
 }
@@ -365,7 +365,7 @@ pub fn default_components() -> Vec<Component> {
             binary: "problemsolver-poller".to_owned(),
             deployment: "problemsolver-poller".to_owned(),
             selector: "app=problemsolver-poller".to_owned(),
-            values: serde_yaml::Mapping::new(),
+            values: crate::yaml::Mapping::new(),
             metrics: Some(metrics(
                 "problemsolver-poller-metrics",
                 8002,
@@ -386,7 +386,7 @@ pub fn default_components() -> Vec<Component> {
             binary: "problemsolver-webhook-worker".to_owned(),
             deployment: "problemsolver-webhook".to_owned(),
             selector: "app=problemsolver-webhook".to_owned(),
-            values: serde_yaml::Mapping::new(),
+            values: crate::yaml::Mapping::new(),
             metrics: Some(metrics(
                 "problemsolver-webhook-metrics",
                 8001,
@@ -421,11 +421,11 @@ pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
 /// Validates configuration text; `path` is used for messages and to resolve relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     let file = display_name(path);
-    let deserializer = serde_yaml::Deserializer::from_str(text);
+    let deserializer = crate::yaml::Deserializer::from_str(text);
     let raw: RawFile = serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let key = error.path().to_string();
         let message = error.into_inner().to_string();
-        // serde_yaml prefixes its own (shorter) path; ours is already in `key`.
+        // The YAML library prefixes its own (shorter) path; ours is already in `key`.
         let message = match message.split_once(": ") {
             Some((head, tail)) if !head.contains(' ') => tail.to_owned(),
             _ => message,
@@ -796,7 +796,7 @@ fn validate_component(
 /// A tag pinned in a component's chart values (`image.tag`, `canary.image.tag`) follows the
 /// same grammar as `--tag`.
 fn check_value_tags(
-    values: &serde_yaml::Mapping,
+    values: &crate::yaml::Mapping,
     prefix: &str,
     invalid: Invalid<'_>,
 ) -> Result<(), ConfigError> {
@@ -810,8 +810,8 @@ fn check_value_tags(
         }
         let text = match value {
             None => continue,
-            Some(serde_yaml::Value::String(text)) => text.clone(),
-            Some(serde_yaml::Value::Number(number)) => number.to_string(),
+            Some(crate::yaml::Value::String(text)) => text.clone(),
+            Some(crate::yaml::Value::Number(number)) => number.to_string(),
             Some(_) => {
                 return Err(invalid(
                     format!("{prefix}.{}", path.join(".")),

@@ -189,7 +189,7 @@ impl Sandbox {
             .get("sandbox")
             .expect("the sandbox config has environment `sandbox`")
             .clone();
-        let whole: Value = serde_yaml::from_str(&text).expect("the sandbox's psctl.yaml is YAML");
+        let whole: Value = psctl::yaml::from_str(&text).expect("the sandbox's psctl.yaml is YAML");
         let sandbox_json = whole["environments"]["sandbox"].clone();
         let registry = environment
             .registry
@@ -303,7 +303,7 @@ impl Sandbox {
         assert_eq!(printed.code, 0, "psctl rbac: {printed:#?}");
         let mut role = None;
         let mut binding = None;
-        for document in serde_yaml::Deserializer::from_str(&printed.stdout) {
+        for document in psctl::yaml::Deserializer::from_str(&printed.stdout) {
             let object: Value = serde::Deserialize::deserialize(document).unwrap_or_else(|e| {
                 panic!("psctl rbac printed invalid YAML ({e}):\n{}", printed.stdout)
             });
@@ -347,7 +347,7 @@ impl Sandbox {
             .kubeconfig
             .as_ref()
             .expect("the sandbox config names its kubeconfig");
-        let mut kubeconfig: Value = serde_yaml::from_str(
+        let mut kubeconfig: Value = psctl::yaml::from_str(
             &std::fs::read_to_string(source).expect("the sandbox's kubeconfig is readable"),
         )
         .expect("the sandbox's kubeconfig is YAML");
@@ -359,7 +359,7 @@ impl Sandbox {
         }
         write_private(
             &self.kubeconfig,
-            &serde_yaml::to_string(&kubeconfig).unwrap(),
+            &psctl::yaml::to_string(&kubeconfig).unwrap(),
         );
     }
 
@@ -490,7 +490,7 @@ impl Sandbox {
 
     /// Writes `{environments: {e2e: environment}}` to `<name>.yaml`; returns its path.
     pub fn write_config(&self, name: &str, environment: Value) -> PathBuf {
-        let text = serde_yaml::to_string(&json!({"environments": {ENV: environment}})).unwrap();
+        let text = psctl::yaml::to_string(&json!({"environments": {ENV: environment}})).unwrap();
         let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, text).unwrap();
         path

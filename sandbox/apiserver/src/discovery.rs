@@ -23,7 +23,7 @@ pub fn version(git_version: &str) -> Value {
         "gitCommit": "0000000000000000000000000000000000000000",
         "gitTreeState": "clean",
         "buildDate": "2026-01-01T00:00:00Z",
-        "goVersion": "go1.23.0",
+        "goVersion": "go1.24.2",
         "compiler": "gc",
         "platform": "linux/amd64",
     })
@@ -207,6 +207,27 @@ mod tests {
             .expect("pods");
         assert_eq!(pods["shortNames"], json!(["po"]));
         assert!(resource_list(&resources, "apps", "v2").is_none());
-        assert_eq!(version("v1.32.0")["minor"], "32");
+        assert_eq!(version("v1.33.0")["minor"], "33");
+        assert_eq!(version("v1.33.0")["gitVersion"], "v1.33.0");
+    }
+
+    #[test]
+    // The pushes are conditional (each macro expands to nothing but one), which the lint cannot see.
+    #[allow(clippy::vec_init_then_push)]
+    fn the_reported_version_is_the_one_k8s_openapi_compiles() {
+        // Exactly one of these expands: the one of the enabled `v1_*` feature.
+        let mut compiled: Vec<&str> = Vec::new();
+        k8s_openapi::k8s_if_1_33! { compiled.push("33"); }
+        k8s_openapi::k8s_if_1_34! { compiled.push("34"); }
+        k8s_openapi::k8s_if_1_35! { compiled.push("35"); }
+        k8s_openapi::k8s_if_1_36! { compiled.push("36"); }
+        k8s_openapi::k8s_if_1_37! { compiled.push("37"); }
+        let reported = version(crate::KUBERNETES_VERSION);
+        assert_eq!(reported["major"], "1");
+        assert_eq!(
+            compiled,
+            [reported["minor"].as_str().expect("minor is a string")],
+            "KUBERNETES_VERSION must follow the k8s-openapi feature"
+        );
     }
 }

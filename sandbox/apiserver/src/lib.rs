@@ -41,9 +41,14 @@ pub mod store;
 pub mod table;
 pub mod tls;
 pub mod watch;
+mod yaml;
 
 pub use server::{ApiServer, RunningApiServer};
 pub use status::ApiError;
+
+/// The Kubernetes release the server reports at `/version`: the one whose API the workspace's
+/// k8s-openapi feature (`v1_33`) compiles, so clients and the emulation agree on one version.
+pub const KUBERNETES_VERSION: &str = "v1.33.0";
 
 /// How to run the server.
 #[derive(Clone)]
@@ -56,7 +61,7 @@ pub struct ApiServerConfig {
     pub watch_history: usize,
     /// How often a watch asking for bookmarks receives one.
     pub bookmark_interval: Duration,
-    /// The `gitVersion` reported by `/version`.
+    /// The `gitVersion` reported by `/version` ([`KUBERNETES_VERSION`] by default).
     pub version: String,
     /// The bearer token of the administrator (user `sandbox-admin` in `system:masters`). A secret:
     /// never logged, and hidden from this struct's Debug output. Random by default.
@@ -104,7 +109,7 @@ impl Default for ApiServerConfig {
             pod_backend: None,
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(10),
-            version: "v1.32.0".to_owned(),
+            version: KUBERNETES_VERSION.to_owned(),
             admin_token: auth::random_token(),
             authorization: Authorization::Rbac,
             tls: None,

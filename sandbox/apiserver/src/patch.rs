@@ -40,7 +40,7 @@ impl PatchKind {
 /// Parses a patch body (YAML for apply, JSON otherwise).
 pub fn parse_body(kind: PatchKind, body: &[u8]) -> Result<Value, ApiError> {
     match kind {
-        PatchKind::Apply => serde_yaml::from_slice(body)
+        PatchKind::Apply => crate::yaml::from_slice(body)
             .map_err(|error| ApiError::bad_request(format!("error decoding YAML: {error}"))),
         _ => serde_json::from_slice(body)
             .map_err(|error| ApiError::bad_request(format!("error decoding patch: {error}"))),

@@ -629,7 +629,9 @@ pub fn role_ref_changed(old: &Value, new: &Value) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Bootstrap policy: the rule sets of Kubernetes 1.32's default ClusterRoles.
+// Bootstrap policy: the rule sets of Kubernetes 1.33's default ClusterRoles, including the
+// `resource.k8s.io` claim rules that 1.33 adds to `edit` and `view` (there, behind the
+// DynamicResourceAllocation feature gate).
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];

@@ -288,7 +288,7 @@ pub(crate) fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, Ap
     let media = content_type.split(';').next().unwrap_or_default().trim();
     match media {
         "application/vnd.kubernetes.protobuf" => protobuf::decode_object(body),
-        "application/yaml" => serde_yaml::from_slice(body)
+        "application/yaml" => crate::yaml::from_slice(body)
             .map_err(|error| ApiError::bad_request(format!("error decoding YAML: {error}"))),
         "application/json" | "" | "*/*" => serde_json::from_slice(body)
             .map_err(|error| ApiError::bad_request(format!("error decoding JSON: {error}"))),

@@ -95,7 +95,7 @@ async fn requests_without_valid_credentials_get_401() {
         )
         .await
         .expect("anonymous /version");
-    assert!(version.contains("v1.32.0"), "{version}");
+    assert!(version.contains("v1.33.0"), "{version}");
     test.server.shutdown().await;
 }
 
@@ -187,7 +187,7 @@ async fn bindings_decide_and_refusals_have_the_real_shape() {
         Err(kube::Error::Api(status)) if status.code == 403
     ));
 
-    // Kubernetes 1.32's `edit` includes leases (system:aggregate-to-edit), but not RBAC.
+    // Kubernetes 1.33's `edit` includes leases (system:aggregate-to-edit), but not RBAC.
     let leases: Api<Lease> = Api::namespaced(editor.clone(), "team");
     leases
         .create(&PostParams::default(), &lease("psctl-deploy"))

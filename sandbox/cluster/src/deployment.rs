@@ -705,6 +705,9 @@ pub fn compute_status(input: &StatusInput<'_>) -> DeploymentStatus {
         unavailable_replicas: Some((desired - available).max(0)),
         conditions: Some(conditions),
         collision_count: old_status.collision_count,
+        // Set only under the DeploymentReplicaSetTerminatingReplicas feature gate, off by
+        // default in 1.33.
+        terminating_replicas: None,
     }
 }
 

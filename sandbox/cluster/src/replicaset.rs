@@ -207,6 +207,9 @@ pub fn compute_status(rs: &ReplicaSet, owned: &[&Pod], now: Timestamp) -> Replic
             .status
             .as_ref()
             .and_then(|status| status.conditions.clone()),
+        // Set only under the DeploymentReplicaSetTerminatingReplicas feature gate, off by
+        // default in 1.33.
+        terminating_replicas: None,
     }
 }
 

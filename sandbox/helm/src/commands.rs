@@ -245,7 +245,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     }
                     let text = match value {
                         Value::Null => "null\n".to_string(),
-                        other => serde_yaml::to_string(&other)?,
+                        other => crate::yaml::to_string(&other)?,
                     };
                     write!(out, "{text}")?;
                 }

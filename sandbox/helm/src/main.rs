@@ -10,6 +10,7 @@ mod render;
 mod rollback;
 mod storage;
 mod values;
+mod yaml;
 
 use clap::Parser;
 use std::process::ExitCode;

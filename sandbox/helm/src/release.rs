@@ -165,7 +165,7 @@ fn write_table(out: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {
 
 fn write_structured(out: &mut dyn Write, value: &Value, yaml: bool) -> io::Result<()> {
     if yaml {
-        let text = serde_yaml::to_string(value).map_err(io::Error::other)?;
+        let text = crate::yaml::to_string(value).map_err(io::Error::other)?;
         write!(out, "{text}")
     } else {
         writeln!(out, "{value}")

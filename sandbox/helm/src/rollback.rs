@@ -55,12 +55,12 @@ pub fn chart_files(release: &Value) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     }
     let mut files = vec![(
         PathBuf::from("Chart.yaml"),
-        serde_yaml::to_string(metadata)?.into_bytes(),
+        crate::yaml::to_string(metadata)?.into_bytes(),
     )];
     if let Some(values) = chart.get("values").filter(|v| !v.is_null()) {
         files.push((
             PathBuf::from("values.yaml"),
-            serde_yaml::to_string(values)?.into_bytes(),
+            crate::yaml::to_string(values)?.into_bytes(),
         ));
     }
     if let Some(Value::String(schema)) = chart.get("schema") {
@@ -120,10 +120,10 @@ mod tests {
     fn rebuilds_the_recorded_chart() {
         let dir = tempfile::tempdir().unwrap();
         write_chart(&recorded(), dir.path()).unwrap();
-        let chart: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(dir.path().join("Chart.yaml")).unwrap())
+        let chart: crate::yaml::Value =
+            crate::yaml::from_str(&std::fs::read_to_string(dir.path().join("Chart.yaml")).unwrap())
                 .unwrap();
-        assert_eq!(chart["name"], serde_yaml::Value::from("web"));
+        assert_eq!(chart["name"], crate::yaml::Value::from("web"));
         assert_eq!(
             std::fs::read_to_string(dir.path().join("templates/cm.yaml")).unwrap(),
             "kind: ConfigMap\n"

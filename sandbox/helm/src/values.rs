@@ -36,8 +36,8 @@ pub fn read_file(path: &Path) -> Result<Map<String, Value>, ValuesError> {
 
 /// Parses a values document; `name` is only used in errors.
 pub fn parse_document(name: &str, text: &str) -> Result<Map<String, Value>, ValuesError> {
-    let yaml: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|error| ValuesError::File {
+    let yaml: crate::yaml::Value =
+        crate::yaml::from_str(text).map_err(|error| ValuesError::File {
             file: name.to_string(),
             reason: error.to_string(),
         })?;

@@ -10,6 +10,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "../src/yaml.rs"]
+mod yaml;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -60,9 +63,9 @@ fn template(args: &[&str]) -> Vec<Value> {
     let mut full = vec!["template"];
     full.extend_from_slice(args);
     let text = ok(&helm(&full));
-    serde_yaml::Deserializer::from_str(&text)
+    yaml::Deserializer::from_str(&text)
         .filter_map(|document| {
-            let value: serde_yaml::Value = serde::Deserialize::deserialize(document).ok()?;
+            let value: yaml::Value = serde::Deserialize::deserialize(document).ok()?;
             (!value.is_null()).then(|| serde_json::to_value(value).expect("YAML is JSON"))
         })
         .collect()
@@ -330,7 +333,7 @@ fn prometheus_objects_ship_the_tested_rules() {
         );
         assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
         let rule = find(&objects, "PrometheusRule", release);
-        let file: serde_yaml::Value = serde_yaml::from_str(
+        let file: yaml::Value = yaml::from_str(
             &std::fs::read_to_string(repo().join(chart).join("rules/alerts.yaml")).unwrap(),
         )
         .unwrap();

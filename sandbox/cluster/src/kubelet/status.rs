@@ -67,6 +67,8 @@ fn condition(
         reason: reason.map(str::to_owned),
         message: None,
         last_probe_time: None,
+        // Set only under the PodObservedGenerationTracking feature gate, off by default in 1.33.
+        observed_generation: None,
     }
 }
 
