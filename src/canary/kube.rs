@@ -431,6 +431,9 @@ impl KubeBackend<'_> {
         pods.items
             .iter()
             .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            // An evicted pod is replaced by its ReplicaSet; the node's trouble is not the
+            // canary's.
+            .filter(|pod| !crate::rollout::diagnosis::has_ended(pod))
             .find_map(|pod| crate::rollout::diagnosis::pod_failure(pod, now, &Policy::default()))
             .map(|diagnosis| diagnosis.to_string())
     }

@@ -18,10 +18,7 @@ use crate::rollout::diagnosis::Policy;
 use crate::rollout::report::{outcome_summary, report_outcome};
 use crate::rollout::track::{self, Outcome, Target};
 use crate::settings::Environment;
-use crate::smoke::{self, Category as SmokeCategory, Selection, SmokeContext, SmokeSettings};
-
-/// How long post-rollout smoke checks keep retrying while the new pods settle.
-pub const POST_DEPLOY_SMOKE_WAIT: Duration = Duration::from_secs(30);
+use crate::smoke;
 
 /// The edges of a deploy. Errors are one-line explanations.
 pub trait DeployBackend {
@@ -295,7 +292,7 @@ fn audit_note(result: &ComponentResult, outcome: &str) -> AuditNote {
 
 /// Post-rollout verification: the smoke suite's `cluster` and `metrics` categories for the
 /// component (pods Ready and not restarting, the metrics endpoint valid with every required
-/// name, the poller's freshness). Failing checks are retried for [`POST_DEPLOY_SMOKE_WAIT`]; a
+/// name, the poller's freshness). Failing checks are retried for [`smoke::AFTER_CHANGE_WAIT`]; a
 /// failure that remains is a failed rollout (the caller rolls back). The functional check is
 /// not part of a deploy: run `psctl smoke` afterwards (see docs/smoke.md).
 pub async fn verify_component(
@@ -304,18 +301,7 @@ pub async fn verify_component(
     component: &crate::settings::Component,
     output: &Output,
 ) -> Result<(), String> {
-    let selection = Selection {
-        categories: vec![SmokeCategory::Cluster, SmokeCategory::Metrics],
-        components: vec![component.name.clone()],
-        pod_selector: None,
-        explicit: false,
-    };
-    let settings = SmokeSettings {
-        wait: POST_DEPLOY_SMOKE_WAIT,
-        ..SmokeSettings::default()
-    };
-    let context = SmokeContext::new(environment.clone(), client.clone(), None, None, settings);
-    let report = smoke::run(&context, &selection)
+    let report = smoke::after_change(client, environment, &component.name)
         .await
         .map_err(|error| error.to_string())?;
     report.print_checks(output);

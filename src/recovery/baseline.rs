@@ -65,6 +65,28 @@ impl RateCheck {
     pub fn passed(&self) -> bool {
         self.result == Verdict::Pass
     }
+
+    /// A check that could not start (no Prometheus configured, a client that cannot be
+    /// built): failed, with why.
+    pub fn not_started(
+        query: &str,
+        baseline_at: i64,
+        baseline_source: BaselineSource,
+        evidence: String,
+    ) -> Self {
+        Self {
+            query: query.to_owned(),
+            baseline_at,
+            baseline_source,
+            baseline: None,
+            threshold: None,
+            last: None,
+            result: Verdict::Fail,
+            waited_seconds: 0,
+            evidence,
+            unreachable: false,
+        }
+    }
 }
 
 /// Reads the baseline at `baseline_at`, then waits up to `spec.window` for the current rate to

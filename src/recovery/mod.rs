@@ -16,12 +16,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::deploy::execute::POST_DEPLOY_SMOKE_WAIT;
 use crate::error::ExitStatus;
 use crate::output::{CheckState, Output};
 use crate::prom::Prometheus;
 use crate::settings::{BaselineSpec, Component, Environment};
-use crate::smoke::{self, Category, CheckResult, Selection, SmokeContext, SmokeSettings, Verdict};
+use crate::smoke::{self, Category, CheckResult, Verdict};
 
 pub use baseline::{BaselineSource, RateCheck, RateError, RateSource};
 
@@ -151,18 +150,7 @@ pub async fn verify(
     incident: Incident,
     output: &Output,
 ) -> Verification {
-    let selection = Selection {
-        categories: vec![Category::Cluster, Category::Metrics],
-        components: vec![component.name.clone()],
-        pod_selector: None,
-        explicit: false,
-    };
-    let settings = SmokeSettings {
-        wait: POST_DEPLOY_SMOKE_WAIT,
-        ..SmokeSettings::default()
-    };
-    let context = SmokeContext::new(environment.clone(), client.clone(), None, None, settings);
-    let checks = match smoke::run(&context, &selection).await {
+    let checks = match smoke::after_change(client, environment, &component.name).await {
         Ok(report) => {
             report.print_checks(output);
             report.checks
@@ -188,21 +176,15 @@ pub async fn verify(
                 spec.window.as_secs()
             ));
             let rate = match &environment.prometheus_url {
-                None => RateCheck {
-                    query: spec.query.clone(),
-                    baseline_at: at,
-                    baseline_source: source,
-                    baseline: None,
-                    threshold: None,
-                    last: None,
-                    result: Verdict::Fail,
-                    waited_seconds: 0,
-                    evidence: format!(
+                None => RateCheck::not_started(
+                    &spec.query,
+                    at,
+                    source,
+                    format!(
                         "`recovery.deposit_rate_baseline` is configured but environment `{}` has no `prometheus_url`",
                         environment.name
                     ),
-                    unreachable: false,
-                },
+                ),
                 Some(url) => match Prometheus::new(url, Duration::from_secs(10)) {
                     Ok(prometheus) => {
                         let source_edge = PromRates {
@@ -211,18 +193,12 @@ pub async fn verify(
                         };
                         baseline::check(&source_edge, spec, at, source).await
                     }
-                    Err(error) => RateCheck {
-                        query: spec.query.clone(),
-                        baseline_at: at,
-                        baseline_source: source,
-                        baseline: None,
-                        threshold: None,
-                        last: None,
-                        result: Verdict::Fail,
-                        waited_seconds: 0,
-                        evidence: format!("configuring the Prometheus client: {error}"),
-                        unreachable: false,
-                    },
+                    Err(error) => RateCheck::not_started(
+                        &spec.query,
+                        at,
+                        source,
+                        format!("configuring the Prometheus client: {error}"),
+                    ),
                 },
             };
             output.check(

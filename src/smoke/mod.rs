@@ -643,6 +643,32 @@ pub async fn run(context: &SmokeContext, selection: &Selection) -> Result<SmokeR
     ))
 }
 
+/// How long the checks run after psctl changed a component (a deploy, a rollback) retry a
+/// failing check: new pods and Prometheus' discovery catch up within seconds.
+pub const AFTER_CHANGE_WAIT: Duration = Duration::from_secs(30);
+
+/// The cluster and metrics checks of `component` as psctl runs them after changing it (the
+/// post-deploy smoke, a rollback's verification), failing checks retried for
+/// [`AFTER_CHANGE_WAIT`].
+pub async fn after_change(
+    client: &kube::Client,
+    environment: &Environment,
+    component: &str,
+) -> Result<SmokeReport, PlanError> {
+    let selection = Selection {
+        categories: vec![Category::Cluster, Category::Metrics],
+        components: vec![component.to_owned()],
+        pod_selector: None,
+        explicit: false,
+    };
+    let settings = SmokeSettings {
+        wait: AFTER_CHANGE_WAIT,
+        ..SmokeSettings::default()
+    };
+    let context = SmokeContext::new(environment.clone(), client.clone(), None, None, settings);
+    run(&context, &selection).await
+}
+
 /// Connections opened once per run and shared by the checks.
 struct Edges {
     /// The database pool, or why there is none.
