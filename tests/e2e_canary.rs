@@ -241,19 +241,40 @@ async fn a_canary_whose_deliveries_fail_is_aborted_and_stable_is_untouched() {
     std::fs::write(values.path(), "allowInsecureTargets: false\n").unwrap();
     let new_tag = bed.new_tag.clone();
     let values_path = values.path().display().to_string();
-    let (code, stdout, stderr) = bed.psctl(&[
-        "canary",
-        "start",
-        "--tag",
-        &new_tag,
-        "--steps",
-        "50,100",
-        "--values",
-        &values_path,
-        "-o",
-        "json",
-    ]);
+    // Run as a GitHub Actions step would: the abort is an annotation and a job summary entry.
+    let summary = tempfile::NamedTempFile::new().unwrap();
+    let output = bed
+        .command(&[
+            "canary",
+            "start",
+            "--tag",
+            &new_tag,
+            "--steps",
+            "50,100",
+            "--values",
+            &values_path,
+            "-o",
+            "json",
+        ])
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", summary.path())
+        .output()
+        .expect("run psctl canary start");
+    let (code, stdout, stderr) = (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
     assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("::error title=canary aborted%3A webhook::the canary of `webhook`"),
+        "{stderr}"
+    );
+    let markdown = std::fs::read_to_string(summary.path()).unwrap();
+    assert!(
+        markdown.contains("### psctl: canary aborted: webhook") && markdown.contains("was aborted"),
+        "{markdown}"
+    );
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["status"], "aborted", "{report}");
     let reason = report["reason"].as_str().unwrap();
@@ -285,6 +306,31 @@ async fn a_canary_whose_deliveries_fail_is_aborted_and_stable_is_untouched() {
     assert_eq!(bed.history(), before);
     assert_eq!(bed.replicas(RELEASE).await, Some(2));
     assert_eq!(bed.replicas(CANARY).await, Some(0));
+
+    // The cluster's own history shows it: a Warning Event from psctl naming who aborted.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(
+        bed.sandbox.admin.clone(),
+        &bed.sandbox.namespace,
+    )
+    .list(&Default::default())
+    .await
+    .expect("events.k8s.io/v1 Events are listed")
+    .items;
+    let aborted = events
+        .iter()
+        .find(|event| {
+            event.reporting_controller.as_deref() == Some("psctl")
+                && event.reason.as_deref() == Some("CanaryAborted")
+        })
+        .unwrap_or_else(|| panic!("no CanaryAborted Event: {events:#?}"));
+    assert_eq!(aborted.type_.as_deref(), Some("Warning"));
+    assert!(
+        aborted
+            .note
+            .as_deref()
+            .is_some_and(|note| note.contains(" pid ")),
+        "the note names the operator: {aborted:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
