@@ -65,9 +65,18 @@ async fn check(path: &Path) -> Result<(), String> {
     }
 }
 
+/// What one pass over the objects left: how many are loaded, and the rule files promtool
+/// refused (by file name, with the text refused), so an unchanged invalid object is checked and
+/// logged once, not at every pass.
+#[derive(Default)]
+struct Synced {
+    loaded: usize,
+    refused: BTreeMap<String, String>,
+}
+
 /// Writes the files of the objects that pass `promtool`, removes the others, and tells whether
-/// anything changed. `loaded` receives the count of objects loaded.
-async fn sync(dir: &Path, objects: &[DynamicObject], loaded: &mut usize) -> bool {
+/// anything changed.
+async fn sync(dir: &Path, objects: &[DynamicObject], state: &mut Synced) -> bool {
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for object in objects {
         if let Some(text) = rule_file(object) {
@@ -82,6 +91,9 @@ async fn sync(dir: &Path, objects: &[DynamicObject], loaded: &mut usize) -> bool
             kept += 1;
             continue;
         }
+        if state.refused.get(name) == Some(text) {
+            continue;
+        }
         // Checked under a name Prometheus does not load, then moved into place.
         let candidate = dir.join(format!(".{name}.check"));
         if let Err(error) = std::fs::write(&candidate, text) {
@@ -91,6 +103,7 @@ async fn sync(dir: &Path, objects: &[DynamicObject], loaded: &mut usize) -> bool
         match check(&candidate).await {
             Ok(()) => match std::fs::rename(&candidate, &path) {
                 Ok(()) => {
+                    state.refused.remove(name);
                     kept += 1;
                     changed = true;
                 }
@@ -105,6 +118,7 @@ async fn sync(dir: &Path, objects: &[DynamicObject], loaded: &mut usize) -> bool
                     changed = true;
                 }
                 tracing::warn!(rule = %name, %message, "PrometheusRule refused: promtool rejects it");
+                state.refused.insert(name.clone(), text.clone());
             }
         }
     }
@@ -117,7 +131,8 @@ async fn sync(dir: &Path, objects: &[DynamicObject], loaded: &mut usize) -> bool
             changed = true;
         }
     }
-    *loaded = kept;
+    state.refused.retain(|name, _| wanted.contains_key(name));
+    state.loaded = kept;
     changed
 }
 
@@ -149,14 +164,14 @@ pub async fn keep_rules(
     }
     let http = reqwest::Client::new();
     let mut reload_pending = true;
+    let mut state = Synced::default();
     loop {
         match api.list(&ListParams::default()).await {
             Ok(list) => {
-                let mut loaded = 0;
-                if sync(&dir, &list.items, &mut loaded).await {
+                if sync(&dir, &list.items, &mut state).await {
                     reload_pending = true;
                 }
-                health.lock().await.rules = loaded;
+                health.lock().await.rules = state.loaded;
             }
             Err(error) => tracing::warn!(%error, "cannot list PrometheusRules"),
         }
@@ -217,16 +232,18 @@ mod tests {
             "bad",
             serde_json::json!({"groups": [{"name": "g", "rules": [{"alert": "B", "expr": "sum(("}]}]}),
         );
-        let mut loaded = 0;
-        assert!(sync(dir.path(), &[good.clone(), bad.clone()], &mut loaded).await);
-        assert_eq!(loaded, 1);
+        let mut state = Synced::default();
+        assert!(sync(dir.path(), &[good.clone(), bad.clone()], &mut state).await);
+        assert_eq!(state.loaded, 1);
         assert!(dir.path().join("a-good.yml").exists());
         assert!(!dir.path().join("a-bad.yml").exists());
+        assert!(state.refused.contains_key("a-bad.yml"));
         // Nothing changed: no reload needed.
-        assert!(!sync(dir.path(), &[good.clone(), bad], &mut loaded).await);
-        // The object is deleted: its file goes.
-        assert!(sync(dir.path(), &[], &mut loaded).await);
-        assert_eq!(loaded, 0);
+        assert!(!sync(dir.path(), &[good.clone(), bad], &mut state).await);
+        // The objects are deleted: the file goes, and so does the memory of the refusal.
+        assert!(sync(dir.path(), &[], &mut state).await);
+        assert_eq!(state.loaded, 0);
+        assert!(state.refused.is_empty());
         assert!(files(dir.path()).is_empty());
     }
 

@@ -102,13 +102,19 @@ spec:
     let filter = format!(
         "{alertmanager}/api/v2/alerts?filter=alertname%3D%22FidelityAlwaysFiring%22&filter=namespace%3D%22{ns}%22"
     );
-    let received = eventually("the alert in Alertmanager", Duration::from_secs(90), || {
-        let alerts = get(&filter)?;
-        alerts
-            .as_array()
-            .and_then(|list| list.first().cloned())
-            .ok_or_else(|| format!("not received yet: {alerts}"))
-    });
+    // Prometheus sends at once and re-sends every minute (`--rules.alert.resend-delay`): a
+    // first send lost to an Alertmanager still starting arrives a minute later.
+    let received = eventually(
+        "the alert in Alertmanager",
+        Duration::from_secs(150),
+        || {
+            let alerts = get(&filter)?;
+            alerts
+                .as_array()
+                .and_then(|list| list.first().cloned())
+                .ok_or_else(|| format!("not received yet: {alerts}"))
+        },
+    );
     assert_eq!(received["labels"]["priority"], "P2");
     assert_eq!(received["status"]["state"], "active");
     let receivers: Vec<&str> = received["receivers"]
