@@ -169,6 +169,24 @@ impl CanaryBed {
         serde_json::from_str(&stdout).unwrap()
     }
 
+    /// Waits until the run's first step is baking (its clock has started).
+    async fn wait_until_baking(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(state) = self.state().await
+                && state["step_started_at"].is_i64()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "step 1 never started baking: {:?}",
+                self.state().await
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     async fn state(&self) -> Option<serde_json::Value> {
         let config_map =
             Api::<ConfigMap>::namespaced(self.sandbox.admin.clone(), &self.sandbox.namespace)
@@ -429,20 +447,7 @@ async fn an_abort_from_another_terminal_reaches_the_live_run_through_its_state()
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn psctl canary start");
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        if let Some(state) = bed.state().await
-            && state["step_started_at"].is_i64()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "step 1 never started: {:?}",
-            bed.state().await
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    bed.wait_until_baking(Duration::from_secs(240)).await;
     // Another operator sees who drives the run, and asks it to abort.
     let (code, stdout, stderr) = bed.psctl(&["canary", "status"]);
     assert_eq!(code, 0, "{stderr}");
@@ -547,20 +552,7 @@ async fn a_canary_pod_that_starts_crash_looping_mid_bake_aborts_the_run() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn psctl canary start");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(state) = bed.state().await
-            && state["step_started_at"].is_i64()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "step 1 never started baking: {:?}",
-            bed.state().await
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    bed.wait_until_baking(Duration::from_secs(300)).await;
     let pods = Api::<Pod>::namespaced(bed.sandbox.admin.clone(), &bed.sandbox.namespace);
     let canary_pod = pods
         .list(&ListParams::default().labels("app=problemsolver-webhook,track=canary"))
