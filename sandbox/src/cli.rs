@@ -138,6 +138,14 @@ pub enum FaultCommand {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
+    /// End every open watch stream of the API server now, as a restarting API server or a load
+    /// balancer's idle timeout does; clients must re-watch.
+    CutWatches {
+        /// Also compact the watch history to now: resuming from an earlier resourceVersion gets
+        /// 410 Expired, so clients must re-list (a restarted server's empty watch cache).
+        #[arg(long)]
+        compact: bool,
+    },
     /// Kill the containers of a pod (the kubelet restarts them per restartPolicy).
     KillContainer {
         /// Pod name.

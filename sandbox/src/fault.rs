@@ -97,6 +97,36 @@ pub async fn apply(
             }
             Ok(text.trim().to_owned())
         }
+        FaultCommand::CutWatches { compact } => {
+            let secrets = crate::secrets::Generated::load(&layout.secrets_dir())?;
+            let response = http()
+                .post(format!("{}/_sandbox/watches", settings.api_url()))
+                .bearer_auth(secrets.api_admin_token.expose())
+                .json(&json!({ "compact": compact }))
+                .send()
+                .await
+                .context("the API server does not answer: is the sandbox up?")?;
+            let status = response.status();
+            if status == reqwest::StatusCode::NOT_FOUND {
+                anyhow::bail!(
+                    "the running daemon cannot cut watches (an older build): `psctl-sandbox down && psctl-sandbox up`"
+                );
+            }
+            if !status.is_success() {
+                anyhow::bail!(
+                    "the API server refused to cut watches ({status}): {}",
+                    response.text().await.unwrap_or_default()
+                );
+            }
+            let answer: serde_json::Value = response.json().await?;
+            Ok(match answer["compacted_to"].as_str() {
+                Some(version) => format!(
+                    "api: {} watch(es) cut; history compacted to resourceVersion {version}",
+                    answer["cut"]
+                ),
+                None => format!("api: {} watch(es) cut", answer["cut"]),
+            })
+        }
         FaultCommand::KillContainer { pod, namespace } => {
             let ids = run(
                 "docker",

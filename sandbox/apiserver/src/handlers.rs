@@ -42,6 +42,8 @@ pub struct State {
     pub local_addr: SocketAddr,
     /// Fires once when the server shuts down (ends watches).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Bumped to end every open watch at once (`/_sandbox/watches`); each watch holds a receiver.
+    pub watch_cuts: tokio::sync::watch::Sender<u64>,
     next_cluster_ip: AtomicU32,
 }
 
@@ -205,6 +207,7 @@ impl State {
             config,
             local_addr,
             shutdown,
+            watch_cuts: tokio::sync::watch::Sender::new(0),
             next_cluster_ip: AtomicU32::new(10),
         });
         let namespaces = state

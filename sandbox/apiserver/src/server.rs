@@ -420,6 +420,7 @@ async fn route(
     match (method.clone(), path.as_str()) {
         (_, "/_sandbox/faults") => return faults(state, request).await,
         (_, "/_sandbox/requests") => return requests(state, &request),
+        (_, "/_sandbox/watches") => return cut_watches(state, request).await,
         (Method::GET, "/version") => {
             return Ok(json_response(
                 200,
@@ -499,6 +500,41 @@ async fn faults(
             "use GET, POST or DELETE on /_sandbox/faults",
         )),
     }
+}
+
+/// `POST /_sandbox/watches` ends every open watch stream now, as an API server restart or a
+/// load balancer's idle timeout does; with `{"compact": true}` it also compacts the watch
+/// history to the current version, so a client resuming from the last resourceVersion it saw
+/// gets 410 Expired and must re-list (what a restarted server's empty watch cache answers).
+async fn cut_watches(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    if request.method() != Method::POST {
+        return Err(ApiError::method_not_allowed(
+            "use POST on /_sandbox/watches (body {\"compact\": true|false})",
+        ));
+    }
+    let body = read_body(request.into_body()).await?;
+    let compact = if body.is_empty() {
+        false
+    } else {
+        let spec: Value = serde_json::from_slice(&body).map_err(|error| {
+            ApiError::bad_request(format!(
+                "invalid body: {error}; expected {{\"compact\": true|false}}"
+            ))
+        })?;
+        spec.get("compact")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let compacted_to = compact.then(|| state.store.compact());
+    let open = state.watch_cuts.receiver_count();
+    state.watch_cuts.send_modify(|generation| *generation += 1);
+    Ok(json_response(
+        200,
+        &json!({ "cut": open, "compacted_to": compacted_to.map(|version| version.to_string()) }),
+    ))
 }
 
 fn requests(state: &State, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {

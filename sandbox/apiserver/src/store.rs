@@ -276,6 +276,16 @@ impl Store {
         Ok(Some(object))
     }
 
+    /// Forgets the watch history up to now, as etcd compaction does: a watch resumed from any
+    /// resourceVersion this server has already handed out gets 410 Expired and must re-list.
+    /// Returns the version compacted to.
+    pub fn compact(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.history.clear();
+        inner.compacted = inner.resource_version;
+        inner.compacted
+    }
+
     /// Starts a watch after `from`: the history since then plus the live feed, subscribed under
     /// the lock so no event falls between them. `None` starts at the current version.
     pub fn subscribe(
@@ -358,6 +368,24 @@ mod tests {
         let error = store.subscribe(Some(1), None).err().expect("too old");
         assert_eq!(error.code, 410);
         assert_eq!(error.reason, "Expired");
+    }
+
+    #[test]
+    fn compaction_expires_every_version_handed_out_before_it() {
+        let store = Store::new(100);
+        put(&store, "a", "1");
+        put(&store, "a", "2");
+        let compacted = store.compact();
+        assert_eq!(compacted, 3);
+        let error = store.subscribe(Some(2), None).err().expect("compacted");
+        assert_eq!((error.code, error.reason), (410, "Expired"));
+        let resumed = store.subscribe(Some(3), None).expect("the current version");
+        assert!(resumed.backlog.is_empty());
+        put(&store, "a", "3");
+        let later = store
+            .subscribe(Some(3), None)
+            .expect("after the compaction");
+        assert_eq!(later.backlog.len(), 1);
     }
 
     #[test]

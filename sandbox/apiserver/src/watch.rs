@@ -155,6 +155,7 @@ pub fn start(
     };
     let bookmark_interval = state.config.bookmark_interval;
     let mut shutdown = state.shutdown.clone();
+    let mut cuts = state.watch_cuts.subscribe();
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     tokio::spawn(async move {
         let mut live = subscription.live;
@@ -196,6 +197,8 @@ pub fn start(
                 () = &mut deadline => return,
                 () = sender.closed() => return,
                 _ = shutdown.changed() => return,
+                // Cut from outside, as a restarting API server or a load balancer ends streams.
+                _ = cuts.changed() => return,
                 _ = bookmarks.tick(), if allow_bookmarks => filter.bookmark(last, false),
                 received = live.recv() => match received {
                     Ok(event) => {

@@ -260,3 +260,81 @@ async fn injected_faults_fail_and_delay_matching_requests() {
     assert_eq!(test.client.request_text(list).await.expect("listed"), "[]");
     test.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn cut_watches_end_their_streams_and_compaction_expires_old_versions() {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    use kube::api::{WatchEvent, WatchParams};
+
+    let test = common::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(test.client.clone(), "default");
+    let map: ConfigMap =
+        serde_json::from_value(json!({ "metadata": { "name": "watched" } })).expect("valid");
+    let created = api
+        .create(&PostParams::default(), &map)
+        .await
+        .expect("created");
+    let seen = created.metadata.resource_version.expect("a version");
+    let mut stream = api
+        .watch(&WatchParams::default(), &seen)
+        .await
+        .expect("watching")
+        .boxed();
+    let cut = |compact: bool| {
+        http::Request::builder()
+            .method("POST")
+            .uri("/_sandbox/watches")
+            .header("content-type", "application/json")
+            .body(json!({ "compact": compact }).to_string().into_bytes())
+            .expect("request")
+    };
+    let answer: serde_json::Value = serde_json::from_str(
+        &test
+            .client
+            .request_text(cut(false))
+            .await
+            .expect("watches cut"),
+    )
+    .expect("json");
+    assert_eq!(answer["cut"], 1, "{answer}");
+    assert!(answer["compacted_to"].is_null(), "{answer}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .expect("the stream ends at once");
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+
+    // Resuming after a plain cut replays what happened since; after a compaction it is 410.
+    let mut changed = api.get("watched").await.expect("read");
+    changed.data = Some([("k".to_owned(), "v".to_owned())].into());
+    api.replace("watched", &PostParams::default(), &changed)
+        .await
+        .expect("written");
+    let mut resumed = api
+        .watch(&WatchParams::default(), &seen)
+        .await
+        .expect("watching")
+        .boxed();
+    let event = resumed.try_next().await.expect("an event").expect("open");
+    assert!(matches!(event, WatchEvent::Modified(_)), "{event:?}");
+    drop(resumed);
+    let answer: serde_json::Value = serde_json::from_str(
+        &test
+            .client
+            .request_text(cut(true))
+            .await
+            .expect("watches cut"),
+    )
+    .expect("json");
+    assert!(answer["compacted_to"].is_string(), "{answer}");
+    let mut expired = api
+        .watch(&WatchParams::default(), &seen)
+        .await
+        .expect("watching")
+        .boxed();
+    let event = expired.try_next().await.expect("an event").expect("open");
+    assert!(
+        matches!(event, WatchEvent::Error(ref status) if status.code == 410),
+        "{event:?}"
+    );
+    test.server.shutdown().await;
+}
