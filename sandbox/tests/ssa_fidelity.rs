@@ -396,3 +396,45 @@ fn helm_installs_server_side_and_upgrades_follow_the_recorded_apply_method() {
         refused.stderr
     );
 }
+
+/// An applied configuration cannot repeat an item of a keyed list (two `env` entries named
+/// alike): kubectl reports the server's structured-merge-diff error. A plain create may carry
+/// them, and the object it made can still be applied to without them.
+#[test]
+fn an_apply_that_repeats_an_env_name_is_refused_but_a_create_is_not() {
+    let sandbox = sandbox();
+    let namespace = sandbox.namespace("ssa-duplicates");
+    let repeated = deployment(1, "img:1").replace(
+        "          ports: [{containerPort: 8080}]\n",
+        "          ports: [{containerPort: 8080}]\n          env: [{name: FOO, value: x}, {name: FOO, value: y}]\n",
+    );
+    let refused = apply(&namespace, "owner", &repeated, &[]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("failed to create typed patch object")
+            && refused
+                .stderr
+                .contains(r#".spec.template.spec.containers[name="web"].env: duplicate entries for key [name="FOO"]"#),
+        "{}",
+        refused.stderr
+    );
+    assert_ne!(
+        namespace.kubectl(&["get", "deployment", "web"]).code,
+        0,
+        "nothing was created"
+    );
+    namespace
+        .sandbox
+        .kubectl_stdin(
+            &["-n", namespace.name.as_str(), "create", "-f", "-"],
+            &repeated,
+        )
+        .ok("a create may repeat it");
+    apply(
+        &namespace,
+        "owner",
+        &deployment(1, "img:2"),
+        &["--force-conflicts"],
+    )
+    .ok("an apply without the repetition");
+}

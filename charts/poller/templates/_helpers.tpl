@@ -39,3 +39,32 @@ An image tag as a string. Values passed as JSON arrive as float64, so an all-dig
 {{- define "ps.namespaceOr" -}}
 {{- default .root.Release.Namespace .namespace -}}
 {{- end -}}
+
+{{/*
+The container's plain environment: the chart's variables in their order, each replaced by
+.Values.env when it names it, then the other .Values.env entries. A name never appears twice:
+server-side apply (Helm 4's default for new installs) refuses a list item repeated under the same
+key. .Values.env may not name a variable the chart reads from the Secret.
+Call with (dict "env" .Values.env "defaults" (list (list NAME VALUE) ...) "secretBacked" (list NAME ...)).
+*/}}
+{{- define "ps.plainEnv" -}}
+{{- $env := .env | default dict -}}
+{{- range $name := .secretBacked }}
+{{- if hasKey $env $name }}
+{{- fail (printf "env.%s: the chart already reads %s from the Secret; set it there, not as a plain value" $name $name) }}
+{{- end }}
+{{- end }}
+{{- $names := list -}}
+{{- range $pair := .defaults }}
+{{- $name := index $pair 0 }}
+{{- $names = append $names $name }}
+- name: {{ $name }}
+  value: {{ ternary (index $env $name) (index $pair 1) (hasKey $env $name) | quote }}
+{{- end }}
+{{- range $name, $value := $env }}
+{{- if not (has $name $names) }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}

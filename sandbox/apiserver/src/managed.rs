@@ -726,6 +726,66 @@ pub fn record_update(
     store_entries(new, entries);
 }
 
+/// Associative-list items an applied configuration repeats, in structured-merge-diff's words
+/// (`.spec.template.spec.containers[name="app"].env: duplicate entries for key
+/// [name="FOO"]`). An apply cannot carry them, although a create or update may.
+pub fn duplicate_keys(config: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    duplicates_in(config, &mut String::new(), "", &mut found);
+    found
+}
+
+fn duplicates_in(value: &Value, path: &mut String, field: &str, found: &mut Vec<String>) {
+    match value {
+        Value::Object(_) if atomic_field(field) => {}
+        Value::Object(map) => {
+            for (name, child) in map {
+                let length = path.len();
+                path.push('.');
+                path.push_str(name);
+                duplicates_in(child, path, name, found);
+                path.truncate(length);
+            }
+        }
+        Value::Array(items) => {
+            let ListKind::Map(keys) = list_kind(field, items) else {
+                return;
+            };
+            let mut seen = BTreeSet::new();
+            let mut reported = BTreeSet::new();
+            for item in items {
+                let Some(element) = key_element(item, keys) else {
+                    continue;
+                };
+                let spelled = key_spelling(item, keys);
+                if !seen.insert(element.clone()) && reported.insert(element) {
+                    found.push(format!("{path}: duplicate entries for key [{spelled}]"));
+                }
+                let length = path.len();
+                path.push_str(&format!("[{spelled}]"));
+                duplicates_in(item, path, "", found);
+                path.truncate(length);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `name="app"` or `containerPort=80,protocol="TCP"`: a key as structured-merge-diff prints it.
+fn key_spelling(item: &Value, keys: &[&str]) -> String {
+    keys.iter()
+        .filter_map(|key| {
+            let value = match item.get(*key) {
+                Some(value) => value.clone(),
+                None if *key == "protocol" => json!("TCP"),
+                None => return None,
+            };
+            Some(format!("{key}={value}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A server-side apply of `config` by `writer` onto `live` (absent: the object is created).
 /// Returns the merged object with its managed fields, before defaulting; `merge` merges the
 /// configuration into the live object.
@@ -737,6 +797,29 @@ pub fn apply(
     scope: Scope,
     merge: impl Fn(&Value, &Value) -> Value,
 ) -> Result<Value, ApiError> {
+    let duplicates = duplicate_keys(config);
+    if !duplicates.is_empty() {
+        // structured-merge-diff's error is no metav1.Status: kube-apiserver answers 500 with
+        // reason Unknown and the error's text, and logs "not an metav1.Status".
+        let reference = format!(
+            "{}{}; {}, Kind={}",
+            config["metadata"]["namespace"]
+                .as_str()
+                .map(|namespace| format!("{namespace}/"))
+                .unwrap_or_default(),
+            config["metadata"]["name"].as_str().unwrap_or_default(),
+            config["apiVersion"].as_str().unwrap_or_default(),
+            config["kind"].as_str().unwrap_or_default(),
+        );
+        return Err(ApiError::unknown(format!(
+            "failed to create typed patch object ({reference}): {}",
+            if duplicates.len() == 1 {
+                duplicates[0].clone()
+            } else {
+                format!("errors:\n  {}", duplicates.join("\n  "))
+            }
+        )));
+    }
     let mut entries = live.map(entries_of).unwrap_or_default();
     let applied = filter(fields_of(config), scope);
     let subresource = writer.subresource.clone().unwrap_or_default();
@@ -914,6 +997,49 @@ mod tests {
 
     fn writer(name: &str) -> Writer {
         Writer::internal(name)
+    }
+
+    #[test]
+    fn an_apply_repeating_a_keyed_item_is_refused_as_structured_merge_diff_does() {
+        let mut config = deployment(1, "img:1");
+        config["spec"]["template"]["spec"]["containers"][0]["env"] = json!([
+            { "name": "FOO", "value": "x" },
+            { "name": "BAR", "value": "y" },
+            { "name": "FOO", "value": "z" },
+            { "name": "FOO", "value": "again" },
+        ]);
+        config["spec"]["template"]["spec"]["containers"][0]["ports"] =
+            json!([{ "containerPort": 80 }, { "containerPort": 80, "protocol": "TCP" }]);
+        assert_eq!(
+            duplicate_keys(&config),
+            vec![
+                ".spec.template.spec.containers[name=\"app\"].env: duplicate entries for key [name=\"FOO\"]",
+                ".spec.template.spec.containers[name=\"app\"].ports: duplicate entries for key [containerPort=80,protocol=\"TCP\"]",
+            ]
+        );
+        let error = apply(
+            None,
+            &config,
+            &writer("helm"),
+            false,
+            Scope::Main {
+                status_subresource: true,
+            },
+            merge,
+        )
+        .expect_err("duplicates");
+        assert_eq!((error.code, error.reason), (500, ""));
+        assert!(
+            error.message.starts_with(
+                "failed to create typed patch object (web; apps/v1, Kind=Deployment): errors:"
+            ),
+            "{}",
+            error.message
+        );
+        // Atomic lists may repeat anything; so may a create or an update (not checked here).
+        let mut args = deployment(1, "img:1");
+        args["spec"]["template"]["spec"]["containers"][0]["args"] = json!(["-v", "-v"]);
+        assert!(duplicate_keys(&args).is_empty());
     }
 
     const MAIN: Scope = Scope::Main {

@@ -185,6 +185,12 @@ impl ApiError {
         Self::new(500, "InternalError", message)
     }
 
+    /// 500 with reason `""` (`StatusReasonUnknown`): how kube-apiserver answers an error that
+    /// is not a `metav1.Status` of its own, its message the error's text.
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self::new(500, "", message)
+    }
+
     /// 503 when a backend (pod proxy target) cannot be reached.
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)
