@@ -1,7 +1,7 @@
 //! The fault matrix: psctl's mutating commands driven through the faults the sandbox injects
-//! (API error bursts and latency, the registry off, Prometheus and Postgres stopped, psctl
-//! itself killed, a second operator racing, the kill switch pulled mid-release, a rollback that
-//! fails). Each case asserts the exit code, the state `psctl status -o json` shows afterwards
+//! (API error bursts and latency, watches cut mid-rollout, the registry off, Prometheus and
+//! Postgres stopped, psctl killed before Helm, with Helm and during the rollout, a second
+//! operator racing, the kill switch pulled mid-release, a rollback that fails). Each case asserts the exit code, the state `psctl status -o json` shows afterwards
 //! and the audit trail, and prints one line; the suite ends with
 //! `fault_matrix cases=N survived=N` and fails unless every case survived.
 //!
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use sqlx::{Connection as _, PgConnection};
 
@@ -143,6 +144,7 @@ async fn fault_matrix() {
     let started = Instant::now();
     let mut matrix = Matrix::default();
     deploy_and_rollback(&mut matrix).await;
+    secrets_build_and_migrate(&mut matrix).await;
     canary(&mut matrix).await;
     println!("fault_matrix wall time {}s", started.elapsed().as_secs());
     matrix.finish();
@@ -169,6 +171,25 @@ impl Background {
         let stdout = tempfile::NamedTempFile::new().unwrap();
         let stderr = tempfile::NamedTempFile::new().unwrap();
         let child = psctl_command(sandbox, config, args)
+            .stdout(Stdio::from(stdout.reopen().unwrap()))
+            .stderr(Stdio::from(stderr.reopen().unwrap()))
+            .spawn()
+            .expect("spawn psctl");
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Like `spawn`, but psctl leads a process group of its own that the Helm it starts joins,
+    /// so `kill_group` ends both, as a cancelled CI job or a closed terminal does.
+    fn spawn_group(sandbox: &Sandbox, config: &Path, args: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let stdout = tempfile::NamedTempFile::new().unwrap();
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let child = psctl_command(sandbox, config, args)
+            .process_group(0)
             .stdout(Stdio::from(stdout.reopen().unwrap()))
             .stderr(Stdio::from(stderr.reopen().unwrap()))
             .spawn()
@@ -218,6 +239,17 @@ impl Background {
     /// SIGKILL, as `kill -9` or the OOM killer would.
     fn kill(mut self) {
         self.child.kill().expect("SIGKILL psctl");
+        self.child.wait().unwrap();
+    }
+
+    /// SIGKILL to the whole process group (psctl and its Helm): see `spawn_group`.
+    fn kill_group(mut self) {
+        let group = format!("-{}", self.pid());
+        let status = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL -- {group}");
         self.child.wait().unwrap();
     }
 }
@@ -605,6 +637,220 @@ async fn deploy_and_rollback(matrix: &mut Matrix) {
             .await;
 
         matrix
+            .case("watch-cut-mid-rollout", async || {
+                // A healthy release and then a crash-looping one, each with every watch cut and
+                // the watch history compacted in the middle of its rollout: the tracker re-lists
+                // and reaches the same verdict it would have reached without the cut.
+                let registry = sandbox.registry.clone();
+                let crashes = tokio::task::spawn_blocking(move || crashing_image(&registry, IMAGE))
+                    .await
+                    .unwrap();
+                let healthy = new_tag(sandbox, "cut").await;
+                let mut lines = Vec::new();
+                for (tag, expected) in [(healthy.as_str(), 0), (crashes.as_str(), 1)] {
+                    let (_, _, previous_tag) = release_state(&status(sandbox, config));
+                    let mut deploy = Background::spawn(sandbox, config, &deploy_args(tag));
+                    eventually("the new revision", Duration::from_secs(90), async || {
+                        let (_, _, deployed) = release_state(&status(sandbox, config));
+                        (deployed == tag).then_some(())
+                    })
+                    .await;
+                    let cut = sandbox_fault(&["cut-watches", "--compact"]).unwrap();
+                    assert!(
+                        deploy.running(),
+                        "the cut came before the verdict: {}",
+                        deploy.stderr()
+                    );
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let again = sandbox_fault(&["cut-watches", "--compact"]).unwrap();
+                    let (code, _, stderr) = deploy.wait(Duration::from_secs(240)).await;
+                    assert_eq!(code, expected, "{stderr}");
+                    let after = status(sandbox, config);
+                    let (_, state, deployed) = release_state(&after);
+                    let wanted = if expected == 0 {
+                        tag
+                    } else {
+                        previous_tag.as_str()
+                    };
+                    assert_eq!((state.as_str(), deployed.as_str()), ("deployed", wanted));
+                    assert!(after["lock_holder"].is_null(), "{after:#}");
+                    lines.push(format!("exit {code} ({cut}; {again})"));
+                }
+                lines.join("; crash-looping: ")
+            })
+            .await;
+
+        matrix
+            .case("sigkill-before-helm-then-rerun", async || {
+                // Frozen under the Lease, before Helm runs: reading the releases takes 60 s.
+                let tag = new_tag(sandbox, "prehelm").await;
+                let before = release_state(&status(sandbox, config));
+                let audited = last_audit_id(sandbox).await;
+                let mut faults = Faults::default();
+                let list = format!("/api/v1/namespaces/{namespace}/secrets$");
+                faults.inject(
+                    &[
+                        "api",
+                        "--path",
+                        &list,
+                        "--method",
+                        "GET",
+                        "--delay-ms",
+                        "60000",
+                    ],
+                    &["api", "--clear"],
+                );
+                let killed = Background::spawn(sandbox, config, &deploy_args(&tag));
+                let pid = killed.pid();
+                let leases = Api::<Lease>::namespaced(sandbox.admin.clone(), &namespace);
+                eventually("the Lease taken", Duration::from_secs(90), async || {
+                    let lease = leases.get_opt("psctl-deploy").await.ok()??;
+                    let holder = lease.spec?.holder_identity?;
+                    holder
+                        .contains(&format!("pid {pid} (deploy)"))
+                        .then_some(())
+                })
+                .await;
+                killed.kill();
+                faults.restore();
+                assert_eq!(
+                    release_state(&status(sandbox, config)),
+                    before,
+                    "killed before Helm: the release is untouched"
+                );
+                let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&tag));
+                assert_eq!(code, 0, "{stderr}");
+                assert!(stderr.contains("no longer exists on this host"), "{stderr}");
+                let (_, state, deployed) = release_state(&status(sandbox, config));
+                assert_eq!(
+                    (state.as_str(), deployed.as_str()),
+                    ("deployed", tag.as_str())
+                );
+                let rows = audit_rows(sandbox, audited).await;
+                assert!(
+                    rows.iter().any(
+                        |r| r.action == "lock-takeover" && r.details["reason"] == "holder_dead"
+                    ),
+                    "{:?}",
+                    actions(&rows)
+                );
+                "killed holding the Lease: release untouched; re-run took over and deployed"
+                    .to_owned()
+            })
+            .await;
+
+        matrix
+            .case("sigkill-of-psctl-and-helm-mid-upgrade", async || {
+                // Helm is stopped between writing its pending revision and applying the
+                // Deployment: every Deployment PATCH waits 60 s. The whole process group dies.
+                let tag = new_tag(sandbox, "midhelm").await;
+                let (revision, _, good_tag) = release_state(&status(sandbox, config));
+                let audited = last_audit_id(sandbox).await;
+                let mut faults = Faults::default();
+                let path = format!("/apis/apps/v1/namespaces/{namespace}/deployments");
+                faults.inject(
+                    &["api", "--path", &path, "--method", "PATCH", "--delay-ms", "60000"],
+                    &["api", "--clear"],
+                );
+                let killed = Background::spawn_group(sandbox, config, &deploy_args(&tag));
+                eventually("Helm's pending revision", Duration::from_secs(90), async || {
+                    let (_, state, _) = release_state(&status(sandbox, config));
+                    (state == "pending-upgrade").then_some(())
+                })
+                .await;
+                killed.kill_group();
+                faults.restore();
+                let (stuck, state, _) = release_state(&status(sandbox, config));
+                assert_eq!((stuck, state.as_str()), (revision + 1, "pending-upgrade"));
+                // The next deploy names the way out instead of tripping over Helm's lock.
+                let (code, _, refused) = psctl(sandbox, config, &deploy_args(&tag));
+                assert_eq!(code, 2, "{refused}");
+                assert!(refused.contains("psctl rollback webhook --unstick"), "{refused}");
+                // A fresh pending revision may belong to a Helm that still runs: --force is
+                // the operator's word that none does.
+                let (code, _, young) = psctl(sandbox, config, &["rollback", "webhook", "--unstick"]);
+                assert_eq!(code, 2, "{young}");
+                assert!(young.contains("--unstick --force"), "{young}");
+                let (code, _, unstuck) = psctl(
+                    sandbox,
+                    config,
+                    &["rollback", "webhook", "--unstick", "--force"],
+                );
+                assert_eq!(code, 0, "{unstuck}");
+                let (_, state, deployed) = release_state(&status(sandbox, config));
+                assert_eq!(
+                    (state.as_str(), deployed.as_str()),
+                    ("deployed", good_tag.as_str())
+                );
+                let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&tag));
+                assert_eq!(code, 0, "{stderr}");
+                let (_, state, deployed) = release_state(&status(sandbox, config));
+                assert_eq!(
+                    (state.as_str(), deployed.as_str()),
+                    ("deployed", tag.as_str())
+                );
+                let rows = audit_rows(sandbox, audited).await;
+                for (action, outcome) in [
+                    ("lock-takeover", None),
+                    ("rollback (unstick)", Some("succeeded")),
+                    ("deploy", Some("succeeded")),
+                ] {
+                    assert!(
+                        rows.iter().any(|r| r.action == action
+                            && outcome.is_none_or(|o| r.outcome == o)),
+                        "{action}: {:?}",
+                        actions(&rows)
+                    );
+                }
+                format!(
+                    "left pending-upgrade; deploy: {}; unstick without --force: {}; with it: recovered; re-deploy: exit 0",
+                    error_line(&refused),
+                    error_line(&young)
+                )
+            })
+            .await;
+
+        matrix
+            .case("sigkill-mid-rollback-then-rerun", async || {
+                let (revision, _, current_tag) = release_state(&status(sandbox, config));
+                let history = sandbox.history(config, "webhook");
+                let target = history
+                    .iter()
+                    .rev()
+                    .filter(|r| r["status"] == "superseded")
+                    .filter_map(|r| Some((r["revision"].as_u64()?, r["image_tag"].as_str()?)))
+                    .find(|(_, tag)| *tag != current_tag && !tag.starts_with("crashes-"))
+                    .map(|(rev, tag)| (rev, tag.to_owned()))
+                    .expect("an earlier revision with another tag");
+                let to_rev = target.0.to_string();
+                let args = ["rollback", "webhook", "--to-rev", to_rev.as_str()];
+                let killed = Background::spawn(sandbox, config, &args);
+                eventually(
+                    "the rollback's revision",
+                    Duration::from_secs(90),
+                    async || {
+                        let (now, _, _) = release_state(&status(sandbox, config));
+                        (now > revision).then_some(())
+                    },
+                )
+                .await;
+                killed.kill();
+                // The same command again finishes the job (a plain `rollback` would now go
+                // back to the release being rolled back from).
+                let (code, _, stderr) = psctl(sandbox, config, &args);
+                assert_eq!(code, 0, "{stderr}");
+                let after = status(sandbox, config);
+                let (_, state, deployed) = release_state(&after);
+                assert_eq!(
+                    (state.as_str(), deployed.as_str()),
+                    ("deployed", target.1.as_str())
+                );
+                assert!(after["lock_holder"].is_null(), "{after:#}");
+                format!("re-run of `rollback --to-rev {to_rev}` took over and finished: exit 0")
+            })
+            .await;
+
+        matrix
             .case("two-operators-race", async || {
                 let first = new_tag(sandbox, "race-a").await;
                 let second = new_tag(sandbox, "race-b").await;
@@ -800,6 +1046,180 @@ async fn deploy_and_rollback(matrix: &mut Matrix) {
             })
             .await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets, build and migrations
+
+/// The runtime Secret's resourceVersion (`None` when there is no Secret): unchanged means
+/// nothing was written.
+async fn secret_version(sandbox: &Sandbox) -> Option<String> {
+    Api::<Secret>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
+        .get_opt("problemsolver-secrets")
+        .await
+        .unwrap()
+        .and_then(|secret| secret.metadata.resource_version)
+}
+
+async fn applied_migrations(sandbox: &Sandbox) -> i64 {
+    let mut connection = PgConnection::connect(&sandbox.database_url)
+        .await
+        .expect("the test database");
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut connection)
+        .await
+        .expect("read _sqlx_migrations");
+    connection.close().await.ok();
+    count
+}
+
+async fn secrets_build_and_migrate(matrix: &mut Matrix) {
+    let sandbox = &Sandbox::builder("faults-secrets")
+        .runtime_secret(support::sandbox::RuntimeSecret::Absent)
+        .start()
+        .await;
+    let config = sandbox.sandbox_config("secrets", |_| {});
+    let config = config.as_path();
+    let namespace = sandbox.namespace.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = |name: &str, secret: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "DATABASE_URL=postgres://faults@db.invalid/faults\nBINANCE_API_KEY=key-{secret}\n\
+                 BINANCE_API_SECRET=secret-{secret}\nWEBHOOK_SECRET=whsec-{secret}\n"
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+
+    matrix
+        .case("api-503-on-secrets-apply", async || {
+            let audited = last_audit_id(sandbox).await;
+            let first = env_file("first.env", "one");
+            let path = format!("/api/v1/namespaces/{namespace}/secrets");
+            let apply = |file: &str| psctl(sandbox, config, &["secrets", "apply", "--from-env-file", file]);
+            // Every write of a Secret refused: exit 3, no Secret.
+            let mut faults = Faults::default();
+            faults.inject(
+                &["api", "--path", &path, "--method", "POST", "--status", "503"],
+                &["api", "--clear"],
+            );
+            let (code, _, refused) = apply(&first);
+            faults.restore();
+            assert_eq!(code, 3, "{refused}");
+            assert_eq!(secret_version(sandbox).await, None, "nothing written");
+            // A burst of two: retried, created.
+            faults.inject(
+                &["api", "--path", &path, "--method", "POST", "--status", "503", "--count", "2"],
+                &["api", "--clear"],
+            );
+            let (code, _, stderr) = apply(&first);
+            faults.restore();
+            assert_eq!(code, 0, "{stderr}");
+            let created = secret_version(sandbox).await.expect("created");
+            // A change whose update keeps failing leaves the Secret as it was.
+            let second = env_file("second.env", "two");
+            let named = format!("{path}/problemsolver-secrets");
+            for method in ["PUT", "PATCH"] {
+                faults.inject(
+                    &["api", "--path", &named, "--method", method, "--status", "500"],
+                    &["api", "--clear"],
+                );
+            }
+            let (code, _, failed) = apply(&second);
+            faults.restore();
+            assert_ne!(code, 0, "{failed}");
+            assert!([1, 3].contains(&code), "a server error is no usage error: exit {code}\n{failed}");
+            assert_eq!(secret_version(sandbox).await.as_deref(), Some(created.as_str()));
+            let rows = audit_rows(sandbox, audited).await;
+            let outcomes: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.action == "secrets apply")
+                .map(|r| r.outcome.as_str())
+                .collect();
+            assert!(outcomes.contains(&"succeeded"), "{:?}", actions(&rows));
+            assert!(outcomes.contains(&"failed"), "{:?}", actions(&rows));
+            let lock = status(sandbox, config)["lock_holder"].clone();
+            assert!(lock.is_null(), "the Lease is released: {lock}");
+            format!(
+                "lasting 503 on create: exit 3 ({}); burst: retried; lasting 500 on update: exit {code}, Secret unchanged",
+                error_line(&refused)
+            )
+        })
+        .await;
+
+    matrix
+        .case("registry-off-during-build", async || {
+            let prebuilt = support::profile_dir().display().to_string();
+            let tag = format!("faults-build-{}", std::process::id());
+            let build = [
+                "build",
+                "--prebuilt",
+                prebuilt.as_str(),
+                "--tag",
+                tag.as_str(),
+            ];
+            let mut faults = Faults::default();
+            faults.inject(&["registry", "off"], &["registry", "on"]);
+            let (code, _, refused) = psctl(sandbox, config, &build);
+            faults.restore();
+            assert_eq!(
+                code, 3,
+                "the registry is unreachable, not a failed check:\n{refused}"
+            );
+            assert!(refused.contains("registry"), "{refused}");
+            let (code, stdout, stderr) =
+                psctl(sandbox, config, &[&build[..], &["-o", "json"]].concat());
+            assert_eq!(code, 0, "{stderr}");
+            let pushed = report(&stdout);
+            let images = pushed["images"].as_array().cloned().unwrap_or_default();
+            assert!(
+                !images.is_empty() && images.iter().all(|i| i["push"] == "pushed"),
+                "after the registry is back, the re-run pushes every image: {pushed:#}"
+            );
+            error_line(&refused)
+        })
+        .await;
+
+    matrix
+        .case("postgres-cut-during-db-migrate", async || {
+            let backups = tempfile::tempdir().unwrap();
+            let backup_dir = backups.path().display().to_string();
+            let all = applied_migrations(sandbox).await;
+            let (code, _, stderr) = psctl(
+                sandbox,
+                config,
+                &["db", "migrate", "--down", "1", "--backup-dir", &backup_dir],
+            );
+            assert_eq!(code, 0, "{stderr}");
+            assert_eq!(applied_migrations(sandbox).await, all - 1);
+            let mut faults = Faults::default();
+            faults.inject(&["postgres", "stop"], &["postgres", "start"]);
+            let (code, _, refused) = psctl(
+                sandbox,
+                config,
+                &["db", "migrate", "--backup-dir", &backup_dir],
+            );
+            faults.restore();
+            assert_eq!(code, 3, "unreachable, not a failed migration:\n{refused}");
+            assert_eq!(
+                applied_migrations(sandbox).await,
+                all - 1,
+                "nothing half-applied"
+            );
+            let (code, _, stderr) = psctl(
+                sandbox,
+                config,
+                &["db", "migrate", "--backup-dir", &backup_dir],
+            );
+            assert_eq!(code, 0, "{stderr}");
+            assert_eq!(applied_migrations(sandbox).await, all);
+            error_line(&refused)
+        })
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
