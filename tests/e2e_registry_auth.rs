@@ -195,7 +195,15 @@ async fn build_and_deploy_read_an_authenticated_registry_with_docker_credentials
     );
 
     // Without credentials, build stops before building anything: it could not check the tag.
-    let build = ["build", "--prebuilt", &prebuilt, "--tag", &tag, "-o", "json"];
+    let build = [
+        "build",
+        "--prebuilt",
+        &prebuilt,
+        "--tag",
+        &tag,
+        "-o",
+        "json",
+    ];
     let (code, stdout, stderr) = psctl(&nobody, &build);
     assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
@@ -229,8 +237,18 @@ async fn build_and_deploy_read_an_authenticated_registry_with_docker_credentials
 
     // Deploy of a tag the registry does not have: exit 1 before anything changes.
     let deploy = |tag: &str| {
-        ["deploy", "--component", "webhook", "--tag", tag, "--timeout", "120s", "-o", "json"]
-            .map(str::to_owned)
+        [
+            "deploy",
+            "--component",
+            "webhook",
+            "--tag",
+            tag,
+            "--timeout",
+            "120s",
+            "-o",
+            "json",
+        ]
+        .map(str::to_owned)
     };
     let missing = deploy("no-such-tag");
     let missing = missing.each_ref().map(String::as_str);

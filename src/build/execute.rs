@@ -211,7 +211,10 @@ async fn preflight(
     }
     // The tag of the first image: the registry answers, and accepts psctl's identity, before
     // anything is built.
-    let probe = plan.images.first().map(|image| registry.manifest(&image.image, &plan.tag));
+    let probe = plan
+        .images
+        .first()
+        .map(|image| registry.manifest(&image.image, &plan.tag));
     let answered = match probe {
         Some(probe) => probe.await.map(drop),
         None => Ok(()),

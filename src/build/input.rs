@@ -20,7 +20,6 @@ pub struct BuildSettings {
     pub allow_dirty: bool,
 }
 
-
 /// Assembles the plan input from the environment, flags and the work tree. Pure apart from the
 /// values passed in.
 pub fn plan_input(

@@ -142,7 +142,8 @@ pub fn from_answer(
         Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(Credentials::Anonymous),
         // A store (`credsStore`) serves every host; one it has nothing for answers so.
         Err(CredentialRetrievalError::HelperFailure { stdout, stderr, .. })
-            if stdout.contains("credentials not found") || stderr.contains("credentials not found") =>
+            if stdout.contains("credentials not found")
+                || stderr.contains("credentials not found") =>
         {
             Ok(Credentials::Anonymous)
         }
@@ -153,7 +154,9 @@ pub fn from_answer(
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("no message");
             let last: String = last.chars().take(200).collect();
-            Err(CredentialError(format!("credential helper `{helper}` failed: {last}")))
+            Err(CredentialError(format!(
+                "credential helper `{helper}` failed: {last}"
+            )))
         }
         Err(CredentialRetrievalError::HelperCommunicationError) => Err(CredentialError(format!(
             "cannot run the credential helper `{}` that {config} names",
@@ -170,7 +173,10 @@ mod tests {
     #[test]
     fn docker_hub_credentials_are_filed_under_the_legacy_index() {
         assert_eq!(server_key("docker.io"), "https://index.docker.io/v1/");
-        assert_eq!(server_key("registry-1.docker.io"), "https://index.docker.io/v1/");
+        assert_eq!(
+            server_key("registry-1.docker.io"),
+            "https://index.docker.io/v1/"
+        );
         assert_eq!(server_key("ghcr.io"), "ghcr.io");
         assert_eq!(server_key("127.0.0.1:5000"), "127.0.0.1:5000");
     }

@@ -123,7 +123,6 @@ pub fn parse_tag(tag: &str) -> Result<String, String> {
     check_tag(tag).map(|()| tag.to_owned())
 }
 
-
 /// What a tag points at in the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteManifest {
@@ -168,7 +167,9 @@ pub enum RegistryError {
         #[source]
         source: OciDistributionError,
     },
-    #[error("registry {registry} refused to show {reference} (HTTP {status}) to psctl, which read it {access}")]
+    #[error(
+        "registry {registry} refused to show {reference} (HTTP {status}) to psctl, which read it {access}"
+    )]
     Unauthorized {
         registry: String,
         reference: String,
@@ -260,7 +261,7 @@ pub fn answer_of(error: &OciDistributionError) -> Answer {
         OciDistributionError::ServerError { code, .. } => Answer::Status(format!("HTTP {code}")),
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            let any = |wanted: &[OciErrorCode]| codes.iter().any(|c| wanted.contains(c));
+            let any = |wanted: &[OciErrorCode]| codes.iter().any(|c| wanted.contains(*c));
             if any(&[
                 OciErrorCode::ManifestUnknown,
                 OciErrorCode::NameUnknown,
@@ -275,7 +276,11 @@ pub fn answer_of(error: &OciDistributionError) -> Answer {
                 Answer::Status(
                     codes
                         .iter()
-                        .map(|c| format!("{c:?}"))
+                        // The code as sent (`TOOMANYREQUESTS`, or a registry's own).
+                        .map(|c| match serde_json::to_value(c) {
+                            Ok(serde_json::Value::String(code)) => code,
+                            _ => format!("{c:?}"),
+                        })
                         .collect::<Vec<_>>()
                         .join(", "),
                 )
@@ -530,7 +535,10 @@ mod tests {
     #[test]
     fn every_way_the_client_reports_a_status_is_read_the_same() {
         // Distribution answers 404 with an error envelope; a proxy or CDN answers with none.
-        assert_eq!(answer_of(&envelope(&["MANIFEST_UNKNOWN"])), Answer::NotFound);
+        assert_eq!(
+            answer_of(&envelope(&["MANIFEST_UNKNOWN"])),
+            Answer::NotFound
+        );
         assert_eq!(answer_of(&envelope(&["NAME_UNKNOWN"])), Answer::NotFound);
         assert_eq!(answer_of(&server(404)), Answer::NotFound);
         assert_eq!(
@@ -556,14 +564,16 @@ mod tests {
         assert_eq!(answer_of(&server(503)), Answer::Status("HTTP 503".into()));
         assert_eq!(
             answer_of(&envelope(&["TOOMANYREQUESTS"])),
-            Answer::Status("TooManyRequests".into())
+            Answer::Status("TOOMANYREQUESTS".into())
         );
         assert!(matches!(
             answer_of(&OciDistributionError::SpecViolationError("x".into())),
             Answer::Malformed(_)
         ));
         assert_eq!(
-            answer_of(&OciDistributionError::IoError(std::io::Error::other("reset"))),
+            answer_of(&OciDistributionError::IoError(std::io::Error::other(
+                "reset"
+            ))),
             Answer::Unreachable
         );
     }
@@ -619,23 +629,23 @@ mod tests {
             password: secrecy::SecretString::from("hunter2-secret".to_owned()),
             source: "/c/config.json".into(),
         };
-        let registry =
-            Registry::with_credentials("127.0.0.1:5000", credentials.clone()).unwrap();
+        let registry = Registry::with_credentials("127.0.0.1:5000", credentials.clone()).unwrap();
         let error = RegistryError::Unauthorized {
             registry: "127.0.0.1:5000".into(),
             reference: "127.0.0.1:5000/a:b".into(),
             status: 401,
             access: registry.access(),
         };
-        for shown in [format!("{registry:?}"), error.to_string(), registry.access()] {
+        for shown in [
+            format!("{registry:?}"),
+            error.to_string(),
+            registry.access(),
+        ] {
             assert!(!shown.contains("hunter2"), "{shown}");
         }
         let redactor = Redactor::default();
         let _guarded = registry.guard(&redactor);
-        assert_eq!(
-            redactor.scrub("echoed hunter2-secret"),
-            "echoed [REDACTED]"
-        );
+        assert_eq!(redactor.scrub("echoed hunter2-secret"), "echoed [REDACTED]");
     }
 
     #[test]

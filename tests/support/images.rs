@@ -25,7 +25,13 @@ pub fn prebuilt_binaries() -> PathBuf {
         return release;
     }
     let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-        .args(["build", "-p", SERVICE_BINARIES[0], "-p", SERVICE_BINARIES[1]])
+        .args([
+            "build",
+            "-p",
+            SERVICE_BINARIES[0],
+            "-p",
+            SERVICE_BINARIES[1],
+        ])
         .current_dir(ROOT)
         .status()
         .expect("run cargo");
