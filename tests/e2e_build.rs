@@ -90,7 +90,10 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("--build-arg RUNTIME_BASE=127.0.0.1:5000/psctl-base:bookworm"),
+        stdout.contains(&format!(
+            "--build-arg RUNTIME_BASE={}/psctl-base:bookworm",
+            sandbox.registry
+        )),
         "{stdout}"
     );
     for binary in BINARIES {
