@@ -4,10 +4,8 @@
 //! is refused; and `psctl secrets apply` + `psctl deploy` run the built worker in the test's own
 //! namespace.
 //!
-//! The release build of the services takes minutes, so the test reuses binaries already built:
-//! `$CARGO_TARGET_DIR/release` when both are there (quickstart builds them), else the debug
-//! ones, built here if missing (`cargo build -p problemsolver-poller -p
-//! problemsolver-webhook-worker`).
+//! The release build of the services takes minutes, so the test reuses binaries already built
+//! (`support::images::prebuilt_binaries`).
 
 mod support;
 
@@ -21,25 +19,6 @@ use support::Sandbox;
 use support::sandbox::RuntimeSecret;
 
 const BINARIES: [&str; 2] = support::images::SERVICE_BINARIES;
-
-/// A directory holding both service binaries.
-fn prebuilt_binaries() -> PathBuf {
-    let debug = support::profile_dir();
-    let release = debug
-        .parent()
-        .expect("the profile directory is inside the target directory")
-        .join("release");
-    if BINARIES.iter().all(|b| release.join(b).is_file()) {
-        return release;
-    }
-    let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-        .args(["build", "-p", BINARIES[0], "-p", BINARIES[1]])
-        .current_dir(support::ROOT)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the service binaries failed");
-    debug
-}
 
 /// The sandbox's runtime Secret values, as `psctl-sandbox up` keeps them.
 fn sandbox_runtime_env() -> PathBuf {
@@ -89,7 +68,7 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
         .await;
     // The sandbox's own environment (its build settings), in the test's namespace.
     let config = sandbox.sandbox_config("build", |_| {});
-    let binaries = prebuilt_binaries();
+    let binaries = support::images::prebuilt_binaries();
     let prebuilt = binaries.display().to_string();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -111,7 +90,10 @@ async fn build_pushes_pulls_by_digest_refuses_overwrites_and_deploys() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("--build-arg RUNTIME_BASE=127.0.0.1:5000/psctl-base:bookworm"),
+        stdout.contains(&format!(
+            "--build-arg RUNTIME_BASE={}/psctl-base:bookworm",
+            sandbox.registry
+        )),
         "{stdout}"
     );
     for binary in BINARIES {

@@ -1,8 +1,14 @@
 //! Building the service images, as a plan: the immutable tag, the argv of every step (cargo,
 //! `docker build`, scan, `docker push`) and the decision whether a tag may be pushed.
 //!
-//! Everything here is pure; `commands::build` runs the plan. No step ever carries a secret:
-//! the build context is a directory holding one staged binary, nothing else.
+//! This file, `input.rs` (flags and environment into the plan input) and `report.rs` (what is
+//! printed) are pure; `execute.rs` runs the plan. No step ever carries a secret: the build
+//! context is a directory holding one staged binary, nothing else, and `docker push`
+//! authenticates with Docker's own credentials.
+
+pub mod execute;
+pub mod input;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 
@@ -286,9 +292,7 @@ fn push_step(tool: BuildTool, registry: &str, reference: &str) -> Step {
     match tool {
         BuildTool::Docker | BuildTool::Buildx => Step::new("docker", ["push", reference]),
         BuildTool::Podman => {
-            let plain_http = crate::registry::RegistryAddress::parse(registry)
-                .base
-                .starts_with("http://");
+            let plain_http = crate::registry::RegistryAddress::parse(registry).plain_http();
             let mut args = vec!["push"];
             if plain_http {
                 args.push("--tls-verify=false");

@@ -1,24 +1,41 @@
-//! Container registries over the distribution HTTP API v2: where a manifest lives, and what a
-//! tag currently points at (its manifest digest and image configuration digest).
+//! Container registries: the one client psctl reads them with, and the one policy for what
+//! their answers mean. What a tag currently points at (its manifest digest and image
+//! configuration digest), the tag grammar, and [`preflight`].
 //!
 //! Shared by `deploy` and `canary` ([`preflight`]: the tag must exist) and `build` (a tag must
-//! never be overwritten with other content): one client, one policy for 401/403/404/5xx. Anonymous access only; loopback registries are spoken to over plain HTTP.
+//! never be overwritten with other content). The distribution protocol (the `/v2/` challenge,
+//! Bearer tokens from the registry's token service as Docker Hub, GHCR, ECR and Harbor issue
+//! them, or Basic auth) is `oci-client`'s; the credentials are Docker's own
+//! ([`credentials`]: `$DOCKER_CONFIG/config.json` and its credential helpers). Plain HTTP only
+//! for a loopback registry or one written with an explicit `http://`. No credential reaches an
+//! error, a log line or a plan: the client holds it, messages say only where it came from.
+
+pub mod credentials;
 
 use std::time::Duration;
 
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::{Client, Reference, client::ClientConfig, client::ClientProtocol};
+
 use crate::error::{Classify, CommandError, ExitStatus};
-use crate::output::{CheckState, Output};
+use crate::output::{CheckState, Output, redact::Redactor};
+
+pub use credentials::Credentials;
 
 /// Every manifest media type psctl accepts, most specific first.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.docker.distribution.manifest.v2+json";
+pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
 
-/// A registry address split into the HTTP base and the repository prefix: `ghcr.io/acme` is
-/// the host `ghcr.io` with every repository under `acme/`.
+/// A registry address split into host, repository prefix and scheme: `ghcr.io/acme` is the
+/// host `ghcr.io` over HTTPS with every repository under `acme/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryAddress {
+    /// `127.0.0.1:5000` or `ghcr.io`: what credentials are filed under.
+    pub host: String,
     /// `http://127.0.0.1:5000` or `https://ghcr.io`.
     pub base: String,
     /// `acme/` or empty.
@@ -27,6 +44,7 @@ pub struct RegistryAddress {
 
 impl RegistryAddress {
     /// Parses `host[:port][/prefix]`, optionally with an explicit `http://` or `https://`.
+    /// Without a scheme, a loopback host is plain HTTP and every other host HTTPS.
     pub fn parse(registry: &str) -> Self {
         let (scheme, rest) = if let Some(rest) = registry.strip_prefix("http://") {
             (Some("http"), rest)
@@ -42,17 +60,20 @@ impl RegistryAddress {
         };
         let scheme = scheme.unwrap_or_else(|| if is_loopback(host) { "http" } else { "https" });
         Self {
+            host: host.to_owned(),
             base: format!("{scheme}://{host}"),
             prefix,
         }
     }
 
-    /// `<base>/v2/<prefix><image>/manifests/<reference>`.
-    pub fn manifest_url(&self, image: &str, reference: &str) -> String {
-        format!(
-            "{}/v2/{}{image}/manifests/{reference}",
-            self.base, self.prefix
-        )
+    /// True when the registry is spoken to over plain HTTP.
+    pub fn plain_http(&self) -> bool {
+        self.base.starts_with("http://")
+    }
+
+    /// `<prefix><image>`: the repository inside the registry.
+    pub fn repository(&self, image: &str) -> String {
+        format!("{}{image}", self.prefix)
     }
 
     /// `<base>/v2/<prefix><image>/tags/list`.
@@ -68,11 +89,6 @@ fn is_loopback(host: &str) -> bool {
         host.split(':').next().unwrap_or(host)
     };
     name == "localhost" || name.starts_with("127.") || name == "::1"
-}
-
-/// The registry API v2 manifest URL of `image:tag` under `registry`.
-pub fn manifest_url(registry: &str, image: &str, tag: &str) -> String {
-    RegistryAddress::parse(registry).manifest_url(image, tag)
 }
 
 /// The registry API v2 tag list URL of `image` under `registry`.
@@ -110,7 +126,8 @@ pub fn parse_tag(tag: &str) -> Result<String, String> {
 /// What a tag points at in the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteManifest {
-    /// The manifest's own digest (`Docker-Content-Digest`), what `image@sha256:…` pulls.
+    /// The manifest's own digest (`Docker-Content-Digest`, checked against the body), what
+    /// `image@sha256:…` pulls.
     pub digest: String,
     /// The image configuration digest (`config.digest`); equals the local image ID of the image
     /// that was pushed. `None` for an index (multi-platform list).
@@ -125,43 +142,70 @@ impl RemoteManifest {
     }
 }
 
+/// Reads a manifest body whose digest the client has already verified. Pure.
+pub fn parse_manifest(body: &[u8], digest: String) -> Result<RemoteManifest, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let media_type = value["mediaType"].as_str().unwrap_or_default().to_owned();
+    let config_digest = value["config"]["digest"].as_str().map(str::to_owned);
+    if config_digest.is_none() && value.get("manifests").is_none() {
+        return Err("neither `config.digest` nor `manifests` present".to_owned());
+    }
+    Ok(RemoteManifest {
+        digest,
+        config_digest,
+        media_type,
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("registry {registry} unreachable while reading {url}")]
+    #[error("registry {registry} unreachable while reading {reference}")]
     Unreachable {
         registry: String,
-        url: String,
+        reference: String,
         #[source]
-        source: reqwest::Error,
+        source: OciDistributionError,
     },
     #[error(
-        "registry {registry} needs credentials for {url} (HTTP {status}); psctl reads registries anonymously"
+        "registry {registry} refused to show {reference} (HTTP {status}) to psctl, which read it {access}"
     )]
     Unauthorized {
         registry: String,
-        url: String,
+        reference: String,
         status: u16,
+        /// [`Credentials::describe`]: `anonymously` or where the credential came from.
+        access: String,
     },
-    #[error("registry {registry} answered HTTP {status} for {url}")]
+    #[error("registry {registry} answered {answer} for {reference}")]
     Status {
         registry: String,
-        url: String,
-        status: u16,
+        reference: String,
+        /// `HTTP 503`, or the distribution error code when only that is known.
+        answer: String,
     },
-    #[error("registry {registry} sent a manifest psctl cannot read at {url}: {reason}")]
+    #[error("registry {registry} sent a manifest psctl cannot read for {reference}: {reason}")]
     Malformed {
         registry: String,
-        url: String,
+        reference: String,
         reason: String,
     },
-    #[error("cannot build the HTTP client")]
-    Client(#[source] reqwest::Error),
+    #[error("cannot read the credentials for registry {registry}")]
+    Credentials {
+        registry: String,
+        #[source]
+        source: credentials::CredentialError,
+    },
+    #[error("cannot build the registry client")]
+    Client(#[source] OciDistributionError),
 }
 
 impl Classify for RegistryError {
     fn exit_status(&self) -> ExitStatus {
         match self {
-            Self::Unauthorized { .. } | Self::Client(_) => ExitStatus::Usage,
+            Self::Unauthorized { .. } | Self::Credentials { .. } | Self::Client(_) => {
+                ExitStatus::Usage
+            }
             Self::Unreachable { .. } | Self::Status { .. } | Self::Malformed { .. } => {
                 ExitStatus::Unreachable
             }
@@ -173,61 +217,154 @@ impl Classify for RegistryError {
             Self::Unreachable { .. } => {
                 vec!["is the registry up? for the sandbox: `psctl-sandbox up`".to_owned()]
             }
-            Self::Unauthorized { .. } => vec![
-                "grant anonymous pull on the repository, or use a registry psctl can read without credentials".to_owned(),
-            ],
+            Self::Unauthorized { registry, .. } | Self::Credentials { registry, .. } => {
+                let host = RegistryAddress::parse(registry).host;
+                vec![format!(
+                    "log in as an identity that may pull (and, for `psctl build`, push): `docker login {host}`; psctl reads $DOCKER_CONFIG/config.json (else ~/.docker/config.json) and its credential helpers, as docker does"
+                )]
+            }
             _ => Vec::new(),
         }
     }
 }
 
-/// A small anonymous registry client.
-#[derive(Debug, Clone)]
+/// How the registry answered a manifest request, before the policy reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// 404 (`MANIFEST_UNKNOWN`, `NAME_UNKNOWN`): no such tag or repository.
+    NotFound,
+    /// 401 or 403 (`UNAUTHORIZED`, `DENIED`), or a token service that refused the credential.
+    Unauthorized { status: u16 },
+    /// No answer: connection refused, DNS, TLS, timeout.
+    Unreachable,
+    /// Any other HTTP status or distribution error code (5xx, 429...).
+    Status(String),
+    /// An answer that breaks the protocol: a digest that does not match the body, bad JSON.
+    Malformed(String),
+}
+
+/// Reads `oci-client`'s error into the registry's answer: the one place that knows how the
+/// library reports statuses (an error envelope for a 4xx that has one, a bare status otherwise).
+/// Pure.
+pub fn answer_of(error: &OciDistributionError) -> Answer {
+    match error {
+        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => {
+            Answer::Unreachable
+        }
+        OciDistributionError::UnauthorizedError { .. } => Answer::Unauthorized { status: 401 },
+        OciDistributionError::AuthenticationFailure(_) => Answer::Unauthorized { status: 401 },
+        OciDistributionError::ServerError { code: 404, .. } => Answer::NotFound,
+        OciDistributionError::ServerError {
+            code: code @ (401 | 403),
+            ..
+        } => Answer::Unauthorized { status: *code },
+        OciDistributionError::ServerError { code, .. } => Answer::Status(format!("HTTP {code}")),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            let any = |wanted: &[OciErrorCode]| codes.iter().any(|c| wanted.contains(*c));
+            if any(&[
+                OciErrorCode::ManifestUnknown,
+                OciErrorCode::NameUnknown,
+                OciErrorCode::NotFound,
+            ]) {
+                Answer::NotFound
+            } else if any(&[OciErrorCode::Denied]) {
+                Answer::Unauthorized { status: 403 }
+            } else if any(&[OciErrorCode::Unauthorized]) {
+                Answer::Unauthorized { status: 401 }
+            } else {
+                Answer::Status(
+                    codes
+                        .iter()
+                        // The code as sent (`TOOMANYREQUESTS`, or a registry's own).
+                        .map(|c| match serde_json::to_value(c) {
+                            Ok(serde_json::Value::String(code)) => code,
+                            _ => format!("{c:?}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            }
+        }
+        other => Answer::Malformed(other.to_string()),
+    }
+}
+
+/// The registry client: `oci-client` with the host's Docker credentials.
+#[derive(Clone)]
 pub struct Registry {
     registry: String,
     address: RegistryAddress,
-    http: reqwest::Client,
+    credentials: Credentials,
+    client: Client,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("registry", &self.registry)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
+    /// The client for `registry` (`host[:port][/prefix]`), with the credential Docker holds
+    /// for its host. Blocking for as long as a credential helper takes.
     pub fn new(registry: &str) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(RegistryError::Client)?;
+        let address = RegistryAddress::parse(registry);
+        let credentials =
+            credentials::lookup(&address.host).map_err(|source| RegistryError::Credentials {
+                registry: registry.to_owned(),
+                source,
+            })?;
+        Self::with_credentials(registry, credentials)
+    }
+
+    /// The client for `registry` with the given credentials.
+    pub fn with_credentials(
+        registry: &str,
+        credentials: Credentials,
+    ) -> Result<Self, RegistryError> {
+        let address = RegistryAddress::parse(registry);
+        let protocol = if address.plain_http() {
+            ClientProtocol::HttpsExcept(vec![address.host.clone()])
+        } else {
+            ClientProtocol::Https
+        };
+        let client = Client::try_from(ClientConfig {
+            protocol,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(15)),
+            user_agent: concat!("psctl/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        })
+        .map_err(RegistryError::Client)?;
         Ok(Self {
             registry: registry.to_owned(),
-            address: RegistryAddress::parse(registry),
-            http,
+            address,
+            credentials,
+            client,
         })
+    }
+
+    /// Registers the credential's secret with the output's redactor, so that no message can
+    /// show it even if a registry echoed it back.
+    pub fn guard(self, redactor: &Redactor) -> Self {
+        if let Some(secret) = self.credentials.secret() {
+            redactor.register(secret);
+        }
+        self
+    }
+
+    /// `anonymously` or where the credential came from: safe to print.
+    pub fn access(&self) -> String {
+        self.credentials.describe()
     }
 
     /// `<registry>/<image>`: the repository as Docker names it.
     pub fn repository(&self, image: &str) -> String {
         format!("{}/{image}", self.registry.trim_end_matches('/'))
-    }
-
-    /// Checks that the registry answers its API root (`/v2/`); 401 counts as answering.
-    pub async fn ping(&self) -> Result<(), RegistryError> {
-        let url = format!("{}/v2/", self.address.base);
-        let response =
-            self.http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|source| RegistryError::Unreachable {
-                    registry: self.registry.clone(),
-                    url: url.clone(),
-                    source,
-                })?;
-        match response.status().as_u16() {
-            200 | 401 => Ok(()),
-            status => Err(RegistryError::Status {
-                registry: self.registry.clone(),
-                url,
-                status,
-            }),
-        }
     }
 
     /// What `image:reference` points at, or `None` when the registry does not have it.
@@ -236,81 +373,53 @@ impl Registry {
         image: &str,
         reference: &str,
     ) -> Result<Option<RemoteManifest>, RegistryError> {
-        let url = self.address.manifest_url(image, reference);
-        let response = self
-            .http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, MANIFEST_ACCEPT)
-            .send()
-            .await
-            .map_err(|source| RegistryError::Unreachable {
-                registry: self.registry.clone(),
-                url: url.clone(),
-                source,
-            })?;
-        let status = response.status().as_u16();
-        match status {
-            200 => {}
-            404 => return Ok(None),
-            401 | 403 => {
-                return Err(RegistryError::Unauthorized {
-                    registry: self.registry.clone(),
-                    url,
-                    status,
-                });
+        let shown = format!("{}:{reference}", self.repository(image));
+        let target = Reference::with_tag(
+            self.address.host.clone(),
+            self.address.repository(image),
+            reference.to_owned(),
+        );
+        let pulled = self
+            .client
+            .pull_manifest_raw(&target, &self.credentials.auth(), &MANIFEST_MEDIA_TYPES)
+            .await;
+        let (body, digest) = match pulled {
+            Ok(pulled) => pulled,
+            Err(error) => {
+                return match answer_of(&error) {
+                    Answer::NotFound => Ok(None),
+                    Answer::Unauthorized { status } => Err(RegistryError::Unauthorized {
+                        registry: self.registry.clone(),
+                        reference: shown,
+                        status,
+                        access: self.access(),
+                    }),
+                    Answer::Unreachable => Err(RegistryError::Unreachable {
+                        registry: self.registry.clone(),
+                        reference: shown,
+                        source: error,
+                    }),
+                    Answer::Status(answer) => Err(RegistryError::Status {
+                        registry: self.registry.clone(),
+                        reference: shown,
+                        answer,
+                    }),
+                    Answer::Malformed(reason) => Err(RegistryError::Malformed {
+                        registry: self.registry.clone(),
+                        reference: shown,
+                        reason,
+                    }),
+                };
             }
-            _ => {
-                return Err(RegistryError::Status {
-                    registry: self.registry.clone(),
-                    url,
-                    status,
-                });
-            }
-        }
-        let header_digest = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| RegistryError::Unreachable {
-                registry: self.registry.clone(),
-                url: url.clone(),
-                source,
-            })?;
-        parse_manifest(&body, header_digest)
+        };
+        parse_manifest(&body, digest)
             .map(Some)
             .map_err(|reason| RegistryError::Malformed {
                 registry: self.registry.clone(),
-                url,
+                reference: shown,
                 reason,
             })
     }
-}
-
-/// Reads a manifest body. The digest is the registry's header when sent, else the SHA-256 of
-/// the body (which is how the registry computes it). Pure.
-pub fn parse_manifest(
-    body: &[u8],
-    header_digest: Option<String>,
-) -> Result<RemoteManifest, String> {
-    use sha2::Digest as _;
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let media_type = value["mediaType"].as_str().unwrap_or_default().to_owned();
-    let config_digest = value["config"]["digest"].as_str().map(str::to_owned);
-    if config_digest.is_none() && value.get("manifests").is_none() {
-        return Err("neither `config.digest` nor `manifests` present".to_owned());
-    }
-    let digest = header_digest
-        .unwrap_or_else(|| format!("sha256:{}", hex::encode(sha2::Sha256::digest(body))));
-    Ok(RemoteManifest {
-        digest,
-        config_digest,
-        media_type,
-    })
 }
 
 /// What a preflight does with the registry's answer about a tag: the one policy of every
@@ -321,8 +430,8 @@ pub enum TagCheck {
     Present,
     /// The registry says the tag does not exist: the pods would fail with ErrImagePull (exit 1).
     Absent,
-    /// The registry wants credentials psctl does not have: the cluster may still pull it with
-    /// its own pull secret, so this is a warning, not a refusal.
+    /// The registry refused psctl's identity (none, or a credential it rejects): the cluster
+    /// may still pull with its own pull secret, so this is a warning, not a refusal.
     NotVerified,
 }
 
@@ -354,7 +463,7 @@ pub async fn preflight(
         );
         return Ok(());
     };
-    let client = Registry::new(registry)?;
+    let client = Registry::new(registry)?.guard(output.redactor());
     for (image, tag) in images {
         let reference = format!("{registry}/{image}:{tag}");
         match tag_check(client.manifest(image, tag).await) {
@@ -379,7 +488,10 @@ pub async fn preflight(
                 output.check(
                     CheckState::Warn,
                     "image tag",
-                    &format!("{reference}: the registry needs credentials psctl does not have; not verified"),
+                    &format!(
+                        "{reference}: the registry refused psctl, which read it {}; not verified (the cluster pulls with its own pull secret)",
+                        client.access()
+                    ),
                 );
             }
             Err(error) => {
@@ -398,10 +510,77 @@ pub async fn preflight(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oci_client::errors::OciEnvelope;
+
+    fn envelope(codes: &[&str]) -> OciDistributionError {
+        let errors: Vec<serde_json::Value> = codes
+            .iter()
+            .map(|code| serde_json::json!({"code": code, "message": "m"}))
+            .collect();
+        OciDistributionError::RegistryError {
+            envelope: serde_json::from_value::<OciEnvelope>(serde_json::json!({"errors": errors}))
+                .unwrap(),
+            url: "u".into(),
+        }
+    }
+
+    fn server(code: u16) -> OciDistributionError {
+        OciDistributionError::ServerError {
+            code,
+            url: "u".into(),
+            message: "<html>".into(),
+        }
+    }
+
+    #[test]
+    fn every_way_the_client_reports_a_status_is_read_the_same() {
+        // Distribution answers 404 with an error envelope; a proxy or CDN answers with none.
+        assert_eq!(
+            answer_of(&envelope(&["MANIFEST_UNKNOWN"])),
+            Answer::NotFound
+        );
+        assert_eq!(answer_of(&envelope(&["NAME_UNKNOWN"])), Answer::NotFound);
+        assert_eq!(answer_of(&server(404)), Answer::NotFound);
+        assert_eq!(
+            answer_of(&OciDistributionError::UnauthorizedError { url: "u".into() }),
+            Answer::Unauthorized { status: 401 }
+        );
+        assert_eq!(
+            answer_of(&envelope(&["DENIED"])),
+            Answer::Unauthorized { status: 403 }
+        );
+        assert_eq!(
+            answer_of(&envelope(&["UNAUTHORIZED"])),
+            Answer::Unauthorized { status: 401 }
+        );
+        assert_eq!(
+            answer_of(&server(403)),
+            Answer::Unauthorized { status: 403 }
+        );
+        assert_eq!(
+            answer_of(&OciDistributionError::AuthenticationFailure("no".into())),
+            Answer::Unauthorized { status: 401 }
+        );
+        assert_eq!(answer_of(&server(503)), Answer::Status("HTTP 503".into()));
+        assert_eq!(
+            answer_of(&envelope(&["TOOMANYREQUESTS"])),
+            Answer::Status("TOOMANYREQUESTS".into())
+        );
+        assert!(matches!(
+            answer_of(&OciDistributionError::SpecViolationError("x".into())),
+            Answer::Malformed(_)
+        ));
+        assert_eq!(
+            answer_of(&OciDistributionError::IoError(std::io::Error::other(
+                "reset"
+            ))),
+            Answer::Unreachable
+        );
+    }
 
     #[test]
     fn one_policy_reads_every_registry_answer() {
-        let (registry, url) = ("r".to_owned(), "u".to_owned());
+        let (registry, reference) = ("r".to_owned(), "r/i:t".to_owned());
         let manifest = RemoteManifest {
             digest: "sha256:a".into(),
             config_digest: None,
@@ -412,18 +591,61 @@ mod tests {
         for status in [401, 403] {
             let answer = Err(RegistryError::Unauthorized {
                 registry: registry.clone(),
-                url: url.clone(),
+                reference: reference.clone(),
                 status,
+                access: "anonymously".into(),
             });
             assert_eq!(tag_check(answer).unwrap(), TagCheck::NotVerified);
         }
         let error = tag_check(Err(RegistryError::Status {
-            registry,
-            url,
-            status: 503,
+            registry: registry.clone(),
+            reference: reference.clone(),
+            answer: "HTTP 503".into(),
         }))
         .unwrap_err();
         assert_eq!(error.exit_status(), ExitStatus::Unreachable);
+        let error = tag_check(Err(RegistryError::Unreachable {
+            registry: registry.clone(),
+            reference: reference.clone(),
+            source: OciDistributionError::IoError(std::io::Error::other("refused")),
+        }))
+        .unwrap_err();
+        assert_eq!(error.exit_status(), ExitStatus::Unreachable);
+        // Outside a preflight (build's overwrite check), a refusal is a configuration error.
+        let refused = RegistryError::Unauthorized {
+            registry: "127.0.0.1:5000".into(),
+            reference,
+            status: 401,
+            access: "anonymously".into(),
+        };
+        assert_eq!(refused.exit_status(), ExitStatus::Usage);
+        assert!(refused.hints()[0].contains("docker login 127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn a_credential_never_reaches_a_message() {
+        let credentials = Credentials::Basic {
+            username: "ci".into(),
+            password: secrecy::SecretString::from("hunter2-secret".to_owned()),
+            source: "/c/config.json".into(),
+        };
+        let registry = Registry::with_credentials("127.0.0.1:5000", credentials.clone()).unwrap();
+        let error = RegistryError::Unauthorized {
+            registry: "127.0.0.1:5000".into(),
+            reference: "127.0.0.1:5000/a:b".into(),
+            status: 401,
+            access: registry.access(),
+        };
+        for shown in [
+            format!("{registry:?}"),
+            error.to_string(),
+            registry.access(),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        let redactor = Redactor::default();
+        let _guarded = registry.guard(&redactor);
+        assert_eq!(redactor.scrub("echoed hunter2-secret"), "echoed [REDACTED]");
     }
 
     #[test]
@@ -461,18 +683,17 @@ mod tests {
 
     #[test]
     fn loopback_registries_use_http_and_others_https() {
-        assert_eq!(
-            manifest_url("127.0.0.1:5000", "problemsolver-poller", "1.0"),
-            "http://127.0.0.1:5000/v2/problemsolver-poller/manifests/1.0"
-        );
-        assert_eq!(
-            manifest_url("localhost:5000", "a", "b"),
-            "http://localhost:5000/v2/a/manifests/b"
-        );
-        assert_eq!(
-            manifest_url("registry.example.com", "a", "b"),
-            "https://registry.example.com/v2/a/manifests/b"
-        );
+        let loopback = RegistryAddress::parse("127.0.0.1:5000");
+        assert!(loopback.plain_http());
+        assert_eq!(loopback.host, "127.0.0.1:5000");
+        assert!(RegistryAddress::parse("localhost:5000").plain_http());
+        assert!(RegistryAddress::parse("[::1]:5000").plain_http());
+        let remote = RegistryAddress::parse("registry.example.com");
+        assert!(!remote.plain_http());
+        assert_eq!(remote.base, "https://registry.example.com");
+        // Plain HTTP elsewhere only when written so.
+        assert!(RegistryAddress::parse("http://10.0.0.5:5000").plain_http());
+        assert!(!RegistryAddress::parse("https://127.0.0.1:5000").plain_http());
         assert_eq!(
             tags_url("http://10.0.0.5:5000/", "a"),
             "http://10.0.0.5:5000/v2/a/tags/list"
@@ -481,13 +702,13 @@ mod tests {
 
     #[test]
     fn a_registry_path_is_a_repository_prefix_not_part_of_the_host() {
-        assert_eq!(
-            manifest_url("ghcr.io/acme", "app", "v1"),
-            "https://ghcr.io/v2/acme/app/manifests/v1"
-        );
+        let address = RegistryAddress::parse("ghcr.io/acme");
+        assert_eq!(address.host, "ghcr.io");
+        assert_eq!(address.repository("app"), "acme/app");
         assert_eq!(
             RegistryAddress::parse("127.0.0.1:5000/team/sub"),
             RegistryAddress {
+                host: "127.0.0.1:5000".into(),
                 base: "http://127.0.0.1:5000".into(),
                 prefix: "team/sub/".into()
             }
@@ -498,7 +719,7 @@ mod tests {
     fn a_docker_manifest_yields_its_config_digest() {
         let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
             "config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"sha256:abc"},"layers":[]}"#;
-        let manifest = parse_manifest(body, Some("sha256:def".into())).unwrap();
+        let manifest = parse_manifest(body, "sha256:def".into()).unwrap();
         assert_eq!(manifest.config_digest.as_deref(), Some("sha256:abc"));
         assert_eq!(manifest.digest, "sha256:def");
         assert!(manifest.matches_image_id("sha256:abc"));
@@ -506,15 +727,12 @@ mod tests {
     }
 
     #[test]
-    fn without_the_header_the_digest_is_the_body_hash() {
+    fn an_index_is_matched_by_its_own_digest() {
         let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-        let manifest = parse_manifest(body, None).unwrap();
+        let manifest = parse_manifest(body, "sha256:index".into()).unwrap();
         assert!(manifest.config_digest.is_none());
-        use sha2::Digest as _;
-        let expected = format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)));
-        assert_eq!(manifest.digest, expected);
-        assert!(manifest.matches_image_id(&expected));
-        assert!(parse_manifest(b"{}", None).is_err());
-        assert!(parse_manifest(b"nope", None).is_err());
+        assert!(manifest.matches_image_id("sha256:index"));
+        assert!(parse_manifest(b"{}", "sha256:x".into()).is_err());
+        assert!(parse_manifest(b"nope", "sha256:x".into()).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! image that crashes at once. Tags come from the binaries' content, so parallel tests and
 //! re-runs share one image and never rebuild what the registry already holds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
@@ -11,6 +11,33 @@ use super::{ROOT, profile_dir};
 
 /// The two service binaries, as `cargo build` names them.
 pub const SERVICE_BINARIES: [&str; 2] = ["problemsolver-poller", "problemsolver-webhook-worker"];
+
+/// A directory holding both service binaries, for `psctl build --prebuilt`: the release build
+/// takes minutes, so `$CARGO_TARGET_DIR/release` when both are there (quickstart builds them),
+/// else the debug ones, built here if missing.
+pub fn prebuilt_binaries() -> PathBuf {
+    let debug = profile_dir();
+    let release = debug
+        .parent()
+        .expect("the profile directory is inside the target directory")
+        .join("release");
+    if SERVICE_BINARIES.iter().all(|b| release.join(b).is_file()) {
+        return release;
+    }
+    let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+        .args([
+            "build",
+            "-p",
+            SERVICE_BINARIES[0],
+            "-p",
+            SERVICE_BINARIES[1],
+        ])
+        .current_dir(ROOT)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the service binaries failed");
+    debug
+}
 
 pub(crate) fn run(command: &mut Command, what: &str) -> String {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
