@@ -307,7 +307,9 @@ pub struct RbacArgs {
 #[command(
     after_help = "Categories: cluster (pods Ready, none restarting), metrics (each /metrics \
 endpoint through the API server's service proxy: valid exposition, required names, poller \
-freshness), monitoring (ServiceMonitors, Prometheus targets UP, a sample PromQL query), functional \
+freshness), monitoring (ServiceMonitors, Prometheus targets UP, a sample PromQL query, the \
+rules of each release's PrometheusRule loaded by Prometheus; skipped when the component's values \
+set prometheusRule.enabled: false), functional \
 (a smoke invoice paid by the running poller: one payment, one ledger entry, one webhook row, the \
 deposit counter rising; refused on production without --force), integrity (ledger UPDATE refused, \
 reconciliation counts zero). Every check is documented in docs/smoke.md.\n\n\
