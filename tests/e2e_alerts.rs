@@ -300,7 +300,10 @@ async fn wait_for_alert(
             .json()
             .await
             .expect("alerts JSON");
-        if let Some(alert) = alerts.as_array().and_then(|list| list.first()) {
+        // Until its inhibitions and silences have been evaluated an alert is `unprocessed`.
+        if let Some(alert) = alerts.as_array().and_then(|list| list.first())
+            && alert["status"]["state"] != "unprocessed"
+        {
             return alert.clone();
         }
         if Instant::now() >= deadline {
