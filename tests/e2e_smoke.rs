@@ -95,7 +95,7 @@ async fn a_healthy_deployment_passes_every_check() {
             "json",
         ],
     );
-    let monitoring = report(&stdout);
+    let monitoring = support::report(&stdout);
     assert_eq!(code, 0, "{monitoring:#}\n{stderr}");
     let skipped = check(&monitoring, "alert-rules/poller");
     assert_eq!(skipped["result"], "skipped", "{skipped}");
