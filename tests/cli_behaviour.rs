@@ -179,7 +179,15 @@ fn canary_policy_flags_show_in_the_plan_and_are_checked_like_the_file() {
     let file =
         config("environments:\n  e:\n    kube_context: nowhere\n    registry: 127.0.0.1:5000\n");
     let start = |extra: &[&str]| {
-        let mut args = vec!["canary", "start", "--dry-run", "--tag", "1.2.3", "-o", "json"];
+        let mut args = vec![
+            "canary",
+            "start",
+            "--dry-run",
+            "--tag",
+            "1.2.3",
+            "-o",
+            "json",
+        ];
         args.extend_from_slice(extra);
         psctl(&args, Some(file.path()))
     };
