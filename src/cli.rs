@@ -307,7 +307,9 @@ pub struct RbacArgs {
 #[command(
     after_help = "Categories: cluster (pods Ready, none restarting), metrics (each /metrics \
 endpoint through the API server's service proxy: valid exposition, required names, poller \
-freshness), monitoring (ServiceMonitors, Prometheus targets UP, a sample PromQL query), functional \
+freshness), monitoring (ServiceMonitors, Prometheus targets UP, a sample PromQL query, the \
+rules of each release's PrometheusRule loaded by Prometheus; skipped when the component's values \
+set prometheusRule.enabled: false), functional \
 (a smoke invoice paid by the running poller: one payment, one ledger entry, one webhook row, the \
 deposit counter rising; refused on production without --force), integrity (ledger UPDATE refused, \
 reconciliation counts zero). Every check is documented in docs/smoke.md.\n\n\
@@ -426,7 +428,8 @@ pub struct CanaryTargetArgs {
 #[command(
     after_help = "Examples:\n  psctl canary start --env sandbox --component webhook --tag 1.4.3 --yes\n  \
 psctl canary start --tag 1.4.3 --steps 10,30,60,100 --bake 5m --interval 30s\n  \
-psctl canary start --tag 1.4.3 --values new-release.yaml --dry-run\n\n\
+psctl canary start --tag 1.4.3 --values new-release.yaml --dry-run\n  \
+psctl canary start --tag 1.4.3 --max-error-rate 0.005 --on-latency pause\n\n\
 Each step scales the canary and stable Deployments to the weight (10 % of 10 replicas is 1 canary\n\
 + 9 stable), smokes the canary pods, then compares canary and stable in Prometheus every\n\
 interval. A step passes after its bake with enough evidence; it extends while inconclusive and\n\
@@ -468,6 +471,17 @@ pub struct CanaryStartArgs {
     #[arg(long, value_enum, value_name = "ACTION")]
     pub on_inconclusive: Option<CanaryInconclusive>,
 
+    /// Absolute target for the canary's failure rate since its step began, judged beside the
+    /// comparison with stable, e.g. 0.005 for the runbook's "error rate < 0.5 %"; between 0 and
+    /// 1 (exclusive) [default: the policy's `max_error_rate` in psctl.yaml, else none].
+    #[arg(long, value_name = "RATE")]
+    pub max_error_rate: Option<f64>,
+
+    /// What a p95 latency breach does once it has failed the evaluations that abort a run
+    /// [default: the policy's `on_latency` in psctl.yaml, else abort].
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub on_latency: Option<CanaryLatency>,
+
     /// Extra chart values of the new release (YAML, no secrets): applied to the canary track,
     /// and to stable at promotion.
     #[arg(long, value_name = "FILE")]
@@ -485,6 +499,15 @@ pub enum CanaryInconclusive {
     Pause,
     /// Abort the canary.
     Abort,
+}
+
+/// What a latency breach does at the abort limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CanaryLatency {
+    /// Abort the canary like any other failed gate.
+    Abort,
+    /// Stop and wait for a human (only when latency is the one gate that failed).
+    Pause,
 }
 
 #[derive(Debug, Args)]

@@ -175,6 +175,39 @@ fn the_canary_plan_needs_no_cluster_and_is_json_on_stdout() {
 }
 
 #[test]
+fn canary_policy_flags_show_in_the_plan_and_are_checked_like_the_file() {
+    let file =
+        config("environments:\n  e:\n    kube_context: nowhere\n    registry: 127.0.0.1:5000\n");
+    let start = |extra: &[&str]| {
+        let mut args = vec![
+            "canary",
+            "start",
+            "--dry-run",
+            "--tag",
+            "1.2.3",
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        psctl(&args, Some(file.path()))
+    };
+    let (code, stdout, stderr) = start(&["--max-error-rate", "0.005", "--on-latency", "pause"]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["shape"]["policy"]["max_error_rate"], 0.005, "{plan:#}");
+    assert_eq!(plan["shape"]["policy"]["on_latency"], "pause", "{plan:#}");
+
+    let (code, stdout, stderr) = start(&["--max-error-rate", "1.5"]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("`max_error_rate` must be between 0 and 1 (exclusive)"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = start(&["--on-latency", "ignore"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
 fn the_release_playbook_plan_needs_no_cluster() {
     let file =
         config("environments:\n  e:\n    kube_context: nowhere\n    registry: 127.0.0.1:5000\n");

@@ -29,9 +29,27 @@ async fn a_healthy_deployment_passes_every_check() {
     assert_eq!(code, 0, "{report:#}\n{stderr}");
     assert_eq!(
         report["summary"],
-        serde_json::json!({"total": 14, "passed": 14, "failed": 0, "skipped": 0}),
+        serde_json::json!({"total": 16, "passed": 16, "failed": 0, "skipped": 0}),
         "{report:#}"
     );
+    // Smoke found each release's PrometheusRule loaded for this namespace (the names are
+    // checked against Prometheus' own answer below).
+    for (name, object) in [
+        ("alert-rules/poller", "problemsolver-poller"),
+        ("alert-rules/webhook", "problemsolver-webhook"),
+    ] {
+        let rules = check(&report, name);
+        assert_eq!(rules["result"], "pass", "{rules}");
+        let evidence = rules["evidence"].as_str().unwrap();
+        assert!(
+            evidence.starts_with("Prometheus has loaded the ")
+                && evidence.ends_with(&format!(
+                    "of PrometheusRule `{}/{object}`",
+                    sandbox.namespace
+                )),
+            "{evidence}"
+        );
+    }
     let functional = check(&report, "functional/deposit-to-paid");
     let evidence = functional["evidence"].as_str().unwrap();
     assert!(
@@ -59,6 +77,35 @@ async fn a_healthy_deployment_passes_every_check() {
             "{alert} not loaded: {loaded:?}"
         );
     }
+
+    // An environment that turns the rules off is not held to them: skipped, with the reason.
+    let rules_off = sandbox.config("rules-off", |environment| {
+        environment["components"]["poller"]["values"]["prometheusRule"] =
+            serde_json::json!({"enabled": false});
+    });
+    let (code, stdout, stderr) = sandbox.psctl(
+        &rules_off,
+        &[
+            "smoke",
+            "--only",
+            "monitoring",
+            "--component",
+            "poller",
+            "-o",
+            "json",
+        ],
+    );
+    let monitoring = support::report(&stdout);
+    assert_eq!(code, 0, "{monitoring:#}\n{stderr}");
+    let skipped = check(&monitoring, "alert-rules/poller");
+    assert_eq!(skipped["result"], "skipped", "{skipped}");
+    assert!(
+        skipped["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("`prometheusRule.enabled: false`"),
+        "{skipped}"
+    );
 
     // The same suite as JUnit: well-formed XML with one testcase per check and no failure.
     let (code, junit, stderr) = sandbox.psctl(

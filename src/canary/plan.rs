@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::canary::gate::{GatePolicy, OnInconclusive, StepTally, check_policy};
+use crate::canary::gate::{GatePolicy, OnInconclusive, OnLatency, StepTally, check_policy};
 use crate::canary::queries::{self, Scope, WindowQueries};
 use crate::canary::state::{self, CanaryRun, RunStatus, STATE_VERSION};
 use crate::error::CommandError;
@@ -32,6 +32,9 @@ pub struct StartSettings {
     pub min_requests: Option<f64>,
     pub confidence: Option<f64>,
     pub on_inconclusive: Option<OnInconclusive>,
+    /// The absolute error-rate target for this run (`max_error_rate`).
+    pub max_error_rate: Option<f64>,
+    pub on_latency: Option<OnLatency>,
     pub values: Option<PathBuf>,
     pub timeout: Duration,
 }
@@ -132,6 +135,12 @@ pub fn shape(spec: &CanarySpec, settings: &StartSettings) -> Result<RunShape, Co
     }
     if let Some(on_inconclusive) = settings.on_inconclusive {
         policy.on_inconclusive = on_inconclusive;
+    }
+    if let Some(max_error_rate) = settings.max_error_rate {
+        policy.max_error_rate = Some(max_error_rate);
+    }
+    if let Some(on_latency) = settings.on_latency {
+        policy.on_latency = on_latency;
     }
     check_policy(&policy).map_err(|message| usage(format!("canary policy: {message}")))?;
     Ok(RunShape {
@@ -430,6 +439,8 @@ mod tests {
             min_requests: None,
             confidence: None,
             on_inconclusive: None,
+            max_error_rate: None,
+            on_latency: None,
             values: None,
             timeout: Duration::from_secs(300),
         }
@@ -503,6 +514,46 @@ mod tests {
         let mut bad = settings("t");
         bad.confidence = Some(0.2);
         assert!(format!("{:#}", shape(spec, &bad).unwrap_err().error()).contains("`confidence`"));
+    }
+
+    #[test]
+    fn the_error_target_and_latency_action_flags_override_the_policy_and_are_checked() {
+        let environment = environment();
+        let (_, spec) = pick_component(&environment, None).unwrap();
+        let mut configured = spec.clone();
+        configured.policy.max_error_rate = Some(0.01);
+        configured.policy.on_latency = OnLatency::Pause;
+        let kept = shape(&configured, &settings("t")).unwrap();
+        assert_eq!(
+            (kept.policy.max_error_rate, kept.policy.on_latency),
+            (Some(0.01), OnLatency::Pause),
+            "without the flags the file's values stay"
+        );
+
+        let mut flags = settings("t");
+        flags.max_error_rate = Some(0.005);
+        flags.on_latency = Some(OnLatency::Abort);
+        let shaped = shape(&configured, &flags).unwrap();
+        assert_eq!(
+            (shaped.policy.max_error_rate, shaped.policy.on_latency),
+            (Some(0.005), OnLatency::Abort)
+        );
+        let plan = serde_json::to_value(&shaped).unwrap();
+        assert_eq!(plan["policy"]["max_error_rate"], 0.005);
+        assert_eq!(plan["policy"]["on_latency"], "abort");
+
+        for rate in [0.0, 1.0, 1.5, -0.1, f64::NAN] {
+            let mut bad = settings("t");
+            bad.max_error_rate = Some(rate);
+            let error = shape(spec, &bad).unwrap_err();
+            assert_eq!(error.status(), ExitStatus::Usage);
+            assert!(
+                format!("{:#}", error.error())
+                    .contains("`max_error_rate` must be between 0 and 1 (exclusive)"),
+                "{rate}: {:#}",
+                error.error()
+            );
+        }
     }
 
     #[test]

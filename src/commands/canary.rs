@@ -17,15 +17,15 @@ use anyhow::Context as _;
 
 use super::support::{self, AuditNote};
 use crate::audit::AuditSink;
-use crate::canary::gate::{OnInconclusive, StepTally};
+use crate::canary::gate::{OnInconclusive, OnLatency, StepTally};
 use crate::canary::kube::{self as canary_kube, Context, KubeBackend, unix_now};
 use crate::canary::plan::{self, StableTrack, StartSettings, pick_component};
 use crate::canary::report::{self as canary_report, CanaryReport};
 use crate::canary::runner::{self, Backend as _, Ending};
 use crate::canary::state::{self, CanaryRun, OperatorRequest, RunStatus};
 use crate::cli::{
-    CanaryCommand, CanaryInconclusive, CanaryPromoteArgs, CanaryResumeArgs, CanaryStartArgs,
-    CanaryStatusArgs, CanaryTargetArgs,
+    CanaryCommand, CanaryInconclusive, CanaryLatency, CanaryPromoteArgs, CanaryResumeArgs,
+    CanaryStartArgs, CanaryStatusArgs, CanaryTargetArgs,
 };
 use crate::cluster;
 use crate::error::{Classify as _, CommandError, CommandResult, ExitStatus};
@@ -59,6 +59,8 @@ fn start_settings(args: CanaryStartArgs) -> StartSettings {
         min_requests,
         confidence,
         on_inconclusive,
+        max_error_rate,
+        on_latency,
         values,
         timeout,
     } = args;
@@ -73,6 +75,11 @@ fn start_settings(args: CanaryStartArgs) -> StartSettings {
         on_inconclusive: on_inconclusive.map(|choice| match choice {
             CanaryInconclusive::Pause => OnInconclusive::Pause,
             CanaryInconclusive::Abort => OnInconclusive::Abort,
+        }),
+        max_error_rate,
+        on_latency: on_latency.map(|choice| match choice {
+            CanaryLatency::Abort => OnLatency::Abort,
+            CanaryLatency::Pause => OnLatency::Pause,
         }),
         values,
         timeout,

@@ -1,4 +1,4 @@
-//! Prometheus HTTP API client: instant queries and the scrape-target list.
+//! Prometheus HTTP API client: instant queries, the scrape-target list and the loaded rules.
 //!
 //! Thin by design: it sends the request, decodes the documented JSON envelope
 //! (`{"status": "success", "data": …}`) and classifies failures. Interpreting the figures is
@@ -58,6 +58,28 @@ impl Target {
     pub fn is_up(&self) -> bool {
         self.health == "up"
     }
+}
+
+/// One rule group as `/api/v1/rules` reports it: the file it was loaded from and its rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleGroup {
+    pub name: String,
+    pub file: String,
+    #[serde(default)]
+    pub rules: Vec<LoadedRule>,
+}
+
+/// One loaded rule: its name (the `alert` or `record` of the rule file), `alerting` or
+/// `recording`, and its evaluation health (`ok`, `err`, `unknown`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedRule {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub health: String,
+    #[serde(rename = "lastError", default)]
+    pub last_error: String,
 }
 
 /// A Prometheus server reached over HTTP.
@@ -120,6 +142,12 @@ impl Prometheus {
                 labels: t.labels,
             })
             .collect())
+    }
+
+    /// Every rule group Prometheus has loaded from its rule files.
+    pub async fn rules(&self) -> Result<Vec<RuleGroup>, PromError> {
+        let data: RulesData = self.get("/api/v1/rules", &[]).await?;
+        Ok(data.groups)
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(
@@ -276,9 +304,49 @@ struct RawTarget {
     labels: BTreeMap<String, String>,
 }
 
+#[derive(Deserialize)]
+struct RulesData {
+    #[serde(default)]
+    groups: Vec<RuleGroup>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rules_answer_decodes_groups_files_and_rule_names() {
+        let body = r#"{"status":"success","data":{"groups":[{"name":"problemsolver-poller",
+            "file":"/var/lib/prometheus/rules/apps-problemsolver-poller.yml","interval":15,
+            "rules":[{"state":"inactive","name":"PollerDown","query":"up == 0","duration":300,
+                      "health":"ok","type":"alerting","alerts":[]},
+                     {"name":"job:up:sum","query":"sum(up)","health":"err",
+                      "lastError":"bad","type":"recording"}]}]}}"#;
+        let data: RulesData = decode_envelope(200, body).unwrap();
+        assert_eq!(data.groups.len(), 1);
+        let group = &data.groups[0];
+        assert_eq!(
+            group.file,
+            "/var/lib/prometheus/rules/apps-problemsolver-poller.yml"
+        );
+        assert_eq!(
+            group.rules,
+            [
+                LoadedRule {
+                    name: "PollerDown".into(),
+                    kind: "alerting".into(),
+                    health: "ok".into(),
+                    last_error: String::new(),
+                },
+                LoadedRule {
+                    name: "job:up:sum".into(),
+                    kind: "recording".into(),
+                    health: "err".into(),
+                    last_error: "bad".into(),
+                },
+            ]
+        );
+    }
 
     #[test]
     fn a_vector_answer_decodes_with_labels_and_special_values() {

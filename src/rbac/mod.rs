@@ -290,10 +290,10 @@ pub fn required_rules(
         ),
         rule(
             &["monitoring.coreos.com"],
-            &["servicemonitors"],
+            &["prometheusrules", "servicemonitors"],
             &[],
             &["list"],
-            "smoke's monitoring check finds each component's ServiceMonitor",
+            "smoke's monitoring checks find each component's ServiceMonitor and PrometheusRules",
         ),
         rule(
             &[""],

@@ -9,8 +9,9 @@
 //! - `metrics`: each metrics endpoint read through the API server's service proxy, parsed with
 //!   prometheus-parse, the exposition valid and every required name present; the poller's
 //!   `problemsolver_poller_last_success_unixtime` recent ([`metrics`]);
-//! - `monitoring`: a ServiceMonitor selects each component, Prometheus lists its targets UP and
-//!   a PromQL query over its required metrics returns data ([`monitoring`]);
+//! - `monitoring`: a ServiceMonitor selects each component, Prometheus lists its targets UP, a
+//!   PromQL query over its required metrics returns data, and Prometheus has loaded the rules
+//!   of the component's PrometheusRule ([`monitoring`]);
 //! - `functional`: a smoke invoice paid end to end by the running poller ([`database`]);
 //! - `integrity`: the ledger refuses UPDATE, and the reconciliation counts are zero.
 //!
@@ -178,6 +179,8 @@ pub enum CheckKind {
     PrometheusTargets { component: String },
     /// `query` returns at least one series with a positive value.
     PromQuery { component: String, query: String },
+    /// Prometheus has loaded every rule of the PrometheusRules the component's release deployed.
+    AlertRules { component: String },
     /// A smoke invoice is paid by the poller; `counter` (summed over the pods of
     /// `counter_components`) rises.
     Functional {
@@ -530,6 +533,14 @@ pub fn plan(
                     ),
                 },
             ));
+            checks.push(spec(
+                format!("alert-rules/{}", component.name),
+                Category::Monitoring,
+                Some(&component.name),
+                CheckKind::AlertRules {
+                    component: component.name.clone(),
+                },
+            ));
         }
     }
     if selection.includes(Category::Functional) {
@@ -776,6 +787,30 @@ async fn execute(
             Some(prometheus) => monitoring::query(prometheus, query).await,
             None => missing_prerequisite(no_prometheus(environment)),
         },
+        CheckKind::AlertRules { component: name } => match (component(name), &context.prometheus) {
+            (None, _) => Outcome::fail(format!("component `{name}` is not configured")),
+            // Rules turned off need no Prometheus to say so.
+            (Some(component), _) if monitoring::rules_switch(component) == Some(false) => {
+                monitoring::judge_rules(
+                    &environment.namespace,
+                    &component.release,
+                    Some(false),
+                    &[],
+                    &[],
+                    "",
+                )
+            }
+            (Some(component), Some(prometheus)) => {
+                monitoring::alert_rules(
+                    &context.client,
+                    prometheus,
+                    &environment.namespace,
+                    component,
+                )
+                .await
+            }
+            (Some(_), None) => missing_prerequisite(no_prometheus(environment)),
+        },
         CheckKind::Functional {
             counter,
             counter_components,
@@ -905,9 +940,11 @@ mod tests {
                 "servicemonitor/poller",
                 "prometheus-targets/poller",
                 "promql/poller",
+                "alert-rules/poller",
                 "servicemonitor/webhook",
                 "prometheus-targets/webhook",
                 "promql/webhook",
+                "alert-rules/webhook",
                 "functional/deposit-to-paid",
                 "integrity/ledger-append-only",
                 "integrity/reconciliation",
