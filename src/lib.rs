@@ -20,6 +20,7 @@ pub mod deploy;
 pub mod error;
 pub mod events;
 pub mod helm;
+pub mod kill_switch;
 pub mod lock;
 pub mod output;
 pub mod playbook;
@@ -34,6 +35,7 @@ pub mod secrets;
 pub mod settings;
 pub mod smoke;
 pub mod state;
+pub mod status;
 pub mod uninstall;
 pub mod yaml;
 

@@ -57,11 +57,7 @@ pub async fn run(args: HistoryArgs, global: &GlobalSettings, output: &Output) ->
     let environment = global.environment()?;
     let releases: Vec<String> = match &component {
         Some(name) => vec![environment.component(name)?.release.clone()],
-        None => environment
-            .components
-            .iter()
-            .map(|c| c.release.clone())
-            .collect(),
+        None => environment.releases(),
     };
     let client = cluster::connect(&environment).await?;
     let revisions = read_revisions(&client, &environment.namespace, &releases).await?;

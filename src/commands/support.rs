@@ -128,7 +128,7 @@ pub async fn refuse_while_kill_switch_on(
     environment: &Environment,
     components: &[&crate::settings::Component],
 ) -> Result<(), CommandError> {
-    let engaged = super::kill_switch::engaged(client, &environment.namespace, components).await?;
+    let engaged = crate::kill_switch::engaged(client, &environment.namespace, components).await?;
     if engaged.is_empty() {
         return Ok(());
     }
