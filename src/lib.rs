@@ -30,6 +30,7 @@ pub mod prom;
 pub mod rbac;
 pub mod recovery;
 pub mod registry;
+pub mod rollback;
 pub mod rollout;
 pub mod secrets;
 pub mod settings;

@@ -7,7 +7,7 @@ use crate::cli::HistoryArgs;
 use crate::cluster;
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::helm::storage::Revision;
-pub use crate::helm::storage::read_revisions;
+use crate::helm::storage::read_revisions;
 use crate::output::{Output, Render, Style, table};
 use crate::settings::GlobalSettings;
 
