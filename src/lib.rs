@@ -19,6 +19,7 @@ pub mod db;
 pub mod deploy;
 pub mod error;
 pub mod events;
+pub mod evidence;
 pub mod helm;
 pub mod kill_switch;
 pub mod lock;
