@@ -31,6 +31,11 @@ pub mod outcome {
     pub const FAILED: &str = "failed";
     pub const REFUSED: &str = "refused";
     pub const ROLLED_BACK: &str = "rolled_back";
+
+    /// The outcome of an action that either happened or did not: `succeeded` or `failed`.
+    pub fn of<T, E>(result: &Result<T, E>) -> &'static str {
+        if result.is_ok() { SUCCEEDED } else { FAILED }
+    }
 }
 
 /// One operator action to record.

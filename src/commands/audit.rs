@@ -2,9 +2,9 @@
 
 use serde::Serialize;
 
-use crate::audit::{self, AuditRow, AuditSink};
+use crate::audit::{self, AuditRow};
 use crate::cli::AuditArgs;
-use crate::commands::db::resolve_target;
+use crate::db::target::resolve_target;
 use crate::error::{CommandError, CommandResult, ExitStatus, ResultExt as _};
 use crate::output::{Output, Render, Style, table};
 use crate::settings::GlobalSettings;
@@ -49,20 +49,6 @@ impl Render for AuditListing {
             }),
         )
     }
-}
-
-/// The audit sink every mutating command should use: the selected environment's database (or
-/// `--database-url`); when it cannot be used the command is refused (exit 3) unless
-/// `--allow-no-audit` was given, in which case the gap is announced on stderr.
-pub async fn sink(
-    global: &GlobalSettings,
-    output: &Output,
-) -> Result<Box<dyn AuditSink>, CommandError> {
-    let url = match resolve_target(global, output) {
-        Ok(target) => Ok(target.url),
-        Err(error) => Err(format!("{:#}", error.error())),
-    };
-    Ok(audit::open(url, global.allow_no_audit, output).await?)
 }
 
 pub async fn run(args: AuditArgs, global: &GlobalSettings, output: &Output) -> CommandResult {

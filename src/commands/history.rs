@@ -7,7 +7,7 @@ use crate::cli::HistoryArgs;
 use crate::cluster;
 use crate::error::{CommandError, CommandResult, ExitStatus};
 use crate::helm::storage::Revision;
-pub use crate::helm::storage::read_revisions;
+use crate::helm::storage::read_revisions;
 use crate::output::{Output, Render, Style, table};
 use crate::settings::GlobalSettings;
 
@@ -57,11 +57,7 @@ pub async fn run(args: HistoryArgs, global: &GlobalSettings, output: &Output) ->
     let environment = global.environment()?;
     let releases: Vec<String> = match &component {
         Some(name) => vec![environment.component(name)?.release.clone()],
-        None => environment
-            .components
-            .iter()
-            .map(|c| c.release.clone())
-            .collect(),
+        None => environment.releases(),
     };
     let client = cluster::connect(&environment).await?;
     let revisions = read_revisions(&client, &environment.namespace, &releases).await?;

@@ -128,7 +128,7 @@ pub async fn refuse_while_kill_switch_on(
     environment: &Environment,
     components: &[&crate::settings::Component],
 ) -> Result<(), CommandError> {
-    let engaged = super::kill_switch::engaged(client, &environment.namespace, components).await?;
+    let engaged = crate::kill_switch::engaged(client, &environment.namespace, components).await?;
     if engaged.is_empty() {
         return Ok(());
     }
@@ -210,6 +210,20 @@ pub async fn open_audit(
             Err(error.into())
         }
     }
+}
+
+/// The audit sink of a command that names its database the way `psctl db` does (the selected
+/// environment's variable, or `--database-url`): when it cannot be used the command is refused
+/// (exit 3) unless `--allow-no-audit` was given, in which case the gap is announced on stderr.
+pub async fn open_audit_of_target(
+    global: &GlobalSettings,
+    output: &Output,
+) -> Result<Box<dyn AuditSink>, CommandError> {
+    let url = match crate::db::target::resolve_target(global, output) {
+        Ok(target) => Ok(target.url),
+        Err(error) => Err(format!("{:#}", error.error())),
+    };
+    Ok(crate::audit::open(url, global.allow_no_audit, output).await?)
 }
 
 #[cfg(test)]

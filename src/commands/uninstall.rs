@@ -95,11 +95,7 @@ pub async fn run(args: UninstallArgs, global: &GlobalSettings, output: &Output) 
         }
     };
     let result = uninstall::execute(&client, &environment, &plan, timeout, output).await;
-    let outcome = if result.is_ok() {
-        "succeeded"
-    } else {
-        "failed"
-    };
+    let outcome = crate::audit::outcome::of(&result);
     support::audit(
         audit.as_ref(),
         output,

@@ -1,11 +1,16 @@
 //! psctl's database operations: migrations (`migrate`), backups (`backup`), restores into a new
 //! database (`restore`) and verification of the invariants the services rely on (`verify`).
-//! `url` keeps the connection URL secret; `tools` runs `pg_dump`/`pg_restore` safely.
+//! `url` keeps the connection URL secret; `target` resolves which database a command acts on;
+//! `tools` runs `pg_dump`/`pg_restore` safely; `sequence` runs a confirmed migration behind its
+//! backup and a restore through migration and verification, audited; `report` is what they print.
 //! Plans are values computed before any change; the executors here are thin.
 
 pub mod backup;
 pub mod migrate;
+pub mod report;
 pub mod restore;
+pub mod sequence;
+pub mod target;
 pub mod tools;
 pub mod url;
 pub mod verify;

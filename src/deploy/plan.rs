@@ -159,11 +159,7 @@ pub fn kept_tags(
 ) -> Result<BTreeMap<String, (String, u32)>, CommandError> {
     let mut kept = BTreeMap::new();
     for component in components {
-        let own: Vec<Revision> = history
-            .iter()
-            .filter(|r| r.release == component.release)
-            .cloned()
-            .collect();
+        let own = revision::of_release(history, &component.release);
         let Some(deployed) = revision::deployed(&own) else {
             return Err(CommandError::usage(anyhow::anyhow!(
                 "`{}` is not installed yet and no --tag was given: a first install needs the image tag",
@@ -216,11 +212,7 @@ pub fn preflight_releases(
 ) -> Result<Vec<Option<u32>>, CommandError> {
     let mut previous = Vec::new();
     for component in components {
-        let own: Vec<Revision> = history
-            .iter()
-            .filter(|r| r.release == component.release)
-            .cloned()
-            .collect();
+        let own = revision::of_release(history, &component.release);
         if let Some(current) = revision::current(&own)
             && current.status.is_pending()
         {

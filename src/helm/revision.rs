@@ -29,6 +29,15 @@ impl crate::error::Classify for SelectError {
     }
 }
 
+/// The revisions of one release, out of a list read for several.
+pub fn of_release(history: &[Revision], release: &str) -> Vec<Revision> {
+    history
+        .iter()
+        .filter(|r| r.release == release)
+        .cloned()
+        .collect()
+}
+
 /// The revision currently in charge: the highest-numbered one.
 pub fn current(history: &[Revision]) -> Option<&Revision> {
     history.iter().max_by_key(|r| r.revision)

@@ -15,7 +15,8 @@
 //! Loading is pure: [`parse`] checks the shape (unknown keys and step types are errors with
 //! the line they are on), [`Playbook::plan`] validates the steps against an environment and
 //! turns each into the argv of the psctl command it runs. The plan is a value: `--dry-run`
-//! prints it, tests compare it, and `psctl run` executes it (`commands/run.rs`).
+//! prints it, tests compare it, and `psctl run` executes it (`run.rs`: the run's record, report
+//! and loop).
 //!
 //! Variables: `${name}` anywhere in the file is replaced before parsing by, in order of
 //! precedence, `--var name=value`, the playbook's `vars:` (whose values may use the built-ins),
@@ -1039,6 +1040,8 @@ fn command_of(
     };
     Ok((argv, None))
 }
+
+pub mod run;
 
 #[cfg(test)]
 mod tests;

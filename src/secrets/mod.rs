@@ -1,10 +1,14 @@
 //! The runtime Secret's values without ever showing them: env-file parsing, keyed fingerprints,
 //! the per-key diff `psctl secrets apply` prints and the per-key report of `psctl secrets check`.
 //!
-//! Pure, but for `cluster` (reading the Secret and the fingerprint key). Values live in [`SecretString`] and
-//! only leave as bytes for the Secret's `data`; every message names keys and line numbers only.
+//! Pure, but for `input` (the env file or psctl's environment, read and registered with the
+//! redactor) and `cluster` (reading and writing the Secret and the fingerprint key); `report`
+//! holds what `apply` and `check` print. Values live in [`SecretString`] and only leave as bytes
+//! for the Secret's `data`; every message names keys and line numbers only.
 
 pub mod cluster;
+pub mod input;
+pub mod report;
 
 use std::collections::BTreeMap;
 

@@ -332,6 +332,11 @@ impl Environment {
         }
         Ok(selected)
     }
+
+    /// Every component's Helm release, in configuration order.
+    pub fn releases(&self) -> Vec<String> {
+        self.components.iter().map(|c| c.release.clone()).collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
