@@ -2,6 +2,9 @@
 //! root filesystem holding the host's glibc runtime (what dynamically linked Rust binaries
 //! need), CA certificates, a non-root user 65532 and `/tmp`, imported with `docker import` and
 //! pushed to the sandbox registry. A content hash in a label makes rebuilding idempotent.
+//!
+//! The sidecar image `psctl-mesh-proxy:1`, which the API server injects into pods of namespaces
+//! labelled `sidecar-injection=enabled`, is made the same way from the host's static busybox.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +12,7 @@ use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::process::run;
-use crate::settings::{BASE_IMAGE, Layout, Settings};
+use crate::settings::{BASE_IMAGE, Layout, SIDECAR_IMAGE, Settings};
 
 /// Host files copied into the image (those present; library names resolve through symlinks).
 const HOST_FILES: &[&str] = &[
@@ -131,6 +134,72 @@ pub fn ensure(layout: &Layout, settings: &Settings) -> anyhow::Result<String> {
     run("docker", &["tag", BASE_IMAGE, &remote])?;
     run("docker", &["push", "--quiet", &remote])
         .context("cannot push the base image to the sandbox registry")?;
+    Ok(remote)
+}
+
+/// The static busybox the sidecar runs (Debian's `busybox-static`).
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Builds (when busybox changed) and pushes the sidecar image; returns its registry reference.
+pub fn ensure_sidecar(layout: &Layout, settings: &Settings) -> anyhow::Result<String> {
+    let remote = format!("{}/{SIDECAR_IMAGE}", settings.registry());
+    let busybox = PathBuf::from(BUSYBOX);
+    let hash = content_hash(std::slice::from_ref(&busybox))
+        .context("the sidecar image needs the host's static busybox (`busybox-static`)")?;
+    let current = run(
+        "docker",
+        &[
+            "image",
+            "inspect",
+            "--format",
+            &format!("{{{{index .Config.Labels \"{LABEL}\"}}}}"),
+            SIDECAR_IMAGE,
+        ],
+    )
+    .map(|out| out.trim().to_owned())
+    .unwrap_or_default();
+    if current != hash {
+        let dir = layout.base_image_dir().join("sidecar");
+        let rootfs = dir.join("rootfs");
+        let _ = std::fs::remove_dir_all(&rootfs);
+        for path in ["bin", "tmp", "var/lib/mesh-proxy/healthz"] {
+            std::fs::create_dir_all(rootfs.join(path))?;
+        }
+        std::fs::copy(&busybox, rootfs.join("bin/busybox"))
+            .with_context(|| format!("cannot copy `{BUSYBOX}` into the sidecar image"))?;
+        std::fs::write(rootfs.join("var/lib/mesh-proxy/healthz/ready"), "ready\n")?;
+        set_mode(&rootfs.join("tmp"), 0o1777)?;
+        let tarball = dir.join("rootfs.tar");
+        let rootfs_text = rootfs.display().to_string();
+        let tarball_text = tarball.display().to_string();
+        run(
+            "tar",
+            &[
+                "--numeric-owner",
+                "-C",
+                &rootfs_text,
+                "-cf",
+                &tarball_text,
+                ".",
+            ],
+        )?;
+        run(
+            "docker",
+            &[
+                "import",
+                "--change",
+                &format!("LABEL {LABEL}={hash}"),
+                "--change",
+                "USER 1337:1337",
+                &tarball_text,
+                SIDECAR_IMAGE,
+            ],
+        )?;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    run("docker", &["tag", SIDECAR_IMAGE, &remote])?;
+    run("docker", &["push", "--quiet", &remote])
+        .context("cannot push the sidecar image to the sandbox registry")?;
     Ok(remote)
 }
 

@@ -15,6 +15,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
+use psctl_sandbox_apiserver::admission::SidecarInjection;
 use psctl_sandbox_apiserver::{
     ApiServer, ApiServerConfig, LogOptions, PodBackend, PodBackendError, PodLogs,
 };
@@ -27,7 +28,7 @@ use tokio::sync::Mutex;
 
 use crate::pgproxy;
 use crate::secrets::Generated;
-use crate::settings::Layout;
+use crate::settings::{Layout, SIDECAR_IMAGE};
 use crate::targets::target_groups;
 
 /// Pod logs for the API server, read from Docker by this sandbox's node label.
@@ -120,6 +121,9 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
         pod_backend: Some(Arc::new(Logs(DockerLogs::for_node(&settings.node)))),
         admin_token: secrets.api_admin_token.expose().to_owned(),
         tls: Some(crate::secrets::api_tls(&layout.secrets_dir(), false)?),
+        sidecar_injection: Some(SidecarInjection {
+            image: format!("{}/{SIDECAR_IMAGE}", settings.registry()),
+        }),
         ..ApiServerConfig::default()
     })
     .await

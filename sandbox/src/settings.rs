@@ -18,6 +18,9 @@ pub const RUNTIME_SECRET: &str = "problemsolver-secrets";
 pub const SEED_MERCHANT: &str = "sandbox-merchant";
 /// Base image name (local tag); the registry copy is `<registry>/<this>`.
 pub const BASE_IMAGE: &str = "psctl-base:bookworm";
+/// The sidecar the API server's admission injects into pods of labelled namespaces
+/// (`psctl_sandbox_apiserver::admission`): the host's static busybox serving a readiness file.
+pub const SIDECAR_IMAGE: &str = "psctl-mesh-proxy:1";
 
 /// Ports and names of one sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

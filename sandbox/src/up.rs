@@ -122,7 +122,8 @@ pub async fn up(
 
     let t = step("base image");
     let image = base_image::ensure(layout, settings)?;
-    done("base image", t, &image);
+    let sidecar = base_image::ensure_sidecar(layout, settings)?;
+    done("base image", t, &format!("{image}, sidecar {sidecar}"));
 
     let t = step("configuration");
     let tls = crate::secrets::api_tls(&layout.secrets_dir(), true)?;

@@ -59,6 +59,7 @@ pub struct Builder {
     images: bool,
     secret: RuntimeSecret,
     merchant: bool,
+    sidecar_injection: bool,
 }
 
 impl Builder {
@@ -77,6 +78,13 @@ impl Builder {
     /// the test database.
     pub fn sandbox_merchant(mut self) -> Self {
         self.merchant = true;
+        self
+    }
+
+    /// Label the namespace `sidecar-injection=enabled`: the sandbox's mutating admission adds a
+    /// sidecar container to every pod created in it, as a service mesh's injector does.
+    pub fn sidecar_injection(mut self) -> Self {
+        self.sidecar_injection = true;
         self
     }
 
@@ -160,6 +168,7 @@ impl Sandbox {
             images: false,
             secret: RuntimeSecret::Dummy,
             merchant: false,
+            sidecar_injection: false,
         }
     }
 
@@ -179,6 +188,7 @@ impl Sandbox {
             images,
             secret,
             merchant,
+            sidecar_injection,
         } = builder;
         let path = sandbox_config_path();
         let text = std::fs::read_to_string(&path)
@@ -247,8 +257,14 @@ impl Sandbox {
         let admin = psctl::cluster::connect(&environment)
             .await
             .expect("the sandbox API server is reachable");
+        let labels = if sidecar_injection {
+            json!({ "sidecar-injection": "enabled" })
+        } else {
+            json!({})
+        };
         let object: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+            serde_json::from_value(json!({"metadata": {"name": namespace, "labels": labels}}))
+                .unwrap();
         Api::<Namespace>::all(admin.clone())
             .create(&PostParams::default(), &object)
             .await

@@ -470,6 +470,19 @@ impl State {
             object["metadata"]["generation"] = json!(1);
         }
         self.default_object(info, &mut object, None)?;
+        // Mutating admission runs on the defaulted object; what it adds is defaulted in turn.
+        if (info.group.as_str(), info.kind.as_str()) == ("", "Pod")
+            && let Some(injection) = &self.config.sidecar_injection
+            && let Some(namespace_object) = self.store.get(&ObjectKey {
+                group: String::new(),
+                resource: "namespaces".to_owned(),
+                namespace: String::new(),
+                name: namespace.unwrap_or_default().to_owned(),
+            })
+            && injection.mutate(&namespace_object, &mut object)
+        {
+            self.default_object(info, &mut object, None)?;
+        }
         Self::after_create_status(info, &mut object);
         drop_empty_metadata(&mut object);
         Ok((key(info, namespace, &name), object))

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub mod admission;
 pub mod auth;
 pub mod defaults;
 pub mod discovery;
@@ -71,6 +72,9 @@ pub struct ApiServerConfig {
     /// The certificate served over HTTPS; `None` generates a fresh CA and certificate at start
     /// (see [`RunningApiServer::ca_pem`]).
     pub tls: Option<tls::TlsIdentity>,
+    /// Mutating admission injecting a sidecar into pods of namespaces that ask for it
+    /// ([`admission`]); `None` (the default) admits pods unchanged.
+    pub sidecar_injection: Option<admission::SidecarInjection>,
 }
 
 /// The authorization mode, as kube-apiserver's `--authorization-mode`.
@@ -98,6 +102,7 @@ impl std::fmt::Debug for ApiServerConfig {
             .field("admin_token", &"[redacted]")
             .field("authorization", &self.authorization)
             .field("tls", &self.tls)
+            .field("sidecar_injection", &self.sidecar_injection)
             .finish()
     }
 }
@@ -113,6 +118,7 @@ impl Default for ApiServerConfig {
             admin_token: auth::random_token(),
             authorization: Authorization::Rbac,
             tls: None,
+            sidecar_injection: None,
         }
     }
 }

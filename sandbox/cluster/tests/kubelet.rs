@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    ContainerStatus, EnvVar, EnvVarSource, Event, HTTPGetAction, Pod, Probe, Secret,
+    ContainerStatus, EnvVar, EnvVarSource, Event, ExecAction, HTTPGetAction, Pod, Probe, Secret,
     SecretKeySelector,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -478,6 +478,116 @@ async fn liveness_failure_restarts_the_container() {
         killing
             .iter()
             .any(|m| m.contains("failed liveness probe, will be restarted")),
+        "{killing:?}"
+    );
+}
+
+fn exec_probe(command: &str, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["sh".to_owned(), "-c".to_owned(), command.to_owned()]),
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+async fn killing_messages(client: &kube::Client) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some("Killing"))
+        .filter_map(|event| event.message)
+        .collect()
+}
+
+/// While the startup probe has not succeeded, neither liveness nor readiness runs (a liveness
+/// probe that always fails does not kill the container) and `started` and `ready` are false;
+/// once it succeeds, `started` turns true and readiness decides `ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_probe_holds_back_liveness_and_readiness_until_it_succeeds() {
+    let h = harness().await;
+    let mut container = shell("sleep 4; touch /tmp/started; sleep 600");
+    container.startup_probe = Some(exec_probe("test -f /tmp/started", 1, 30));
+    // Would kill the container within a second if it ran before startup.
+    container.liveness_probe = Some(exec_probe("test -f /tmp/started", 1, 1));
+    container.readiness_probe = Some(exec_probe("test -f /tmp/started", 1, 1));
+    h.pods
+        .create(&PostParams::default(), &pod("startup", container))
+        .await
+        .expect("create pod");
+    eventually(
+        "a running container that has not started",
+        Duration::from_secs(30),
+        || async {
+            let pod = get(&h.pods, "startup").await;
+            let status = main_status(&pod);
+            let running = status
+                .as_ref()
+                .and_then(|status| status.state.as_ref())
+                .is_some_and(|state| state.running.is_some());
+            let early = running
+                && status
+                    .as_ref()
+                    .is_some_and(|status| status.started == Some(false) && !status.ready);
+            (early.then_some(()), describe(&pod))
+        },
+    )
+    .await;
+    let pod = eventually("started and ready", Duration::from_secs(30), || async {
+        let pod = get(&h.pods, "startup").await;
+        let done =
+            main_status(&pod).is_some_and(|status| status.started == Some(true) && status.ready);
+        (done.then_some(pod.clone()), describe(&pod))
+    })
+    .await;
+    assert!(is_ready(&pod), "{}", describe(&pod));
+    let status = main_status(&pod).expect("status");
+    assert_eq!(
+        status.restart_count,
+        0,
+        "liveness never ran during startup: {}",
+        describe(&pod)
+    );
+    let killing = killing_messages(&h.client).await;
+    assert!(killing.is_empty(), "{killing:?}");
+}
+
+/// A startup probe that fails failureThreshold times in a row kills the container, which
+/// restarts per restartPolicy, and it never counts as started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_probe_failures_kill_and_restart_the_container() {
+    let h = harness().await;
+    let mut container = shell("sleep 600");
+    container.startup_probe = Some(exec_probe("test -f /tmp/never", 1, 2));
+    container.readiness_probe = Some(exec_probe("true", 1, 1));
+    h.pods
+        .create(&PostParams::default(), &pod("never-starts", container))
+        .await
+        .expect("create pod");
+    let pod = eventually("a startup restart", Duration::from_secs(40), || async {
+        let pod = get(&h.pods, "never-starts").await;
+        let restarts = main_status(&pod).map_or(0, |status| status.restart_count);
+        ((restarts >= 1).then_some(pod.clone()), describe(&pod))
+    })
+    .await;
+    let status = main_status(&pod).expect("status");
+    assert_ne!(status.started, Some(true), "{}", describe(&pod));
+    assert!(
+        !status.ready && !is_ready(&pod),
+        "readiness never ran: {}",
+        describe(&pod)
+    );
+    let killing = killing_messages(&h.client).await;
+    assert!(
+        killing
+            .iter()
+            .any(|message| message == "Container main failed startup probe, will be restarted"),
         "{killing:?}"
     );
 }

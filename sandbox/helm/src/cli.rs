@@ -217,6 +217,9 @@ pub struct RollbackArgs {
 pub struct StatusArgs {
     /// Release name.
     pub release: String,
+    /// Display the status of the named release with this revision (default: the latest).
+    #[arg(long)]
+    pub revision: Option<u64>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: OutputFormat,
@@ -245,6 +248,39 @@ pub struct ListArgs {
     /// Show all releases, not only deployed and failed ones.
     #[arg(short = 'a', long)]
     pub all: bool,
+    /// List releases across all namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Show deployed releases (the default, with failed ones, when no state is asked for).
+    #[arg(long)]
+    pub deployed: bool,
+    /// Show failed releases.
+    #[arg(long)]
+    pub failed: bool,
+    /// Show pending releases.
+    #[arg(long)]
+    pub pending: bool,
+    /// Show superseded releases.
+    #[arg(long)]
+    pub superseded: bool,
+    /// Show uninstalled releases (if `helm uninstall --keep-history` was used).
+    #[arg(long)]
+    pub uninstalled: bool,
+    /// Show releases that are currently being uninstalled.
+    #[arg(long)]
+    pub uninstalling: bool,
+    /// A regular expression: only releases whose name matches it are listed.
+    #[arg(short = 'f', long)]
+    pub filter: Option<String>,
+    /// Reverse the sort order.
+    #[arg(short = 'r', long)]
+    pub reverse: bool,
+    /// Maximum number of releases to fetch.
+    #[arg(short = 'm', long, default_value_t = 256)]
+    pub max: usize,
+    /// Don't print headers when using the default output format.
+    #[arg(long)]
+    pub no_headers: bool,
     /// Output short (quiet) listing format: release names only.
     #[arg(short = 'q', long)]
     pub short: bool,
@@ -284,6 +320,10 @@ pub enum GetCommand {
     Values(GetValuesArgs),
     /// Download the manifest for a named release.
     Manifest(GetManifestArgs),
+    /// Download the notes for a named release.
+    Notes(GetManifestArgs),
+    /// Download all hooks for a named release.
+    Hooks(GetManifestArgs),
 }
 
 /// `helm get values`.
@@ -294,6 +334,9 @@ pub struct GetValuesArgs {
     /// Dump all (computed) values.
     #[arg(short = 'a', long)]
     pub all: bool,
+    /// Get the values of this revision (default: the latest).
+    #[arg(long)]
+    pub revision: Option<u64>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: OutputFormat,
@@ -304,6 +347,9 @@ pub struct GetValuesArgs {
 pub struct GetManifestArgs {
     /// Release name.
     pub release: String,
+    /// Get the named release with this revision (default: the latest).
+    #[arg(long)]
+    pub revision: Option<u64>,
 }
 
 /// `helm version`.

@@ -194,9 +194,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status(args) => {
-            let connection = connect(&engine, &global)?;
-            let answer = connection.status(&args.release).map_err(not_found)?;
-            let release = release::parse_one(&answer).context("reading the engine's answer")?;
+            let release = revision_of(&engine, &global, &args.release, args.revision)?;
             release::write_status(&mut out, &release, args.output)?;
             Ok(())
         }
@@ -213,21 +211,49 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::List(args) => {
-            let connection = connect(&engine, &global)?;
-            let answer = connection.list(args.all)?;
+            let query = release::ListQuery::from_args(&args)?;
+            // Helm's `--all-namespaces` is its storage driver without a namespace.
+            let namespace = if args.all_namespaces {
+                ""
+            } else {
+                global.namespace.as_deref().unwrap_or("default")
+            };
+            let connection = connect_in(&engine, &global, namespace)?;
+            // The engine filters by state only as the default or `--all`; any other state
+            // flag is applied here, to the latest revision of every release.
+            let answer = connection.list(args.all || query.states.is_some())?;
             let releases = release::parse_many(&answer).context("reading the engine's answer")?;
-            release::write_list(&mut out, &releases, args.short, args.output)?;
+            let listed = query.select(releases);
+            release::write_list(
+                &mut out,
+                &listed,
+                release::ListStyle {
+                    short: args.short,
+                    headers: !args.no_headers,
+                },
+                args.output,
+            )?;
             Ok(())
         }
         Command::Get(GetCommand::Values(args)) => {
-            let connection = connect(&engine, &global)?;
-            let answer = connection
-                .get_values(&args.release, args.all)
-                .map_err(not_found)?;
-            let value: Value = if answer.trim().is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&answer).context("reading the engine's answer")?
+            let value: Value = match args.revision {
+                // An earlier revision is read from the release storage, as Helm's
+                // `GetValues` action reads it; `--all` coalesces it over the chart's values.
+                Some(revision) => {
+                    let recorded = stored_revision(&global, &args.release, revision)?;
+                    release::revision_values(&recorded, args.all)
+                }
+                None => {
+                    let connection = connect(&engine, &global)?;
+                    let answer = connection
+                        .get_values(&args.release, args.all)
+                        .map_err(not_found)?;
+                    if answer.trim().is_empty() {
+                        Value::Null
+                    } else {
+                        serde_json::from_str(&answer).context("reading the engine's answer")?
+                    }
+                }
             };
             match args.output {
                 OutputFormat::Json => writeln!(out, "{value}")?,
@@ -253,10 +279,20 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Get(GetCommand::Manifest(args)) => {
-            let connection = connect(&engine, &global)?;
-            let answer = connection.status(&args.release).map_err(not_found)?;
-            let release = release::parse_one(&answer).context("reading the engine's answer")?;
+            let release = revision_of(&engine, &global, &args.release, args.revision)?;
             write!(out, "{}", release.manifest)?;
+            Ok(())
+        }
+        Command::Get(GetCommand::Notes(args)) => {
+            let release = revision_of(&engine, &global, &args.release, args.revision)?;
+            if !release.notes.is_empty() {
+                writeln!(out, "NOTES:\n{}", release.notes)?;
+            }
+            Ok(())
+        }
+        Command::Get(GetCommand::Hooks(args)) => {
+            let release = revision_of(&engine, &global, &args.release, args.revision)?;
+            release::write_hooks(&mut out, &release.raw)?;
             Ok(())
         }
     }
@@ -311,8 +347,49 @@ fn not_found(error: EngineError) -> EngineError {
     }
 }
 
+/// The latest revision of `name` (from the engine) or the one asked for (from the storage).
+fn revision_of(
+    engine: &Engine,
+    global: &GlobalArgs,
+    name: &str,
+    revision: Option<u64>,
+) -> Result<release::Release> {
+    match revision {
+        Some(revision) => Ok(release::Release::from_json(stored_revision(
+            global, name, revision,
+        )?)),
+        None => {
+            let connection = connect(engine, global)?;
+            let answer = connection.status(name).map_err(not_found)?;
+            Ok(release::parse_one(&answer).context("reading the engine's answer")?)
+        }
+    }
+}
+
+/// One stored revision; a missing one is Helm's `release: not found`.
+fn stored_revision(global: &GlobalArgs, name: &str, revision: u64) -> Result<Value> {
+    storage::read_revision(&storage_target(global), name, revision).map_err(|error| {
+        if format!("{error:#}").contains("not found") {
+            anyhow::anyhow!("release: not found")
+        } else {
+            error
+        }
+    })
+}
+
 fn connect<'engine>(engine: &'engine Engine, global: &GlobalArgs) -> Result<Connection<'engine>> {
-    let namespace = global.namespace.as_deref().unwrap_or("default");
+    connect_in(
+        engine,
+        global,
+        global.namespace.as_deref().unwrap_or("default"),
+    )
+}
+
+fn connect_in<'engine>(
+    engine: &'engine Engine,
+    global: &GlobalArgs,
+    namespace: &str,
+) -> Result<Connection<'engine>> {
     let kubeconfig = global
         .kubeconfig
         .as_ref()

@@ -232,16 +232,96 @@ pub fn write_history(
     }
 }
 
-/// `helm list` output.
+/// Which releases `helm list` shows, in which order (Helm's `action.List`).
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// The states asked for with `--deployed`, `--failed`...; `None`: Helm's default
+    /// (deployed and failed), or every state with `--all`.
+    pub states: Option<Vec<&'static str>>,
+    pub all: bool,
+    pub filter: Option<regex::Regex>,
+    pub reverse: bool,
+    pub max: usize,
+}
+
+impl ListQuery {
+    pub fn from_args(args: &crate::cli::ListArgs) -> anyhow::Result<Self> {
+        let flags = [
+            (args.deployed, &["deployed"][..]),
+            (args.failed, &["failed"][..]),
+            (
+                args.pending,
+                &["pending-install", "pending-upgrade", "pending-rollback"][..],
+            ),
+            (args.superseded, &["superseded"][..]),
+            (args.uninstalled, &["uninstalled"][..]),
+            (args.uninstalling, &["uninstalling"][..]),
+        ];
+        let asked: Vec<&'static str> = flags
+            .iter()
+            .filter(|(on, _)| *on)
+            .flat_map(|(_, states)| states.iter().copied())
+            .collect();
+        let filter = args
+            .filter
+            .as_deref()
+            .map(regex::Regex::new)
+            .transpose()
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        Ok(Self {
+            states: (!args.all && !asked.is_empty()).then_some(asked),
+            all: args.all,
+            filter,
+            reverse: args.reverse,
+            max: args.max,
+        })
+    }
+
+    /// The releases to print: matching the name filter and the states, sorted by name
+    /// (reversed with `--reverse`), at most `max` of them (0: no limit).
+    pub fn select(&self, releases: Vec<Release>) -> Vec<Release> {
+        let mut selected: Vec<Release> = releases
+            .into_iter()
+            .filter(|release| {
+                self.filter
+                    .as_ref()
+                    .is_none_or(|filter| filter.is_match(&release.name))
+            })
+            .filter(|release| match &self.states {
+                Some(states) => states.contains(&release.status.as_str()),
+                None if self.all => true,
+                None => matches!(release.status.as_str(), "deployed" | "failed"),
+            })
+            .collect();
+        selected.sort_by(|a, b| a.name.cmp(&b.name).then(a.namespace.cmp(&b.namespace)));
+        if self.reverse {
+            selected.reverse();
+        }
+        if self.max > 0 {
+            selected.truncate(self.max);
+        }
+        selected
+    }
+}
+
+/// How the `helm list` table is printed.
+#[derive(Debug, Clone, Copy)]
+pub struct ListStyle {
+    /// Names only (`-q`).
+    pub short: bool,
+    /// The header row (`--no-headers` turns it off).
+    pub headers: bool,
+}
+
+/// `helm list` output, in the order given.
 pub fn write_list(
     out: &mut dyn Write,
     releases: &[Release],
-    short: bool,
+    style: ListStyle,
     format: crate::cli::OutputFormat,
 ) -> io::Result<()> {
-    let mut sorted: Vec<&Release> = releases.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    if short {
+    let sorted: Vec<&Release> = releases.iter().collect();
+    if style.short {
         for release in sorted {
             writeln!(out, "{}", release.name)?;
         }
@@ -249,19 +329,22 @@ pub fn write_list(
     }
     match format {
         crate::cli::OutputFormat::Table => {
-            let mut rows = vec![
-                [
-                    "NAME",
-                    "NAMESPACE",
-                    "REVISION",
-                    "UPDATED",
-                    "STATUS",
-                    "CHART",
-                    "APP VERSION",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
+            let mut rows = Vec::new();
+            if style.headers {
+                rows.push(
+                    [
+                        "NAME",
+                        "NAMESPACE",
+                        "REVISION",
+                        "UPDATED",
+                        "STATUS",
+                        "CHART",
+                        "APP VERSION",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                );
+            }
             rows.extend(sorted.iter().map(|r| {
                 vec![
                     r.name.clone(),
@@ -298,6 +381,61 @@ pub fn write_list(
             )
         }
     }
+}
+
+/// The values of a stored revision: what the user supplied (`config`), or with `all` those
+/// coalesced over the chart's defaults, as Helm's `GetValues` action computes them.
+pub fn revision_values(recorded: &Value, all: bool) -> Value {
+    let config = recorded.get("config").cloned().unwrap_or(Value::Null);
+    if !all {
+        return config;
+    }
+    let defaults = recorded
+        .pointer("/chart/values")
+        .cloned()
+        .unwrap_or(Value::Null);
+    coalesce(defaults, config)
+}
+
+/// Helm's `CoalesceTables`: `overrides` over `defaults`, maps merged key by key, a `null`
+/// override deleting the key.
+fn coalesce(defaults: Value, overrides: Value) -> Value {
+    match (defaults, overrides) {
+        (Value::Object(mut base), Value::Object(over)) => {
+            for (key, value) in over {
+                if value.is_null() {
+                    base.remove(&key);
+                    continue;
+                }
+                let merged = match base.remove(&key) {
+                    Some(existing) => coalesce(existing, value),
+                    None => value,
+                };
+                base.insert(key, merged);
+            }
+            Value::Object(base)
+        }
+        (defaults, Value::Null) => defaults,
+        (_, overrides) => overrides,
+    }
+}
+
+/// `helm get hooks`: every hook's manifest with its source path, as Helm prints them.
+pub fn write_hooks(out: &mut dyn Write, release: &Value) -> io::Result<()> {
+    for hook in release
+        .get("hooks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        writeln!(
+            out,
+            "---\n# Source: {}\n{}",
+            text(hook, &["path"]),
+            text(hook, &["manifest"])
+        )?;
+    }
+    Ok(())
 }
 
 /// The release summary printed by `status`, `install` and `upgrade`.
@@ -449,7 +587,10 @@ mod tests {
         write_list(
             &mut out,
             &[Release::from_json(sample(4, "deployed"))],
-            false,
+            ListStyle {
+                short: false,
+                headers: true,
+            },
             OutputFormat::Json,
         )
         .unwrap();
@@ -457,6 +598,88 @@ mod tests {
         assert_eq!(parsed[0]["revision"], "4");
         assert_eq!(parsed[0]["name"], "web");
         assert_eq!(parsed[0]["chart"], "poller-0.1.0");
+    }
+
+    fn named(name: &str, status: &str) -> Release {
+        let mut raw = sample(1, status);
+        raw["name"] = json!(name);
+        Release::from_json(raw)
+    }
+
+    #[test]
+    fn list_shows_deployed_and_failed_by_default_and_the_states_asked_for() {
+        let releases = vec![
+            named("web", "deployed"),
+            named("api", "failed"),
+            named("old", "uninstalled"),
+            named("next", "pending-upgrade"),
+        ];
+        let names = |query: &ListQuery| {
+            query
+                .select(releases.clone())
+                .into_iter()
+                .map(|release| release.name)
+                .collect::<Vec<_>>()
+        };
+        let default = ListQuery {
+            max: 256,
+            ..ListQuery::default()
+        };
+        assert_eq!(names(&default), ["api", "web"]);
+        let all = ListQuery {
+            all: true,
+            ..default.clone()
+        };
+        assert_eq!(names(&all), ["api", "next", "old", "web"]);
+        let pending = ListQuery {
+            states: Some(vec![
+                "pending-install",
+                "pending-upgrade",
+                "pending-rollback",
+            ]),
+            ..default.clone()
+        };
+        assert_eq!(names(&pending), ["next"]);
+        let filtered = ListQuery {
+            filter: Some(regex::Regex::new("^w").unwrap()),
+            reverse: true,
+            all: true,
+            ..default.clone()
+        };
+        assert_eq!(names(&filtered), ["web"]);
+        let reversed = ListQuery {
+            reverse: true,
+            max: 1,
+            ..default
+        };
+        assert_eq!(names(&reversed), ["web"]);
+    }
+
+    #[test]
+    fn revision_values_coalesce_over_the_chart_defaults() {
+        let recorded = json!({
+            "config": {"replicas": 3, "image": {"tag": "v2"}, "debug": null},
+            "chart": {"values": {"replicas": 1, "image": {"repository": "web", "tag": "v1"}, "debug": true}},
+        });
+        assert_eq!(revision_values(&recorded, false), recorded["config"]);
+        assert_eq!(
+            revision_values(&recorded, true),
+            json!({"replicas": 3, "image": {"repository": "web", "tag": "v2"}})
+        );
+    }
+
+    #[test]
+    fn hooks_print_with_their_source() {
+        let mut out = Vec::new();
+        write_hooks(
+            &mut out,
+            &json!({"hooks": [{"path": "demo/templates/job.yaml", "manifest": "kind: Job"}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "---\n# Source: demo/templates/job.yaml\nkind: Job\n"
+        );
     }
 
     #[test]

@@ -29,6 +29,13 @@ impl ProbeKind {
             ProbeKind::Startup => "Startup",
         }
     }
+
+    /// Whether this probe runs for a container whose startup probe has (or has not) succeeded,
+    /// as the kubelet's prober worker decides: until the container has started only the startup
+    /// probe runs; afterwards every probe but it.
+    pub fn runs(self, started: bool) -> bool {
+        (self == ProbeKind::Startup) != started
+    }
 }
 
 /// A change of a probe's overall result.
@@ -259,6 +266,39 @@ mod tests {
         );
         assert_eq!(tracker.record(false, start), Transition::None);
         assert_eq!(tracker.record(false, start), Transition::Failed);
+    }
+
+    #[test]
+    fn startup_starts_failed_and_fails_after_threshold_times_period() {
+        let start = Instant::now();
+        let mut tracker = ProbeTracker::new(ProbeKind::Startup, probe(0, 2, 1, 3), start);
+        assert!(!tracker.passing);
+        let mut now = start;
+        let mut outcomes = Vec::new();
+        for _ in 0..3 {
+            assert!(tracker.due(now));
+            outcomes.push(tracker.record(false, now));
+            now += Duration::from_secs(2);
+        }
+        assert_eq!(
+            outcomes,
+            [Transition::None, Transition::None, Transition::Failed],
+            "killed after failureThreshold (3) failures, periodSeconds (2) apart"
+        );
+        let mut tracker = ProbeTracker::new(ProbeKind::Startup, probe(0, 2, 1, 3), start);
+        assert_eq!(tracker.record(false, start), Transition::None);
+        assert_eq!(tracker.record(true, start), Transition::Succeeded);
+        assert!(tracker.passing);
+    }
+
+    #[test]
+    fn only_the_startup_probe_runs_until_the_container_has_started() {
+        assert!(ProbeKind::Startup.runs(false));
+        assert!(!ProbeKind::Liveness.runs(false));
+        assert!(!ProbeKind::Readiness.runs(false));
+        assert!(!ProbeKind::Startup.runs(true));
+        assert!(ProbeKind::Liveness.runs(true));
+        assert!(ProbeKind::Readiness.runs(true));
     }
 
     #[test]

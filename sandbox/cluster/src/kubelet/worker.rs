@@ -816,14 +816,7 @@ impl PodWorker {
         let mut kill: Option<String> = None;
         let mut notes: Vec<(EventType, &'static str, String)> = Vec::new();
         for tracker in &mut self.containers[index].probes {
-            // Until the startup probe passes, the other probes wait.
-            if tracker.kind != ProbeKind::Startup && !started {
-                continue;
-            }
-            if tracker.kind == ProbeKind::Startup && started {
-                continue;
-            }
-            if !tracker.due(now) {
+            if !tracker.kind.runs(started) || !tracker.due(now) {
                 continue;
             }
             let result = probe::run(
