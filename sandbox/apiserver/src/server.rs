@@ -420,6 +420,7 @@ async fn route(
     match (method.clone(), path.as_str()) {
         (_, "/_sandbox/faults") => return faults(state, request).await,
         (_, "/_sandbox/requests") => return requests(state, &request),
+        (_, "/_sandbox/compact") => return compact(state, &request),
         (Method::GET, "/version") => {
             return Ok(json_response(
                 200,
@@ -501,6 +502,18 @@ async fn faults(
     }
 }
 
+/// `POST /_sandbox/compact`: what an etcd compaction does to lists in progress: every
+/// outstanding continue token expires (410 Expired on its next use).
+fn compact(state: &State, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    if request.method() != Method::POST {
+        return Err(ApiError::method_not_allowed(
+            "use POST on /_sandbox/compact",
+        ));
+    }
+    state.snapshots.compact();
+    Ok(json_response(200, &json!({ "compacted": true })))
+}
+
 fn requests(state: &State, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     match *request.method() {
         Method::GET => {
@@ -571,11 +584,8 @@ async fn resource(
             )),
             Method::GET => match as_table {
                 Some(include) => {
-                    let (items, version) = state.select(&info, namespace, &query)?;
-                    Ok(json_response(
-                        200,
-                        &table::table(&info, &items, Some(version), include, true),
-                    ))
+                    let page = state.select_page(&info, namespace, &query)?;
+                    Ok(json_response(200, &table::page(&info, &page, include)))
                 }
                 None => Ok(json_response(200, &state.list(&info, namespace, &query)?)),
             },
