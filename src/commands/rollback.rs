@@ -22,7 +22,7 @@ use crate::helm::revision;
 use crate::helm::storage::{self, Revision};
 use crate::output::{CheckState, Output, Render, Style};
 use crate::recovery::{self, Incident, Verification};
-use crate::rollout::diagnosis::{Policy, REVISION_ANNOTATION};
+use crate::rollout::diagnosis::REVISION_ANNOTATION;
 use crate::rollout::track::{self, Target};
 use crate::settings::{Component, Environment, GlobalSettings};
 
@@ -619,7 +619,7 @@ async fn execute(
         deployment: component.deployment.clone(),
         selector: component.selector.clone(),
     };
-    let outcome = track::track(client, &target, &Policy::default(), timeout, output).await?;
+    let outcome = track::track(client, &target, timeout, output).await?;
     support::report_outcome(
         output,
         &format!("rollout {}", component.deployment),
