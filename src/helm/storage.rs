@@ -670,7 +670,7 @@ pub(crate) mod tests {
             .await
             .map_err(|error| match error {
                 PagedError::Api(error) => error.to_string(),
-                PagedError::Decode(error) => error.to_string(),
+                PagedError::Decode(error) => format!("{error:?}"),
             });
         (result, pages.into_inner().asked)
     }

@@ -4,6 +4,8 @@
 //! or "failed, and here is why" as soon as the cluster already says so, instead of waiting out
 //! a timeout.
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -20,6 +22,8 @@ pub struct Snapshot {
     pub pods: Vec<Pod>,
     pub events: Vec<Event>,
     pub now: Timestamp,
+    /// How long the tracker has been watching the change being judged.
+    pub watched: Duration,
 }
 
 /// Why a rollout failed.
@@ -137,9 +141,21 @@ pub fn assess(snapshot: &Snapshot) -> Verdict {
         .and_then(|s| s.replicas)
         .unwrap_or(1);
     let status = deployment.status.clone().unwrap_or_default();
+    // The controller keeps `ProgressDeadlineExceeded` until the Deployment makes progress, and
+    // judges the deadline from the last progress of any rollout: a rollback onto an existing
+    // ReplicaSet right after a rollout that exceeded its deadline is declared timed out at its
+    // first sync, before it could progress. The condition is this change's verdict only once
+    // the change has been watched for the deadline itself.
+    let deadline = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.progress_deadline_seconds)
+        .and_then(|seconds| u64::try_from(seconds).ok())
+        .unwrap_or(600);
     if let Some(condition) = status.conditions.iter().flatten().find(|c| {
         c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    }) {
+    }) && snapshot.watched >= Duration::from_secs(deadline)
+    {
         let diagnosis = Diagnosis {
             reason: FailureReason::ProgressDeadlineExceeded,
             detail: "ProgressDeadlineExceeded".into(),
@@ -452,6 +468,7 @@ mod tests {
             pods,
             events: Vec::new(),
             now: at(100),
+            watched: Duration::from_secs(600),
         }
     }
 
@@ -573,6 +590,33 @@ mod tests {
             panic!()
         };
         assert_eq!(diagnosis.reason, FailureReason::ProgressDeadlineExceeded);
+    }
+
+    #[test]
+    fn a_deadline_exceeded_before_the_change_was_watched_that_long_is_not_its_verdict() {
+        // A rollback onto the previous ReplicaSet inherits the failed rollout's condition.
+        let status = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                            "message": "ReplicaSet \"web-old\" has timed out progressing."}]});
+        let mut snapshot = rolling(status, Vec::new());
+        snapshot
+            .deployment
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .progress_deadline_seconds = Some(300);
+        snapshot.watched = Duration::from_secs(3);
+        assert!(matches!(assess(&snapshot), Verdict::Progressing(_)));
+        snapshot.watched = Duration::from_secs(300);
+        assert!(matches!(
+            assess(&snapshot),
+            Verdict::Failed(Diagnosis {
+                reason: FailureReason::ProgressDeadlineExceeded,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -705,6 +749,7 @@ mod tests {
             pods,
             events: Vec::new(),
             now: at(100),
+            watched: Duration::from_secs(600),
         };
         // The previous ReplicaSet's crash-looping pod and an evicted pod of the new one: still
         // progressing, and neither is the pod the timeout would name.

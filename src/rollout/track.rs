@@ -159,6 +159,7 @@ pub async fn track(
             pods: pod_store.state().iter().map(|p| (**p).clone()).collect(),
             events: Vec::new(),
             now: Timestamp::now(),
+            watched: started.elapsed(),
         };
         for (pod, line) in pod_lines(&snapshot.pods) {
             if last_pod_lines.get(&pod) != Some(&line) {
