@@ -668,10 +668,7 @@ async fn one_run(sandbox: &support::Sandbox, config: &Path, kind: Kind, tag: &st
             ("ok rollback ", "rollback complete"),
         ] {
             if step.starts_with(prefix) {
-                timeline.push(format!(
-                    "{name} {:.1}s",
-                    started.elapsed().as_secs_f64()
-                ));
+                timeline.push(format!("{name} {:.1}s", started.elapsed().as_secs_f64()));
             }
         }
         transcript.push_str(&line);
