@@ -922,7 +922,7 @@ async fn bench(mode: &Mode) -> bool {
         }
     }
     println!(
-        "anchors: `kubectl rollout status` waits up to 600s by default (the Deployment's progressDeadlineSeconds, then reports), `helm upgrade --wait` 300s (--timeout)"
+        "anchors: `kubectl rollout status` reports a failure at the Deployment's progressDeadlineSeconds (600s by default; no timeout of its own by default), `helm upgrade --wait` gives up after --timeout (300s by default)"
     );
     if missed.is_empty() {
         println!("every target met");
