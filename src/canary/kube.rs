@@ -430,7 +430,7 @@ impl KubeBackend<'_> {
             // An evicted pod is replaced by its ReplicaSet; the node's trouble is not the
             // canary's.
             .filter(|pod| !crate::rollout::diagnosis::has_ended(pod))
-            .find_map(|pod| crate::rollout::diagnosis::pod_failure(pod))
+            .find_map(crate::rollout::diagnosis::pod_failure)
             .map(|diagnosis| diagnosis.to_string())
     }
 }

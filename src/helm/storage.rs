@@ -621,9 +621,12 @@ pub(crate) mod tests {
         assert_eq!(parse_secret_name("other"), None);
     }
 
+    /// One scripted answer: the Secrets' names and the continue token, or an error code.
+    type Answer = Result<(Vec<&'static str>, Option<&'static str>), u16>;
+
     /// A scripted server for [`read_pages`]: each answer in turn, every token asked with.
     struct Pages {
-        answers: std::collections::VecDeque<Result<(Vec<&'static str>, Option<&'static str>), u16>>,
+        answers: std::collections::VecDeque<Answer>,
         asked: Vec<Option<String>>,
     }
 
@@ -633,9 +636,7 @@ pub(crate) mod tests {
         secret
     }
 
-    async fn read(
-        answers: Vec<Result<(Vec<&'static str>, Option<&'static str>), u16>>,
-    ) -> (Result<Vec<String>, String>, Vec<Option<String>>) {
+    async fn read(answers: Vec<Answer>) -> (Result<Vec<String>, String>, Vec<Option<String>>) {
         let pages = std::cell::RefCell::new(Pages {
             answers: answers.into(),
             asked: Vec::new(),
