@@ -30,6 +30,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use psctl::helm::storage::PAGE_SIZE;
 use psctl_sandbox_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 use serde_json::{Value, json};
 
@@ -134,9 +135,16 @@ async fn bench(mode: &Mode) {
             })
             .await;
         figure.print("history", "revisions", size);
+        // The revisions are read in chunks of PAGE_SIZE: one list request per chunk.
+        assert_eq!(
+            figure.requests,
+            u64::from(size.div_ceil(PAGE_SIZE)),
+            "psctl history lists the release Secrets in pages of {PAGE_SIZE}: {}",
+            figure.breakdown
+        );
         figures.push((u64::from(size), figure));
     }
-    summary("history", "revisions", &figures);
+    summary("history", "revisions", &figures, Some(PAGE_SIZE));
 
     // status and smoke: another namespace with Helm's default history (10 revisions per
     // release), one poller pod, and the webhook's pods grown between sizes.
@@ -192,8 +200,8 @@ async fn bench(mode: &Mode) {
         figure.print("smoke_cluster", "pods", size);
         smoke_figures.push((u64::from(size), figure));
     }
-    summary("status", "pods", &status_figures);
-    summary("smoke_cluster", "pods", &smoke_figures);
+    summary("status", "pods", &status_figures, None);
+    summary("smoke_cluster", "pods", &smoke_figures, None);
     server.shutdown().await;
 }
 
@@ -657,9 +665,11 @@ impl ModePrivate for std::fs::OpenOptions {
     }
 }
 
-/// The growth of requests (and wall time) over the sizes, from the figures: the exponent `b`
-/// of `requests ∝ size^b` between the smallest and the largest size.
-fn summary(command: &str, unit: &str, figures: &[(u64, Figure)]) {
+/// The growth of requests (and wall time) over the sizes, from the figures: `pages-of-<N>` when
+/// a list is read in chunks of `page` items and the requests are a constant plus one per chunk
+/// at every size (linear in the size, one request per `page` items), else the exponent `b` of
+/// `requests ∝ size^b` between the smallest and the largest size.
+fn summary(command: &str, unit: &str, figures: &[(u64, Figure)], page: Option<u32>) {
     let (first_size, first) = &figures[0];
     let (last_size, last) = &figures[figures.len() - 1];
     let requests: Vec<String> = figures
@@ -675,8 +685,23 @@ fn summary(command: &str, unit: &str, figures: &[(u64, Figure)]) {
     let constant = figures.iter().all(|(_, f)| f.requests == first.requests);
     #[allow(clippy::cast_precision_loss)]
     let request_exponent = exponent(first.requests as f64, last.requests as f64);
+    let pages = |page: u64| {
+        let besides =
+            |(size, figure): &(u64, Figure)| figure.requests.checked_sub(size.div_ceil(page));
+        let first = besides(&figures[0])?;
+        figures
+            .iter()
+            .all(|figure| besides(figure) == Some(first))
+            .then_some(first)
+    };
     let growth = if constant {
         "constant".to_owned()
+    } else if let Some(page) = page.map(u64::from)
+        && let Some(besides) = pages(page)
+    {
+        format!(
+            "pages-of-{page} ({besides} + one per {page} {unit}, exponent {request_exponent:.2})"
+        )
     } else if request_exponent < 0.5 {
         format!("sublinear (exponent {request_exponent:.2})")
     } else if request_exponent <= 1.15 {

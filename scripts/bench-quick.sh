@@ -3,8 +3,10 @@
 # shares the tests' build instead of a separate optimized one), then runs the ones that need no
 # sandbox, database or Redis in their quick mode (`cargo test --bench NAME`: without cargo bench's
 # `--bench` argument each does fewer runs or smaller sizes) and fails when one of them does not
-# print its figure line (`name=value`). The figures themselves are not judged: CI machines are
-# too noisy for timed assertions.
+# print its figure line (`name=value`). With the sandbox's environment loaded (PSCTL_CONFIG, as
+# scripts/test.sh does), deploy_failfast runs its quick mode too: one crash on start and one
+# image pull failure, about a minute and a half. The figures themselves are not judged: CI
+# machines are too noisy for timed assertions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +38,10 @@ run history_decode history_decode_revisions_per_second
 run canary false_abort_rate threshold_false_abort_rate healthy_paused_rate threshold_healthy_paused_rate \
     detect_5x_rate threshold_detect_5x_rate detect_latency_2x_rate threshold_detect_latency_2x_rate
 run scaling scaling_history_requests scaling_status_requests scaling_smoke_cluster_requests
+if [[ -n "${PSCTL_CONFIG:-}" ]]; then
+    run deploy_failfast crash_on_start_verdict_s crash_on_start_previous_serving_s \
+        image_pull_verdict_s image_pull_previous_serving_s
+else
+    echo "benches/deploy_failfast.rs: compiled; not run (no sandbox environment: PSCTL_CONFIG is unset)" >&2
+fi
 exit "$status"

@@ -28,7 +28,6 @@ use crate::helm::{revision, storage};
 use crate::lock::{self, LeaseGuard};
 use crate::output::{CheckState, Output};
 use crate::prom::Prometheus;
-use crate::rollout::diagnosis::Policy;
 use crate::rollout::report::{outcome_summary, report_outcome};
 use crate::rollout::track::{self, Target};
 use crate::settings::{CanarySpec, Component, Environment};
@@ -302,11 +301,9 @@ impl<'a> KubeBackend<'a> {
             deployment: deployment.to_owned(),
             selector: self.track_selector(track),
         };
-        let policy = Policy::default();
         let tracked = track::track(
             self.context.client,
             &target,
-            &policy,
             self.context.timeout,
             self.context.output,
         );
@@ -427,14 +424,13 @@ impl KubeBackend<'_> {
             .list(&ListParams::default().labels(&self.track_selector(CANARY_TRACK)))
             .await
             .ok()?;
-        let now = k8s_openapi::jiff::Timestamp::now();
         pods.items
             .iter()
             .filter(|pod| pod.metadata.deletion_timestamp.is_none())
             // An evicted pod is replaced by its ReplicaSet; the node's trouble is not the
             // canary's.
             .filter(|pod| !crate::rollout::diagnosis::has_ended(pod))
-            .find_map(|pod| crate::rollout::diagnosis::pod_failure(pod, now, &Policy::default()))
+            .find_map(crate::rollout::diagnosis::pod_failure)
             .map(|diagnosis| diagnosis.to_string())
     }
 }

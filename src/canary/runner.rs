@@ -29,7 +29,7 @@ pub trait Backend {
     fn sleep(&self, duration: Duration) -> impl Future<Output = ()>;
     /// Waits `duration` between two evaluations of a bake, like `sleep`, while watching the
     /// canary pods all along: returns early with the reason as soon as one of them fails
-    /// (crash loop, image pull, OOM, unready past its probe's grace), so such a canary is
+    /// (crash loop, image pull, OOM; running unready is not a failure), so such a canary is
     /// aborted within one interval rather than judged on figures.
     fn bake_wait(
         &self,

@@ -14,7 +14,6 @@ use crate::audit::note::{self, AuditNote};
 use crate::helm::driver::HelmTarget;
 use crate::lock::{LeaseGuard, Lost};
 use crate::output::{CheckState, Output};
-use crate::rollout::diagnosis::Policy;
 use crate::rollout::report::{outcome_summary, report_outcome};
 use crate::rollout::track::{self, Outcome, Target};
 use crate::settings::Environment;
@@ -183,12 +182,10 @@ impl KubeDeploy<'_> {
             deployment: step.deployment.clone(),
             selector: step.selector.clone(),
         };
-        let policy = Policy::default();
         let tracked = tokio::select! {
             tracked = track::track(
                 self.client,
                 &target,
-                &policy,
                 self.timeout,
                 self.output,
             ) => tracked,

@@ -1,7 +1,9 @@
 //! Helm's release storage read directly from the cluster: Secrets named
 //! `sh.helm.release.v1.<release>.v<revision>` whose `release` key holds base64(gzip(JSON)).
 //!
-//! [`read_revisions`] is the one place revisions are read from the cluster (one list call).
+//! [`read_revisions`] is the one place revisions are read from the cluster: one labelled list,
+//! read in chunks of [`PAGE_SIZE`] (`limit` and `continue`, as kubectl and client-go's pager
+//! read lists), each chunk decoded before the next is asked for.
 //! Decoding is pure and works on bytes as the API returns them (the API's own base64 layer is
 //! already removed by the client, leaving Helm's inner base64 string). Only the fields psctl shows
 //! are extracted; chart values and user values never leave this module because they may hold
@@ -11,7 +13,7 @@ use std::io::Read as _;
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, ObjectList};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterError;
@@ -304,7 +306,17 @@ pub fn sort_oldest_first(revisions: &mut [Revision]) {
     revisions.sort_by(|a, b| a.release.cmp(&b.release).then(a.revision.cmp(&b.revision)));
 }
 
-/// Every revision of `releases`, oldest first, from a single list call.
+/// Release Secrets asked for per list request. Each holds a whole release (chart, values,
+/// manifest: tens of KB, up to the 1 MiB a Secret may hold), so one unpaginated list of a long
+/// history is tens of MB in one answer; chunks of 100 keep an answer to a few MB while Helm's
+/// default history (10 revisions per release) still takes one request.
+pub const PAGE_SIZE: u32 = 100;
+
+/// How many times a list whose continue token expired (410 Gone: the server compacted the
+/// version the chunks were consistent at) starts again from its first chunk before giving up.
+pub const EXPIRED_RESTARTS: u32 = 2;
+
+/// Every revision of `releases`, oldest first, from one labelled list read in chunks.
 pub async fn read_revisions(
     client: &kube::Client,
     namespace: &str,
@@ -316,13 +328,73 @@ pub async fn read_revisions(
     } else {
         OWNER_SELECTOR.to_owned()
     };
-    let list = api
-        .list(&ListParams::default().labels(&selector))
+    let fetch = |token: Option<String>| {
+        let mut params = ListParams::default().labels(&selector).limit(PAGE_SIZE);
+        if let Some(token) = &token {
+            params = params.continue_token(token);
+        }
+        let api = api.clone();
+        async move { api.list(&params).await }
+    };
+    read_pages(fetch, |secrets| decode_secrets(secrets, releases))
         .await
-        .map_err(ClusterError::api(format!(
-            "listing Helm release Secrets in namespace `{namespace}`"
-        )))?;
-    decode_secrets(list.items, releases)
+        .map_err(|error| match error {
+            PagedError::Api(error) => ClusterError::api(format!(
+                "listing Helm release Secrets in namespace `{namespace}`"
+            ))(error)
+            .into(),
+            PagedError::Decode(error) => error,
+        })
+        .map(|mut revisions| {
+            sort_oldest_first(&mut revisions);
+            revisions
+        })
+}
+
+/// Why a chunked read stopped.
+#[derive(Debug)]
+pub(crate) enum PagedError {
+    Api(kube::Error),
+    Decode(CommandError),
+}
+
+/// Reads a list chunk by chunk (`fetch(None)` first, then `fetch(Some(continue))` until the
+/// server sends no token), decoding each chunk with `decode` before asking for the next, so
+/// no more than one chunk's objects are held at once. A 410 on a continued chunk means the
+/// consistent version expired: everything read is dropped and the list starts again, at most
+/// [`EXPIRED_RESTARTS`] times. Continuing with the inconsistent token the 410 offers could
+/// miss or repeat a revision, and a rollback target must come from one consistent history.
+pub(crate) async fn read_pages<T, F, Fut>(
+    mut fetch: F,
+    mut decode: impl FnMut(Vec<Secret>) -> Result<Vec<T>, CommandError>,
+) -> Result<Vec<T>, PagedError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = Result<ObjectList<Secret>, kube::Error>>,
+{
+    let mut restarts = 0;
+    'list: loop {
+        let mut decoded = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let continued = token.is_some();
+            let page = match fetch(token.take()).await {
+                Ok(page) => page,
+                Err(kube::Error::Api(status))
+                    if continued && status.code == 410 && restarts < EXPIRED_RESTARTS =>
+                {
+                    restarts += 1;
+                    continue 'list;
+                }
+                Err(error) => return Err(PagedError::Api(error)),
+            };
+            decoded.extend(decode(page.items).map_err(PagedError::Decode)?);
+            match page.metadata.continue_.filter(|token| !token.is_empty()) {
+                Some(next) => token = Some(next),
+                None => return Ok(decoded),
+            }
+        }
+    }
 }
 
 /// Decodes the release Secrets belonging to `releases`, oldest first. Pure.
@@ -547,5 +619,104 @@ pub(crate) mod tests {
         );
         assert_eq!(parse_secret_name("sh.helm.release.v1.a.vb"), None);
         assert_eq!(parse_secret_name("other"), None);
+    }
+
+    /// One scripted answer: the Secrets' names and the continue token, or an error code.
+    type Answer = Result<(Vec<&'static str>, Option<&'static str>), u16>;
+
+    /// A scripted server for [`read_pages`]: each answer in turn, every token asked with.
+    struct Pages {
+        answers: std::collections::VecDeque<Answer>,
+        asked: Vec<Option<String>>,
+    }
+
+    fn secret(name: &str) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.to_owned());
+        secret
+    }
+
+    async fn read(answers: Vec<Answer>) -> (Result<Vec<String>, String>, Vec<Option<String>>) {
+        let pages = std::cell::RefCell::new(Pages {
+            answers: answers.into(),
+            asked: Vec::new(),
+        });
+        let fetch = |token: Option<String>| {
+            let mut pages = pages.borrow_mut();
+            pages.asked.push(token);
+            let answer = pages.answers.pop_front().expect("no more answers scripted");
+            async move {
+                match answer {
+                    Ok((names, next)) => Ok(ObjectList {
+                        types: Default::default(),
+                        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta {
+                            continue_: next.map(str::to_owned),
+                            ..Default::default()
+                        },
+                        items: names.into_iter().map(secret).collect(),
+                    }),
+                    Err(code) => Err(kube::Error::Api(Box::new(
+                        kube::core::Status::failure("gone", "Expired").with_code(code),
+                    ))),
+                }
+            }
+        };
+        let decode = |secrets: Vec<Secret>| -> Result<Vec<String>, CommandError> {
+            Ok(secrets
+                .into_iter()
+                .filter_map(|s| s.metadata.name)
+                .collect())
+        };
+        let result = read_pages(fetch, decode)
+            .await
+            .map_err(|error| match error {
+                PagedError::Api(error) => error.to_string(),
+                PagedError::Decode(error) => format!("{error:?}"),
+            });
+        (result, pages.into_inner().asked)
+    }
+
+    #[tokio::test]
+    async fn lists_are_read_chunk_by_chunk_until_no_token() {
+        let (result, asked) = read(vec![
+            Ok((vec!["a", "b"], Some("t1"))),
+            Ok((vec!["c", "d"], Some("t2"))),
+            Ok((vec!["e"], None)),
+        ])
+        .await;
+        assert_eq!(result.unwrap(), ["a", "b", "c", "d", "e"]);
+        assert_eq!(asked, [None, Some("t1".into()), Some("t2".into())]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_starts_the_list_again_from_its_first_chunk() {
+        let (result, asked) = read(vec![
+            Ok((vec!["a"], Some("t1"))),
+            Err(410),
+            Ok((vec!["a"], Some("u1"))),
+            Ok((vec!["b"], None)),
+        ])
+        .await;
+        assert_eq!(result.unwrap(), ["a", "b"], "nothing read twice");
+        assert_eq!(asked, [None, Some("t1".into()), None, Some("u1".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_list_that_keeps_expiring_gives_up_with_the_410() {
+        let mut answers = Vec::new();
+        for _ in 0..=EXPIRED_RESTARTS {
+            answers.push(Ok((vec!["a"], Some("t"))));
+            answers.push(Err(410));
+        }
+        let (result, asked) = read(answers).await;
+        assert!(result.unwrap_err().contains("gone"));
+        assert_eq!(asked.len(), 2 * (EXPIRED_RESTARTS as usize + 1));
+    }
+
+    #[tokio::test]
+    async fn errors_of_a_first_chunk_are_not_retried() {
+        let (result, asked) = read(vec![Err(410)]).await;
+        assert!(result.is_err());
+        assert_eq!(asked, [None]);
     }
 }

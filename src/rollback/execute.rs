@@ -18,7 +18,7 @@ use crate::error::CommandError;
 use crate::helm::driver::{HelmCommand, HelmTarget};
 use crate::helm::storage::read_revisions;
 use crate::output::{CheckState, Output};
-use crate::rollout::diagnosis::{Policy, REVISION_ANNOTATION};
+use crate::rollout::diagnosis::REVISION_ANNOTATION;
 use crate::rollout::report::{outcome_summary, report_outcome};
 use crate::rollout::track::{self, Target};
 use crate::settings::{Component, Environment};
@@ -271,7 +271,6 @@ impl RollbackBackend for KubeRollback<'_> {
         let outcome = track::track(
             self.client,
             &target,
-            &Policy::default(),
             self.timeout,
             self.output,
         )

@@ -22,21 +22,8 @@ pub struct Snapshot {
     pub pods: Vec<Pod>,
     pub events: Vec<Event>,
     pub now: Timestamp,
-}
-
-/// Tunables of the verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    /// How long a running container may stay unready beyond what its probe needs.
-    pub readiness_slack: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            readiness_slack: Duration::from_secs(30),
-        }
-    }
+    /// How long the tracker has been watching the change being judged.
+    pub watched: Duration,
 }
 
 /// Why a rollout failed.
@@ -103,7 +90,7 @@ pub enum Verdict {
 }
 
 /// Decides the state of the rollout of `snapshot.deployment`.
-pub fn assess(snapshot: &Snapshot, policy: &Policy) -> Verdict {
+pub fn assess(snapshot: &Snapshot) -> Verdict {
     let Some(deployment) = &snapshot.deployment else {
         return Verdict::Failed(Diagnosis {
             reason: FailureReason::DeploymentMissing,
@@ -143,7 +130,7 @@ pub fn assess(snapshot: &Snapshot, policy: &Policy) -> Verdict {
 
     // Pod-level failures first: they are the precise reason behind a stalled Deployment.
     for pod in &new_pods {
-        if let Some(diagnosis) = pod_failure(pod, snapshot.now, policy) {
+        if let Some(diagnosis) = pod_failure(pod) {
             return Verdict::Failed(with_events(diagnosis, &snapshot.events));
         }
     }
@@ -154,9 +141,21 @@ pub fn assess(snapshot: &Snapshot, policy: &Policy) -> Verdict {
         .and_then(|s| s.replicas)
         .unwrap_or(1);
     let status = deployment.status.clone().unwrap_or_default();
+    // The controller keeps `ProgressDeadlineExceeded` until the Deployment makes progress, and
+    // judges the deadline from the last progress of any rollout: a rollback onto an existing
+    // ReplicaSet right after a rollout that exceeded its deadline is declared timed out at its
+    // first sync, before it could progress. The condition is this change's verdict only once
+    // the change has been watched for the deadline itself.
+    let deadline = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.progress_deadline_seconds)
+        .and_then(|seconds| u64::try_from(seconds).ok())
+        .unwrap_or(600);
     if let Some(condition) = status.conditions.iter().flatten().find(|c| {
         c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    }) {
+    }) && snapshot.watched >= Duration::from_secs(deadline)
+    {
         let diagnosis = Diagnosis {
             reason: FailureReason::ProgressDeadlineExceeded,
             detail: "ProgressDeadlineExceeded".into(),
@@ -262,9 +261,15 @@ fn belongs_to(pod: &Pod, rs: &ReplicaSet) -> bool {
         }
 }
 
-/// Why one pod is failing (a container crash-looping, unable to pull or start, OOM-killed, or
-/// running unready past its probe's grace), or `None`. Pure.
-pub fn pod_failure(pod: &Pod, now: Timestamp, policy: &Policy) -> Option<Diagnosis> {
+/// Why one pod is failing (a container crash-looping, unable to pull or start, or
+/// OOM-killed), or `None`. Pure.
+///
+/// A container that runs but is not ready is not failing: a readiness probe's
+/// `failureThreshold` only takes a ready container out of service, and a slow starter (caches to
+/// warm, a database still migrating) is unready for as long as it needs. Kubernetes calls such a
+/// rollout failed at the Deployment's `progressDeadlineSeconds` (`ProgressDeadlineExceeded`,
+/// judged in [`assess`]), and so does psctl.
+pub fn pod_failure(pod: &Pod) -> Option<Diagnosis> {
     let name = pod.metadata.name.clone();
     let status = pod.status.as_ref()?;
     let statuses = status
@@ -277,38 +282,6 @@ pub fn pod_failure(pod: &Pod, now: Timestamp, policy: &Policy) -> Option<Diagnos
             return Some(Diagnosis {
                 pod: name,
                 ..diagnosis
-            });
-        }
-    }
-    // Running but never ready past what its readiness probe needs.
-    for container in status.container_statuses.iter().flatten() {
-        if container.ready {
-            continue;
-        }
-        let Some(started) = container
-            .state
-            .as_ref()
-            .and_then(|s| s.running.as_ref())
-            .and_then(|r| r.started_at.as_ref())
-        else {
-            continue;
-        };
-        let grace = readiness_grace(pod, &container.name) + policy.readiness_slack;
-        let unready_for = Duration::from_secs(
-            u64::try_from(now.as_second() - started.0.as_second()).unwrap_or(0),
-        );
-        if unready_for > grace {
-            return Some(Diagnosis {
-                reason: FailureReason::ReadinessTimeout,
-                detail: "ReadinessTimeout".into(),
-                pod: name,
-                container: Some(container.name.clone()),
-                message: format!(
-                    "running for {}s without becoming ready (grace {}s)",
-                    unready_for.as_secs(),
-                    grace.as_secs()
-                ),
-                events: Vec::new(),
             });
         }
     }
@@ -382,23 +355,6 @@ fn container_failure(container: &ContainerStatus) -> Option<Diagnosis> {
         ));
     }
     None
-}
-
-/// How long the readiness probe of `container` may legitimately take to pass.
-fn readiness_grace(pod: &Pod, container: &str) -> Duration {
-    let probe = pod
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.containers.iter().find(|c| c.name == container))
-        .and_then(|c| c.readiness_probe.as_ref());
-    let Some(probe) = probe else {
-        return Duration::ZERO;
-    };
-    let secs = |v: Option<i32>, default: i32| u64::try_from(v.unwrap_or(default)).unwrap_or(0);
-    let initial = secs(probe.initial_delay_seconds, 0);
-    let period = secs(probe.period_seconds, 10);
-    let failures = secs(probe.failure_threshold, 3);
-    Duration::from_secs(initial + period * failures)
 }
 
 fn with_events(mut diagnosis: Diagnosis, events: &[Event]) -> Diagnosis {
@@ -512,6 +468,7 @@ mod tests {
             pods,
             events: Vec::new(),
             now: at(100),
+            watched: Duration::from_secs(600),
         }
     }
 
@@ -540,7 +497,7 @@ mod tests {
             ),
             event("other", "Failed", "unrelated", 15),
         ];
-        let Verdict::Failed(diagnosis) = assess(&snapshot, &Policy::default()) else {
+        let Verdict::Failed(diagnosis) = assess(&snapshot) else {
             panic!("expected failure")
         };
         assert_eq!(diagnosis.reason, FailureReason::ImagePull);
@@ -563,10 +520,7 @@ mod tests {
             MID_ROLLOUT(),
             vec![pod("web-old-a", "web-old", waiting("CrashLoopBackOff", ""))],
         );
-        assert!(matches!(
-            assess(&snapshot, &Policy::default()),
-            Verdict::Progressing(_)
-        ));
+        assert!(matches!(assess(&snapshot), Verdict::Progressing(_)));
     }
 
     #[test]
@@ -580,7 +534,7 @@ mod tests {
             MID_ROLLOUT(),
             vec![pod("web-new-a", "web-new", crash.clone())],
         );
-        let Verdict::Failed(diagnosis) = assess(&snapshot, &Policy::default()) else {
+        let Verdict::Failed(diagnosis) = assess(&snapshot) else {
             panic!()
         };
         assert_eq!(diagnosis.reason, FailureReason::CrashLoopBackOff);
@@ -592,7 +546,7 @@ mod tests {
 
         crash["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
         let snapshot = rolling(MID_ROLLOUT(), vec![pod("web-new-a", "web-new", crash)]);
-        let Verdict::Failed(diagnosis) = assess(&snapshot, &Policy::default()) else {
+        let Verdict::Failed(diagnosis) = assess(&snapshot) else {
             panic!()
         };
         assert_eq!(diagnosis.reason, FailureReason::OomKilled);
@@ -611,39 +565,20 @@ mod tests {
                 ),
             )],
         );
-        let Verdict::Failed(diagnosis) = assess(&snapshot, &Policy::default()) else {
+        let Verdict::Failed(diagnosis) = assess(&snapshot) else {
             panic!()
         };
         assert_eq!(diagnosis.reason, FailureReason::CreateContainerConfigError);
     }
 
     #[test]
-    fn readiness_failing_past_its_grace_fails_but_not_before() {
-        let running = |started: i64| {
-            json!({"name": "worker", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-                   "state": {"running": {"startedAt": at(started).to_string()}}})
-        };
-        // Probe needs 5s*3 = 15s, plus 30s slack: 45s.
-        let snapshot = rolling(
-            MID_ROLLOUT(),
-            vec![pod("web-new-a", "web-new", running(60))],
-        );
-        assert!(matches!(
-            assess(&snapshot, &Policy::default()),
-            Verdict::Progressing(_)
-        ));
-        let snapshot = rolling(
-            MID_ROLLOUT(),
-            vec![pod("web-new-a", "web-new", running(50))],
-        );
-        let Verdict::Failed(diagnosis) = assess(&snapshot, &Policy::default()) else {
-            panic!()
-        };
-        assert_eq!(diagnosis.reason, FailureReason::ReadinessTimeout);
-        assert_eq!(
-            diagnosis.message,
-            "running for 50s without becoming ready (grace 45s)"
-        );
+    fn a_pod_running_unready_is_progressing_until_the_progress_deadline() {
+        // Its probe (period 5s, failureThreshold 3) has failed for 95s: a slow starter looks
+        // the same, so only the Deployment's progress deadline ends the wait.
+        let running = json!({"name": "worker", "image": "x", "imageID": "", "ready": false,
+                             "restartCount": 0, "state": {"running": {"startedAt": at(5).to_string()}}});
+        let snapshot = rolling(MID_ROLLOUT(), vec![pod("web-new-a", "web-new", running)]);
+        assert!(matches!(assess(&snapshot), Verdict::Progressing(_)));
     }
 
     #[test]
@@ -651,11 +586,37 @@ mod tests {
         let status = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
             "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
                             "message": "ReplicaSet \"web-new\" has timed out progressing."}]});
-        let Verdict::Failed(diagnosis) = assess(&rolling(status, Vec::new()), &Policy::default())
-        else {
+        let Verdict::Failed(diagnosis) = assess(&rolling(status, Vec::new())) else {
             panic!()
         };
         assert_eq!(diagnosis.reason, FailureReason::ProgressDeadlineExceeded);
+    }
+
+    #[test]
+    fn a_deadline_exceeded_before_the_change_was_watched_that_long_is_not_its_verdict() {
+        // A rollback onto the previous ReplicaSet inherits the failed rollout's condition.
+        let status = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                            "message": "ReplicaSet \"web-old\" has timed out progressing."}]});
+        let mut snapshot = rolling(status, Vec::new());
+        snapshot
+            .deployment
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .progress_deadline_seconds = Some(300);
+        snapshot.watched = Duration::from_secs(3);
+        assert!(matches!(assess(&snapshot), Verdict::Progressing(_)));
+        snapshot.watched = Duration::from_secs(300);
+        assert!(matches!(
+            assess(&snapshot),
+            Verdict::Failed(Diagnosis {
+                reason: FailureReason::ProgressDeadlineExceeded,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -676,7 +637,7 @@ mod tests {
             ),
         ];
         for (status, complete) in steps {
-            let verdict = assess(&rolling(status.clone(), Vec::new()), &Policy::default());
+            let verdict = assess(&rolling(status.clone(), Vec::new()));
             assert_eq!(
                 matches!(verdict, Verdict::Complete(_)),
                 complete,
@@ -702,10 +663,8 @@ mod tests {
             "web-new",
             waiting("CrashLoopBackOff", "back-off 40s"),
         );
-        let Verdict::Progressing(progress) = assess(
-            &lagging(MID_ROLLOUT(), vec![crash.clone()]),
-            &Policy::default(),
-        ) else {
+        let Verdict::Progressing(progress) = assess(&lagging(MID_ROLLOUT(), vec![crash.clone()]))
+        else {
             panic!("a stale generation must not fail")
         };
         assert_eq!(
@@ -717,14 +676,14 @@ mod tests {
             "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
                             "message": "ReplicaSet \"web-new\" has timed out progressing."}]});
         assert!(matches!(
-            assess(&lagging(deadline.clone(), Vec::new()), &Policy::default()),
+            assess(&lagging(deadline.clone(), Vec::new())),
             Verdict::Progressing(_)
         ));
         // Nor is the previous generation's completed status a success.
         let complete = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
             "readyReplicas": 2, "availableReplicas": 2});
         assert!(matches!(
-            assess(&lagging(complete.clone(), Vec::new()), &Policy::default()),
+            assess(&lagging(complete.clone(), Vec::new())),
             Verdict::Progressing(_)
         ));
         // Once observed, the same states are judged.
@@ -735,13 +694,10 @@ mod tests {
             }
         }
         let mut snapshot = lagging(observed, Vec::new());
-        assert!(matches!(
-            assess(&snapshot, &Policy::default()),
-            Verdict::Complete(_)
-        ));
+        assert!(matches!(assess(&snapshot), Verdict::Complete(_)));
         snapshot.pods = vec![crash];
         assert!(matches!(
-            assess(&snapshot, &Policy::default()),
+            assess(&snapshot),
             Verdict::Failed(Diagnosis {
                 reason: FailureReason::CrashLoopBackOff,
                 ..
@@ -750,7 +706,7 @@ mod tests {
         let mut deadline = deadline;
         deadline["observedGeneration"] = json!(3);
         assert!(matches!(
-            assess(&lagging(deadline, Vec::new()), &Policy::default()),
+            assess(&lagging(deadline, Vec::new())),
             Verdict::Failed(Diagnosis {
                 reason: FailureReason::ProgressDeadlineExceeded,
                 ..
@@ -793,27 +749,24 @@ mod tests {
             pods,
             events: Vec::new(),
             now: at(100),
+            watched: Duration::from_secs(600),
         };
         // The previous ReplicaSet's crash-looping pod and an evicted pod of the new one: still
         // progressing, and neither is the pod the timeout would name.
         let old = hashed_pod("web-6d4f8-a", "web-6d4f8", "6d4f8", crashing.clone());
         let gone = hashed_pod("web-7c9b2-b", "web-7c9b2", "7c9b2", evicted);
         let quiet = snapshot(vec![old.clone(), gone]);
-        assert!(matches!(
-            assess(&quiet, &Policy::default()),
-            Verdict::Progressing(_)
-        ));
+        assert!(matches!(assess(&quiet), Verdict::Progressing(_)));
         assert!(new_replica_set_pods(&quiet).is_empty());
         // A pod naming the new ReplicaSet but carrying another template's hash is not its pod.
         let stray = hashed_pod("web-7c9b2-c", "web-7c9b2", "6d4f8", crashing.clone());
         assert!(matches!(
-            assess(&snapshot(vec![stray]), &Policy::default()),
+            assess(&snapshot(vec![stray])),
             Verdict::Progressing(_)
         ));
         // The new ReplicaSet's own crash-looping pod fails the rollout.
         let new = hashed_pod("web-7c9b2-d", "web-7c9b2", "7c9b2", crashing);
-        let Verdict::Failed(diagnosis) = assess(&snapshot(vec![old, new]), &Policy::default())
-        else {
+        let Verdict::Failed(diagnosis) = assess(&snapshot(vec![old, new])) else {
             panic!("the new ReplicaSet's crash loop must fail")
         };
         assert_eq!(diagnosis.pod.as_deref(), Some("web-7c9b2-d"));
@@ -821,7 +774,7 @@ mod tests {
 
     #[test]
     fn a_missing_deployment_is_a_failure() {
-        let verdict = assess(&Snapshot::default(), &Policy::default());
+        let verdict = assess(&Snapshot::default());
         assert!(matches!(
             verdict,
             Verdict::Failed(Diagnosis {

@@ -1,5 +1,5 @@
 //! The rollout tracker: kube-rs watches on the Deployment, its ReplicaSets and Pods feed
-//! [`diagnosis::assess`] on every change (and once a second for time-based rules), printing
+//! [`diagnosis::assess`] on every change (and at least once a second, for the timeout), printing
 //! per-pod progress and returning as soon as the verdict is in, or when the timeout expires.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::diagnosis::{self, Diagnosis, FailureReason, Policy, Progress, Snapshot, Verdict};
+use super::diagnosis::{self, Diagnosis, FailureReason, Progress, Snapshot, Verdict};
 use crate::cluster::ClusterError;
 use crate::output::Output;
 
@@ -64,7 +64,6 @@ const LOG_LINES: i64 = 20;
 pub async fn track(
     client: &kube::Client,
     target: &Target,
-    policy: &Policy,
     timeout: Duration,
     output: &Output,
 ) -> Result<Outcome, ClusterError> {
@@ -160,6 +159,7 @@ pub async fn track(
             pods: pod_store.state().iter().map(|p| (**p).clone()).collect(),
             events: Vec::new(),
             now: Timestamp::now(),
+            watched: started.elapsed(),
         };
         for (pod, line) in pod_lines(&snapshot.pods) {
             if last_pod_lines.get(&pod) != Some(&line) {
@@ -168,7 +168,7 @@ pub async fn track(
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        match diagnosis::assess(&snapshot, policy) {
+        match diagnosis::assess(&snapshot) {
             Verdict::Complete(progress) => {
                 spinner.finish();
                 return Ok(Outcome::Complete { progress, seconds });
@@ -178,8 +178,7 @@ pub async fn track(
                     && started.elapsed() < MISSING_GRACE => {}
             Verdict::Failed(diagnosis) => {
                 spinner.finish();
-                let diagnosis =
-                    enrich(client, &target.namespace, snapshot, policy, diagnosis).await;
+                let diagnosis = enrich(client, &target.namespace, snapshot, diagnosis).await;
                 let logs = match (&diagnosis.pod, &diagnosis.container) {
                     (Some(pod), Some(container)) => {
                         last_logs(&pods, pod, container, &diagnosis.reason).await
@@ -310,7 +309,6 @@ async fn enrich(
     client: &kube::Client,
     namespace: &str,
     mut snapshot: Snapshot,
-    policy: &Policy,
     diagnosis: Diagnosis,
 ) -> Diagnosis {
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);
@@ -331,7 +329,7 @@ async fn enrich(
         Ok(list) => snapshot.events = list.items,
         Err(error) => tracing::debug!(%error, "cannot list events"),
     }
-    match diagnosis::assess(&snapshot, policy) {
+    match diagnosis::assess(&snapshot) {
         Verdict::Failed(with_events) if with_events.reason == diagnosis.reason => with_events,
         _ => diagnosis,
     }

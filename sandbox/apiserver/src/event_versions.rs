@@ -514,6 +514,7 @@ pub fn invalid(name: &str, problems: &[Problem]) -> Option<ApiError> {
                 "field": problem.field,
             })).collect::<Vec<_>>(),
         })),
+        list_continue: None,
     })
 }
 
@@ -636,11 +637,8 @@ async fn serve(
             }
             Method::GET => match as_table {
                 Some(include) => {
-                    let (items, version) = state.select(&core, namespace, &query)?;
-                    Ok(respond(
-                        200,
-                        table::table(&core, &items, Some(version), include, true),
-                    ))
+                    let page = state.select_page(&core, namespace, &query)?;
+                    Ok(respond(200, table::page(&core, &page, include)))
                 }
                 None => Ok(respond(200, state.list(&core, namespace, &query)?)),
             },

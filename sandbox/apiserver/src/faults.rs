@@ -135,6 +135,7 @@ impl Faults {
                 reason: reason_for(code),
                 message: format!("injected fault: {method} {path} answered {code}"),
                 details: None,
+                list_continue: None,
             }),
         };
         if fault.remaining == Some(0) {

@@ -44,6 +44,8 @@ pub struct State {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Bumped to end every open watch at once (`/_sandbox/watches`); each watch holds a receiver.
     pub watch_cuts: tokio::sync::watch::Sender<u64>,
+    /// The list snapshots behind outstanding continue tokens.
+    pub snapshots: crate::paging::Snapshots,
     next_cluster_ip: AtomicU32,
 }
 
@@ -208,6 +210,7 @@ impl State {
             local_addr,
             shutdown,
             watch_cuts: tokio::sync::watch::Sender::new(0),
+            snapshots: crate::paging::Snapshots::default(),
             next_cluster_ip: AtomicU32::new(10),
         });
         let namespaces = state
@@ -315,6 +318,7 @@ impl State {
                     "unable to create new content in namespace {namespace} because it is being terminated"
                 ),
                 details: None,
+                list_continue: None,
             }),
             Some(_) => Ok(()),
         }
@@ -631,19 +635,55 @@ impl State {
         ))
     }
 
-    /// A `<Kind>List`.
+    /// One chunk of the objects matching the query's selectors, honouring `limit` and
+    /// `continue` as kube-apiserver does (see [`crate::paging`]).
+    pub fn select_page(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+        query: &Query,
+    ) -> Result<crate::paging::Page, ApiError> {
+        let label_query = query.get("labelSelector").unwrap_or_default();
+        let field_query = query.get("fieldSelector").unwrap_or_default();
+        let labels = LabelSelector::parse(label_query)?;
+        let fields = FieldSelector::parse(field_query)?;
+        let namespace = if info.namespaced { namespace } else { None };
+        let request = crate::paging::Request {
+            limit: query.integer("limit")?,
+            continue_token: query.get("continue"),
+            resource_version: query.get("resourceVersion"),
+            filtered: !label_query.trim().is_empty() || !field_query.trim().is_empty(),
+        };
+        self.snapshots.page(
+            &info.group,
+            &info.plural,
+            namespace,
+            &request,
+            || self.store.list(&info.group, &info.plural, namespace),
+            |item| labels.matches(item) && fields.matches(item),
+        )
+    }
+
+    /// A `<Kind>List` (one chunk of it when the query sets `limit`).
     pub fn list(
         &self,
         info: &ResourceInfo,
         namespace: Option<&str>,
         query: &Query,
     ) -> Result<Value, ApiError> {
-        let (items, version) = self.select(info, namespace, query)?;
+        let page = self.select_page(info, namespace, query)?;
+        let mut metadata = json!({ "resourceVersion": page.version.to_string() });
+        if let Some(token) = &page.continue_token {
+            metadata["continue"] = json!(token);
+        }
+        if let Some(remaining) = page.remaining {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
         Ok(json!({
             "kind": format!("{}List", info.kind),
             "apiVersion": info.api_version(),
-            "metadata": { "resourceVersion": version.to_string() },
-            "items": items.iter().map(|item| (**item).clone()).collect::<Vec<_>>(),
+            "metadata": metadata,
+            "items": page.items.iter().map(|item| (**item).clone()).collect::<Vec<_>>(),
         }))
     }
 
@@ -1036,6 +1076,7 @@ impl State {
                         meta_str(current, "uid").unwrap_or_default()
                     ),
                     details: None,
+                    list_continue: None,
                 });
             }
             if let Some(version) = &options.resource_version

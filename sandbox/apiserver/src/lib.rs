@@ -28,6 +28,7 @@ pub mod event_versions;
 pub mod faults;
 pub mod handlers;
 pub mod managed;
+pub mod paging;
 pub mod patch;
 pub mod protobuf;
 pub mod proxy;

@@ -968,6 +968,7 @@ fn conflict_error(conflicts: &[(String, Path)]) -> ApiError {
         reason: "Conflict",
         message,
         details: Some(json!({ "causes": causes })),
+        list_continue: None,
     }
 }
 

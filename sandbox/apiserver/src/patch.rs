@@ -92,6 +92,7 @@ impl ApiError {
                 "the server rejected our request due to an error in our request: {problem}"
             ),
             details: None,
+            list_continue: None,
         }
     }
 }

@@ -421,6 +421,7 @@ async fn route(
         (_, "/_sandbox/faults") => return faults(state, request).await,
         (_, "/_sandbox/requests") => return requests(state, &request),
         (_, "/_sandbox/watches") => return cut_watches(state, request).await,
+        (_, "/_sandbox/compact") => return compact(state, &request),
         (Method::GET, "/version") => {
             return Ok(json_response(
                 200,
@@ -535,6 +536,16 @@ async fn cut_watches(
         200,
         &json!({ "cut": open, "compacted_to": compacted_to.map(|version| version.to_string()) }),
     ))
+/// `POST /_sandbox/compact`: what an etcd compaction does to lists in progress: every
+/// outstanding continue token expires (410 Expired on its next use).
+fn compact(state: &State, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    if request.method() != Method::POST {
+        return Err(ApiError::method_not_allowed(
+            "use POST on /_sandbox/compact",
+        ));
+    }
+    state.snapshots.compact();
+    Ok(json_response(200, &json!({ "compacted": true })))
 }
 
 fn requests(state: &State, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -607,11 +618,8 @@ async fn resource(
             )),
             Method::GET => match as_table {
                 Some(include) => {
-                    let (items, version) = state.select(&info, namespace, &query)?;
-                    Ok(json_response(
-                        200,
-                        &table::table(&info, &items, Some(version), include, true),
-                    ))
+                    let page = state.select_page(&info, namespace, &query)?;
+                    Ok(json_response(200, &table::page(&info, &page, include)))
                 }
                 None => Ok(json_response(200, &state.list(&info, namespace, &query)?)),
             },

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub message: String,
     /// Status `details`: name, group, kind (the resource plural, as the real server does).
     pub details: Option<Value>,
+    /// `metadata.continue` of the Status: the token an expired list may continue with.
+    pub list_continue: Option<String>,
 }
 
 /// The qualified resource name used in messages: `deployments.apps`, or `pods` for the core group.
@@ -41,6 +43,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            list_continue: None,
         }
     }
 
@@ -180,6 +183,11 @@ impl ApiError {
         )
     }
 
+    /// 410 for a continue token whose snapshot was compacted.
+    pub fn resource_expired(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
     /// 500 for failures of the server itself or of the pod backend.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
@@ -209,6 +217,9 @@ impl ApiError {
         });
         if let Some(details) = &self.details {
             status["details"] = details.clone();
+        }
+        if let Some(token) = &self.list_continue {
+            status["metadata"]["continue"] = Value::String(token.clone());
         }
         status
     }

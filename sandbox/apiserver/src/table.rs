@@ -426,6 +426,18 @@ fn row(info: &ResourceInfo, object: &Value, include: Include) -> Value {
     row
 }
 
+/// The Table of one list chunk, its `continue` token and remaining count carried over.
+pub fn page(info: &ResourceInfo, page: &crate::paging::Page, include: Include) -> Value {
+    let mut table = table(info, &page.items, Some(page.version), include, true);
+    if let Some(token) = &page.continue_token {
+        table["metadata"]["continue"] = json!(token);
+    }
+    if let Some(remaining) = page.remaining {
+        table["metadata"]["remainingItemCount"] = json!(remaining);
+    }
+    table
+}
+
 /// A Table of `objects`; `with_columns` false leaves the definitions out (later watch events).
 pub fn table(
     info: &ResourceInfo,
