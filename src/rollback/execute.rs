@@ -268,13 +268,7 @@ impl RollbackBackend for KubeRollback<'_> {
             deployment: component.deployment.clone(),
             selector: component.selector.clone(),
         };
-        let outcome = track::track(
-            self.client,
-            &target,
-            self.timeout,
-            self.output,
-        )
-        .await?;
+        let outcome = track::track(self.client, &target, self.timeout, self.output).await?;
         report_outcome(
             self.output,
             &format!("rollout {}", component.deployment),

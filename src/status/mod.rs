@@ -275,7 +275,10 @@ mod tests {
         }))
         .unwrap();
         let status = deployment_status("w", "stable", &held);
-        assert_eq!((status.replicas, status.kill_switch_remembered), (0, Some(3)));
+        assert_eq!(
+            (status.replicas, status.kill_switch_remembered),
+            (0, Some(3))
+        );
         let running: Deployment =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "w"}})).unwrap();
         let status = deployment_status("w", "canary", &running);

@@ -506,7 +506,8 @@ async fn faults(
 /// `POST /_sandbox/watches` ends every open watch stream now, as an API server restart or a
 /// load balancer's idle timeout does; with `{"compact": true}` it also compacts the watch
 /// history to the current version, so a client resuming from the last resourceVersion it saw
-/// gets 410 Expired and must re-list (what a restarted server's empty watch cache answers).
+/// gets 410 Expired and must re-list (what a restarted server's empty watch cache answers), and
+/// every outstanding continue token expires too.
 async fn cut_watches(
     state: &Arc<State>,
     request: Request<Incoming>,
@@ -529,13 +530,19 @@ async fn cut_watches(
             .and_then(Value::as_bool)
             .unwrap_or(false)
     };
-    let compacted_to = compact.then(|| state.store.compact());
+    // A compaction also expires the continue tokens of lists in progress, as etcd's does.
+    let compacted_to = compact.then(|| {
+        state.snapshots.compact();
+        state.store.compact()
+    });
     let open = state.watch_cuts.receiver_count();
     state.watch_cuts.send_modify(|generation| *generation += 1);
     Ok(json_response(
         200,
         &json!({ "cut": open, "compacted_to": compacted_to.map(|version| version.to_string()) }),
     ))
+}
+
 /// `POST /_sandbox/compact`: what an etcd compaction does to lists in progress: every
 /// outstanding continue token expires (410 Expired on its next use).
 fn compact(state: &State, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
