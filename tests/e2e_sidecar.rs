@@ -50,7 +50,7 @@ async fn an_injected_sidecar_is_neither_the_application_nor_a_failure() {
     assert_eq!(smoke["summary"]["failed"], 0, "{smoke:#}");
     for component in ["poller", "webhook"] {
         let ready = check(&smoke, &format!("pods-ready/{component}"));
-        assert_eq!(ready["status"], "pass", "{ready}");
+        assert_eq!(ready["result"], "pass", "{ready}");
     }
 
     // `psctl status` reports the application's image for every pod, not the sidecar's.
