@@ -212,17 +212,34 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::List(args) => {
             let query = release::ListQuery::from_args(&args)?;
-            // Helm's `--all-namespaces` is its storage driver without a namespace.
-            let namespace = if args.all_namespaces {
-                ""
+            let releases = if args.all_namespaces {
+                // Helm's `--all-namespaces` is its storage driver without a namespace: every
+                // release Secret in the cluster, the latest revision of each release kept.
+                let target = storage::Target {
+                    namespace: "",
+                    ..storage_target(&global)
+                };
+                let mut latest: std::collections::BTreeMap<(String, String), release::Release> =
+                    std::collections::BTreeMap::new();
+                for record in storage::list_records(&target)? {
+                    let found = release::Release::from_json(record);
+                    let key = (found.namespace.clone(), found.name.clone());
+                    if latest
+                        .get(&key)
+                        .is_none_or(|seen| seen.revision < found.revision)
+                    {
+                        latest.insert(key, found);
+                    }
+                }
+                latest.into_values().collect()
             } else {
-                global.namespace.as_deref().unwrap_or("default")
+                let namespace = global.namespace.as_deref().unwrap_or("default");
+                let connection = connect_in(&engine, &global, namespace)?;
+                // The engine filters by state only as the default or `--all`; any other state
+                // flag is applied here, to the latest revision of every release.
+                let answer = connection.list(args.all || query.states.is_some())?;
+                release::parse_many(&answer).context("reading the engine's answer")?
             };
-            let connection = connect_in(&engine, &global, namespace)?;
-            // The engine filters by state only as the default or `--all`; any other state
-            // flag is applied here, to the latest revision of every release.
-            let answer = connection.list(args.all || query.states.is_some())?;
-            let releases = release::parse_many(&answer).context("reading the engine's answer")?;
             let listed = query.select(releases);
             release::write_list(
                 &mut out,

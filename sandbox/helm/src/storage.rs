@@ -80,7 +80,37 @@ fn with_secrets<T>(
             .await
             .context("loading the kube context")?;
         let client = kube::Client::try_from(config).context("creating the cluster client")?;
-        work(kube::Api::namespaced(client, target.namespace)).await
+        // An empty namespace is every namespace, as Helm's Secrets driver lists them for `-A`.
+        if target.namespace.is_empty() {
+            work(kube::Api::all(client)).await
+        } else {
+            work(kube::Api::namespaced(client, target.namespace)).await
+        }
+    })
+}
+
+/// Every revision of every release the target's namespace (or, when it is empty, every
+/// namespace) stores: what Helm's Secrets driver queries (`owner=helm`) for `helm list`.
+pub fn list_records(target: &Target<'_>) -> Result<Vec<Value>> {
+    with_secrets(target, async |secrets| {
+        let listed = secrets
+            .list(&kube::api::ListParams::default().labels("owner=helm"))
+            .await
+            .context("listing the release records")?;
+        let mut records = Vec::new();
+        for secret in listed.items {
+            let Some(stored) = secret.data.as_ref().and_then(|data| data.get("release")) else {
+                continue;
+            };
+            let mut value = decode_release(&stored.0)?;
+            if value.get("namespace").is_none()
+                && let Some(namespace) = secret.metadata.namespace.clone()
+            {
+                value["namespace"] = Value::String(namespace);
+            }
+            records.push(value);
+        }
+        Ok(records)
     })
 }
 
