@@ -99,35 +99,16 @@ pub fn ensure(layout: &Layout, settings: &Settings) -> anyhow::Result<String> {
         std::os::unix::fs::symlink("../lib", rootfs.join("usr/lib")).ok();
         set_mode(&rootfs.join("tmp"), 0o1777)?;
         chown(&rootfs.join("home/nonroot"))?;
-        let tarball = layout.base_image_dir().join("rootfs.tar");
-        let rootfs_text = rootfs.display().to_string();
-        let tarball_text = tarball.display().to_string();
-        run(
-            "tar",
+        import_rootfs(
+            &rootfs,
+            &layout.base_image_dir().join("rootfs.tar"),
             &[
-                "--numeric-owner",
-                "-C",
-                &rootfs_text,
-                "-cf",
-                &tarball_text,
-                ".",
-            ],
-        )?;
-        run(
-            "docker",
-            &[
-                "import",
-                "--change",
                 &format!("LABEL {LABEL}={hash}"),
-                "--change",
                 "ENV PATH=/usr/local/bin:/usr/bin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
-                "--change",
                 "USER 65532:65532",
-                "--change",
                 "WORKDIR /",
-                &tarball_text,
-                BASE_IMAGE,
             ],
+            BASE_IMAGE,
         )?;
         let _ = std::fs::remove_dir_all(&rootfs);
     }
@@ -169,31 +150,11 @@ pub fn ensure_sidecar(layout: &Layout, settings: &Settings) -> anyhow::Result<St
             .with_context(|| format!("cannot copy `{BUSYBOX}` into the sidecar image"))?;
         std::fs::write(rootfs.join("var/lib/mesh-proxy/healthz/ready"), "ready\n")?;
         set_mode(&rootfs.join("tmp"), 0o1777)?;
-        let tarball = dir.join("rootfs.tar");
-        let rootfs_text = rootfs.display().to_string();
-        let tarball_text = tarball.display().to_string();
-        run(
-            "tar",
-            &[
-                "--numeric-owner",
-                "-C",
-                &rootfs_text,
-                "-cf",
-                &tarball_text,
-                ".",
-            ],
-        )?;
-        run(
-            "docker",
-            &[
-                "import",
-                "--change",
-                &format!("LABEL {LABEL}={hash}"),
-                "--change",
-                "USER 1337:1337",
-                &tarball_text,
-                SIDECAR_IMAGE,
-            ],
+        import_rootfs(
+            &rootfs,
+            &dir.join("rootfs.tar"),
+            &[&format!("LABEL {LABEL}={hash}"), "USER 1337:1337"],
+            SIDECAR_IMAGE,
         )?;
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -201,6 +162,36 @@ pub fn ensure_sidecar(layout: &Layout, settings: &Settings) -> anyhow::Result<St
     run("docker", &["push", "--quiet", &remote])
         .context("cannot push the sidecar image to the sandbox registry")?;
     Ok(remote)
+}
+
+/// Packs `rootfs` into `tarball` (numeric owners kept) and imports it as `image` with the
+/// Dockerfile instructions `changes`: an image made without pulling anything.
+fn import_rootfs(
+    rootfs: &std::path::Path,
+    tarball: &std::path::Path,
+    changes: &[&str],
+    image: &str,
+) -> anyhow::Result<()> {
+    let rootfs_text = rootfs.display().to_string();
+    let tarball_text = tarball.display().to_string();
+    run(
+        "tar",
+        &[
+            "--numeric-owner",
+            "-C",
+            &rootfs_text,
+            "-cf",
+            &tarball_text,
+            ".",
+        ],
+    )?;
+    let mut args = vec!["import"];
+    for change in changes {
+        args.extend(["--change", change]);
+    }
+    args.extend([tarball_text.as_str(), image]);
+    run("docker", &args)?;
+    Ok(())
 }
 
 fn content_hash(files: &[PathBuf]) -> anyhow::Result<String> {
