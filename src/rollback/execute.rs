@@ -290,12 +290,12 @@ impl RollbackBackend for KubeRollback<'_> {
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
-    use std::path::PathBuf;
 
     use super::*;
     use crate::helm::revision::tests::rev;
     use crate::helm::storage::ReleaseStatus::*;
     use crate::output::{Format, Style};
+    use crate::rollback::plan::tests::{component, helm};
 
     /// Logs every call; fails the one named.
     #[derive(Default)]
@@ -328,20 +328,6 @@ mod tests {
         }
         async fn track(&self) -> Result<(), CommandError> {
             self.call("track".to_owned())
-        }
-    }
-
-    fn component() -> Component {
-        crate::settings::file::default_components().remove(1)
-    }
-
-    fn helm() -> HelmTarget {
-        HelmTarget {
-            program: PathBuf::from("helm"),
-            namespace: "default".into(),
-            kube_context: "c".into(),
-            kubeconfig: None,
-            in_cluster: false,
         }
     }
 

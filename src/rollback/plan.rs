@@ -418,18 +418,20 @@ pub fn verdict(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::helm::driver::HelmTarget;
     use crate::helm::revision::tests::rev;
     use crate::helm::storage::ReleaseStatus::*;
     use std::path::PathBuf;
 
-    fn component() -> Component {
+    /// The webhook component of the default settings.
+    pub(crate) fn component() -> Component {
         crate::settings::file::default_components().remove(1)
     }
 
-    fn helm() -> HelmTarget {
+    /// A Helm target for plans (nothing runs it).
+    pub(crate) fn helm() -> HelmTarget {
         HelmTarget {
             program: PathBuf::from("helm"),
             namespace: "default".into(),
