@@ -408,6 +408,14 @@ async fn new_tag(sandbox: &Sandbox, suffix: &str) -> String {
     tag
 }
 
+/// Pushes (once) the webhook image whose binary exits at once and returns its tag.
+async fn crashing_tag(sandbox: &Sandbox) -> String {
+    let registry = sandbox.registry.clone();
+    tokio::task::spawn_blocking(move || crashing_image(&registry, IMAGE))
+        .await
+        .unwrap()
+}
+
 fn deploy_args(tag: &str) -> Vec<&str> {
     vec![
         "deploy",
@@ -641,10 +649,7 @@ async fn deploy_and_rollback(matrix: &mut Matrix) {
                 // A healthy release and then a crash-looping one, each with every watch cut and
                 // the watch history compacted in the middle of its rollout: the tracker re-lists
                 // and reaches the same verdict it would have reached without the cut.
-                let registry = sandbox.registry.clone();
-                let crashes = tokio::task::spawn_blocking(move || crashing_image(&registry, IMAGE))
-                    .await
-                    .unwrap();
+                let crashes = crashing_tag(sandbox).await;
                 let healthy = new_tag(sandbox, "cut").await;
                 let mut lines = Vec::new();
                 for (tag, expected) in [(healthy.as_str(), 0), (crashes.as_str(), 1)] {
@@ -967,10 +972,7 @@ async fn deploy_and_rollback(matrix: &mut Matrix) {
 
         matrix
             .case("a-rollback-that-fails", async || {
-                let registry = sandbox.registry.clone();
-                let crashes = tokio::task::spawn_blocking(move || crashing_image(&registry, IMAGE))
-                    .await
-                    .unwrap();
+                let crashes = crashing_tag(sandbox).await;
                 let (revision, _, good_tag) = release_state(&status(sandbox, config));
                 let audited = last_audit_id(sandbox).await;
                 let deploy = Background::spawn(sandbox, config, &deploy_args(&crashes));
@@ -1153,7 +1155,7 @@ async fn secrets_build_and_migrate(matrix: &mut Matrix) {
 
     matrix
         .case("registry-off-during-build", async || {
-            let prebuilt = support::profile_dir().display().to_string();
+            let prebuilt = support::images::prebuilt_binaries().display().to_string();
             let tag = format!("faults-build-{}", std::process::id());
             let build = [
                 "build",
