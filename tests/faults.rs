@@ -2381,13 +2381,16 @@ async fn rollback_and_run(matrix: &mut Matrix) {
                 &["api", "--path", &pods, "--method", "GET", "--status", "500"],
                 &["api", "--clear"],
             );
-            let (code, _, failed) = psctl(sandbox, config, &["run", &file]);
+            let (code, report, failed) = psctl(sandbox, config, &["run", &file]);
             faults.restore();
             assert_eq!(
                 code, 3,
                 "the step's own exit code: the cluster could not answer\n{failed}"
             );
-            assert!(failed.contains("--from 1"), "the resume command: {failed}");
+            assert!(
+                report.contains(&format!("Resume with: psctl run {file} --env e2e --from 1")),
+                "the resume command: {report}"
+            );
             let (record, _) = run_record(sandbox, "faults-smoke").await.unwrap();
             assert_eq!(record["status"], "failed", "{record:#}");
             assert_eq!(
