@@ -1,8 +1,12 @@
 //! The fault matrix: psctl's mutating commands driven through the faults the sandbox injects
 //! (API error bursts and latency, watches cut mid-rollout, the registry off, Prometheus and
 //! Postgres stopped, psctl killed before Helm, with Helm and during the rollout, a second
-//! operator racing, the kill switch pulled mid-release, a rollback that fails). Each case asserts the exit code, the state `psctl status -o json` shows afterwards
-//! and the audit trail, and prints one line; the suite ends with
+//! operator racing, the kill switch pulled mid-release, a rollback that fails), for deploy,
+//! rollback (`--to-rev`, `--undo`, `--unstick`), the kill switch, canary (`start`, `resume`,
+//! `promote`, `abort`, each killed or refused at the points that matter), `run`, `secrets
+//! apply`, `build` and `db migrate`. Each case asserts the exit code, the state
+//! `psctl status -o json` (and `canary status`, a run's record) shows afterwards and the audit
+//! trail, and prints one line; the suite ends with
 //! `fault_matrix cases=N survived=N` and fails unless every case survived.
 //!
 //! The faults are global to the sandbox, so this binary runs on its own (nextest group
