@@ -2097,8 +2097,8 @@ async fn rollback_and_run(matrix: &mut Matrix) {
             let target = (revision - 1).to_string();
             let args = ["rollback", "webhook", "--to-rev", target.as_str()];
             let audited = last_audit_id(sandbox).await;
-            // Frozen under the Lease, before Helm: the kill-switch check's read of the
-            // Deployment takes 60 s.
+            // Frozen under the Lease, before Helm: every read of the Deployment (the
+            // kill-switch check reads it under the Lease) takes 20 s.
             let mut faults = Faults::default();
             faults.inject(
                 &[
@@ -2108,7 +2108,7 @@ async fn rollback_and_run(matrix: &mut Matrix) {
                     "--method",
                     "GET",
                     "--delay-ms",
-                    "60000",
+                    "20000",
                 ],
                 &["api", "--clear"],
             );
