@@ -1,8 +1,12 @@
 //! The fault matrix: psctl's mutating commands driven through the faults the sandbox injects
 //! (API error bursts and latency, watches cut mid-rollout, the registry off, Prometheus and
 //! Postgres stopped, psctl killed before Helm, with Helm and during the rollout, a second
-//! operator racing, the kill switch pulled mid-release, a rollback that fails). Each case asserts the exit code, the state `psctl status -o json` shows afterwards
-//! and the audit trail, and prints one line; the suite ends with
+//! operator racing, the kill switch pulled mid-release, a rollback that fails), for deploy,
+//! rollback (`--to-rev`, `--undo`, `--unstick`), the kill switch, canary (`start`, `resume`,
+//! `promote`, `abort`, each killed or refused at the points that matter), `run`, `secrets
+//! apply`, `build` and `db migrate`. Each case asserts the exit code, the state
+//! `psctl status -o json` (and `canary status`, a run's record) shows afterwards and the audit
+//! trail, and prints one line; the suite ends with
 //! `fault_matrix cases=N survived=N` and fails unless every case survived.
 //!
 //! The faults are global to the sandbox, so this binary runs on its own (nextest group
@@ -137,15 +141,34 @@ impl Matrix {
     }
 }
 
+/// Whether to run `group`: every group, unless `$FAULT_MATRIX_GROUPS` names some
+/// (comma-separated: deploy, secrets, canary, canary-operations, rollback-run) to work on one.
+fn selected(group: &str) -> bool {
+    std::env::var("FAULT_MATRIX_GROUPS")
+        .map_or(true, |groups| groups.split(',').any(|g| g.trim() == group))
+}
+
 /// The whole matrix, one group of cases after the other (each group in a namespace and
 /// database of its own), then the tally.
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_matrix() {
     let started = Instant::now();
     let mut matrix = Matrix::default();
-    deploy_and_rollback(&mut matrix).await;
-    secrets_build_and_migrate(&mut matrix).await;
-    canary(&mut matrix).await;
+    if selected("deploy") {
+        deploy_and_rollback(&mut matrix).await;
+    }
+    if selected("secrets") {
+        secrets_build_and_migrate(&mut matrix).await;
+    }
+    if selected("canary") {
+        canary(&mut matrix).await;
+    }
+    if selected("canary-operations") {
+        canary_operations(&mut matrix).await;
+    }
+    if selected("rollback-run") {
+        rollback_and_run(&mut matrix).await;
+    }
     println!("fault_matrix wall time {}s", started.elapsed().as_secs());
     matrix.finish();
 }
@@ -1437,4 +1460,957 @@ async fn canary(matrix: &mut Matrix) {
             })
             .await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Canary promote, abort and resume under faults; psctl killed at three points of a canary
+
+/// The holder of the deploy Lease, read with the admin client (not through psctl, so a fault
+/// on the Deployments does not slow it).
+async fn lease_holder(sandbox: &Sandbox) -> Option<String> {
+    Api::<Lease>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
+        .get_opt("psctl-deploy")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+fn canary_start_args(tag: &str) -> Vec<&str> {
+    vec![
+        "canary",
+        "start",
+        "--component",
+        "webhook",
+        "--tag",
+        tag,
+        "--timeout",
+        "3m",
+    ]
+}
+
+const CANARY_RESUME: &[&str] = &[
+    "canary",
+    "resume",
+    "--component",
+    "webhook",
+    "--timeout",
+    "3m",
+];
+const CANARY_PROMOTE_NOW: &[&str] = &[
+    "canary",
+    "promote",
+    "--component",
+    "webhook",
+    "--full",
+    "--timeout",
+    "3m",
+];
+const CANARY_ABORT: &[&str] = &[
+    "canary",
+    "abort",
+    "--component",
+    "webhook",
+    "--timeout",
+    "3m",
+];
+
+fn windows(state: &serde_json::Value) -> Vec<serde_json::Value> {
+    state["windows"].as_array().cloned().unwrap_or_default()
+}
+
+fn events(state: &serde_json::Value) -> Vec<String> {
+    state["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `psctl canary status -o json`: the run as an operator reads it.
+fn canary_status(sandbox: &Sandbox, config: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) = psctl(sandbox, config, &["canary", "status", "-o", "json"]);
+    assert_eq!(code, 0, "psctl canary status: {stderr}");
+    report(&stdout)
+}
+
+/// Starts a canary of `tag` in the background and waits until its first step bakes.
+async fn canary_baking(sandbox: &Sandbox, config: &Path, tag: &str) -> Background {
+    let mut driver = Background::spawn(sandbox, config, &canary_start_args(tag));
+    eventually(
+        "the canary's first bake",
+        Duration::from_secs(180),
+        async || {
+            assert!(driver.running(), "the canary ended: {}", driver.stderr());
+            let state = canary_state(sandbox).await?;
+            (state["tag"] == tag && !state["step_started_at"].is_null()).then_some(())
+        },
+    )
+    .await;
+    driver
+}
+
+/// The stable and canary Deployments' replicas as `psctl status` reports them (0 for a track
+/// that does not exist).
+fn tracks(status: &serde_json::Value) -> (i64, i64) {
+    (
+        deployment_state(status, STABLE).map_or(0, |d| d.0),
+        deployment_state(status, CANARY).map_or(0, |d| d.0),
+    )
+}
+
+async fn canary_operations(matrix: &mut Matrix) {
+    let sandbox = &Sandbox::services("faults-canary-ops").await;
+    let config = sandbox.config("canary-ops", |environment| {
+        let webhook = &mut environment["components"]["webhook"];
+        webhook["values"]["replicaCount"] = 2.into();
+        webhook["values"]["allowInsecureTargets"] = true.into();
+        webhook["canary"] = serde_json::json!({
+            "deployment": CANARY,
+            "steps": [50, 100],
+            "bake": "20m",
+            "interval": "5s",
+        });
+    });
+    sandbox.deploy(&config, &["webhook"]);
+    let config = config.as_path();
+    let namespace = sandbox.namespace.clone();
+    let canary_path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{CANARY}$");
+    let stable_path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{STABLE}$");
+    // The driver the next case starts from, when a case leaves one running.
+    let mut driver: Option<Background> = None;
+    let first = new_tag(sandbox, "ops-1").await;
+
+    matrix
+        .case(
+            "sigkill-canary-start-before-scale-up-then-resume",
+            async || {
+                let audited = last_audit_id(sandbox).await;
+                let mut faults = Faults::default();
+                // Under the Lease, the kill-switch check reads the canary Deployment once (let
+                // through); the run's own read before it applies the canary track hangs.
+                faults.inject(
+                    &[
+                        "api", "--path", &canary_path, "--method", "GET", "--delay-ms", "1",
+                        "--count", "1",
+                    ],
+                    &["api", "--clear"],
+                );
+                faults.inject(
+                    &[
+                        "api", "--path", &canary_path, "--method", "GET", "--delay-ms", "60000",
+                    ],
+                    &["api", "--clear"],
+                );
+                let killed = Background::spawn(sandbox, config, &canary_start_args(&first));
+                let pid = killed.pid();
+                let mine = format!("pid {pid} (canary webhook)");
+                let saved = eventually(
+                    "the run's state, saved under the Lease",
+                    Duration::from_secs(90),
+                    async || {
+                        let state = canary_state(sandbox).await?;
+                        (state["tag"] == first.as_str()
+                            && state["holder"].as_str().is_some_and(|h| h.contains(&mine)))
+                        .then_some(state)
+                    },
+                )
+                .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                killed.kill();
+                faults.restore();
+                assert_eq!(saved["status"], "running", "{saved:#}");
+                assert!(saved["step_started_at"].is_null(), "{saved:#}");
+                assert_eq!(replicas(sandbox, CANARY).await, None, "no canary track yet");
+                assert_eq!(replicas(sandbox, STABLE).await, Some(2));
+                assert!(
+                    lease_holder(sandbox).await.is_some_and(|h| h.contains(&mine)),
+                    "the dead process still holds the Lease"
+                );
+                // `canary status` names it: running, at step 1/2, driven by nobody alive.
+                let shown = canary_status(sandbox, config);
+                assert_eq!(
+                    (&shown["status"], &shown["step"], &shown["driven_by"]),
+                    (
+                        &serde_json::json!("running"),
+                        &serde_json::json!(0),
+                        &serde_json::Value::Null
+                    ),
+                    "{shown:#}"
+                );
+                let mut resumed = Background::spawn(sandbox, config, CANARY_RESUME);
+                eventually(
+                    "the resumed run's first bake",
+                    Duration::from_secs(180),
+                    async || {
+                        assert!(resumed.running(), "resume ended: {}", resumed.stderr());
+                        let state = canary_state(sandbox).await?;
+                        (!state["step_started_at"].is_null()).then_some(())
+                    },
+                )
+                .await;
+                let stderr = resumed.stderr();
+                assert!(
+                    stderr.contains("took over the deploy lock from")
+                        && stderr.contains(&mine)
+                        && stderr.contains("no longer exists on this host"),
+                    "{stderr}"
+                );
+                assert_eq!(tracks(&status(sandbox, config)), (1, 1), "50 %: one and one");
+                let rows = audit_rows(sandbox, audited).await;
+                assert!(
+                    rows.iter().any(|r| r.action == "lock-takeover"
+                        && r.details["reason"] == "holder_dead"
+                        && r.from_state.contains(&mine)),
+                    "{:?}",
+                    actions(&rows)
+                );
+                driver = Some(resumed);
+                "killed under the Lease before the canary track existed; resume took the Lease over and set 1+1"
+                    .to_owned()
+            },
+        )
+        .await;
+
+    matrix
+        .case("sigkill-canary-mid-bake-then-resume", async || {
+            let running = driver.take().expect("a driver from the previous case");
+            eventually("an evaluation", Duration::from_secs(60), async || {
+                let state = canary_state(sandbox).await?;
+                (!windows(&state).is_empty()).then_some(())
+            })
+            .await;
+            let pid = running.pid();
+            running.kill();
+            let audited = last_audit_id(sandbox).await;
+            let killed = canary_state(sandbox).await.unwrap();
+            assert_eq!(killed["status"], "running", "{killed:#}");
+            let clock = killed["step_started_at"].clone();
+            assert!(clock.is_i64(), "{killed:#}");
+            let evaluated = windows(&killed).len();
+            let mut resumed = Background::spawn(sandbox, config, CANARY_RESUME);
+            let state = eventually(
+                "two evaluations by the resumed run",
+                Duration::from_secs(60),
+                async || {
+                    assert!(resumed.running(), "resume ended: {}", resumed.stderr());
+                    let state = canary_state(sandbox).await?;
+                    (windows(&state).len() >= evaluated + 2).then_some(state)
+                },
+            )
+            .await;
+            // The same step on its own clock, and the weights not set again.
+            assert_eq!(state["step_started_at"], clock, "{state:#}");
+            assert_eq!(state["step"], 0);
+            let messages = events(&state);
+            let resumed_at = messages
+                .iter()
+                .rposition(|m| m.starts_with("resumed by") && m.contains("previous driver gone"))
+                .unwrap_or_else(|| panic!("no resume event: {messages:#?}"));
+            assert!(
+                !messages[resumed_at..]
+                    .iter()
+                    .any(|m| m.starts_with("weights set")),
+                "{messages:#?}"
+            );
+            let new = &windows(&state)[evaluated..];
+            let last_before = windows(&killed).last().unwrap()["elapsed_secs"]
+                .as_u64()
+                .unwrap();
+            assert!(
+                new.iter()
+                    .all(|w| w["elapsed_secs"].as_u64().unwrap() > last_before),
+                "the bake goes on from where it was: {new:#?}"
+            );
+            assert_eq!(tracks(&status(sandbox, config)), (1, 1));
+            let stderr = resumed.stderr();
+            assert!(
+                stderr.contains(&format!("pid {pid} (canary webhook)"))
+                    && stderr.contains("no longer exists on this host"),
+                "{stderr}"
+            );
+            let rows = audit_rows(sandbox, audited).await;
+            assert!(
+                rows.iter()
+                    .any(|r| r.action == "lock-takeover" && r.details["reason"] == "holder_dead"),
+                "{:?}",
+                actions(&rows)
+            );
+            // Killed again, mid-bake: the next case acts on a run nobody drives.
+            resumed.kill();
+            format!(
+                "resume continued step 1/2 at {}s of its bake, weights untouched",
+                new[0]["elapsed_secs"]
+            )
+        })
+        .await;
+
+    matrix
+        .case("api-500-then-503-burst-during-canary-promote", async || {
+            let audited = last_audit_id(sandbox).await;
+            let (revision, _, stable_tag) = release_state(&status(sandbox, config));
+            // Every write of the stable Deployment refused: the promotion cannot begin.
+            let mut faults = Faults::default();
+            faults.inject(
+                &[
+                    "api",
+                    "--path",
+                    &stable_path,
+                    "--method",
+                    "PATCH",
+                    "--status",
+                    "500",
+                ],
+                &["api", "--clear"],
+            );
+            let (code, _, refused) = psctl(sandbox, config, CANARY_PROMOTE_NOW);
+            faults.restore();
+            assert_eq!(
+                code, 3,
+                "the API server refused, nothing changed:\n{refused}"
+            );
+            assert!(refused.contains("psctl canary promote"), "{refused}");
+            let after = status(sandbox, config);
+            assert_eq!(
+                release_state(&after),
+                (revision, "deployed".to_owned(), stable_tag.clone())
+            );
+            assert_eq!(tracks(&after), (1, 1), "the canary keeps its weight");
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            let shown = canary_status(sandbox, config);
+            assert_eq!(shown["status"], "paused", "{shown:#}");
+            assert!(
+                shown["reason"].as_str().is_some_and(|r| r.contains("500")),
+                "{shown:#}"
+            );
+            // A burst of three 503s on the same writes: retried, promoted.
+            faults.inject(
+                &[
+                    "api",
+                    "--path",
+                    &stable_path,
+                    "--method",
+                    "PATCH",
+                    "--status",
+                    "503",
+                    "--count",
+                    "3",
+                ],
+                &["api", "--clear"],
+            );
+            let (code, _, stderr) = psctl(sandbox, config, CANARY_PROMOTE_NOW);
+            faults.restore();
+            assert_eq!(code, 0, "{stderr}");
+            let after = status(sandbox, config);
+            assert_eq!(
+                release_state(&after),
+                (revision + 1, "deployed".to_owned(), first.clone())
+            );
+            assert_eq!(tracks(&after), (2, 0), "stable whole, canary track removed");
+            assert_eq!(replicas(sandbox, CANARY).await, None);
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            assert_eq!(canary_status(sandbox, config)["status"], "promoted");
+            let rows = audit_rows(sandbox, audited).await;
+            let outcomes: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.action == "canary")
+                .map(|r| r.outcome.as_str())
+                .collect();
+            assert_eq!(
+                outcomes,
+                ["interrupted", "succeeded"],
+                "{:?}",
+                actions(&rows)
+            );
+            format!(
+                "lasting 500: exit 3 ({}), paused at 1+1; burst of 3 503s: retried, promoted",
+                error_line(&refused)
+            )
+        })
+        .await;
+
+    let second = new_tag(sandbox, "ops-2").await;
+    matrix
+        .case("api-500-on-scale-during-canary-abort", async || {
+            canary_baking(sandbox, config, &second).await.kill();
+            let audited = last_audit_id(sandbox).await;
+            let (revision, _, stable_tag) = release_state(&status(sandbox, config));
+            let scale = format!("/apis/apps/v1/namespaces/{namespace}/deployments/[^/]+/scale$");
+            let mut faults = Faults::default();
+            faults.inject(
+                &[
+                    "api", "--path", &scale, "--method", "PATCH", "--status", "500",
+                ],
+                &["api", "--clear"],
+            );
+            let (code, _, failed) = psctl(sandbox, config, CANARY_ABORT);
+            faults.restore();
+            assert_eq!(code, 4, "the abort itself failed:\n{failed}");
+            assert!(failed.contains("psctl canary abort"), "{failed}");
+            let after = status(sandbox, config);
+            assert_eq!(
+                tracks(&after),
+                (1, 1),
+                "the first write failed: nothing moved"
+            );
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            let shown = canary_status(sandbox, config);
+            assert_eq!(shown["status"], "paused", "{shown:#}");
+            assert!(
+                shown["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("THE ABORT FAILED")),
+                "{shown:#}"
+            );
+            // The hinted command, once the API server takes writes again.
+            let (code, _, stderr) = psctl(sandbox, config, CANARY_ABORT);
+            assert_eq!(code, 0, "{stderr}");
+            let after = status(sandbox, config);
+            assert_eq!(tracks(&after), (2, 0));
+            assert_eq!(replicas(sandbox, CANARY).await, Some(0), "kept at 0");
+            assert_eq!(
+                release_state(&after),
+                (revision, "deployed".to_owned(), stable_tag)
+            );
+            assert_eq!(canary_status(sandbox, config)["status"], "aborted");
+            let rows = audit_rows(sandbox, audited).await;
+            let outcomes: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.action == "canary")
+                .map(|r| r.outcome.as_str())
+                .collect();
+            assert_eq!(outcomes, ["failed", "aborted"], "{:?}", actions(&rows));
+            format!(
+                "exit 4 ({}); `canary abort` again: aborted",
+                error_line(&failed)
+            )
+        })
+        .await;
+
+    let third = new_tag(sandbox, "ops-3").await;
+    matrix
+        .case("two-operators-race-on-canary-promote", async || {
+            canary_baking(sandbox, config, &third).await.kill();
+            let (revision, _, _) = release_state(&status(sandbox, config));
+            let a = Background::spawn(sandbox, config, CANARY_PROMOTE_NOW);
+            let b = Background::spawn(sandbox, config, CANARY_PROMOTE_NOW);
+            let (code_a, _, stderr_a) = a.wait(Duration::from_secs(240)).await;
+            let (code_b, _, stderr_b) = b.wait(Duration::from_secs(240)).await;
+            let loser = match (code_a, code_b) {
+                (0, 2) => stderr_b,
+                (2, 0) => stderr_a,
+                other => panic!("exit codes {other:?}:\n{stderr_a}\n---\n{stderr_b}"),
+            };
+            assert!(
+                loser.contains("another psctl operation holds the deploy lock")
+                    || loser.contains("is already promoted"),
+                "{loser}"
+            );
+            let after = status(sandbox, config);
+            assert_eq!(
+                release_state(&after),
+                (revision + 1, "deployed".to_owned(), third.clone()),
+                "exactly one promotion"
+            );
+            assert_eq!(tracks(&after), (2, 0));
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            error_line(&loser)
+        })
+        .await;
+
+    let fourth = new_tag(sandbox, "ops-4").await;
+    matrix
+        .case("sigkill-canary-mid-promotion-then-resume", async || {
+            let mut running = canary_baking(sandbox, config, &fourth).await;
+            let audited = last_audit_id(sandbox).await;
+            let (revision, _, _) = release_state(&status(sandbox, config));
+            // Killed, with its Helm, between the promotion's upgrade and the canary track's
+            // removal (which is held back here).
+            let mut faults = Faults::default();
+            faults.inject(
+                &[
+                    "api",
+                    "--path",
+                    &canary_path,
+                    "--method",
+                    "DELETE",
+                    "--delay-ms",
+                    "60000",
+                ],
+                &["api", "--clear"],
+            );
+            let pid = running.pid();
+            // The live driver takes the request at its next evaluation.
+            let (code, _, stderr) = psctl(sandbox, config, CANARY_PROMOTE_NOW);
+            assert_eq!(code, 0, "{stderr}");
+            assert!(stderr.contains("request stored"), "{stderr}");
+            eventually(
+                "the promotion's Helm revision",
+                Duration::from_secs(120),
+                async || {
+                    assert!(running.running(), "the driver ended: {}", running.stderr());
+                    let (now, state, tag) = release_state(&status(sandbox, config));
+                    (now > revision && state == "deployed" && tag == fourth).then_some(())
+                },
+            )
+            .await;
+            running.kill();
+            faults.restore();
+            let killed = canary_state(sandbox).await.unwrap();
+            assert_eq!(killed["status"], "running", "{killed:#}");
+            assert!(
+                killed["promoting_since"].is_i64(),
+                "recorded before Helm: {killed:#}"
+            );
+            let evaluated = windows(&killed).len();
+            let (code, _, stderr) = psctl(sandbox, config, CANARY_RESUME);
+            assert_eq!(code, 0, "{stderr}");
+            assert!(
+                stderr.contains(&format!("pid {pid} (canary webhook)"))
+                    && stderr.contains("the promotion had begun"),
+                "{stderr}"
+            );
+            let state = canary_state(sandbox).await.unwrap();
+            assert_eq!(state["status"], "promoted", "{state:#}");
+            assert_eq!(windows(&state).len(), evaluated, "no step baked again");
+            let after = status(sandbox, config);
+            let (_, release, tag) = release_state(&after);
+            assert_eq!(
+                (release.as_str(), tag.as_str()),
+                ("deployed", fourth.as_str())
+            );
+            assert_eq!(tracks(&after), (2, 0));
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            let rows = audit_rows(sandbox, audited).await;
+            for (action, outcome) in [("lock-takeover", "succeeded"), ("canary", "succeeded")] {
+                assert!(
+                    rows.iter()
+                        .any(|r| r.action == action && r.outcome == outcome),
+                    "{action}: {:?}",
+                    actions(&rows)
+                );
+            }
+            "killed after Helm upgraded stable; resume finished the promotion (no bake again)"
+                .to_owned()
+        })
+        .await;
+
+    let fifth = new_tag(sandbox, "ops-5").await;
+    matrix
+        .case("api-latency-2s-during-canary-promote", async || {
+            canary_baking(sandbox, config, &fifth).await.kill();
+            let mut faults = Faults::default();
+            let path = format!("/namespaces/{namespace}/(deployments|leases|replicasets)");
+            faults.inject(
+                &["api", "--path", &path, "--delay-ms", "2000"],
+                &["api", "--clear"],
+            );
+            let started = Instant::now();
+            let (code, _, stderr) = psctl(sandbox, config, CANARY_PROMOTE_NOW);
+            let took = started.elapsed();
+            faults.restore();
+            assert_eq!(code, 0, "{stderr}");
+            assert!(
+                took >= Duration::from_secs(4),
+                "the latency applied: {took:?}"
+            );
+            let after = status(sandbox, config);
+            let (_, release, tag) = release_state(&after);
+            assert_eq!(
+                (release.as_str(), tag.as_str()),
+                ("deployed", fifth.as_str())
+            );
+            assert_eq!(tracks(&after), (2, 0));
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            format!("promoted in {}s under 2 s latency", took.as_secs())
+        })
+        .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollback killed before Helm and while its revision is pending, `--undo` under a 503 burst,
+// and `psctl run` killed mid-run and under an API error
+
+/// A playbook file of `yaml` in `dir`, as a path argument.
+fn playbook(dir: &Path, name: &str, yaml: &str) -> String {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+/// The run record of playbook `name` (`psctl-run-<name>`): its state and resourceVersion.
+async fn run_record(sandbox: &Sandbox, name: &str) -> Option<(serde_json::Value, String)> {
+    let config_map = Api::<ConfigMap>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
+        .get_opt(&format!("psctl-run-{name}"))
+        .await
+        .ok()??;
+    let version = config_map.metadata.resource_version.clone()?;
+    let state = serde_json::from_str(config_map.data?.get("state.json")?).ok()?;
+    Some((state, version))
+}
+
+fn step_results(record: &serde_json::Value) -> Vec<(String, u64)> {
+    record["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["result"].as_str().unwrap_or_default().to_owned(),
+                s["exit_code"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The image tag the stable Deployment's pod template runs.
+async fn template_tag(sandbox: &Sandbox) -> String {
+    let deployment = Api::<Deployment>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
+        .get(STABLE)
+        .await
+        .unwrap();
+    let image = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default();
+    image.rsplit(':').next().unwrap_or_default().to_owned()
+}
+
+async fn rollback_and_run(matrix: &mut Matrix) {
+    let sandbox = &Sandbox::services("faults-rollback-run").await;
+    let config = sandbox.config("rollback-run", |_| {});
+    sandbox.deploy(&config, &["webhook"]);
+    let config = config.as_path();
+    let namespace = sandbox.namespace.clone();
+    let stable_path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{STABLE}$");
+    let first_tag = sandbox.tag.clone();
+    let second_tag = new_tag(sandbox, "rb").await;
+    let (code, _, stderr) = psctl(sandbox, config, &deploy_args(&second_tag));
+    assert_eq!(code, 0, "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+
+    matrix
+        .case("sigkill-rollback-before-helm-then-rerun", async || {
+            let (revision, _, current) = release_state(&status(sandbox, config));
+            assert_eq!(current, second_tag);
+            let target = (revision - 1).to_string();
+            let args = ["rollback", "webhook", "--to-rev", target.as_str()];
+            let audited = last_audit_id(sandbox).await;
+            // Frozen under the Lease, before Helm: every read of the Deployment (the
+            // kill-switch check reads it under the Lease) takes 20 s.
+            let mut faults = Faults::default();
+            faults.inject(
+                &[
+                    "api",
+                    "--path",
+                    &stable_path,
+                    "--method",
+                    "GET",
+                    "--delay-ms",
+                    "20000",
+                ],
+                &["api", "--clear"],
+            );
+            let killed = Background::spawn(sandbox, config, &args);
+            let mine = format!("pid {} (rollback)", killed.pid());
+            eventually("the Lease taken", Duration::from_secs(90), async || {
+                lease_holder(sandbox)
+                    .await
+                    .is_some_and(|h| h.contains(&mine))
+                    .then_some(())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            killed.kill();
+            faults.restore();
+            assert_eq!(
+                release_state(&status(sandbox, config)),
+                (revision, "deployed".to_owned(), second_tag.clone()),
+                "killed before Helm: the release is untouched"
+            );
+            let (code, _, stderr) = psctl(sandbox, config, &args);
+            assert_eq!(code, 0, "{stderr}");
+            assert!(
+                stderr.contains(&mine) && stderr.contains("no longer exists on this host"),
+                "{stderr}"
+            );
+            let after = status(sandbox, config);
+            assert_eq!(
+                release_state(&after),
+                (revision + 1, "deployed".to_owned(), first_tag.clone())
+            );
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            let rows = audit_rows(sandbox, audited).await;
+            for (action, reason) in [
+                ("lock-takeover", Some("holder_dead")),
+                ("rollback (helm)", None),
+            ] {
+                assert!(
+                    rows.iter().any(|r| r.action == action
+                        && r.outcome == "succeeded"
+                        && reason.is_none_or(|w| r.details["reason"] == w)),
+                    "{action}: {:?}",
+                    actions(&rows)
+                );
+            }
+            format!(
+                "release untouched; the same `rollback --to-rev {target}` took over and finished"
+            )
+        })
+        .await;
+
+    matrix
+        .case("sigkill-of-rollback-and-helm-while-pending", async || {
+            let history = sandbox.history(config, "webhook");
+            let (revision, _, current) = release_state(&status(sandbox, config));
+            assert_eq!(current, first_tag);
+            let target = history
+                .iter()
+                .rev()
+                .find(|r| r["image_tag"] == second_tag.as_str())
+                .and_then(|r| r["revision"].as_u64())
+                .expect("a revision of the second tag")
+                .to_string();
+            let args = ["rollback", "webhook", "--to-rev", target.as_str()];
+            let audited = last_audit_id(sandbox).await;
+            let mut faults = Faults::default();
+            let path = format!("/apis/apps/v1/namespaces/{namespace}/deployments");
+            faults.inject(
+                &[
+                    "api",
+                    "--path",
+                    &path,
+                    "--method",
+                    "PATCH",
+                    "--delay-ms",
+                    "60000",
+                ],
+                &["api", "--clear"],
+            );
+            let killed = Background::spawn_group(sandbox, config, &args);
+            // Helm records the rollback's revision as pending before it applies it (the
+            // sandbox's Helm rolls back through its upgrade, so the status reads
+            // pending-upgrade where a real Helm writes pending-rollback).
+            let pending = eventually(
+                "Helm's pending revision",
+                Duration::from_secs(90),
+                async || {
+                    let (_, state, _) = release_state(&status(sandbox, config));
+                    state.starts_with("pending-").then_some(state)
+                },
+            )
+            .await;
+            killed.kill_group();
+            faults.restore();
+            let (stuck, state, _) = release_state(&status(sandbox, config));
+            assert_eq!((stuck, state.as_str()), (revision + 1, pending.as_str()));
+            // The same command again names the way out instead of tripping over Helm's lock.
+            let (code, _, refused) = psctl(sandbox, config, &args);
+            assert_eq!(code, 2, "{refused}");
+            assert!(
+                refused.contains("psctl rollback webhook --unstick"),
+                "{refused}"
+            );
+            let (code, _, unstuck) = psctl(
+                sandbox,
+                config,
+                &["rollback", "webhook", "--unstick", "--force"],
+            );
+            assert_eq!(code, 0, "{unstuck}");
+            assert_eq!(
+                release_state(&status(sandbox, config)),
+                (revision + 1, "deployed".to_owned(), first_tag.clone()),
+                "back on the release the rollback left"
+            );
+            let (code, _, stderr) = psctl(sandbox, config, &args);
+            assert_eq!(code, 0, "{stderr}");
+            let after = status(sandbox, config);
+            assert_eq!(
+                release_state(&after),
+                (revision + 2, "deployed".to_owned(), second_tag.clone())
+            );
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            let rows = audit_rows(sandbox, audited).await;
+            for (action, outcome) in [
+                ("lock-takeover", "succeeded"),
+                ("rollback (unstick)", "succeeded"),
+                ("rollback (helm)", "succeeded"),
+            ] {
+                assert!(
+                    rows.iter()
+                        .any(|r| r.action == action && r.outcome == outcome),
+                    "{action}: {:?}",
+                    actions(&rows)
+                );
+            }
+            format!(
+                "left {pending}; re-run: {}; `--unstick --force`, then the re-run: exit 0",
+                error_line(&refused)
+            )
+        })
+        .await;
+
+    matrix
+        .case("api-503-burst-on-rollback-undo", async || {
+            let audited = last_audit_id(sandbox).await;
+            assert_eq!(template_tag(sandbox).await, second_tag);
+            let mut faults = Faults::default();
+            faults.inject(
+                &[
+                    "api",
+                    "--path",
+                    &stable_path,
+                    "--method",
+                    "PUT",
+                    "--status",
+                    "503",
+                    "--count",
+                    "3",
+                ],
+                &["api", "--clear"],
+            );
+            let (code, _, stderr) = psctl(sandbox, config, &["rollback", "webhook", "--undo"]);
+            let left = sandbox_fault(&["api"]).unwrap();
+            faults.restore();
+            assert_eq!(code, 0, "{stderr}");
+            assert!(!left.contains("503"), "the burst was served: {left}");
+            assert_eq!(
+                template_tag(sandbox).await,
+                first_tag,
+                "the previous template"
+            );
+            let after = status(sandbox, config);
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            let rows = audit_rows(sandbox, audited).await;
+            assert!(
+                rows.iter()
+                    .any(|r| r.action.starts_with("rollback") && r.outcome == "succeeded"),
+                "{:?}",
+                actions(&rows)
+            );
+            "three 503s on the template's PUT: retried, previous template restored".to_owned()
+        })
+        .await;
+
+    matrix
+        .case("sigkill-mid-run-then-resume", async || {
+            let tag = new_tag(sandbox, "run").await;
+            // Another playbook's record, which the resume must leave alone.
+            let other = playbook(
+                dir.path(),
+                "other",
+                "name: faults-other\nsteps:\n  - status\n",
+            );
+            let (code, _, stderr) = psctl(sandbox, config, &["run", &other]);
+            assert_eq!(code, 0, "{stderr}");
+            let (_, other_version) = run_record(sandbox, "faults-other").await.unwrap();
+            let file = playbook(
+                dir.path(),
+                "release",
+                &format!(
+                    "name: faults-release\nsteps:\n  - status:\n      name: before\n  \
+                     - deploy:\n      name: deploy-webhook\n      components: [webhook]\n      \
+                     tag: {tag}\n      timeout: 3m\n  - status:\n      name: after\n"
+                ),
+            );
+            let (revision, _, _) = release_state(&status(sandbox, config));
+            let audited = last_audit_id(sandbox).await;
+            let killed = Background::spawn(sandbox, config, &["run", &file]);
+            let mine = format!("pid {} (run)", killed.pid());
+            eventually("the deploy step's revision", Duration::from_secs(90), async || {
+                let (_, state, deployed) = release_state(&status(sandbox, config));
+                (deployed == tag && state == "deployed").then_some(())
+            })
+            .await;
+            killed.kill();
+            let (record, _) = run_record(sandbox, "faults-release").await.unwrap();
+            assert_eq!(record["status"], "running", "{record:#}");
+            assert_eq!(
+                step_results(&record),
+                [("passed".into(), 0), ("not-run".into(), 0), ("not-run".into(), 0)]
+            );
+            assert!(lease_holder(sandbox).await.is_some_and(|h| h.contains(&mine)));
+            let (code, _, stderr) = psctl(sandbox, config, &["run", &file, "--from", "deploy-webhook"]);
+            assert_eq!(code, 0, "{stderr}");
+            assert!(stderr.contains("resuming the run started"), "{stderr}");
+            assert!(stderr.contains(&mine), "the dead run's Lease taken over: {stderr}");
+            let (resumed, _) = run_record(sandbox, "faults-release").await.unwrap();
+            assert_eq!(resumed["status"], "succeeded", "{resumed:#}");
+            assert_eq!(
+                step_results(&resumed),
+                [("passed".into(), 0), ("passed".into(), 0), ("passed".into(), 0)]
+            );
+            for field in ["started_at", "started_by", "baseline"] {
+                assert_eq!(resumed[field], record[field], "{field}: the killed run's");
+            }
+            assert_eq!(
+                record["baseline"]["webhook"]["revision"].as_u64(),
+                Some(revision),
+                "the baseline from before the killed run"
+            );
+            assert_eq!(
+                run_record(sandbox, "faults-other").await.unwrap().1,
+                other_version,
+                "another playbook's record untouched"
+            );
+            let after = status(sandbox, config);
+            let (_, state, deployed) = release_state(&after);
+            assert_eq!((state.as_str(), deployed.as_str()), ("deployed", tag.as_str()));
+            assert!(after["lock_holder"].is_null(), "{after:#}");
+            let rows = audit_rows(sandbox, audited).await;
+            for action in ["lock-takeover", "deploy"] {
+                assert!(
+                    rows.iter().any(|r| r.action == action && r.outcome == "succeeded"),
+                    "{action}: {:?}",
+                    actions(&rows)
+                );
+            }
+            "killed in the deploy step's rollout wait; `--from deploy-webhook` reused its record and baseline"
+                .to_owned()
+        })
+        .await;
+
+    matrix
+        .case("api-500-during-a-run-step", async || {
+            let file = playbook(
+                dir.path(),
+                "smoke",
+                "name: faults-smoke\nsteps:\n  - smoke:\n      name: smoke-webhook\n      \
+                 only: [cluster]\n      components: [webhook]\n  - status:\n      name: after\n",
+            );
+            let pods = format!("/api/v1/namespaces/{namespace}/pods$");
+            let mut faults = Faults::default();
+            faults.inject(
+                &["api", "--path", &pods, "--method", "GET", "--status", "500"],
+                &["api", "--clear"],
+            );
+            let (code, report, failed) = psctl(sandbox, config, &["run", &file]);
+            faults.restore();
+            assert_eq!(
+                code, 3,
+                "the step's own exit code: the cluster could not answer\n{failed}"
+            );
+            assert!(
+                report.contains(&format!("Resume with: psctl run {file} --env e2e --from 1")),
+                "the resume command: {report}"
+            );
+            let (record, _) = run_record(sandbox, "faults-smoke").await.unwrap();
+            assert_eq!(record["status"], "failed", "{record:#}");
+            assert_eq!(
+                step_results(&record),
+                [("failed".into(), 3), ("not-run".into(), 0)]
+            );
+            assert!(status(sandbox, config)["lock_holder"].is_null());
+            let (code, _, stderr) =
+                psctl(sandbox, config, &["run", &file, "--from", "smoke-webhook"]);
+            assert_eq!(code, 0, "{stderr}");
+            let (record, _) = run_record(sandbox, "faults-smoke").await.unwrap();
+            assert_eq!(record["status"], "succeeded", "{record:#}");
+            format!(
+                "exit 3 ({}); `--from smoke-webhook`: exit 0",
+                error_line(&failed)
+            )
+        })
+        .await;
 }

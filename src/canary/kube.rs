@@ -18,7 +18,7 @@ use crate::canary::plan::{
     FIELD_MANAGER, TAG_ANNOTATION, canary_object, merge_values, repository, template_command,
 };
 use crate::canary::queries::{self, CANARY_TRACK, STABLE_TRACK, Scope};
-use crate::canary::runner::{Backend, Observed};
+use crate::canary::runner::{Backend, Observed, PromotionError};
 use crate::canary::state::{self, CanaryRun, OperatorRequest, RunStatus, Split};
 use crate::cluster::image::{self, AppImage};
 use crate::cluster::{self, ClusterError, is_not_found, ownership};
@@ -410,6 +410,77 @@ impl<'a> KubeBackend<'a> {
             .map(|samples| queries::by_track(&samples))
             .map_err(|e| e.to_string())
     }
+
+    fn upgrade_command(&self, run: &CanaryRun) -> Result<crate::helm::driver::HelmCommand, String> {
+        let repository = repository(self.context.environment, self.context.component);
+        let values = self.values(run);
+        let command = self
+            .context
+            .helm
+            .upgrade_install(&UpgradeSpec {
+                release: &run.release,
+                chart: self.context.chart,
+                image_repository: repository,
+                image_tag: Some(&run.tag),
+                values: &values,
+                description: &format!("psctl canary promote {}", run.tag),
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(command)
+    }
+
+    /// The promotion from Helm on: stable upgraded and rolled out at its recorded count, then
+    /// the canary track removed.
+    async fn promote_with(
+        &self,
+        run: &CanaryRun,
+        command: crate::helm::driver::HelmCommand,
+    ) -> Result<String, String> {
+        self.context.output.info(format!("  {}", command.display()));
+        command.run().await.map_err(|e| e.to_string())?;
+        self.wait(&run.stable_deployment, STABLE_TRACK).await?;
+        let replicas = self
+            .deployments
+            .get(&run.stable_deployment)
+            .await
+            .map_err(|e| cluster::describe(&e))?
+            .spec
+            .and_then(|s| s.replicas)
+            .unwrap_or(1);
+        if replicas != run.stable_replicas {
+            self.scale(&run.stable_deployment, run.stable_replicas)
+                .await?;
+            self.wait(&run.stable_deployment, STABLE_TRACK).await?;
+            self.hand_back_stable(run).await?;
+        }
+        match self
+            .deployments
+            .delete(&run.canary_deployment, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if is_not_found(&error) => {}
+            Err(error) => {
+                return Err(format!(
+                    "stable now runs {} but the canary Deployment `{}` could not be removed: {}",
+                    run.tag,
+                    run.canary_deployment,
+                    cluster::describe(&error)
+                ));
+            }
+        }
+        let revision = self.deployed_revision(&run.release).await.ok().flatten();
+        Ok(format!(
+            "release `{}` upgraded to {}{} with {} replica(s); canary track `{}` removed",
+            run.release,
+            run.tag,
+            revision
+                .map(|r| format!(" (revision {r})"))
+                .unwrap_or_default(),
+            run.stable_replicas,
+            run.canary_deployment
+        ))
+    }
 }
 
 /// How often the canary pods are looked at during a bake.
@@ -627,66 +698,17 @@ impl Backend for KubeBackend<'_> {
         save_run(&self.store, run).await.map_err(|e| e.to_string())
     }
 
-    async fn promote(&self, run: &CanaryRun) -> Result<String, String> {
-        let repository = repository(self.context.environment, self.context.component);
-        let values = self.values(run);
+    async fn promote(&self, run: &CanaryRun) -> Result<String, PromotionError> {
+        // Nothing changes before Helm runs: a refusal up to there leaves the run as it was.
         let command = self
-            .context
-            .helm
-            .upgrade_install(&UpgradeSpec {
-                release: &run.release,
-                chart: self.context.chart,
-                image_repository: repository,
-                image_tag: Some(&run.tag),
-                values: &values,
-                description: &format!("psctl canary promote {}", run.tag),
-            })
-            .map_err(|e| e.to_string())?;
-        self.hand_back_stable(run).await?;
-        self.context.output.info(format!("  {}", command.display()));
-        command.run().await.map_err(|e| e.to_string())?;
-        self.wait(&run.stable_deployment, STABLE_TRACK).await?;
-        let replicas = self
-            .deployments
-            .get(&run.stable_deployment)
+            .upgrade_command(run)
+            .map_err(PromotionError::NotStarted)?;
+        self.hand_back_stable(run)
             .await
-            .map_err(|e| cluster::describe(&e))?
-            .spec
-            .and_then(|s| s.replicas)
-            .unwrap_or(1);
-        if replicas != run.stable_replicas {
-            self.scale(&run.stable_deployment, run.stable_replicas)
-                .await?;
-            self.wait(&run.stable_deployment, STABLE_TRACK).await?;
-            self.hand_back_stable(run).await?;
-        }
-        match self
-            .deployments
-            .delete(&run.canary_deployment, &DeleteParams::background())
+            .map_err(PromotionError::NotStarted)?;
+        self.promote_with(run, command)
             .await
-        {
-            Ok(_) => {}
-            Err(error) if is_not_found(&error) => {}
-            Err(error) => {
-                return Err(format!(
-                    "stable now runs {} but the canary Deployment `{}` could not be removed: {}",
-                    run.tag,
-                    run.canary_deployment,
-                    cluster::describe(&error)
-                ));
-            }
-        }
-        let revision = self.deployed_revision(&run.release).await.ok().flatten();
-        Ok(format!(
-            "release `{}` upgraded to {}{} with {} replica(s); canary track `{}` removed",
-            run.release,
-            run.tag,
-            revision
-                .map(|r| format!(" (revision {r})"))
-                .unwrap_or_default(),
-            run.stable_replicas,
-            run.canary_deployment
-        ))
+            .map_err(PromotionError::Failed)
     }
 
     async fn abort(&self, run: &CanaryRun) -> Result<String, String> {

@@ -405,6 +405,7 @@ pub fn new_run(start: Start, stable: StableTrack, me: String, now: i64) -> Canar
         reason: None,
         updated_at: now,
         request: None,
+        promoting_since: None,
         events: Vec::new(),
         windows: Vec::new(),
     };

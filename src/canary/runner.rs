@@ -55,7 +55,7 @@ pub trait Backend {
         run: &CanaryRun,
     ) -> impl Future<Output = Result<Option<OperatorRequest>, String>>;
     /// Stable to the new tag (Helm), then the canary track removed.
-    fn promote(&self, run: &CanaryRun) -> impl Future<Output = Result<String, String>>;
+    fn promote(&self, run: &CanaryRun) -> impl Future<Output = Result<String, PromotionError>>;
     /// Canary to zero replicas (kept for investigation), stable restored to its full count and
     /// Helm revision.
     fn abort(&self, run: &CanaryRun) -> impl Future<Output = Result<String, String>>;
@@ -65,6 +65,16 @@ pub trait Backend {
     /// overridden by the kill switch, or not renewable), or `None` while it may. Checked before
     /// every change: a fenced run stops without touching the cluster or its state again.
     fn fenced(&self) -> Option<String>;
+}
+
+/// Why a promotion did not finish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromotionError {
+    /// Refused before anything changed (the API server would not take the promotion's first
+    /// write): nothing to undo, so the run keeps its weights and waits for an operator.
+    NotStarted(String),
+    /// Failed once under way (Helm, the rollout): undone by an abort.
+    Failed(String),
 }
 
 /// How a run ended (for this process).
@@ -85,6 +95,11 @@ pub enum Ending {
     /// This process lost the deploy Lease and stopped at a safe point, leaving the cluster and
     /// the saved state to whoever holds the Lease now.
     Fenced {
+        reason: String,
+    },
+    /// The promotion could not begin (the cluster refused its first write); nothing changed and
+    /// the run is paused at its step for an operator to promote again or abort.
+    Interrupted {
         reason: String,
     },
 }
@@ -134,7 +149,9 @@ pub async fn drive<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
                 }
             }
         }
-        if run.weight() >= 100 {
+        // The driver died during the promotion: Helm may already have moved stable to the new
+        // tag, so there is no step left to bake; finish the promotion.
+        if run.weight() >= 100 || run.promoting_since.is_some() {
             return promote(backend, run).await;
         }
         let Some(started) = run.step_started_at else {
@@ -276,6 +293,8 @@ async fn abort<B: Backend>(backend: &B, run: &mut CanaryRun, reason: String) -> 
         return fenced(backend, run, lost);
     }
     backend.report(&format!("aborting at {}: {reason}", run.position()));
+    // The abort undoes a promotion that reached Helm (stable back to its recorded revision).
+    run.promoting_since = None;
     match backend.abort(run).await {
         Ok(detail) => {
             note(backend, run, detail);
@@ -302,17 +321,56 @@ async fn promote<B: Backend>(backend: &B, run: &mut CanaryRun) -> Ending {
     if let Some(lost) = backend.fenced() {
         return fenced(backend, run, lost);
     }
-    backend.report(&format!("promoting {} to stable", run.tag));
+    let resumed = run.promoting_since.is_some();
+    if !resumed {
+        // Recorded before Helm runs, so a resume after a crash from here on promotes again.
+        run.promoting_since = Some(backend.now());
+        note(backend, run, format!("promoting {} to stable", run.tag));
+        save(backend, run).await;
+    } else {
+        note(
+            backend,
+            run,
+            format!(
+                "promoting {} to stable (again: the promotion had begun)",
+                run.tag
+            ),
+        );
+    }
     match backend.promote(run).await {
         Ok(detail) => {
             note(backend, run, detail);
             run.status = RunStatus::Promoted;
+            run.promoting_since = None;
             run.reason = None;
             run.holder = None;
             save(backend, run).await;
             Ending::Promoted
         }
-        Err(problem) => abort(backend, run, format!("the promotion failed: {problem}")).await,
+        Err(_) if backend.fenced().is_some() => {
+            let lost = backend.fenced().unwrap_or_default();
+            fenced(backend, run, lost)
+        }
+        Err(PromotionError::NotStarted(problem)) if !resumed => {
+            // Nothing changed: aborting a canary the gates passed over an API hiccup would throw
+            // the release away. It waits, paused at its weights, for `canary promote` again.
+            let reason = format!("the promotion could not begin, nothing was changed: {problem}");
+            run.promoting_since = None;
+            run.status = RunStatus::Paused;
+            run.reason = Some(reason.clone());
+            run.holder = None;
+            note(
+                backend,
+                run,
+                format!("paused at {}: {reason}", run.position()),
+            );
+            save(backend, run).await;
+            Ending::Interrupted { reason }
+        }
+        // A promotion resumed after a crash may already have moved stable: undo it.
+        Err(PromotionError::NotStarted(problem) | PromotionError::Failed(problem)) => {
+            abort(backend, run, format!("the promotion failed: {problem}")).await
+        }
     }
 }
 
@@ -371,6 +429,10 @@ mod tests {
         requests: RefCell<Vec<(usize, OperatorRequest)>>,
         fail_weights_at_step: Option<usize>,
         fail_promotion: bool,
+        /// `promote` panics (a process killed while Helm upgrades stable).
+        die_in_promotion: bool,
+        /// `promote` is refused before it changes anything.
+        refuse_promotion: bool,
         /// `sleep` panics after this many calls (a killed process).
         die_after_sleeps: Option<usize>,
         sleeps: Cell<usize>,
@@ -465,10 +527,19 @@ mod tests {
                 .map(|index| requests.remove(index).1))
         }
 
-        async fn promote(&self, _run: &CanaryRun) -> Result<String, String> {
+        async fn promote(&self, _run: &CanaryRun) -> Result<String, PromotionError> {
             self.calls.borrow_mut().push("promote".into());
-            if self.fail_promotion {
-                Err("rollout of problemsolver-webhook failed".into())
+            if self.die_in_promotion {
+                panic!("killed");
+            }
+            if self.refuse_promotion {
+                Err(PromotionError::NotStarted(
+                    "handing the replicas back to Helm: answered 500".into(),
+                ))
+            } else if self.fail_promotion {
+                Err(PromotionError::Failed(
+                    "rollout of problemsolver-webhook failed".into(),
+                ))
             } else {
                 Ok("promoted".into())
             }
@@ -734,6 +805,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_promotion_refused_before_any_change_pauses_instead_of_aborting() {
+        let script = Script {
+            refuse_promotion: true,
+            ..Script::with(vec![figures(3000.0, 0.004, 0.004)])
+        };
+        let mut run = short_run();
+        run.steps = vec![50, 100];
+        let ending = drive(&script, &mut run).await;
+        assert!(
+            matches!(&ending, Ending::Interrupted { reason } if reason.contains("500")),
+            "{ending:?}"
+        );
+        assert_eq!(
+            script.calls(),
+            ["weights 5 5", "smoke", "promote"],
+            "no abort"
+        );
+        let saved = script.saved.borrow().last().cloned().unwrap();
+        assert_eq!(saved.status, RunStatus::Paused);
+        assert_eq!(saved.promoting_since, None);
+        assert_eq!(saved.holder, None);
+        assert_eq!(saved.step, 1, "at the promotion, the tracks as they were");
+
+        // `canary promote` later: straight to the promotion.
+        let again = Script::with(vec![figures(3000.0, 0.004, 0.004)]);
+        let mut run = saved;
+        run.status = RunStatus::Running;
+        run.request = Some(OperatorRequest::Promote {
+            full: true,
+            by: "oncall@desk".into(),
+            at: 0,
+        });
+        assert_eq!(drive(&again, &mut run).await, Ending::Promoted);
+        assert_eq!(again.calls(), ["promote"]);
+    }
+
+    #[tokio::test]
     async fn operator_requests_are_honoured_at_the_next_evaluation() {
         let script = Script::with(vec![figures(3000.0, 0.004, 0.004)]);
         script.requests.borrow_mut().push((
@@ -790,6 +898,53 @@ mod tests {
         assert_eq!(drive(&resumed, &mut run).await, Ending::Promoted);
         assert_eq!(resumed.calls(), ["weights 6 4", "smoke", "promote"]);
         assert_eq!(run.windows.iter().filter(|w| w.step == 1).count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_run_killed_during_its_promotion_resumes_into_the_promotion() {
+        let script = Script {
+            die_in_promotion: true,
+            ..Script::with(vec![figures(3000.0, 0.004, 0.004)])
+        };
+        let mut run = short_run();
+        // A step list that does not end at 100: promoted after its last step's bake.
+        run.steps = vec![50];
+        let killed = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(drive(
+            &script, &mut run,
+        )))
+        .await;
+        assert!(killed.is_err(), "the run was killed while promoting");
+        let saved = script.saved.borrow().last().cloned().unwrap();
+        assert_eq!(saved.status, RunStatus::Running);
+        assert!(saved.promoting_since.is_some(), "recorded before Helm ran");
+        assert!(saved.step_started_at.is_some());
+
+        // Stable may already run the new tag: no bake of the 50 % step again (these figures
+        // would abort it), no re-scaling.
+        let evaluated = saved.windows.len();
+        let resumed = Script::with(vec![figures(3000.0, 0.2, 0.004)]);
+        resumed.clock.set(script.clock.get() + 5);
+        let mut run = saved;
+        assert_eq!(drive(&resumed, &mut run).await, Ending::Promoted);
+        assert_eq!(resumed.calls(), ["promote"]);
+        assert_eq!(run.windows.len(), evaluated);
+        let last = resumed.saved.borrow().last().cloned().unwrap();
+        assert_eq!(last.status, RunStatus::Promoted);
+        assert_eq!(last.promoting_since, None);
+
+        // An abort asked for meanwhile still wins, and undoes the promotion.
+        let resumed = Script::with(vec![figures(3000.0, 0.004, 0.004)]);
+        let mut run = script.saved.borrow().last().cloned().unwrap();
+        run.request = Some(OperatorRequest::Abort {
+            by: "oncall@desk".into(),
+            at: 0,
+        });
+        assert!(matches!(
+            drive(&resumed, &mut run).await,
+            Ending::Aborted { .. }
+        ));
+        assert_eq!(resumed.calls(), ["abort"]);
+        assert_eq!(run.promoting_since, None);
     }
 
     #[tokio::test]

@@ -181,6 +181,11 @@ pub struct CanaryRun {
     pub updated_at: i64,
     #[serde(default)]
     pub request: Option<OperatorRequest>,
+    /// When the promotion began (unix seconds), recorded before Helm runs: a run resumed after
+    /// its driver died mid-promotion finishes the promotion instead of baking a step whose
+    /// stable track may already run the new tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoting_since: Option<i64>,
     #[serde(default)]
     pub events: Vec<EventRecord>,
     #[serde(default)]
@@ -292,6 +297,7 @@ pub(crate) mod tests {
             reason: None,
             updated_at: 1_790_000_000,
             request: None,
+            promoting_since: None,
             events: Vec::new(),
             windows: Vec::new(),
         }

@@ -526,6 +526,7 @@ async fn drive_and_report(
         Ending::Paused { .. } => "paused",
         Ending::RollbackFailed { .. } => "failed",
         Ending::Fenced { .. } => "stopped",
+        Ending::Interrupted { .. } => "interrupted",
     };
     support::audit(
         audit,
@@ -581,6 +582,13 @@ async fn drive_and_report(
         .titled(format!("canary rollback failed: {component}"))
         .hint("a human must act now: retry with `psctl canary abort`, check `psctl status`")
         .hint(format!("stop the canary by hand with `kubectl scale deployment {canary_deployment} --replicas=0`"))),
+        Ending::Interrupted { reason } => Err(CommandError::unreachable(anyhow::anyhow!(
+            "the canary of `{component}` (tag {tag}) was not promoted: {reason}"
+        ))
+        .hint("the canary keeps its weight, paused; `psctl canary status` shows it")
+        .hint(format!(
+            "once the cluster takes writes again, `psctl canary promote --component {component} --full` promotes it, or `psctl canary abort` ends it"
+        ))),
         Ending::Fenced { reason } => {
             let error = match guard.check() {
                 Err(lost) => CommandError::from(LockError::Lost(lost)),

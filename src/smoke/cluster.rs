@@ -28,7 +28,7 @@ pub async fn pods_ready(
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = match api.list(&ListParams::default().labels(&selector)).await {
         Ok(list) => list,
-        Err(error @ kube::Error::Api(_)) => {
+        Err(error @ kube::Error::Api(_)) if !super::server_error(&error) => {
             return Outcome::fail(format!(
                 "listing pods `{selector}` in `{namespace}`: {}",
                 describe(&error)
@@ -48,7 +48,7 @@ pub async fn pods_ready(
         .await
     {
         Ok(list) => list.items,
-        Err(error @ kube::Error::Api(_)) => {
+        Err(error @ kube::Error::Api(_)) if !super::server_error(&error) => {
             return Outcome::fail(format!(
                 "listing ReplicaSets `{selector}` in `{namespace}`: {}",
                 describe(&error)

@@ -336,7 +336,7 @@ async fn scrape_pods(
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|error| match error {
-            kube::Error::Api(_) => {
+            kube::Error::Api(_) if !super::server_error(&error) => {
                 Outcome::fail(format!("listing pods `{selector}`: {}", describe(&error)))
             }
             _ => Outcome::unreachable(format!(

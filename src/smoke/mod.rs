@@ -124,6 +124,13 @@ pub struct Outcome {
     pub unreachable: bool,
 }
 
+/// An API server answer saying it could not serve the request (5xx): the check could not ask,
+/// as when the server is out of reach, and is not a verdict on the component
+/// (`cluster::ClusterError` classifies it the same way, exit 3). Other answers (403, 404, …) are.
+pub fn server_error(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code >= 500)
+}
+
 impl Outcome {
     pub fn pass(evidence: impl Into<String>) -> Self {
         Self {
@@ -906,6 +913,19 @@ pub fn pod_selector(component: &crate::settings::Component, pods: Option<&str>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_error_answer_is_could_not_ask_and_a_refusal_is_a_verdict() {
+        let answer = |code: u16| {
+            kube::Error::Api(Box::new(
+                kube::core::Status::failure("injected", "InternalError").with_code(code),
+            ))
+        };
+        assert!(server_error(&answer(500)));
+        assert!(server_error(&answer(503)));
+        assert!(!server_error(&answer(403)), "RBAC says no: a failed check");
+        assert!(!server_error(&answer(404)));
+    }
     use std::path::Path;
     use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -48,7 +48,7 @@ pub async fn service_monitor(
                 "the cluster does not serve monitoring.coreos.com/v1 ServiceMonitor: install the Prometheus operator's CRDs",
             );
         }
-        Err(error @ kube::Error::Api(_)) => {
+        Err(error @ kube::Error::Api(_)) if !super::server_error(&error) => {
             return Outcome::fail(format!("listing ServiceMonitors: {}", describe(&error)));
         }
         Err(error) => {
