@@ -53,6 +53,8 @@ pub struct KubeletConfig {
     pub max_grace: Duration,
     /// Limit for one image pull.
     pub pull_timeout: Duration,
+    /// Where projected volumes are written (the kubelet's `--root-dir`); made private (0700).
+    pub root_dir: std::path::PathBuf,
 }
 
 impl KubeletConfig {
@@ -66,6 +68,7 @@ impl KubeletConfig {
             sync_interval: Duration::from_secs(1),
             max_grace: Duration::from_secs(30),
             pull_timeout: Duration::from_secs(300),
+            root_dir: std::env::temp_dir().join(format!("psctl-kubelet-{node_name}")),
         }
     }
 }
