@@ -231,8 +231,8 @@ fn automount_is_off_for_the_service_account_unless_the_pod_asks() {
     assert!(listing.contains("No such file or directory"), "{listing}");
 
     // A pod naming a ServiceAccount that does not exist is refused, as admission refuses it.
-    let refused = namespace.kubectl_stdin(
-        &["apply", "-f", "-"],
+    let refused = namespace.sandbox.kubectl_stdin(
+        &["-n", &namespace.name, "apply", "-f", "-"],
         &format!(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ghost\nspec:\n  serviceAccountName: ghost\n  containers:\n    - name: main\n      image: {image}\n"
         ),
