@@ -463,7 +463,7 @@ async fn a_pod_bound_token_reaches_the_advertised_address_until_the_pod_is_delet
     );
 
     // Binding checks: another ServiceAccount's pod, another UID.
-    let bound = |account: &str, uid: &str| -> TokenRequest {
+    let bound = |uid: &str| -> TokenRequest {
         object(
             json!({ "spec": { "expirationSeconds": 3607, "boundObjectRef": {
             "apiVersion": "v1", "kind": "Pod", "name": "job", "uid": uid } } }),
@@ -471,7 +471,7 @@ async fn a_pod_bound_token_reaches_the_advertised_address_until_the_pod_is_delet
     };
     let uid = pod.metadata.uid.clone().expect("uid");
     let other = accounts
-        .create_token_request("default", &PostParams::default(), &bound("default", &uid))
+        .create_token_request("default", &PostParams::default(), &bound(&uid))
         .await
         .expect_err("the pod runs as deployer");
     assert!(
@@ -480,11 +480,7 @@ async fn a_pod_bound_token_reaches_the_advertised_address_until_the_pod_is_delet
         "{other:?}"
     );
     let stale = accounts
-        .create_token_request(
-            "deployer",
-            &PostParams::default(),
-            &bound("deployer", "0000"),
-        )
+        .create_token_request("deployer", &PostParams::default(), &bound("0000"))
         .await
         .expect_err("another UID");
     assert!(
@@ -492,7 +488,7 @@ async fn a_pod_bound_token_reaches_the_advertised_address_until_the_pod_is_delet
         "{stale:?}"
     );
     let answer = accounts
-        .create_token_request("deployer", &PostParams::default(), &bound("deployer", &uid))
+        .create_token_request("deployer", &PostParams::default(), &bound(&uid))
         .await
         .expect("token bound to the pod");
     assert_eq!(answer.spec.expiration_seconds, Some(3607));
