@@ -29,7 +29,7 @@ pub enum ClusterError {
         source: kube::config::KubeconfigError,
     },
     #[error(
-        "no kubeconfig, and the in-cluster configuration (KUBERNETES_SERVICE_HOST, the ServiceAccount's token and CA) is unusable"
+        "the environment names no kube_context, and the pod's in-cluster configuration (KUBERNETES_SERVICE_HOST and _PORT, the ServiceAccount's token, CA and namespace) is unusable"
     )]
     InCluster {
         #[source]
@@ -452,6 +452,54 @@ mod tests {
         assert_eq!(
             select_source(None, "", Surroundings::default()),
             Source::Default
+        );
+    }
+
+    #[test]
+    fn a_pod_without_its_token_and_an_environment_without_a_context_are_usage_errors() {
+        let missing = ClusterError::InCluster {
+            source: kube::config::InClusterError::ReadDefaultNamespace(std::io::Error::from(
+                std::io::ErrorKind::NotFound,
+            )),
+        };
+        assert_eq!(missing.exit_status(), ExitStatus::Usage);
+        let hints = missing.hints().join("\n");
+        assert!(
+            hints.contains("mount the ServiceAccount token") && hints.contains(SERVICE_ACCOUNT_DIR),
+            "{hints}"
+        );
+        let no_context = ClusterError::NoContext {
+            environment: "ci".to_owned(),
+        };
+        assert_eq!(no_context.exit_status(), ExitStatus::Usage);
+        assert!(
+            no_context
+                .to_string()
+                .contains("environment `ci` names no `kube_context`")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_environment_without_a_context_outside_a_pod_is_refused_before_any_request() {
+        // The test process is no pod (KUBERNETES_SERVICE_HOST unset), and a kubeconfig is
+        // configured: it is never read without a context naming what to use in it.
+        let environment = crate::settings::file::parse(
+            Path::new("psctl.yaml"),
+            "environments: {ci: {kubeconfig: /nonexistent/kubeconfig, namespace: apps}}",
+        )
+        .expect("valid")
+        .environments["ci"]
+            .clone();
+        assert_eq!(
+            context_label(&environment),
+            "in-cluster (the pod's ServiceAccount)"
+        );
+        let Err(error) = connect(&environment).await else {
+            panic!("connected without a context");
+        };
+        assert!(
+            matches!(&error, ClusterError::NoContext { environment } if environment == "ci"),
+            "{error:?}"
         );
     }
 
