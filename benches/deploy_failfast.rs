@@ -7,7 +7,8 @@
 //!
 //! - `crash_on_start`: the service binary is `/bin/false` (exit 1 at once);
 //! - `crash_after_20s`: the real worker under a small supervisor that kills it and exits 1 after
-//!   20 s, so the pod is Ready and serves for 20 s first;
+//!   20 s, so the pod is Ready and serves for 20 s first: the rollout is complete before the
+//!   crash, and only deploy's hold (`--hold 30s`, psctl's default) sees it;
 //! - `image_pull`: a tag whose manifest is in the registry (so deploy's preflight passes) but
 //!   one of whose layers is not (deleted through the registry API), so the pull fails:
 //!   ErrImagePull, then ImagePullBackOff;
@@ -60,7 +61,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Endpoints, Pod};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
-use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncBufReadExt as _;
 
 const DEPLOYMENT: &str = "problemsolver-webhook";
@@ -70,6 +70,9 @@ const IMAGE: &str = "problemsolver-webhook-worker";
 const REPLICAS: usize = 2;
 /// How long the `crash_after_20s` worker serves before its supervisor kills it.
 const CRASH_AFTER_SECS: u64 = 20;
+/// `psctl deploy --hold`: psctl's default (`deploy_hold` unset in psctl.yaml), said explicitly
+/// because the tests' configurations turn the hold off.
+const HOLD: &str = "30s";
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 /// The previous revision must keep serving this long for the run to end.
 const STABLE: Duration = Duration::from_secs(5);
@@ -176,100 +179,6 @@ fn main() {
 
 // ---------------------------------------------------------------------------------------------
 // Images
-
-fn present(reference: &str) -> bool {
-    Command::new("docker")
-        .args(["manifest", "inspect", "--insecure", reference])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// The supervisor of `crash_after_20s`: runs the real service with the container's environment,
-/// forwards SIGTERM to it (so the kubelet stops the pod as quickly as the service alone), and
-/// after the given seconds kills it and exits 1. Standard library only: built with `rustc`.
-const SUPERVISOR: &str = r#"
-use std::process::{exit, Command};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::{Duration, Instant};
-
-extern "C" {
-    fn signal(signum: i32, handler: usize) -> usize;
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-static CHILD: AtomicI32 = AtomicI32::new(0);
-extern "C" fn forward(sig: i32) {
-    let pid = CHILD.load(Ordering::SeqCst);
-    if pid > 0 {
-        unsafe { kill(pid, sig); }
-    }
-}
-
-fn main() {
-    let after = Duration::from_secs(SECONDS);
-    let mut child = Command::new("/usr/local/bin/service").spawn().expect("start the service");
-    CHILD.store(child.id() as i32, Ordering::SeqCst);
-    unsafe {
-        signal(15, forward as usize);
-        signal(2, forward as usize);
-    }
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for the service") {
-            exit(status.code().unwrap_or(1));
-        }
-        if started.elapsed() >= after {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("supervisor: the service ran {}s; exiting 1", after.as_secs());
-            exit(1);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-"#;
-
-/// `<registry>/problemsolver-webhook-worker:crashes-after-20s-<hash>`: the service image of
-/// `base_tag` with [`SUPERVISOR`] as its entrypoint.
-fn crash_after_image(registry: &str, base_tag: &str) -> String {
-    let source = SUPERVISOR.replace("SECONDS", &CRASH_AFTER_SECS.to_string());
-    let hash = hex::encode(Sha256::digest(format!("{source}{base_tag}")));
-    let tag = format!("crashes-after-{CRASH_AFTER_SECS}s-{}", &hash[..12]);
-    let reference = format!("{registry}/{IMAGE}:{tag}");
-    if present(&reference) {
-        return tag;
-    }
-    let context = tempfile::tempdir().unwrap();
-    std::fs::write(context.path().join("supervisor.rs"), source).unwrap();
-    support::images::run(
-        Command::new("rustc")
-            .args(["--edition", "2021", "-C", "opt-level=2", "-o"])
-            .arg(context.path().join("supervisor"))
-            .arg(context.path().join("supervisor.rs")),
-        "rustc of the supervisor",
-    );
-    std::fs::write(
-        context.path().join("Dockerfile"),
-        format!(
-            "FROM {registry}/{IMAGE}:{base_tag}\nCOPY supervisor /usr/local/bin/supervisor\nENTRYPOINT [\"/usr/local/bin/supervisor\"]\n"
-        ),
-    )
-    .unwrap();
-    support::images::run(
-        Command::new("docker").args([
-            "build",
-            "-q",
-            "-t",
-            &reference,
-            &context.path().display().to_string(),
-        ]),
-        "docker build of the crash-after image",
-    );
-    support::images::run(
-        Command::new("docker").args(["push", "-q", &reference]),
-        "docker push of the crash-after image",
-    );
-    tag
-}
 
 /// `<registry>/problemsolver-webhook-worker:pull-fails-<random>`: pushed, then its last layer
 /// (one of its own, random content, shared with no other image) deleted from the registry and
@@ -643,7 +552,16 @@ async fn one_run(sandbox: &support::Sandbox, config: &Path, kind: Kind, tag: &st
     }
 
     let started = Instant::now();
-    let deploy = ["deploy", "--component", "webhook", "--tag", tag, "--yes"];
+    let deploy = [
+        "deploy",
+        "--component",
+        "webhook",
+        "--tag",
+        tag,
+        "--hold",
+        HOLD,
+        "--yes",
+    ];
     let mut child = tokio::process::Command::from(sandbox.command(config, &deploy).into_command())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -860,9 +778,11 @@ async fn bench(mode: &Mode) -> bool {
             }
             Kind::CrashAfter20s => {
                 let (registry, base) = (registry.clone(), sandbox.tag.clone());
-                tokio::task::spawn_blocking(move || crash_after_image(&registry, &base))
-                    .await
-                    .unwrap()
+                tokio::task::spawn_blocking(move || {
+                    support::images::crashes_after_image(&registry, IMAGE, &base, CRASH_AFTER_SECS)
+                })
+                .await
+                .unwrap()
             }
             Kind::ImagePull => broken_pull_image(&registry).await,
             Kind::NeverReady => sandbox.tag.clone(),

@@ -199,6 +199,12 @@ pub struct DeployArgs {
     #[arg(long, default_value = "5m", value_parser = crate::settings::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 
+    /// After each rollout is complete, keep watching its new pods this long: a container that
+    /// restarts, or a pod unready for more than 10 s, fails the rollout and rolls it back.
+    /// Default: the environment's `deploy_hold` in psctl.yaml (30s when unset); `0s` skips it.
+    #[arg(long, value_parser = crate::settings::parse_duration, value_name = "DURATION")]
+    pub hold: Option<Duration>,
+
     /// On failure, report the diagnosis but leave the failed revision in place.
     #[arg(long)]
     pub no_rollback: bool,

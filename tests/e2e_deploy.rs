@@ -5,7 +5,8 @@
 //! ServiceAccount (tests/support).
 //!
 //! What they prove: a release that crash-loops is caught by its CrashLoopBackOff, explained and
-//! rolled back so that the previous revision serves again; `rollback --to-rev` returns to an
+//! rolled back so that the previous revision serves again; one that serves for 20 s and then
+//! crashes, after its rollout is complete, is caught by deploy's hold and rolled back too; `rollback --to-rev` returns to an
 //! explicit revision and refuses one that does not exist; a release left in `pending-upgrade`
 //! blocks deploys with the `--unstick` hint, and `rollback --unstick` recovers it; an identity
 //! granted less than `psctl rbac` prints is refused before anything changes.
@@ -19,7 +20,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 
 use support::cluster::{leave_pending_upgrade, tag_of, wait_serving};
-use support::images::{crashing_image, retag};
+use support::images::{crashes_after_image, crashing_image, retag};
 use support::sandbox::Grant;
 use support::{Sandbox, report};
 
@@ -151,6 +152,78 @@ async fn a_crashing_release_is_caught_explained_and_the_previous_revision_serves
         history(sandbox, &config, "poller"),
         [revision(1, "deployed", &sandbox.tag)]
     );
+}
+
+#[tokio::test]
+async fn a_release_that_crashes_after_it_served_is_caught_by_the_hold_and_rolled_back() {
+    let sandbox = &Sandbox::services("deploy-hold").await;
+    let config = sandbox.config("hold", |_| {});
+    sandbox.deploy(&config, &["webhook"]);
+    let registry = sandbox.environment.registry.clone().unwrap();
+    let base = sandbox.tag.clone();
+    let crashes = tokio::task::spawn_blocking(move || {
+        crashes_after_image(&registry, "problemsolver-webhook-worker", &base, 20)
+    })
+    .await
+    .unwrap();
+
+    let (code, stdout, stderr) = sandbox.psctl(
+        &config,
+        &[
+            "deploy",
+            "--component",
+            "webhook",
+            "--tag",
+            &crashes,
+            "--hold",
+            "40s",
+            "--timeout",
+            "3m",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // The rollout was complete (where `kubectl rollout status` and `helm --wait` stop) before
+    // the crash; the hold caught it.
+    let holding = stderr
+        .find("rollout complete; holding 40s")
+        .unwrap_or_else(|| panic!("the rollout never completed before the crash:\n{stderr}"));
+    let fail = stderr
+        .find("FAIL rollout problemsolver-webhook")
+        .unwrap_or_else(|| panic!("no FAIL rollout line:\n{stderr}"));
+    assert!(holding < fail, "{stderr}");
+    let deployed = report(&stdout);
+    let result = &deployed["components"][0];
+    assert_eq!(result["result"], "rolled_back", "{deployed:#}");
+    let reason = result["rollout"]["diagnosis"]["reason"].as_str();
+    assert!(
+        matches!(reason, Some("restarted" | "crash_loop_back_off")),
+        "{deployed:#}"
+    );
+    // The supervisor's last words are among the crashed container's log lines.
+    assert!(
+        stderr.contains("supervisor: the service ran 20s; exiting 1"),
+        "{stderr}"
+    );
+    assert_eq!(
+        history(sandbox, &config, "webhook"),
+        [
+            revision(1, "superseded", &sandbox.tag),
+            revision(2, "superseded", &crashes),
+            revision(3, "deployed", &sandbox.tag),
+        ]
+    );
+    wait_serving(
+        &sandbox.admin,
+        &sandbox.namespace,
+        WEBHOOK_DEPLOYMENT,
+        WEBHOOK_SELECTOR,
+        &sandbox.tag,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|reason| panic!("the previous revision is not serving: {reason}"));
 }
 
 #[tokio::test]

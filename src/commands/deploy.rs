@@ -27,12 +27,14 @@ fn settings(args: DeployArgs) -> DeploySettings {
         components,
         tag,
         timeout,
+        hold,
         no_rollback,
     } = args;
     DeploySettings {
         components,
         tag,
         timeout,
+        hold,
         rollback: !no_rollback,
     }
 }
@@ -89,6 +91,7 @@ pub async fn run(args: DeployArgs, global: &GlobalSettings, output: &Output) -> 
         environment: &environment,
         helm: &helm,
         timeout: settings.timeout,
+        hold: settings.hold(&environment),
         audit: audit.as_ref(),
         output,
         lease: &deploy_lock.guard(),

@@ -168,6 +168,8 @@ pub struct KubeDeploy<'a> {
     pub environment: &'a Environment,
     pub helm: &'a HelmTarget,
     pub timeout: Duration,
+    /// How long the new pods are watched after a rollout is complete (not after a rollback).
+    pub hold: Duration,
     pub audit: &'a dyn AuditSink,
     pub output: &'a Output,
     /// The deploy Lease's fencing token.
@@ -176,17 +178,23 @@ pub struct KubeDeploy<'a> {
 
 impl KubeDeploy<'_> {
     /// Watches the step's Deployment to its verdict and prints it as `<what> <deployment>`.
-    async fn tracked(&self, step: &PlanStep, what: &str) -> Result<Outcome, String> {
+    async fn tracked(
+        &self,
+        step: &PlanStep,
+        what: &str,
+        hold: Duration,
+    ) -> Result<Outcome, String> {
         let target = Target {
             namespace: self.environment.namespace.clone(),
             deployment: step.deployment.clone(),
             selector: step.selector.clone(),
         };
         let tracked = tokio::select! {
-            tracked = track::track(
+            tracked = track::track_and_hold(
                 self.client,
                 &target,
                 self.timeout,
+                hold,
                 self.output,
             ) => tracked,
             lost = self.lease.lost() => return Err(lost.to_string()),
@@ -217,7 +225,7 @@ impl DeployBackend for KubeDeploy<'_> {
     }
 
     async fn track(&self, step: &PlanStep) -> Result<Outcome, String> {
-        self.tracked(step, "rollout").await
+        self.tracked(step, "rollout", self.hold).await
     }
 
     async fn verify(&self, step: &PlanStep) -> Result<(), String> {
@@ -251,7 +259,7 @@ impl DeployBackend for KubeDeploy<'_> {
             );
             return Ok(());
         }
-        let outcome = self.tracked(step, "rollback").await?;
+        let outcome = self.tracked(step, "rollback", Duration::ZERO).await?;
         if outcome.is_complete() {
             Ok(())
         } else {
@@ -440,6 +448,7 @@ mod tests {
             components: Vec::new(),
             tag: Some("1.4.2".into()),
             timeout: Duration::from_secs(300),
+            hold: None,
             rollback: true,
         };
         plan(

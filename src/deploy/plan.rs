@@ -22,7 +22,16 @@ pub struct DeploySettings {
     pub components: Vec<String>,
     pub tag: Option<String>,
     pub timeout: Duration,
+    /// `--hold`; `None` takes the environment's `deploy_hold`.
+    pub hold: Option<Duration>,
     pub rollback: bool,
+}
+
+impl DeploySettings {
+    /// How long each component's new pods are watched after its rollout is complete.
+    pub fn hold(&self, environment: &Environment) -> Duration {
+        self.hold.unwrap_or(environment.deploy_hold)
+    }
 }
 
 /// One component's step of the plan.
@@ -50,6 +59,8 @@ pub struct DeployPlan {
     pub kube_context: String,
     pub namespace: String,
     pub timeout_seconds: u64,
+    /// How long the new pods are watched after each rollout is complete.
+    pub hold_seconds: u64,
     pub rollback_on_failure: bool,
     pub steps: Vec<PlanStep>,
 }
@@ -57,11 +68,12 @@ pub struct DeployPlan {
 impl Render for DeployPlan {
     fn render_table(&self, _style: &Style) -> String {
         let mut text = format!(
-            "deploy plan for `{}` (context {}, namespace {}, timeout {}s, rollback on failure: {})\n",
+            "deploy plan for `{}` (context {}, namespace {}, timeout {}s, hold {}s, rollback on failure: {})\n",
             self.environment,
             self.kube_context,
             self.namespace,
             self.timeout_seconds,
+            self.hold_seconds,
             self.rollback_on_failure
         );
         text.push_str(&table::render(
@@ -145,6 +157,7 @@ pub fn plan(
         kube_context: crate::cluster::context_label(environment),
         namespace: environment.namespace.clone(),
         timeout_seconds: settings.timeout.as_secs(),
+        hold_seconds: settings.hold(environment).as_secs(),
         rollback_on_failure: settings.rollback,
         steps,
     })
@@ -284,6 +297,7 @@ mod tests {
             components: components.iter().map(|c| (*c).to_owned()).collect(),
             tag: tag.map(str::to_owned),
             timeout: Duration::from_secs(300),
+            hold: None,
             rollback: true,
         }
     }

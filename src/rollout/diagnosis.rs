@@ -4,6 +4,7 @@
 //! or "failed, and here is why" as soon as the cluster already says so, instead of waiting out
 //! a timeout.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -38,6 +39,11 @@ pub enum FailureReason {
     ReadinessTimeout,
     ProgressDeadlineExceeded,
     DeploymentMissing,
+    /// A container of the new ReplicaSet restarted after the rollout completed, during the hold.
+    Restarted,
+    /// A pod of the new ReplicaSet that was ready stayed unready past [`READINESS_LOSS_GRACE`]
+    /// during the hold.
+    ReadinessLost,
 }
 
 /// The failure explained: what, where, and the evidence.
@@ -200,6 +206,110 @@ pub fn assess(snapshot: &Snapshot) -> Verdict {
     )))
 }
 
+/// How long a pod of the new ReplicaSet may stay unready during the hold before the release is
+/// judged failing: a readiness probe that fails a few periods in a row (a slow dependency, a
+/// garbage-collection pause) is not yet a bad release.
+pub const READINESS_LOSS_GRACE: Duration = Duration::from_secs(10);
+
+/// The watch after a complete rollout (`psctl deploy --hold`): a release whose pods crash or
+/// stop being ready a few seconds after they first served is as bad as one that never started,
+/// but `kubectl rollout status` and `helm --wait` have already said "complete" by then.
+///
+/// Remembers, per container of each new pod, the restart count when the pod was first seen
+/// during the hold, and since when each pod has been unready. Pure: judged on snapshots, timed
+/// by [`Snapshot::watched`].
+#[derive(Debug, Default)]
+pub struct Hold {
+    restarts: BTreeMap<(String, String), i32>,
+    unready_since: BTreeMap<String, Duration>,
+}
+
+impl Hold {
+    /// The failure, if any, this snapshot shows since the hold began: a container of a new pod
+    /// that restarted, or a new pod unready for longer than `grace`. A pod that appears during
+    /// the hold (the ReplicaSet replacing an evicted one) is remembered from its first sight.
+    pub fn judge(&mut self, snapshot: &Snapshot, grace: Duration) -> Option<Diagnosis> {
+        let new_pods = new_replica_set_pods(snapshot);
+        for pod in &new_pods {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let statuses = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref());
+            for container in statuses.into_iter().flatten() {
+                let key = (name.clone(), container.name.clone());
+                let first = *self.restarts.entry(key).or_insert(container.restart_count);
+                if container.restart_count > first {
+                    let last = container
+                        .last_state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref());
+                    let exit = last
+                        .map(|t| {
+                            let reason = t.reason.as_deref().unwrap_or("exited");
+                            format!(" (last exit code {}, {reason})", t.exit_code)
+                        })
+                        .unwrap_or_default();
+                    let restarts = container.restart_count - first;
+                    return Some(with_events(
+                        Diagnosis {
+                            reason: FailureReason::Restarted,
+                            detail: "Restarted".to_owned(),
+                            pod: Some(name),
+                            container: Some(container.name.clone()),
+                            message: format!(
+                                "restarted {restarts} time(s) after the rollout completed{exit}"
+                            ),
+                            events: Vec::new(),
+                        },
+                        &snapshot.events,
+                    ));
+                }
+            }
+            if is_ready(pod) {
+                self.unready_since.remove(&name);
+                continue;
+            }
+            let since = *self
+                .unready_since
+                .entry(name.clone())
+                .or_insert(snapshot.watched);
+            if snapshot.watched.saturating_sub(since) >= grace {
+                let container = statuses
+                    .into_iter()
+                    .flatten()
+                    .find(|c| !c.ready)
+                    .map(|c| c.name.clone());
+                return Some(with_events(
+                    Diagnosis {
+                        reason: FailureReason::ReadinessLost,
+                        detail: "ReadinessLost".to_owned(),
+                        pod: Some(name),
+                        container,
+                        message: format!(
+                            "unready for {}s after the rollout completed",
+                            snapshot.watched.saturating_sub(since).as_secs()
+                        ),
+                        events: Vec::new(),
+                    },
+                    &snapshot.events,
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// The pod's `Ready` condition is `True`.
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
 /// The live pods of the Deployment's new ReplicaSet: the one owned by the Deployment whose
 /// revision annotation is the Deployment's, matched by controller ownerReference and by its
 /// `pod-template-hash`. Pods of older ReplicaSets, pods being deleted and pods that ended
@@ -357,7 +467,7 @@ fn container_failure(container: &ContainerStatus) -> Option<Diagnosis> {
     None
 }
 
-fn with_events(mut diagnosis: Diagnosis, events: &[Event]) -> Diagnosis {
+pub fn with_events(mut diagnosis: Diagnosis, events: &[Event]) -> Diagnosis {
     let mut relevant: Vec<&Event> = events
         .iter()
         .filter(|e| match &diagnosis.pod {
@@ -782,5 +892,96 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A pod of `rs` whose one container has restarted `restarts` times and is (un)ready.
+    fn serving(name: &str, rs: &str, restarts: i32, ready: bool) -> Pod {
+        let mut status = json!({"name": "worker", "image": "x", "imageID": "", "ready": ready,
+            "restartCount": restarts, "state": {"running": {}}});
+        if restarts > 0 {
+            status["lastState"] = json!({"terminated": {"exitCode": 2, "reason": "Error"}});
+        }
+        let mut pod = pod(name, rs, status);
+        let condition = if ready { "True" } else { "False" };
+        pod.status.as_mut().unwrap().conditions = Some(vec![
+            serde_json::from_value(json!({"type": "Ready", "status": condition})).unwrap(),
+        ]);
+        pod
+    }
+
+    const COMPLETE: fn() -> serde_json::Value = || json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2});
+
+    fn held(pods: Vec<Pod>, second: u64) -> Snapshot {
+        Snapshot {
+            watched: Duration::from_secs(second),
+            ..rolling(COMPLETE(), pods)
+        }
+    }
+
+    #[test]
+    fn the_hold_fails_a_new_container_that_restarts_after_the_rollout_completed() {
+        let grace = READINESS_LOSS_GRACE;
+        let mut hold = Hold::default();
+        let steady = || {
+            vec![
+                serving("web-new-a", "web-new", 0, true),
+                serving("web-new-b", "web-new", 0, true),
+                serving("web-old-a", "web-old", 0, true),
+            ]
+        };
+        assert_eq!(hold.judge(&held(steady(), 30), grace), None);
+        // An old pod's restart is not the release's.
+        let mut pods = steady();
+        pods[2] = serving("web-old-a", "web-old", 3, true);
+        assert_eq!(hold.judge(&held(pods, 31), grace), None);
+        // Crashed after serving, restarted, and already ready again: still a failure.
+        let mut pods = steady();
+        pods[1] = serving("web-new-b", "web-new", 1, true);
+        let diagnosis = hold.judge(&held(pods, 52), grace).expect("a restart fails");
+        assert_eq!(diagnosis.reason, FailureReason::Restarted);
+        assert_eq!(
+            diagnosis.to_string(),
+            "Restarted in pod web-new-b (container worker): restarted 1 time(s) after the rollout completed (last exit code 2, Error)"
+        );
+    }
+
+    #[test]
+    fn the_hold_counts_restarts_from_when_it_first_saw_a_pod() {
+        let mut hold = Hold::default();
+        // Restarted once while the rollout was under way, and stable since: the rollout's
+        // own verdict judged that; the hold judges what happens after.
+        let once = || vec![serving("web-new-a", "web-new", 1, true)];
+        assert_eq!(hold.judge(&held(once(), 30), READINESS_LOSS_GRACE), None);
+        assert_eq!(hold.judge(&held(once(), 60), READINESS_LOSS_GRACE), None);
+        // A replacement pod first seen during the hold starts from its own count.
+        let replaced = vec![
+            serving("web-new-a", "web-new", 1, true),
+            serving("web-new-c", "web-new", 2, true),
+        ];
+        assert_eq!(hold.judge(&held(replaced, 61), READINESS_LOSS_GRACE), None);
+    }
+
+    #[test]
+    fn the_hold_fails_a_pod_unready_past_the_grace_but_not_a_short_flap() {
+        let grace = READINESS_LOSS_GRACE;
+        let mut hold = Hold::default();
+        let ready = || vec![serving("web-new-a", "web-new", 0, true)];
+        let unready = || vec![serving("web-new-a", "web-new", 0, false)];
+        assert_eq!(hold.judge(&held(ready(), 30), grace), None);
+        assert_eq!(hold.judge(&held(unready(), 31), grace), None);
+        assert_eq!(hold.judge(&held(unready(), 40), grace), None);
+        // Ready again before the grace ran out: the clock starts over.
+        assert_eq!(hold.judge(&held(ready(), 41), grace), None);
+        assert_eq!(hold.judge(&held(unready(), 42), grace), None);
+        assert_eq!(hold.judge(&held(unready(), 51), grace), None);
+        let diagnosis = hold
+            .judge(&held(unready(), 52), grace)
+            .expect("unready for the whole grace fails");
+        assert_eq!(diagnosis.reason, FailureReason::ReadinessLost);
+        assert_eq!(diagnosis.container.as_deref(), Some("worker"));
+        assert_eq!(
+            diagnosis.message,
+            "unready for 10s after the rollout completed"
+        );
     }
 }

@@ -67,8 +67,23 @@ pub async fn track(
     timeout: Duration,
     output: &Output,
 ) -> Result<Outcome, ClusterError> {
+    track_and_hold(client, target, timeout, Duration::ZERO, output).await
+}
+
+/// Like [`track`], then keeps watching the new pods for `hold` once the rollout is complete: a
+/// container that restarts, or a pod unready past [`diagnosis::READINESS_LOSS_GRACE`], fails the
+/// rollout (see [`diagnosis::Hold`]). The hold does not count against `timeout`.
+pub async fn track_and_hold(
+    client: &kube::Client,
+    target: &Target,
+    timeout: Duration,
+    hold: Duration,
+    output: &Output,
+) -> Result<Outcome, ClusterError> {
     let started = Instant::now();
-    let deadline = started + timeout;
+    let mut deadline = started + timeout;
+    // When the rollout was first complete, and what the hold has seen since.
+    let mut holding: Option<(Instant, diagnosis::Hold)> = None;
     let notify = Arc::new(Notify::new());
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &target.namespace);
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &target.namespace);
@@ -168,7 +183,31 @@ pub async fn track(
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        match diagnosis::assess(&snapshot) {
+        let mut verdict = diagnosis::assess(&snapshot);
+        if matches!(verdict, Verdict::Complete(_)) && !hold.is_zero() && holding.is_none() {
+            spinner.println(format!(
+                "  rollout complete; holding {}s: a restart or lost readiness still fails it",
+                hold.as_secs()
+            ));
+            let now = Instant::now();
+            deadline = deadline.max(now + hold + diagnosis::READINESS_LOSS_GRACE);
+            holding = Some((now, diagnosis::Hold::default()));
+        }
+        if let Some((since, watch)) = &mut holding
+            && !matches!(verdict, Verdict::Failed(_))
+        {
+            if let Some(failure) = watch.judge(&snapshot, diagnosis::READINESS_LOSS_GRACE) {
+                verdict = Verdict::Failed(failure);
+            } else if let Verdict::Complete(progress) = &verdict
+                && since.elapsed() < hold
+            {
+                verdict = Verdict::Progressing(Progress {
+                    message: format!("complete; holding {}s", hold.as_secs()),
+                    ..progress.clone()
+                });
+            }
+        }
+        match verdict {
             Verdict::Complete(progress) => {
                 spinner.finish();
                 return Ok(Outcome::Complete { progress, seconds });
@@ -329,10 +368,7 @@ async fn enrich(
         Ok(list) => snapshot.events = list.items,
         Err(error) => tracing::debug!(%error, "cannot list events"),
     }
-    match diagnosis::assess(&snapshot) {
-        Verdict::Failed(with_events) if with_events.reason == diagnosis.reason => with_events,
-        _ => diagnosis,
-    }
+    diagnosis::with_events(diagnosis, &snapshot.events)
 }
 
 /// The last log lines of the failing container (its previous instance when it crashed).
@@ -344,7 +380,7 @@ async fn last_logs(
 ) -> Vec<String> {
     let crashed = matches!(
         reason,
-        FailureReason::CrashLoopBackOff | FailureReason::OomKilled
+        FailureReason::CrashLoopBackOff | FailureReason::OomKilled | FailureReason::Restarted
     );
     for previous in if crashed {
         vec![true, false]

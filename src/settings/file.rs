@@ -23,6 +23,10 @@ pub const DEFAULT_REQUIRED_KEYS: [&str; 4] = [
 ];
 pub const DEFAULT_NAMESPACE: &str = "default";
 pub const DEFAULT_DATABASE_URL_ENV: &str = "DATABASE_URL";
+/// How long a deploy watches the new pods after the rollout is complete: a release that crashes
+/// or stops being ready within its first half minute of serving is rolled back like one that
+/// never started.
+pub const DEFAULT_DEPLOY_HOLD: Duration = Duration::from_secs(30);
 
 /// A configuration problem, always pointing at the file and key to fix.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,7 @@ struct RawEnvironment {
     secret: Option<RawSecret>,
     build: Option<RawBuild>,
     recovery: Option<RawRecovery>,
+    deploy_hold: Option<String>,
     components: Option<IndexMap<String, RawComponent>>,
 }
 
@@ -175,6 +180,9 @@ pub struct Environment {
     pub build: BuildSpec,
     /// What `psctl rollback` checks besides the smoke suite (the `recovery:` section).
     pub recovery: RecoverySpec,
+    /// How long `psctl deploy` keeps watching a component's new pods after its rollout is
+    /// complete (`deploy_hold`, default [`DEFAULT_DEPLOY_HOLD`]; `--hold` overrides it).
+    pub deploy_hold: Duration,
     /// In file order: `deploy` without `--component` walks them in this order.
     pub components: Vec<Component>,
 }
@@ -502,8 +510,13 @@ fn validate_environment(
         secret,
         build,
         recovery,
+        deploy_hold,
         components,
     } = raw;
+    let deploy_hold = match deploy_hold {
+        Some(text) => parse_duration(&text).map_err(|e| invalid(key("deploy_hold"), &e))?,
+        None => DEFAULT_DEPLOY_HOLD,
+    };
     // No context: the environment is meant for a pod, reached as the pod's ServiceAccount.
     let kube_context = match kube_context {
         None => String::new(),
@@ -617,6 +630,7 @@ fn validate_environment(
         secret,
         build,
         recovery,
+        deploy_hold,
         components,
     })
 }
@@ -971,6 +985,25 @@ environments:
         let releases: Vec<_> = dev.components.iter().map(|c| c.release.as_str()).collect();
         assert_eq!(releases, ["problemsolver-poller", "problemsolver-webhook"]);
         assert!(!dev.production);
+        assert_eq!(dev.deploy_hold, DEFAULT_DEPLOY_HOLD);
+    }
+
+    #[test]
+    fn the_deploy_hold_is_a_duration_and_zero_turns_it_off() {
+        let hold = |text: &str| {
+            parse(
+                Path::new("psctl.yaml"),
+                &format!("environments: {{dev: {{kube_context: c, deploy_hold: {text}}}}}"),
+            )
+            .map(|config| config.environments["dev"].deploy_hold)
+        };
+        assert_eq!(hold("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(hold("0s").unwrap(), Duration::ZERO);
+        let error = hold("soon").unwrap_err().to_string();
+        assert!(
+            error.starts_with("psctl.yaml: environments.dev.deploy_hold: `soon`"),
+            "{error}"
+        );
     }
 
     #[test]

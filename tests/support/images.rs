@@ -1,5 +1,5 @@
-//! Images on the sandbox registry: the real services built from this workspace, and a service
-//! image that crashes at once. Tags come from the binaries' content, so parallel tests and
+//! Images on the sandbox registry: the real services built from this workspace, a service
+//! image that crashes at once, and one that serves for a while before it crashes. Tags come from the binaries' content, so parallel tests and
 //! re-runs share one image and never rebuild what the registry already holds.
 
 use std::path::{Path, PathBuf};
@@ -155,6 +155,98 @@ pub fn crashing_image(registry: &str, image: &str) -> String {
         if !present(&reference) {
             build_and_push(registry, "crashing-service", &binary, &reference);
         }
+    });
+    tag
+}
+
+/// The entrypoint of [`crashes_after_image`]: runs the real service with the container's
+/// environment, forwards SIGTERM and SIGINT to it (so the kubelet stops the pod as quickly as
+/// the service alone), and after `SECONDS` kills it and exits 1. Standard library only: built
+/// with `rustc`.
+const SUPERVISOR: &str = r#"
+use std::process::{exit, Command};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+extern "C" {
+    fn signal(signum: i32, handler: usize) -> usize;
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+static CHILD: AtomicI32 = AtomicI32::new(0);
+extern "C" fn forward(sig: i32) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        unsafe { kill(pid, sig); }
+    }
+}
+
+fn main() {
+    let after = Duration::from_secs(SECONDS);
+    let mut child = Command::new("/usr/local/bin/service").spawn().expect("start the service");
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    unsafe {
+        signal(15, forward as usize);
+        signal(2, forward as usize);
+    }
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the service") {
+            exit(status.code().unwrap_or(1));
+        }
+        if started.elapsed() >= after {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("supervisor: the service ran {}s; exiting 1", after.as_secs());
+            exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+"#;
+
+/// Builds `<registry>/<image>:crashes-after-<seconds>s-<hash>`: the service image `base_tag`
+/// (the real service, which becomes Ready and serves) under a supervisor that kills it and
+/// exits 1 after `seconds`, so every container serves first and then crash-loops. Returns the
+/// tag.
+pub fn crashes_after_image(registry: &str, image: &str, base_tag: &str, seconds: u64) -> String {
+    let source = SUPERVISOR.replace("SECONDS", &seconds.to_string());
+    let hash = hex::encode(Sha256::digest(format!("{source}{image}{base_tag}")));
+    let tag = format!("crashes-after-{seconds}s-{}", &hash[..12]);
+    let reference = format!("{registry}/{image}:{tag}");
+    exclusively(|| {
+        if present(&reference) {
+            return;
+        }
+        let context = tempfile::tempdir().unwrap();
+        std::fs::write(context.path().join("supervisor.rs"), source).unwrap();
+        run(
+            Command::new("rustc")
+                .args(["--edition", "2021", "-C", "opt-level=2", "-o"])
+                .arg(context.path().join("supervisor"))
+                .arg(context.path().join("supervisor.rs")),
+            "rustc of the supervisor",
+        );
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            format!(
+                "FROM {registry}/{image}:{base_tag}\nCOPY supervisor /usr/local/bin/supervisor\nENTRYPOINT [\"/usr/local/bin/supervisor\"]\n"
+            ),
+        )
+        .unwrap();
+        run(
+            Command::new("docker").args([
+                "build",
+                "-q",
+                "-t",
+                &reference,
+                &context.path().display().to_string(),
+            ]),
+            "docker build of the crash-after image",
+        );
+        run(
+            Command::new("docker").args(["push", "-q", &reference]),
+            "docker push of the crash-after image",
+        );
     });
     tag
 }

@@ -501,6 +501,9 @@ impl Sandbox {
             "prometheus_url": sandbox.prometheus_url,
             "helm": sandbox.helm,
             "database_url_env": DATABASE_URL_ENV,
+            // Dozens of deploys run in the suite; half a minute of hold after each would
+            // double its time. `tests/e2e_deploy.rs` tests the hold with `--hold`.
+            "deploy_hold": "0s",
         })
     }
 

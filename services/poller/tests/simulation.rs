@@ -74,16 +74,30 @@ fn settings() -> Settings {
 }
 
 /// Runs cycles until one leads (a restarted poller may see the old session's lock for a moment).
-async fn lead_once(poller: &mut Poller, shutdown: &Shutdown) {
-    for _ in 0..200 {
-        match poller.cycle(shutdown).await {
-            Ok(CycleOutcome::Led(_)) => return,
-            Ok(CycleOutcome::Standby) | Err(_) => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
+/// A cycle that takes over a minute, or 200 that do not lead, fail the run with what was seen
+/// (the last error and the pool's state), instead of running into the harness's timeout
+/// without a word: that happened twice under a loaded CI machine and never alone.
+async fn lead_once(poller: &mut Poller, shutdown: &Shutdown, pool: &sqlx::PgPool) {
+    let mut last = String::from("standby");
+    for attempt in 0..200 {
+        let cycle = tokio::time::timeout(Duration::from_secs(60), poller.cycle(shutdown)).await;
+        match cycle {
+            Ok(Ok(CycleOutcome::Led(_))) => return,
+            Ok(Ok(CycleOutcome::Standby)) => last = "standby".to_owned(),
+            Ok(Err(error)) => last = format!("error: {error}"),
+            Err(_) => panic!(
+                "a poller cycle did not finish within 60 s (attempt {attempt}, last outcome {last}; pool: {} connections, {} idle)",
+                pool.size(),
+                pool.num_idle()
+            ),
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("the poller never led");
+    panic!(
+        "the poller never led in 200 cycles (last outcome {last}; pool: {} connections, {} idle)",
+        pool.size(),
+        pool.num_idle()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,7 +309,7 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
                 h.poller.shutdown().await;
                 h.poller = poller_for(&h.db, &h.stub.base_url(), settings()).0;
                 restarts += 1;
-                lead_once(&mut h.poller, &shutdown).await;
+                lead_once(&mut h.poller, &shutdown, &pool).await;
             }
             6..10 => {
                 // Killed mid-cycle: the future is dropped wherever it is, then a new process.
@@ -303,9 +317,9 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
                 let _ = tokio::time::timeout(budget, h.poller.cycle(&shutdown)).await;
                 h.poller = poller_for(&h.db, &h.stub.base_url(), settings()).0;
                 kills += 1;
-                lead_once(&mut h.poller, &shutdown).await;
+                lead_once(&mut h.poller, &shutdown, &pool).await;
             }
-            _ => lead_once(&mut h.poller, &shutdown).await,
+            _ => lead_once(&mut h.poller, &shutdown, &pool).await,
         }
         cycles += 1;
         max_requests = max_requests.max(h.stub.requests().len() - before);
