@@ -171,16 +171,24 @@ impl Generated {
 }
 
 /// The API server's TLS identity (CA, serving certificate, key), kept in `dir` as
-/// `api-ca.crt`, `api-tls.crt` and `api-tls.key` (0600). With `create`, a missing identity is
-/// generated and written; without, a missing file is an error naming it.
+/// `api-ca.crt`, `api-tls.crt` and `api-tls.key` (0600), with the extra addresses the
+/// certificate is valid for in `api-tls.addresses` (where pods reach the server). With `create`,
+/// a missing identity, or one made for other addresses, is generated and written; without, the
+/// stored one is used as it is and a missing file is an error naming it.
 pub fn api_tls(
     dir: &Path,
     create: bool,
+    addresses: &[std::net::IpAddr],
 ) -> anyhow::Result<psctl_sandbox_apiserver::tls::TlsIdentity> {
     let names = ["api-ca.crt", "api-tls.crt", "api-tls.key"];
     let read = |name: &str| std::fs::read_to_string(dir.join(name));
+    let wanted: String = addresses
+        .iter()
+        .map(|address| format!("{address}\n"))
+        .collect();
     if let (Ok(ca_pem), Ok(cert_pem), Ok(key_pem)) =
         (read(names[0]), read(names[1]), read(names[2]))
+        && (!create || read("api-tls.addresses").is_ok_and(|recorded| recorded == wanted))
     {
         return Ok(psctl_sandbox_apiserver::tls::TlsIdentity {
             ca_pem,
@@ -195,7 +203,7 @@ pub fn api_tls(
             names.join(", ")
         );
     }
-    let identity = psctl_sandbox_apiserver::tls::TlsIdentity::generate()?;
+    let identity = psctl_sandbox_apiserver::tls::TlsIdentity::generate_for(addresses)?;
     for (name, contents) in
         names
             .iter()
@@ -203,6 +211,7 @@ pub fn api_tls(
     {
         write_private(&dir.join(name), contents)?;
     }
+    write_private(&dir.join("api-tls.addresses"), &wanted)?;
     Ok(identity)
 }
 
@@ -260,9 +269,22 @@ mod tests {
     #[test]
     fn api_tls_is_generated_once_and_private() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(api_tls(dir.path(), false).is_err());
-        let first = api_tls(dir.path(), true).unwrap();
-        let second = api_tls(dir.path(), false).unwrap();
+        let gateway = [std::net::IpAddr::from([172, 18, 0, 1])];
+        assert!(api_tls(dir.path(), false, &gateway).is_err());
+        let first = api_tls(dir.path(), true, &gateway).unwrap();
+        let second = api_tls(dir.path(), false, &gateway).unwrap();
+        assert_eq!(
+            api_tls(dir.path(), true, &gateway).unwrap().ca_pem,
+            first.ca_pem
+        );
+        // Another gateway: a certificate valid for it, under a new CA.
+        let moved = api_tls(dir.path(), true, &[std::net::IpAddr::from([172, 19, 0, 1])]).unwrap();
+        assert_ne!(moved.ca_pem, first.ca_pem);
+        // Without `create`, the stored identity is used whatever it was made for.
+        assert_eq!(
+            api_tls(dir.path(), false, &gateway).unwrap().ca_pem,
+            moved.ca_pem
+        );
         assert_eq!(first.ca_pem, second.ca_pem);
         let mode = std::fs::metadata(dir.path().join("api-tls.key"))
             .unwrap()

@@ -120,7 +120,13 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
         bind: SocketAddr::from(([127, 0, 0, 1], settings.api_port)),
         pod_backend: Some(Arc::new(Logs(DockerLogs::for_node(&settings.node)))),
         admin_token: secrets.api_admin_token.expose().to_owned(),
-        tls: Some(crate::secrets::api_tls(&layout.secrets_dir(), false)?),
+        tls: Some(crate::secrets::api_tls(
+            &layout.secrets_dir(),
+            false,
+            &[gateway],
+        )?),
+        // Pods reach the API server through the network gateway, as they reach Postgres.
+        advertise: Some(SocketAddr::new(gateway, settings.api_port)),
         sidecar_injection: Some(SidecarInjection {
             image: format!("{}/{SIDECAR_IMAGE}", settings.registry()),
         }),
@@ -153,6 +159,7 @@ pub async fn run(layout: &Layout) -> anyhow::Result<()> {
                 settings.registry(),
                 format!("localhost:{}", settings.registry_port),
             ],
+            root_dir: layout.kubelet_dir(),
             ..KubeletConfig::new(&settings.node)
         },
     )

@@ -250,6 +250,10 @@ impl Layout {
     pub fn log_dir(&self) -> PathBuf {
         self.root.join("log")
     }
+    /// The kubelet's root directory: projected volumes (ServiceAccount tokens) of its pods.
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.root.join("kubelet")
+    }
     pub fn pid_file(&self, name: &str) -> PathBuf {
         self.run_dir().join(format!("{name}.pid"))
     }

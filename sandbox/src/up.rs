@@ -126,7 +126,14 @@ pub async fn up(
     done("base image", t, &format!("{image}, sidecar {sidecar}"));
 
     let t = step("configuration");
-    let tls = crate::secrets::api_tls(&layout.secrets_dir(), true)?;
+    // The serving certificate is also valid for the gateway, where pods reach the API server.
+    // A running daemon keeps the identity it serves with (its clients hold that CA).
+    let pod_address: std::net::IpAddr = gateway
+        .parse()
+        .context("the network gateway is not an IP address")?;
+    let daemon_running = http_ok(&http(), &format!("{}/healthz", settings.control_url())).await;
+    let tls = crate::secrets::api_tls(&layout.secrets_dir(), !daemon_running, &[pod_address])
+        .or_else(|_| crate::secrets::api_tls(&layout.secrets_dir(), true, &[pod_address]))?;
     std::fs::write(
         layout.psctl_config(),
         render::psctl_config(settings, layout, &gateway),

@@ -37,7 +37,7 @@ pub async fn record(
     } = note;
     let entry = AuditEntry::new(action, target)
         .environment(environment.name.clone())
-        .kube_identity(environment.kube_context.clone())
+        .kube_identity(crate::cluster::context_label(environment))
         .transition(from_state, to_state)
         .outcome(outcome)
         .details(details);

@@ -29,12 +29,16 @@ pub enum ClusterError {
         source: kube::config::KubeconfigError,
     },
     #[error(
-        "no kubeconfig, and the in-cluster configuration (KUBERNETES_SERVICE_HOST, the ServiceAccount's token and CA) is unusable"
+        "the environment names no kube_context, and the pod's in-cluster configuration (KUBERNETES_SERVICE_HOST and _PORT, the ServiceAccount's token, CA and namespace) is unusable"
     )]
     InCluster {
         #[source]
         source: kube::config::InClusterError,
     },
+    #[error(
+        "environment `{environment}` names no `kube_context`: a kubeconfig is used only with a named context, and the pod's ServiceAccount only in a pod (KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT set) with no `kubeconfig:` configured"
+    )]
+    NoContext { environment: String },
     #[error("{origin} is not a valid proxy URL")]
     Proxy {
         origin: String,
@@ -76,6 +80,7 @@ impl Classify for ClusterError {
             Self::Kubeconfig { .. }
             | Self::Context { .. }
             | Self::InCluster { .. }
+            | Self::NoContext { .. }
             | Self::Proxy { .. } => ExitStatus::Usage,
             Self::Client { .. } => ExitStatus::Unreachable,
             // The server answered: a refusal (403, 404, 409, 422) is not "unreachable".
@@ -90,10 +95,13 @@ impl Classify for ClusterError {
     fn hints(&self) -> Vec<String> {
         match self {
             Self::InCluster { .. } => vec![
-                "mount the ServiceAccount token (`automountServiceAccountToken: true`), or set `kubeconfig:` for the environment in psctl.yaml".to_owned(),
+                format!("the pod has no usable ServiceAccount credentials in {SERVICE_ACCOUNT_DIR}: mount the ServiceAccount token (leave `automountServiceAccountToken` unset or `true` on the pod and its ServiceAccount), or set `kubeconfig:` and `kube_context:` for the environment in psctl.yaml"),
+            ],
+            Self::NoContext { .. } => vec![
+                "set `kube_context:` for the environment in psctl.yaml (or pass `--context`), or run psctl in a pod".to_owned(),
             ],
             Self::Kubeconfig { .. } | Self::Context { .. } => vec![
-                "set `kubeconfig:` and `kube_context:` for the environment in psctl.yaml, or load the sandbox with `eval \"$(psctl-sandbox env)\"`".to_owned(),
+                "set `kubeconfig:` and `kube_context:` for the environment in psctl.yaml, or load the sandbox with `eval \"$(psctl-sandbox env)\"`; in a pod, leave `kube_context` out to use the pod's ServiceAccount".to_owned(),
             ],
             Self::Api { error: kube::Error::Api(status), .. } if status.code == 403 || status.code == 401 => {
                 vec!["the context's credentials are not authorised for this; check the RBAC of the user in the kubeconfig".to_owned()]
@@ -114,7 +122,8 @@ pub enum Source {
     /// `$KUBECONFIG` or `~/.kube/config` (as kubectl reads them), with the `kube_context`.
     Default,
     /// A pod's ServiceAccount: `KUBERNETES_SERVICE_HOST`/`_PORT`, the token, CA and namespace
-    /// files under [`SERVICE_ACCOUNT_DIR`]. The `kube_context` names nothing here.
+    /// files under [`SERVICE_ACCOUNT_DIR`]. Chosen only for an environment that names no
+    /// `kube_context`.
     InCluster,
 }
 
@@ -128,7 +137,8 @@ pub struct Surroundings {
     pub kubeconfig_env: bool,
     /// `~/.kube/config` exists.
     pub default_file: bool,
-    /// `KUBERNETES_SERVICE_HOST` and `_PORT` are set and the ServiceAccount token is mounted.
+    /// `KUBERNETES_SERVICE_HOST` and `_PORT` are set: the process runs in a pod (whether or not
+    /// its ServiceAccount token is mounted, which [`connect`] then reports).
     pub in_pod: bool,
 }
 
@@ -139,32 +149,45 @@ impl Surroundings {
             kubeconfig_env: set("KUBECONFIG"),
             default_file: std::env::var_os("HOME")
                 .is_some_and(|home| Path::new(&home).join(".kube/config").is_file()),
-            in_pod: set("KUBERNETES_SERVICE_HOST")
-                && set("KUBERNETES_SERVICE_PORT")
-                && Path::new(SERVICE_ACCOUNT_DIR).join("token").is_file(),
+            in_pod: set("KUBERNETES_SERVICE_HOST") && set("KUBERNETES_SERVICE_PORT"),
         }
     }
 }
 
-/// The environment's kubeconfig when configured; else `$KUBECONFIG` or `~/.kube/config` when
-/// either exists; else, in a pod, the in-cluster configuration. Outside a pod without any
-/// kubeconfig, [`Source::Default`] (whose loading error says what is missing). Pure.
-pub fn select_source(configured: Option<&Path>, surroundings: Surroundings) -> Source {
+/// The environment's kubeconfig when configured; else, for an environment that names a
+/// `kube_context`, `$KUBECONFIG` or `~/.kube/config` (whose loading error says what is missing
+/// when neither exists); else, in a pod, the pod's ServiceAccount. A context is never looked
+/// for in the pod's ServiceAccount, nor the ServiceAccount used for a named context: in a CI
+/// pod, psctl.yaml's `kube_context: prod` reaches prod through a kubeconfig or not at all,
+/// never the pod's own cluster by accident. Pure.
+pub fn select_source(
+    configured: Option<&Path>,
+    context: &str,
+    surroundings: Surroundings,
+) -> Source {
     match configured {
         Some(path) => Source::File(path.to_owned()),
-        None if surroundings.in_pod
-            && !surroundings.kubeconfig_env
-            && !surroundings.default_file =>
-        {
-            Source::InCluster
-        }
+        None if context.is_empty() && surroundings.in_pod => Source::InCluster,
         None => Source::Default,
     }
 }
 
 /// The source [`connect`] uses for `environment` in this process.
 pub fn source(environment: &Environment) -> Source {
-    select_source(environment.kubeconfig.as_deref(), Surroundings::probe())
+    select_source(
+        environment.kubeconfig.as_deref(),
+        &environment.kube_context,
+        Surroundings::probe(),
+    )
+}
+
+/// How the environment's cluster is named in messages: its context, or the pod's ServiceAccount.
+pub fn context_label(environment: &Environment) -> String {
+    if environment.kube_context.is_empty() {
+        "in-cluster (the pod's ServiceAccount)".to_owned()
+    } else {
+        environment.kube_context.clone()
+    }
 }
 
 /// The proxy for the API server at `server`, as client-go chooses it: the kubeconfig cluster's
@@ -248,6 +271,11 @@ pub async fn connect(environment: &Environment) -> Result<kube::Client, ClusterE
             }
             config
         }
+        _ if environment.kube_context.is_empty() => {
+            return Err(ClusterError::NoContext {
+                environment: environment.name.clone(),
+            });
+        }
         source => {
             let kubeconfig = match source {
                 Source::File(path) => {
@@ -329,7 +357,7 @@ pub async fn connect_checked(
         .await
         .map_err(ClusterError::api(format!(
             "reaching the API server of context `{}`",
-            environment.kube_context
+            context_label(environment)
         )))?;
     Ok((client, version))
 }
@@ -386,10 +414,16 @@ mod tests {
             default_file: true,
             in_pod: true,
         };
-        assert_eq!(
-            select_source(Some(Path::new("/etc/psctl/kubeconfig")), everything),
-            Source::File("/etc/psctl/kubeconfig".into())
-        );
+        for context in ["", "prod"] {
+            assert_eq!(
+                select_source(
+                    Some(Path::new("/etc/psctl/kubeconfig")),
+                    context,
+                    everything
+                ),
+                Source::File("/etc/psctl/kubeconfig".into())
+            );
+        }
     }
 
     #[test]
@@ -398,8 +432,9 @@ mod tests {
             in_pod: true,
             ..Surroundings::default()
         };
-        assert_eq!(select_source(None, pod), Source::InCluster);
-        // Any kubeconfig the user provides is preferred, as client-go does.
+        assert_eq!(select_source(None, "", pod), Source::InCluster);
+        // No context is named: a kubeconfig lying around in the image changes nothing, since
+        // psctl never uses a kubeconfig's current-context.
         for surroundings in [
             Surroundings {
                 kubeconfig_env: true,
@@ -410,11 +445,80 @@ mod tests {
                 ..pod
             },
         ] {
-            assert_eq!(select_source(None, surroundings), Source::Default);
+            assert_eq!(select_source(None, "", surroundings), Source::InCluster);
         }
-        // Outside a pod, the default loading rules report what is missing.
+        // Outside a pod, the default loading rules report what is missing (and `connect`
+        // refuses an environment without a context).
         assert_eq!(
-            select_source(None, Surroundings::default()),
+            select_source(None, "", Surroundings::default()),
+            Source::Default
+        );
+    }
+
+    #[test]
+    fn a_pod_without_its_token_and_an_environment_without_a_context_are_usage_errors() {
+        let missing = ClusterError::InCluster {
+            source: kube::config::InClusterError::ReadDefaultNamespace(std::io::Error::from(
+                std::io::ErrorKind::NotFound,
+            )),
+        };
+        assert_eq!(missing.exit_status(), ExitStatus::Usage);
+        let hints = missing.hints().join("\n");
+        assert!(
+            hints.contains("mount the ServiceAccount token") && hints.contains(SERVICE_ACCOUNT_DIR),
+            "{hints}"
+        );
+        let no_context = ClusterError::NoContext {
+            environment: "ci".to_owned(),
+        };
+        assert_eq!(no_context.exit_status(), ExitStatus::Usage);
+        assert!(
+            no_context
+                .to_string()
+                .contains("environment `ci` names no `kube_context`")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_environment_without_a_context_outside_a_pod_is_refused_before_any_request() {
+        // The test process is no pod (KUBERNETES_SERVICE_HOST unset), and a kubeconfig is
+        // configured: it is never read without a context naming what to use in it.
+        let environment = crate::settings::file::parse(
+            Path::new("psctl.yaml"),
+            "environments: {ci: {kubeconfig: /nonexistent/kubeconfig, namespace: apps}}",
+        )
+        .expect("valid")
+        .environments["ci"]
+            .clone();
+        assert_eq!(
+            context_label(&environment),
+            "in-cluster (the pod's ServiceAccount)"
+        );
+        let Err(error) = connect(&environment).await else {
+            panic!("connected without a context");
+        };
+        assert!(
+            matches!(&error, ClusterError::NoContext { environment } if environment == "ci"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_named_context_in_a_pod_is_never_answered_by_the_service_account() {
+        let pod = Surroundings {
+            in_pod: true,
+            ..Surroundings::default()
+        };
+        assert_eq!(select_source(None, "prod", pod), Source::Default);
+        assert_eq!(
+            select_source(
+                None,
+                "prod",
+                Surroundings {
+                    kubeconfig_env: true,
+                    ..pod
+                }
+            ),
             Source::Default
         );
     }

@@ -154,7 +154,7 @@ pub fn plan(
     }
     Ok(DeployPlan {
         environment: environment.name.clone(),
-        kube_context: environment.kube_context.clone(),
+        kube_context: crate::cluster::context_label(environment),
         namespace: environment.namespace.clone(),
         timeout_seconds: settings.timeout.as_secs(),
         hold_seconds: settings.hold(environment).as_secs(),

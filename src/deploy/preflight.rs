@@ -24,7 +24,9 @@ pub async fn preflight_cluster(
                 "cluster reachable",
                 &format!(
                     "context {} (Kubernetes {}.{})",
-                    environment.kube_context, version.major, version.minor
+                    crate::cluster::context_label(environment),
+                    version.major,
+                    version.minor
                 ),
             );
             client

@@ -517,7 +517,11 @@ fn validate_environment(
         Some(text) => parse_duration(&text).map_err(|e| invalid(key("deploy_hold"), &e))?,
         None => DEFAULT_DEPLOY_HOLD,
     };
-    let kube_context = required_text(kube_context, &key("kube_context"), invalid)?;
+    // No context: the environment is meant for a pod, reached as the pod's ServiceAccount.
+    let kube_context = match kube_context {
+        None => String::new(),
+        Some(context) => non_empty(context, &key("kube_context"), invalid)?,
+    };
     let namespace = match namespace {
         Some(namespace) => check_dns_label(namespace, &key("namespace"), invalid)?,
         None => DEFAULT_NAMESPACE.to_owned(),
@@ -1032,10 +1036,16 @@ environments:
     }
 
     #[test]
-    fn kube_context_is_required() {
+    fn kube_context_may_be_left_out_for_a_pod_but_not_left_empty() {
+        let config = parse(
+            Path::new("psctl.yaml"),
+            "environments: {ci: {namespace: apps}}",
+        )
+        .expect("an environment without a context");
+        assert_eq!(config.environments["ci"].kube_context, "");
         assert_eq!(
-            error_text("environments: {dev: {namespace: default}}"),
-            "psctl.yaml: environments.dev.kube_context: missing"
+            error_text("environments: {dev: {kube_context: ' ', namespace: default}}"),
+            "psctl.yaml: environments.dev.kube_context: empty; give a value"
         );
     }
 

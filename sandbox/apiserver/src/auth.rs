@@ -31,6 +31,13 @@ const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 const MIN_EXPIRATION_SECONDS: i64 = 600;
 /// The audience tokens are issued for when the request names none.
 pub const DEFAULT_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+/// A pod-bound token requested for exactly this long (what a kubelet asks for its projected
+/// volume) is valid for [`EXTENDED_EXPIRATION_SECONDS`] while the answer still says this
+/// (`--service-account-extend-token-expiration`, on by default), so a kubelet that is late to
+/// rotate breaks nothing.
+pub const WARN_ONLY_EXPIRATION_SECONDS: i64 = 3607;
+/// One year: the extended lifetime.
+pub const EXTENDED_EXPIRATION_SECONDS: i64 = 24 * 365 * 60 * 60;
 
 /// The identity of a request, as authorization sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,13 +103,23 @@ pub fn service_account_user(namespace: &str, name: &str) -> String {
 }
 
 /// A token issued through TokenRequest: bound to one ServiceAccount object (by UID, so it dies
-/// with it) until it expires.
+/// with it), and to a pod when the request named one, until it expires.
 #[derive(Debug, Clone)]
 struct BoundToken {
     namespace: String,
     name: String,
     uid: String,
+    pod: Option<BoundPod>,
     expires: DateTime<Utc>,
+}
+
+/// The pod a token is bound to (`boundObjectRef` of kind Pod): the token dies with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundPod {
+    /// The pod's name (in the ServiceAccount's namespace).
+    pub name: String,
+    /// The pod's UID when the token was issued: a pod recreated under the name is another pod.
+    pub uid: String,
 }
 
 /// The server's credentials: the administrator's token and the issued ServiceAccount tokens.
@@ -135,6 +152,8 @@ pub enum Credential {
         name: String,
         /// UID of the object the token was issued for.
         uid: String,
+        /// The pod the token is bound to, if any.
+        pod: Option<BoundPod>,
     },
 }
 
@@ -195,16 +214,19 @@ impl Authenticator {
             namespace: bound.namespace.clone(),
             name: bound.name.clone(),
             uid: bound.uid.clone(),
+            pod: bound.pod.clone(),
         })
     }
 
-    /// Issues a token for the ServiceAccount `namespace/name` (object UID `uid`), answering the
+    /// Issues a token for the ServiceAccount `namespace/name` (object UID `uid`), bound to `pod`
+    /// when the request's `boundObjectRef` named one (the caller checked it), answering the
     /// TokenRequest `request` with its status filled in.
     pub fn issue(
         &self,
         namespace: &str,
         name: &str,
         uid: &str,
+        pod: Option<BoundPod>,
         request: &Value,
     ) -> Result<Value, ApiError> {
         let seconds = match request.pointer("/spec/expirationSeconds") {
@@ -238,6 +260,16 @@ impl Authenticator {
             .cloned()
             .unwrap_or_else(|| vec![json!(DEFAULT_AUDIENCE)]);
         let now = Utc::now();
+        let extended = pod.is_some()
+            && seconds == WARN_ONLY_EXPIRATION_SECONDS
+            && audiences
+                .iter()
+                .all(|audience| audience.as_str() == Some(DEFAULT_AUDIENCE));
+        let valid_for = if extended {
+            EXTENDED_EXPIRATION_SECONDS
+        } else {
+            seconds
+        };
         let expires = now + Duration::seconds(seconds);
         let token = random_token();
         self.issued().insert(
@@ -246,7 +278,8 @@ impl Authenticator {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
                 uid: uid.to_owned(),
-                expires,
+                pod,
+                expires: now + Duration::seconds(valid_for),
             },
         );
         Ok(json!({
@@ -309,7 +342,7 @@ mod tests {
         );
 
         let answer = authenticator
-            .issue("team", "deployer", "uid-1", &json!({ "spec": {} }))
+            .issue("team", "deployer", "uid-1", None, &json!({ "spec": {} }))
             .expect("issued");
         assert_eq!(answer["kind"], "TokenRequest");
         assert_eq!(answer["spec"]["expirationSeconds"], 3600);
@@ -321,6 +354,7 @@ mod tests {
                 namespace: "team".to_owned(),
                 name: "deployer".to_owned(),
                 uid: "uid-1".to_owned(),
+                pod: None,
             })
         );
     }
@@ -333,11 +367,55 @@ mod tests {
                 "team",
                 "deployer",
                 "uid",
+                None,
                 &json!({ "spec": { "expirationSeconds": 60 } }),
             )
             .expect_err("too short");
         assert_eq!(error.code, 422);
         assert!(error.message.contains("less than 10 minutes"));
+    }
+
+    #[test]
+    fn a_kubelet_request_for_a_pod_is_extended_but_reported_as_asked() {
+        let authenticator = Authenticator::new(random_token());
+        let pod = BoundPod {
+            name: "job-x".to_owned(),
+            uid: "pod-uid".to_owned(),
+        };
+        let request = json!({ "spec": { "expirationSeconds": 3607,
+            "boundObjectRef": { "apiVersion": "v1", "kind": "Pod", "name": "job-x", "uid": "pod-uid" } } });
+        let answer = authenticator
+            .issue("team", "ci", "sa-uid", Some(pod.clone()), &request)
+            .expect("issued");
+        assert_eq!(answer["spec"]["expirationSeconds"], 3607);
+        assert_eq!(answer["spec"]["boundObjectRef"]["name"], "job-x");
+        let reported = DateTime::parse_from_rfc3339(
+            answer["status"]["expirationTimestamp"]
+                .as_str()
+                .expect("timestamp"),
+        )
+        .expect("RFC 3339");
+        let in_an_hour = (reported.with_timezone(&Utc) - Utc::now()).num_seconds();
+        assert!((3590..=3607).contains(&in_an_hour), "{in_an_hour}");
+        let token = answer["status"]["token"].as_str().expect("token");
+        let kept = authenticator.issued().get(token).expect("kept").expires;
+        assert!((kept - Utc::now()).num_days() >= 364);
+        assert_eq!(
+            authenticator.credential(&bearer(token)),
+            Ok(Credential::ServiceAccount {
+                namespace: "team".to_owned(),
+                name: "ci".to_owned(),
+                uid: "sa-uid".to_owned(),
+                pod: Some(pod),
+            })
+        );
+        // Not bound to a pod, or another lifetime: valid exactly as long as it says.
+        let unbound = authenticator
+            .issue("team", "ci", "sa-uid", None, &request)
+            .expect("issued");
+        let token = unbound["status"]["token"].as_str().expect("token");
+        let kept = authenticator.issued().get(token).expect("kept").expires;
+        assert!((kept - Utc::now()).num_seconds() <= 3607);
     }
 
     #[test]

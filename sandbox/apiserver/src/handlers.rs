@@ -193,6 +193,10 @@ pub fn scale_of(object: &Value) -> Value {
     })
 }
 
+/// The ConfigMap holding the cluster's root CA in every namespace.
+pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+const ROOT_CA_DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
+
 impl State {
     /// Fresh state with the default namespaces and the pre-installed CRDs.
     pub fn new(
@@ -247,12 +251,26 @@ impl State {
         let services = state
             .find("", "v1", "services")
             .ok_or_else(|| ApiError::internal("services are not registered"))?;
-        let port = local_addr.port();
+        // What kube-apiserver's endpoint reconciler keeps: the `kubernetes` Service and its
+        // Endpoints at the advertised address and secure port.
+        let advertised = state.config.advertise.unwrap_or(local_addr);
+        let port = advertised.port();
         state.create(
             &services,
             Some("default"),
             json!({ "metadata": { "name": "kubernetes", "labels": { "component": "apiserver", "provider": "kubernetes" } },
-                    "spec": { "clusterIP": "10.96.0.1", "ports": [{ "name": "https", "port": 443, "targetPort": port }] } }),
+                    "spec": { "clusterIP": crate::tls::KUBERNETES_SERVICE_IP, "ports": [{ "name": "https", "port": 443, "targetPort": port }] } }),
+            false,
+        )?;
+        let endpoints = state
+            .find("", "v1", "endpoints")
+            .ok_or_else(|| ApiError::internal("endpoints are not registered"))?;
+        state.create(
+            &endpoints,
+            Some("default"),
+            json!({ "metadata": { "name": "kubernetes", "labels": { "endpointslice.kubernetes.io/skip-mirror": "true" } },
+                    "subsets": [{ "addresses": [{ "ip": advertised.ip().to_string() }],
+                                  "ports": [{ "name": "https", "port": port, "protocol": "TCP" }] }] }),
             false,
         )?;
         Ok(state)
@@ -475,6 +493,36 @@ impl State {
         }
         self.default_object(info, &mut object, None)?;
         // Mutating admission runs on the defaulted object; what it adds is defaulted in turn.
+        // The built-in ServiceAccount plugin first, the webhooks (the sidecar) after it.
+        if (info.group.as_str(), info.kind.as_str()) == ("", "Pod") {
+            let namespace = namespace.unwrap_or_default();
+            let account_name = crate::service_accounts::service_account_name(&mut object);
+            let account = self
+                .store
+                .get(&ObjectKey {
+                    group: String::new(),
+                    resource: "serviceaccounts".to_owned(),
+                    namespace: namespace.to_owned(),
+                    name: account_name.clone(),
+                })
+                .ok_or_else(|| {
+                    ApiError::forbidden(
+                        "",
+                        "pods",
+                        &name,
+                        &format!(
+                            "error looking up service account {namespace}/{account_name}: serviceaccount \"{account_name}\" not found"
+                        ),
+                    )
+                })?;
+            if crate::service_accounts::mount_token(
+                &mut object,
+                &account,
+                &crate::service_accounts::random_suffix(),
+            ) {
+                self.default_object(info, &mut object, None)?;
+            }
+        }
         if (info.group.as_str(), info.kind.as_str()) == ("", "Pod")
             && let Some(injection) = &self.config.sidecar_injection
             && let Some(namespace_object) = self.store.get(&ObjectKey {
@@ -597,6 +645,24 @@ impl State {
                     &accounts,
                     Some(&name),
                     json!({ "metadata": { "name": "default" } }),
+                    false,
+                );
+            }
+            if let (Some(config_maps), Some(tls)) =
+                (self.find("", "v1", "configmaps"), &self.config.tls)
+            {
+                // The root CA publisher of kube-controller-manager: what a pod's projected
+                // `ca.crt` comes from.
+                let _ = self.create(
+                    &config_maps,
+                    Some(&name),
+                    json!({
+                        "metadata": {
+                            "name": ROOT_CA_CONFIG_MAP,
+                            "annotations": { "kubernetes.io/description": ROOT_CA_DESCRIPTION },
+                        },
+                        "data": { "ca.crt": tls.ca_pem },
+                    }),
                     false,
                 );
             }

@@ -38,6 +38,7 @@ pub mod requests;
 pub mod resources;
 pub mod selector;
 pub mod server;
+pub mod service_accounts;
 pub mod status;
 pub mod store;
 pub mod table;
@@ -76,6 +77,12 @@ pub struct ApiServerConfig {
     /// Mutating admission injecting a sidecar into pods of namespaces that ask for it
     /// ([`admission`]); `None` (the default) admits pods unchanged.
     pub sidecar_injection: Option<admission::SidecarInjection>,
+    /// Where pods reach the server (kube-apiserver's `--advertise-address` with its secure port):
+    /// the server listens there too, and the `kubernetes` Endpoints in `default` name it, which
+    /// is what the kubelet hands pods as `KUBERNETES_SERVICE_HOST`/`_PORT`. The TLS identity
+    /// must be valid for its IP ([`tls::TlsIdentity::generate_for`]; a generated one is). `None`:
+    /// the Endpoints name [`Self::bind`]'s address.
+    pub advertise: Option<SocketAddr>,
 }
 
 /// The authorization mode, as kube-apiserver's `--authorization-mode`.
@@ -104,6 +111,7 @@ impl std::fmt::Debug for ApiServerConfig {
             .field("authorization", &self.authorization)
             .field("tls", &self.tls)
             .field("sidecar_injection", &self.sidecar_injection)
+            .field("advertise", &self.advertise)
             .finish()
     }
 }
@@ -120,6 +128,7 @@ impl Default for ApiServerConfig {
             authorization: Authorization::Rbac,
             tls: None,
             sidecar_injection: None,
+            advertise: None,
         }
     }
 }

@@ -82,20 +82,56 @@ impl ApiServer {
             addr: config.bind,
             source,
         })?;
+        // The advertised address is where pods connect: bound as given (its port may differ
+        // from the loopback one), its port 0 resolved to the one picked.
+        let advertised = match config.advertise {
+            Some(addr) if addr != local_addr => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some((listener, bound))
+            }
+            _ => None,
+        };
+        let mut config = config;
+        if let Some((_, bound)) = &advertised {
+            config.advertise = Some(*bound);
+        }
         let identity = match &config.tls {
             Some(identity) => identity.clone(),
-            None => crate::tls::TlsIdentity::generate()?,
+            None => crate::tls::TlsIdentity::generate_for(
+                &config
+                    .advertise
+                    .map(|addr| addr.ip())
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            )?,
         };
+        config.tls = Some(identity.clone());
         let acceptor = identity.acceptor()?;
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let state =
             State::new(config, local_addr, shutdown_receiver.clone()).map_err(StartError::Seed)?;
-        let task = tokio::spawn(accept_loop(
+        let main_loop = accept_loop(
             listener,
-            acceptor,
+            acceptor.clone(),
             state.clone(),
-            shutdown_receiver,
-        ));
+            shutdown_receiver.clone(),
+        );
+        let task = match advertised {
+            Some((listener, bound)) => {
+                tracing::info!(%bound, "sandbox API server listening on its advertised address");
+                let advertised_loop =
+                    accept_loop(listener, acceptor, state.clone(), shutdown_receiver);
+                tokio::spawn(async move {
+                    futures::join!(main_loop, advertised_loop);
+                })
+            }
+            None => tokio::spawn(main_loop),
+        };
         tracing::info!(%local_addr, "sandbox API server listening");
         Ok(RunningApiServer {
             local_addr,
@@ -362,22 +398,83 @@ fn authenticate(state: &State, request: &Request<Incoming>) -> Result<UserInfo, 
             namespace,
             name,
             uid,
+            pod,
         } => {
-            let info = state
-                .find("", "v1", "serviceaccounts")
-                .ok_or_else(|| ApiError::internal("serviceaccounts are not registered"))?;
-            let alive = state
-                .get(&info, Some(&namespace), &name)
-                .is_ok_and(|account| {
-                    account.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str())
-                });
-            if alive {
+            let alive = |plural: &str, object: &str, expected: &str| {
+                state.find("", "v1", plural).is_some_and(|info| {
+                    state
+                        .get(&info, Some(&namespace), object)
+                        .is_ok_and(|found| {
+                            found.pointer("/metadata/uid").and_then(Value::as_str) == Some(expected)
+                        })
+                })
+            };
+            // A pod-bound token dies with its pod, as the real token validator checks.
+            let pod_alive = pod
+                .as_ref()
+                .is_none_or(|pod| alive("pods", &pod.name, &pod.uid));
+            if alive("serviceaccounts", &name, &uid) && pod_alive {
                 Ok(UserInfo::service_account(&namespace, &name, &uid))
             } else {
                 Err(ApiError::unauthorized())
             }
         }
     }
+}
+
+/// The pod a TokenRequest for the ServiceAccount `namespace/account` binds its token to, checked
+/// as kube-apiserver checks it: the pod exists, runs as that ServiceAccount, and has the UID the
+/// reference names (if it names one). Other kinds of bound objects are echoed, not enforced.
+fn bound_pod(
+    state: &State,
+    namespace: &str,
+    account: &str,
+    token_request: &Value,
+) -> Result<Option<crate::auth::BoundPod>, ApiError> {
+    let Some(reference) = token_request.pointer("/spec/boundObjectRef") else {
+        return Ok(None);
+    };
+    let text = |key: &str| {
+        reference
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    if text("kind") != "Pod" || !matches!(text("apiVersion"), "v1" | "") {
+        return Ok(None);
+    }
+    let info = state
+        .find("", "v1", "pods")
+        .ok_or_else(|| ApiError::internal("pods are not registered"))?;
+    let pod = state.get(&info, Some(namespace), text("name"))?;
+    let runs_as = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if runs_as != account {
+        return Err(ApiError::bad_request(format!(
+            "cannot bind token for serviceaccount \"{account}\" to pod running with different serviceaccount name."
+        )));
+    }
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !text("uid").is_empty() && text("uid") != uid {
+        return Err(ApiError {
+            message: format!(
+                "Operation cannot be fulfilled on Pod \"{}\": the UID in the bound object reference ({}) does not match the UID in record. The object might have been deleted and then recreated",
+                text("name"),
+                text("uid")
+            ),
+            ..ApiError::conflict("", "Pod", text("name"))
+        });
+    }
+    Ok(Some(crate::auth::BoundPod {
+        name: text("name").to_owned(),
+        uid,
+    }))
 }
 
 /// What the request asks to do, as the authorizer sees it.
@@ -810,11 +907,12 @@ async fn resource(
                 .pointer("/metadata/uid")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
+            let pod = bound_pod(state, namespace, &name, &token_request)?;
             Ok(json_response(
                 201,
                 &state
                     .authenticator
-                    .issue(namespace, &name, uid, &token_request)?,
+                    .issue(namespace, &name, uid, pod, &token_request)?,
             ))
         }
         Some("log") if method == Method::GET => {

@@ -13,13 +13,17 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
+/// The `kubernetes` Service's cluster IP (the first of the service range).
+pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+
 /// The server's certificate, its private key and the CA that signed it, all PEM. The CA goes
 /// into kubeconfigs (`certificate-authority-data`).
 #[derive(Clone)]
 pub struct TlsIdentity {
     /// The CA certificate clients trust.
     pub ca_pem: String,
-    /// The serving certificate (for `127.0.0.1` and `localhost`).
+    /// The serving certificate (for `127.0.0.1`, `localhost`, the `kubernetes` Service's names and
+    /// IP, and the addresses given to [`TlsIdentity::generate_for`]).
     pub cert_pem: String,
     /// The serving certificate's private key: a secret.
     pub key_pem: String,
@@ -51,6 +55,13 @@ impl TlsIdentity {
     /// A fresh CA (`psctl-sandbox-ca`) and a serving certificate it signed for `127.0.0.1`,
     /// `localhost` and the in-cluster names of the `kubernetes` Service.
     pub fn generate() -> Result<Self, TlsError> {
+        Self::generate_for(&[])
+    }
+
+    /// [`Self::generate`], the certificate also valid for `addresses`: where pods reach the
+    /// server (kube-apiserver puts its advertise address and the `kubernetes` Service's IP in
+    /// its serving certificate for the same reason).
+    pub fn generate_for(addresses: &[std::net::IpAddr]) -> Result<Self, TlsError> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -62,13 +73,18 @@ impl TlsIdentity {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![
+        let mut names = vec![
             "127.0.0.1".to_owned(),
             "localhost".to_owned(),
             "kubernetes".to_owned(),
             "kubernetes.default".to_owned(),
             "kubernetes.default.svc".to_owned(),
-        ])?;
+            "kubernetes.default.svc.cluster.local".to_owned(),
+            KUBERNETES_SERVICE_IP.to_owned(),
+        ];
+        names.extend(addresses.iter().map(ToString::to_string));
+        names.dedup();
+        let mut params = CertificateParams::new(names)?;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, "kube-apiserver");
         params.distinguished_name = name;

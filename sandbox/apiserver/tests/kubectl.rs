@@ -319,7 +319,13 @@ async fn get_watch_streams_changes() {
         .collect();
     assert_eq!(
         events,
-        vec!["ADDED watched 1", "MODIFIED watched 2", "DELETED watched 2"],
+        // The namespace's `kube-root-ca.crt` first, as on a real cluster.
+        vec![
+            "ADDED kube-root-ca.crt <none>",
+            "ADDED watched 1",
+            "MODIFIED watched 2",
+            "DELETED watched 2"
+        ],
         "stdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );

@@ -376,3 +376,178 @@ async fn requests_are_counted_per_identity_verb_and_resource() {
     assert_eq!(after, json!({"total": 0, "requests": []}));
     test.server.shutdown().await;
 }
+
+/// What a pod needs to reach the API server as its ServiceAccount: admission mounts the
+/// projected token volume, the `kubernetes` Endpoints name the advertised address, whose
+/// certificate the namespace's `kube-root-ca.crt` verifies, and a token bound to the pod works
+/// until the pod is gone.
+#[tokio::test]
+async fn a_pod_bound_token_reaches_the_advertised_address_until_the_pod_is_deleted() {
+    use base64::Engine as _;
+    use k8s_openapi::api::core::v1::{Endpoints, Pod};
+    let test = common::start_with(|config| {
+        config.advertise = Some(std::net::SocketAddr::from(([127, 0, 0, 2], 0)));
+    })
+    .await;
+    let admin = test.client.clone();
+    common::namespace(&admin, "ci").await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "ci");
+    accounts
+        .create(
+            &PostParams::default(),
+            &object(json!({ "metadata": { "name": "deployer" } })),
+        )
+        .await
+        .expect("service account");
+    Api::<RoleBinding>::namespaced(admin.clone(), "ci")
+        .create(
+            &PostParams::default(),
+            &object(json!({
+                "metadata": { "name": "deployer-view" },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view" },
+                "subjects": [{ "kind": "ServiceAccount", "name": "deployer" }],
+            })),
+        )
+        .await
+        .expect("binding");
+
+    // Admission: the ServiceAccount must exist, and the token volume is mounted.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "ci");
+    let pod_of = |name: &str, account: &str| -> Pod {
+        object(json!({ "metadata": { "name": name }, "spec": {
+            "serviceAccountName": account, "containers": [{ "name": "app", "image": "x:1" }] } }))
+    };
+    let refused = pods
+        .create(&PostParams::default(), &pod_of("ghost", "nobody"))
+        .await
+        .expect_err("unknown ServiceAccount");
+    let kube::Error::Api(status) = refused else {
+        panic!("not a Status: {refused:?}");
+    };
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (
+            403,
+            "pods \"ghost\" is forbidden: error looking up service account ci/nobody: serviceaccount \"nobody\" not found"
+        )
+    );
+    let pod = pods
+        .create(&PostParams::default(), &pod_of("job", "deployer"))
+        .await
+        .expect("pod admitted");
+    let spec = pod.spec.clone().expect("spec");
+    let volume = spec
+        .volumes
+        .clone()
+        .unwrap_or_default()
+        .pop()
+        .expect("a volume");
+    assert!(
+        volume.name.starts_with("kube-api-access-"),
+        "{}",
+        volume.name
+    );
+    let mount = spec.containers[0].volume_mounts.clone().unwrap_or_default();
+    assert_eq!(mount.len(), 1);
+    assert_eq!(
+        (
+            mount[0].mount_path.as_str(),
+            mount[0].read_only,
+            mount[0].name.as_str()
+        ),
+        (
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            Some(true),
+            volume.name.as_str()
+        )
+    );
+
+    // Binding checks: another ServiceAccount's pod, another UID.
+    let bound = |uid: &str| -> TokenRequest {
+        object(
+            json!({ "spec": { "expirationSeconds": 3607, "boundObjectRef": {
+            "apiVersion": "v1", "kind": "Pod", "name": "job", "uid": uid } } }),
+        )
+    };
+    let uid = pod.metadata.uid.clone().expect("uid");
+    let other = accounts
+        .create_token_request("default", &PostParams::default(), &bound(&uid))
+        .await
+        .expect_err("the pod runs as deployer");
+    assert!(
+        matches!(&other, kube::Error::Api(status) if status.code == 400
+            && status.message == "cannot bind token for serviceaccount \"default\" to pod running with different serviceaccount name."),
+        "{other:?}"
+    );
+    let stale = accounts
+        .create_token_request("deployer", &PostParams::default(), &bound("0000"))
+        .await
+        .expect_err("another UID");
+    assert!(
+        matches!(&stale, kube::Error::Api(status) if status.code == 409),
+        "{stale:?}"
+    );
+    let answer = accounts
+        .create_token_request("deployer", &PostParams::default(), &bound(&uid))
+        .await
+        .expect("token bound to the pod");
+    assert_eq!(answer.spec.expiration_seconds, Some(3607));
+    let token = answer.status.expect("status").token;
+
+    // Where and how a pod connects: the Endpoints' address, verified with the published CA.
+    let endpoints = Api::<Endpoints>::namespaced(admin.clone(), "default")
+        .get("kubernetes")
+        .await
+        .expect("the kubernetes Endpoints");
+    let subset = endpoints.subsets.expect("subsets").remove(0);
+    let address = subset.addresses.expect("addresses")[0].ip.clone();
+    let port = subset.ports.expect("ports")[0].port;
+    assert_eq!(address, "127.0.0.2");
+    let root_ca = Api::<ConfigMap>::namespaced(admin.clone(), "ci")
+        .get("kube-root-ca.crt")
+        .await
+        .expect("the root CA ConfigMap");
+    let ca = root_ca.data.expect("data")["ca.crt"].clone();
+    assert_eq!(ca, test.server.ca_pem());
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: s\n  cluster: {{server: \"https://{address}:{port}\", certificate-authority-data: \"{}\"}}\nusers:\n- name: s\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: s\n  context: {{cluster: s, user: s, namespace: ci}}\ncurrent-context: s\n",
+        base64::engine::general_purpose::STANDARD.encode(&ca),
+    );
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("config");
+    let in_pod = kube::Client::try_from(config).expect("client");
+    let review: SelfSubjectReview = Api::all(in_pod.clone())
+        .create(&PostParams::default(), &object(json!({})))
+        .await
+        .expect("whoami over the advertised address");
+    assert_eq!(
+        review
+            .status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username)
+            .as_deref(),
+        Some("system:serviceaccount:ci:deployer")
+    );
+    let as_pod: Api<Pod> = Api::namespaced(in_pod, "ci");
+    as_pod
+        .get("job")
+        .await
+        .expect("the token works while the pod exists");
+
+    pods.delete("job", &DeleteParams::default())
+        .await
+        .expect("pod deleted");
+    let after = as_pod
+        .get("job")
+        .await
+        .expect_err("the token died with the pod");
+    assert!(
+        matches!(&after, kube::Error::Api(status) if status.code == 401),
+        "{after:?}"
+    );
+    test.server.shutdown().await;
+}

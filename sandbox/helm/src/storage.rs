@@ -67,18 +67,27 @@ fn with_secrets<T>(
         .build()
         .context("starting the I/O runtime")?;
     runtime.block_on(async {
-        let kubeconfig = match target.kubeconfig {
-            Some(path) => kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig `{}`", path.display()))?,
-            None => kube::config::Kubeconfig::read().context("reading the kubeconfig")?,
+        let config = match (target.kubeconfig, target.context) {
+            // Neither given: client-go's loading rules, `$KUBECONFIG` or `~/.kube/config`, else
+            // the pod's ServiceAccount (what the engine's genericclioptions fall back to too).
+            (None, None) => kube::Config::infer()
+                .await
+                .context("loading the kubeconfig or the in-cluster configuration")?,
+            (kubeconfig, context) => {
+                let kubeconfig = match kubeconfig {
+                    Some(path) => kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("reading kubeconfig `{}`", path.display()))?,
+                    None => kube::config::Kubeconfig::read().context("reading the kubeconfig")?,
+                };
+                let options = kube::config::KubeConfigOptions {
+                    context: context.map(str::to_owned),
+                    ..Default::default()
+                };
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .context("loading the kube context")?
+            }
         };
-        let options = kube::config::KubeConfigOptions {
-            context: target.context.map(str::to_owned),
-            ..Default::default()
-        };
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-            .await
-            .context("loading the kube context")?;
         let client = kube::Client::try_from(config).context("creating the cluster client")?;
         // An empty namespace is every namespace, as Helm's Secrets driver lists them for `-A`.
         if target.namespace.is_empty() {

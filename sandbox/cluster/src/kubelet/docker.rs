@@ -102,6 +102,8 @@ pub struct ContainerLaunch {
     pub read_only: bool,
     /// emptyDir volumes as tmpfs mounts: (mount path, size limit in bytes).
     pub tmpfs: Vec<(String, Option<u64>)>,
+    /// Host directories bind-mounted: (host path, container path, read-only).
+    pub binds: Vec<(String, String, bool)>,
     /// Capabilities to drop (`ALL` included).
     pub cap_drop: Vec<String>,
     /// Capabilities to add.
@@ -173,6 +175,14 @@ pub fn create_args(launch: &ContainerLaunch, env_file: Option<&str>) -> Vec<Stri
         }
         args.push("--tmpfs".to_owned());
         args.push(options);
+    }
+    for (source, target, read_only) in &launch.binds {
+        args.push("--mount".to_owned());
+        let mut mount = format!("type=bind,source={source},target={target}");
+        if *read_only {
+            mount.push_str(",readonly");
+        }
+        args.push(mount);
     }
     for capability in &launch.cap_drop {
         args.push("--cap-drop".to_owned());
@@ -670,6 +680,7 @@ mod tests {
             user: Some((1000, None)),
             read_only: true,
             tmpfs: vec![("/tmp".to_owned(), Some(64 * 1024 * 1024))],
+            binds: vec![("/var/lib/k/v".to_owned(), "/var/run/s".to_owned(), true)],
             cap_drop: vec!["ALL".to_owned()],
             cap_add: Vec::new(),
             no_new_privileges: true,
@@ -680,7 +691,8 @@ mod tests {
             joined,
             "create --name psctl_default_web_1 --label psctl.sandbox=1 --network psctl-sandbox --hostname web \
              --env-file /tmp/env --memory 67108864 --memory-swap 67108864 --cpus 0.500 --user 1000 --read-only \
-             --tmpfs /tmp:rw,mode=1777,uid=1000,size=67108864 --cap-drop ALL --security-opt no-new-privileges \
+             --tmpfs /tmp:rw,mode=1777,uid=1000,size=67108864 --mount type=bind,source=/var/lib/k/v,target=/var/run/s,readonly \
+             --cap-drop ALL --security-opt no-new-privileges \
              --entrypoint /bin/server 127.0.0.1:5000/web:1 --serve --port=80"
         );
         // Only args: the image's entrypoint stays.
@@ -692,6 +704,7 @@ mod tests {
             user: None,
             read_only: false,
             tmpfs: Vec::new(),
+            binds: Vec::new(),
             cap_drop: Vec::new(),
             no_new_privileges: false,
             hostname: None,

@@ -92,6 +92,33 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// A pod field a projected `downwardAPI` item may name (no status fields: a volume is made
+/// before the pod has an IP).
+pub fn pod_field(path: &str, pod: &Pod) -> Result<String, String> {
+    if path.starts_with("status.") {
+        return Err(format!("unsupported fieldRef path {path:?} in a volume"));
+    }
+    field_value(path, pod, None, "")
+}
+
+/// The variables every container gets for the `kubernetes` Service in `default` (what client
+/// libraries read in a pod), from the address and port its Endpoints name, Docker-links style
+/// as the kubelet writes them for its port `https`.
+pub fn master_service_env(host: &str, port: u16) -> Vec<(String, String)> {
+    let url = format!("tcp://{host}:{port}");
+    let prefix = format!("KUBERNETES_PORT_{port}_TCP");
+    vec![
+        ("KUBERNETES_SERVICE_HOST".to_owned(), host.to_owned()),
+        ("KUBERNETES_SERVICE_PORT".to_owned(), port.to_string()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS".to_owned(), port.to_string()),
+        ("KUBERNETES_PORT".to_owned(), url.clone()),
+        (prefix.clone(), url),
+        (format!("{prefix}_PROTO"), "tcp".to_owned()),
+        (format!("{prefix}_PORT"), port.to_string()),
+        (format!("{prefix}_ADDR"), host.to_owned()),
+    ]
+}
+
 fn field_value(
     path: &str,
     pod: &Pod,
@@ -544,5 +571,21 @@ mod tests {
         )
         .expect_err("refused");
         assert!(error.contains("PEM") && !error.contains("line1"), "{error}");
+    }
+
+    #[test]
+    fn the_kubernetes_service_variables_name_the_advertised_address() {
+        let env = master_service_env("172.18.0.1", 32443);
+        let get = |name: &str| {
+            env.iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("172.18.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("32443"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("32443"));
+        assert_eq!(get("KUBERNETES_PORT"), Some("tcp://172.18.0.1:32443"));
+        assert_eq!(get("KUBERNETES_PORT_32443_TCP_ADDR"), Some("172.18.0.1"));
+        assert_eq!(get("KUBERNETES_PORT_32443_TCP_PROTO"), Some("tcp"));
     }
 }

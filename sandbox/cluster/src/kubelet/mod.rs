@@ -53,6 +53,8 @@ pub struct KubeletConfig {
     pub max_grace: Duration,
     /// Limit for one image pull.
     pub pull_timeout: Duration,
+    /// Where projected volumes are written (the kubelet's `--root-dir`); made private (0700).
+    pub root_dir: std::path::PathBuf,
 }
 
 impl KubeletConfig {
@@ -66,6 +68,7 @@ impl KubeletConfig {
             sync_interval: Duration::from_secs(1),
             max_grace: Duration::from_secs(30),
             pull_timeout: Duration::from_secs(300),
+            root_dir: std::env::temp_dir().join(format!("psctl-kubelet-{node_name}")),
         }
     }
 }
@@ -224,7 +227,7 @@ impl Kubelet {
         docker.ensure_network(&config.network).await?;
         let host_ip = docker.network_gateway(&config.network).await?;
         register_node(&client, &config.node_name, &host_ip).await;
-        remove_orphans(&client, &docker, &config.node_name).await?;
+        remove_orphans(&client, &docker, &config.node_name, &config.root_dir).await?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -298,8 +301,14 @@ async fn register_node(client: &Client, name: &str, host_ip: &str) {
     }
 }
 
-/// Removes containers of this node whose pod UID is not a live pod.
-async fn remove_orphans(client: &Client, docker: &Docker, node: &str) -> Result<(), KubeletError> {
+/// Removes containers of this node whose pod UID is not a live pod, and those pods' volume
+/// directories under `root_dir`.
+async fn remove_orphans(
+    client: &Client,
+    docker: &Docker,
+    node: &str,
+    root_dir: &std::path::Path,
+) -> Result<(), KubeletError> {
     let pods = Api::<Pod>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -314,6 +323,13 @@ async fn remove_orphans(client: &Client, docker: &Docker, node: &str) -> Result<
     {
         if labels.get(LABEL_UID).is_none_or(|uid| !live.contains(uid)) {
             docker.remove(&id).await?;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(root_dir.join("pods")) {
+        for entry in entries.flatten() {
+            if !live.contains(&entry.file_name().to_string_lossy().into_owned()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
     Ok(())

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodIP, PodStatus, Secret,
+    ContainerStateWaiting, ContainerStatus, Endpoints, HostIP, Pod, PodIP, PodStatus, Secret,
+    ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -168,6 +170,8 @@ struct PodWorker {
     start_time: Timestamp,
     pod_ip: Option<String>,
     last_status: Option<serde_json::Value>,
+    /// Projected volumes already written for this pod: volume name → host directory.
+    projected: HashMap<String, std::path::PathBuf>,
 }
 
 impl PodWorker {
@@ -233,6 +237,7 @@ impl PodWorker {
             start_time,
             pod_ip: None,
             last_status: None,
+            projected: HashMap::new(),
         }
     }
 
@@ -433,12 +438,44 @@ impl PodWorker {
                 }
             }
         };
-        // 5. Environment.
-        let prepared = match self.resolve_env(pod, spec).await {
-            Ok(env) => volumes::tmpfs_mounts(pod, spec).map(|mounts| (env, mounts)),
+        // 5. Volumes: a projected volume that cannot be made keeps the container in
+        //    ContainerCreating with a FailedMount event, as the real volume manager does.
+        let mounts = match volumes::container_mounts(pod, spec) {
+            Ok(mounts) => {
+                let mut binds = Vec::new();
+                for (volume, path, read_only) in &mounts.projected {
+                    match self.projected_volume(pod, volume).await {
+                        Ok(dir) => {
+                            binds.push((dir.display().to_string(), path.clone(), *read_only))
+                        }
+                        Err(message) => {
+                            let message = format!(
+                                "MountVolume.SetUp failed for volume \"{volume}\" : {message}"
+                            );
+                            let announce = self.containers[index]
+                                .waiting
+                                .as_ref()
+                                .is_none_or(|(_, old)| old != &message);
+                            self.containers[index].waiting =
+                                Some(("ContainerCreating".to_owned(), message.clone()));
+                            if announce {
+                                self.event(pod, None, EventType::Warning, "FailedMount", &message)
+                                    .await;
+                            }
+                            return;
+                        }
+                    }
+                }
+                Ok((mounts.tmpfs, binds))
+            }
             Err(message) => Err(message),
         };
-        let (env, mounts) = match prepared {
+        // 6. Environment.
+        let prepared = match mounts {
+            Ok(mounts) => self.resolve_env(pod, spec).await.map(|env| (env, mounts)),
+            Err(message) => Err(message),
+        };
+        let (env, (mounts, binds)) = match prepared {
             Ok(prepared) => prepared,
             Err(message) => {
                 let announce = self.containers[index]
@@ -460,8 +497,9 @@ impl PodWorker {
                 return;
             }
         };
-        // 6. Create and start.
-        let launch = self.launch(pod, index, spec, network_mode, &env, mounts);
+        // 7. Create and start.
+        let mut launch = self.launch(pod, index, spec, network_mode, &env, mounts);
+        launch.binds = binds;
         match docker.create_and_start(&launch, &env).await {
             Ok(id) => {
                 let runtime = &mut self.containers[index];
@@ -709,14 +747,134 @@ impl PodWorker {
                 Err(error) => return Err(format!("could not read configmap \"{name}\": {error}")),
             }
         }
-        env::resolve_env(
+        let resolved = env::resolve_env(
             spec,
             pod,
             self.pod_ip.as_deref(),
             &self.shared.host_ip,
             &secrets,
             &config_maps,
-        )
+        )?;
+        // The `kubernetes` Service's variables come first and the container's own win, as the
+        // kubelet builds them. They name the address its Endpoints hold (the API server's
+        // advertised one): the sandbox has no proxy routing the Service's cluster IP.
+        let mut service_env = self.master_service_env().await;
+        service_env.retain(|(name, _)| resolved.iter().all(|(own, _)| own != name));
+        service_env.extend(resolved);
+        Ok(service_env)
+    }
+
+    async fn master_service_env(&self) -> Vec<(String, String)> {
+        let api: Api<Endpoints> = Api::namespaced(self.shared.client.clone(), "default");
+        let Ok(Some(endpoints)) = api.get_opt("kubernetes").await else {
+            return Vec::new();
+        };
+        let subset = endpoints.subsets.into_iter().flatten().next();
+        let address = subset
+            .as_ref()
+            .and_then(|subset| subset.addresses.as_ref())
+            .and_then(|addresses| addresses.first())
+            .map(|address| address.ip.clone());
+        let port = subset
+            .as_ref()
+            .and_then(|subset| subset.ports.as_ref())
+            .and_then(|ports| ports.first())
+            .and_then(|port| u16::try_from(port.port).ok());
+        match (address, port) {
+            (Some(address), Some(port)) => env::master_service_env(&address, port),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The host directory holding the projected volume `name` of `pod`, written once per pod:
+    /// a token requested for the pod's ServiceAccount bound to the pod (with the volume's
+    /// expiration and audience, as the kubelet's token manager asks), the ConfigMap items and
+    /// the downward API fields. Directories 0755 and files with the volume's modes, under the
+    /// kubelet's private root (`<root>/pods/<uid>/volumes/kubernetes.io~projected/<name>`).
+    async fn projected_volume(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+    ) -> Result<std::path::PathBuf, String> {
+        if let Some(dir) = self.projected.get(name) {
+            return Ok(dir.clone());
+        }
+        let source = volumes::projected_source(pod, name)
+            .ok_or_else(|| format!("volume {name} is not a projected volume"))?;
+        let namespace = pod.namespace().unwrap_or_else(|| "default".to_owned());
+        let token = match volumes::token_source(&source) {
+            Some(requested) => Some(self.request_token(pod, &namespace, &requested).await?),
+            None => None,
+        };
+        let config_maps_api: Api<ConfigMap> =
+            Api::namespaced(self.shared.client.clone(), &namespace);
+        let mut config_maps = HashMap::new();
+        for config_map in volumes::config_map_names(&source) {
+            match config_maps_api.get_opt(&config_map).await {
+                Ok(Some(found)) => {
+                    config_maps.insert(config_map, found);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(format!(
+                        "could not read configmap \"{config_map}\": {error}"
+                    ));
+                }
+            }
+        }
+        let files = volumes::projected_files(pod, &source, token.as_deref(), &config_maps)?;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = self
+            .shared
+            .config
+            .root_dir
+            .join("pods")
+            .join(&uid)
+            .join("volumes/kubernetes.io~projected")
+            .join(name);
+        write_volume(&self.shared.config.root_dir, &dir, &files)
+            .map_err(|error| format!("cannot write the volume's files: {error}"))?;
+        self.projected.insert(name.to_owned(), dir.clone());
+        Ok(dir)
+    }
+
+    async fn request_token(
+        &self,
+        pod: &Pod,
+        namespace: &str,
+        requested: &volumes::TokenSource,
+    ) -> Result<String, String> {
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.service_account_name.clone())
+            .unwrap_or_else(|| "default".to_owned());
+        let api: Api<ServiceAccount> = Api::namespaced(self.shared.client.clone(), namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: requested.audience.clone().into_iter().collect(),
+                expiration_seconds: Some(requested.expiration_seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".to_owned()),
+                    kind: Some("Pod".to_owned()),
+                    name: Some(pod.name_any()),
+                    uid: pod.metadata.uid.clone(),
+                }),
+            },
+            ..TokenRequest::default()
+        };
+        let answer = api
+            .create_token_request(&account, &kube::api::PostParams::default(), &request)
+            .await
+            .map_err(|error| match error {
+                kube::Error::Api(status) => format!("failed to fetch token: {}", status.message),
+                other => format!("failed to fetch token: {other}"),
+            })?;
+        answer
+            .status
+            .map(|status| status.token)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| "failed to fetch token: the answer holds no token".to_owned())
     }
 
     fn launch(
@@ -792,6 +950,7 @@ impl PodWorker {
                 .and_then(|context| context.read_only_root_filesystem)
                 .unwrap_or(false),
             tmpfs,
+            binds: Vec::new(),
             cap_drop: security
                 .and_then(|context| context.capabilities.as_ref())
                 .and_then(|capabilities| capabilities.drop.clone())
@@ -1111,6 +1270,9 @@ impl PodWorker {
         }
         // Remove every instance of this pod, previous ones included.
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !uid.is_empty() {
+            let _ = std::fs::remove_dir_all(self.shared.config.root_dir.join("pods").join(&uid));
+        }
         if let Ok(all) = docker
             .list(&[
                 (LABEL_UID, uid.as_str()),
@@ -1139,6 +1301,38 @@ impl PodWorker {
             }
         }
     }
+}
+
+/// Writes a projected volume's files into `dir` (created 0755, under `root`, which is made
+/// private: only the volume directories themselves are what containers see).
+fn write_volume(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    files: &[volumes::ProjectedFile],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for file in files {
+        let path = dir.join(&file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)?;
+        }
+        std::fs::write(&path, &file.content)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))?;
+    }
+    Ok(())
 }
 
 fn trackers(spec: &Container, started: Instant) -> Vec<ProbeTracker> {
