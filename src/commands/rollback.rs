@@ -70,6 +70,16 @@ pub async fn run(args: RollbackArgs, global: &GlobalSettings, output: &Output) -
     let held =
         support::take_lock(&client, &environment, "rollback", audit.as_ref(), output).await?;
     let held = support::require_kill_switch_off(held, &client, &environment, &[&component]).await?;
+    // The plan was read before the Lease: read it again under it, and act only on what was shown.
+    let reread = execute::read_plan(&client, &environment, &component, mode, &helm).await;
+    if let Err(error) = reread.and_then(|(now, _)| plan::still_current(&plan, &now)) {
+        if let Err(problem) = held.release().await {
+            output.warn(format!(
+                "the deploy lock was not released cleanly: {problem}"
+            ));
+        }
+        return Err(error);
+    }
     let backend = KubeRollback {
         client: &client,
         environment: &environment,

@@ -53,7 +53,7 @@ pub enum Step {
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RollbackPlan {
     pub component: String,
     pub release: String,
@@ -395,6 +395,26 @@ pub fn audit_note(
     }
 }
 
+/// Refuses to act on a plan the release has moved away from: `shown` was read (and shown, and
+/// confirmed) before the deploy Lease was taken, `now` was read again under it. Another
+/// operator's deploy or rollback in between would make `shown` roll back over their change.
+/// Pure.
+pub fn still_current(shown: &RollbackPlan, now: &RollbackPlan) -> Result<(), CommandError> {
+    if shown == now {
+        return Ok(());
+    }
+    let revision = |r: Option<u32>| r.map_or_else(|| "-".to_owned(), |r| r.to_string());
+    Err(CommandError::usage(anyhow::anyhow!(
+        "the release `{}` changed while the deploy lock was being taken: the plan shown went from revision {} to {}, the release now plans {} to {}; nothing was changed",
+        shown.release,
+        revision(shown.current_revision),
+        revision(shown.target_revision),
+        revision(now.current_revision),
+        revision(now.target_revision),
+    ))
+    .hint("another operator deployed or rolled back meanwhile: `psctl history` shows what runs now; run the rollback again to see its new plan"))
+}
+
 /// The command's result once the rollback rolled out: the verification's exit status, with
 /// an error that says what did not recover. Pure.
 pub fn verdict(
@@ -457,6 +477,46 @@ pub(crate) mod tests {
         assert!(
             matches!(&plan.steps[0], Step::Helm { command, .. } if command.starts_with("helm rollback problemsolver-webhook 1 "))
         );
+    }
+
+    #[test]
+    fn a_plan_the_release_moved_away_from_is_refused_under_the_lease() {
+        let shown = helm_plan(
+            &component(),
+            &[rev(1, Superseded), rev(2, Superseded), rev(3, Deployed)],
+            None,
+            &helm(),
+        )
+        .unwrap();
+        let same = helm_plan(
+            &component(),
+            &[rev(1, Superseded), rev(2, Superseded), rev(3, Deployed)],
+            None,
+            &helm(),
+        )
+        .unwrap();
+        assert!(still_current(&shown, &same).is_ok());
+        // Another operator deployed revision 4 between the plan and the Lease: rolling back to
+        // 2 now would undo their deploy, not the one the operator saw.
+        let moved = helm_plan(
+            &component(),
+            &[
+                rev(1, Superseded),
+                rev(2, Superseded),
+                rev(3, Superseded),
+                rev(4, Deployed),
+            ],
+            None,
+            &helm(),
+        )
+        .unwrap();
+        let error = still_current(&shown, &moved).unwrap_err();
+        assert_eq!(error.status(), ExitStatus::Usage);
+        assert_eq!(
+            error.error().to_string(),
+            "the release `problemsolver-webhook` changed while the deploy lock was being taken: the plan shown went from revision 3 to 2, the release now plans 4 to 3; nothing was changed"
+        );
+        assert!(error.hints()[0].contains("psctl history"));
     }
 
     #[test]
