@@ -61,6 +61,30 @@ async fn template_tag(sandbox: &Sandbox) -> String {
     tag_of(&image).to_owned()
 }
 
+/// After a failed deploy of `bad` over the sandbox's tag: the webhook's history is revision 1,
+/// the failed revision 2 and revision 3 back on the sandbox's tag, and that tag serves again
+/// (template, replicas, every pod).
+async fn rolled_back_and_serving(sandbox: &Sandbox, config: &Path, bad: &str) {
+    assert_eq!(
+        history(sandbox, config, "webhook"),
+        [
+            revision(1, "superseded", &sandbox.tag),
+            revision(2, "superseded", bad),
+            revision(3, "deployed", &sandbox.tag),
+        ]
+    );
+    wait_serving(
+        &sandbox.admin,
+        &sandbox.namespace,
+        WEBHOOK_DEPLOYMENT,
+        WEBHOOK_SELECTOR,
+        &sandbox.tag,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|reason| panic!("the previous revision is not serving: {reason}"));
+}
+
 #[tokio::test]
 async fn a_crashing_release_is_caught_explained_and_the_previous_revision_serves_again() {
     let sandbox = &Sandbox::services("deploy-crash").await;
@@ -129,24 +153,7 @@ async fn a_crashing_release_is_caught_explained_and_the_previous_revision_serves
     );
 
     // The previous revision is deployed again and serving: template, replicas, every pod.
-    assert_eq!(
-        history(sandbox, &config, "webhook"),
-        [
-            revision(1, "superseded", &sandbox.tag),
-            revision(2, "superseded", &crashes),
-            revision(3, "deployed", &sandbox.tag),
-        ]
-    );
-    wait_serving(
-        &sandbox.admin,
-        &sandbox.namespace,
-        WEBHOOK_DEPLOYMENT,
-        WEBHOOK_SELECTOR,
-        &sandbox.tag,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap_or_else(|reason| panic!("the previous revision is not serving: {reason}"));
+    rolled_back_and_serving(sandbox, &config, &crashes).await;
     // The poller was not part of the deploy and was not touched.
     assert_eq!(
         history(sandbox, &config, "poller"),
@@ -206,24 +213,7 @@ async fn a_release_that_crashes_after_it_served_is_caught_by_the_hold_and_rolled
         stderr.contains("supervisor: the service ran 20s; exiting 1"),
         "{stderr}"
     );
-    assert_eq!(
-        history(sandbox, &config, "webhook"),
-        [
-            revision(1, "superseded", &sandbox.tag),
-            revision(2, "superseded", &crashes),
-            revision(3, "deployed", &sandbox.tag),
-        ]
-    );
-    wait_serving(
-        &sandbox.admin,
-        &sandbox.namespace,
-        WEBHOOK_DEPLOYMENT,
-        WEBHOOK_SELECTOR,
-        &sandbox.tag,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap_or_else(|reason| panic!("the previous revision is not serving: {reason}"));
+    rolled_back_and_serving(sandbox, &config, &crashes).await;
 }
 
 #[tokio::test]

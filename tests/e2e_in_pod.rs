@@ -22,6 +22,7 @@ use kube::api::{Api, LogParams, PostParams};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use support::images::run;
 use support::sandbox::ENV;
 use support::{ROOT, Sandbox, images};
 
@@ -29,16 +30,6 @@ use support::{ROOT, Sandbox, images};
 const HELM_IN_IMAGE: &str = "/opt/psctl/bin/helm";
 const CHARTS_IN_IMAGE: &str = "/opt/psctl/charts";
 const CONFIG_DIR: &str = "/etc/psctl";
-
-fn run(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// The sandbox's `helm` (psctl.yaml's `helm:`) and its engine library (`<bin>/../lib`).
 fn sandbox_helm(sandbox: &Sandbox) -> (PathBuf, PathBuf) {
