@@ -1266,22 +1266,26 @@ async fn replicas(sandbox: &Sandbox, name: &str) -> Option<i32> {
         .and_then(|d| d.spec?.replicas)
 }
 
+/// The webhook with two stable replicas, so the 50 % step is one canary and one stable, and a
+/// long bake, so a run is still baking whatever the cases take.
+fn canary_config(sandbox: &Sandbox, name: &str) -> PathBuf {
+    sandbox.config(name, |environment| {
+        let webhook = &mut environment["components"]["webhook"];
+        webhook["values"]["replicaCount"] = 2.into();
+        webhook["values"]["allowInsecureTargets"] = true.into();
+        webhook["canary"] = serde_json::json!({
+            "deployment": CANARY,
+            "steps": [50, 100],
+            "bake": "20m",
+            "interval": "5s",
+        });
+    })
+}
+
 async fn canary(matrix: &mut Matrix) {
     {
         let sandbox = &Sandbox::services("faults-canary").await;
-        // Two stable replicas, so the 50 % step is one canary and one stable; a long bake, so
-        // the run is still baking whatever the cases take.
-        let config = sandbox.config("canary", |environment| {
-            let webhook = &mut environment["components"]["webhook"];
-            webhook["values"]["replicaCount"] = 2.into();
-            webhook["values"]["allowInsecureTargets"] = true.into();
-            webhook["canary"] = serde_json::json!({
-                "deployment": CANARY,
-                "steps": [50, 100],
-                "bake": "20m",
-                "interval": "5s",
-            });
-        });
+        let config = canary_config(sandbox, "canary");
         sandbox.deploy(&config, &["webhook"]);
         let config = config.as_path();
         let tag = new_tag(sandbox, "canary").await;
@@ -1562,17 +1566,7 @@ fn tracks(status: &serde_json::Value) -> (i64, i64) {
 
 async fn canary_operations(matrix: &mut Matrix) {
     let sandbox = &Sandbox::services("faults-canary-ops").await;
-    let config = sandbox.config("canary-ops", |environment| {
-        let webhook = &mut environment["components"]["webhook"];
-        webhook["values"]["replicaCount"] = 2.into();
-        webhook["values"]["allowInsecureTargets"] = true.into();
-        webhook["canary"] = serde_json::json!({
-            "deployment": CANARY,
-            "steps": [50, 100],
-            "bake": "20m",
-            "interval": "5s",
-        });
-    });
+    let config = canary_config(sandbox, "canary-ops");
     sandbox.deploy(&config, &["webhook"]);
     let config = config.as_path();
     let namespace = sandbox.namespace.clone();
