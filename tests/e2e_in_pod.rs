@@ -130,7 +130,8 @@ fn psctl_image(sandbox: &Sandbox) -> String {
 
 /// The environment the pod runs with: the test's components, charts at their place in the
 /// image, the image repositories the kubelet pulls, and no kubeconfig, context, registry,
-/// Prometheus or database (none of them is reachable or wanted from the pod).
+/// Prometheus or database (none of them is reachable or wanted from the pod). No namespace
+/// either: psctl acts in the pod's own, which is the test's.
 fn in_pod_environment(sandbox: &Sandbox, host_config: &Path) -> Value {
     let text = std::fs::read_to_string(host_config).unwrap();
     let whole: Value = psctl::yaml::from_str(&text).unwrap();
@@ -139,6 +140,7 @@ fn in_pod_environment(sandbox: &Sandbox, host_config: &Path) -> Value {
     for key in [
         "kube_context",
         "kubeconfig",
+        "namespace",
         "registry",
         "prometheus_url",
         "database_url_env",
@@ -284,6 +286,10 @@ async fn psctl_in_a_pod_deploys_and_reports_as_its_service_account() {
     assert!(
         !log.contains("no kubeconfig"),
         "the deploy fell back to a kubeconfig:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("namespace: {}", sandbox.namespace)),
+        "the deploy acts in the pod's own namespace, which its psctl.yaml does not name:\n{log}"
     );
 
     // The release advanced, read as the test's own identity from the host.

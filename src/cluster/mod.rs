@@ -154,6 +154,30 @@ impl Surroundings {
     }
 }
 
+/// The namespace of the pod this process runs in, as client-go's in-cluster configuration reads
+/// it: `$POD_NAMESPACE` (set by the downward API) when not empty, else the ServiceAccount's
+/// `namespace` file. `None` outside a pod, or when neither says.
+pub fn pod_namespace() -> Option<String> {
+    if !Surroundings::probe().in_pod {
+        return None;
+    }
+    let file = std::fs::read_to_string(Path::new(SERVICE_ACCOUNT_DIR).join("namespace")).ok();
+    choose_pod_namespace(
+        std::env::var("POD_NAMESPACE").ok().as_deref(),
+        file.as_deref(),
+    )
+}
+
+/// [`pod_namespace`]'s choice from what it read. Pure.
+pub fn choose_pod_namespace(variable: Option<&str>, file: Option<&str>) -> Option<String> {
+    [variable, file]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|namespace| !namespace.is_empty())
+        .map(str::to_owned)
+}
+
 /// The environment's kubeconfig when configured; else, for an environment that names a
 /// `kube_context`, `$KUBECONFIG` or `~/.kube/config` (whose loading error says what is missing
 /// when neither exists); else, in a pod, the pod's ServiceAccount. A context is never looked
@@ -424,6 +448,24 @@ mod tests {
                 Source::File("/etc/psctl/kubeconfig".into())
             );
         }
+    }
+
+    #[test]
+    fn the_pod_namespace_is_the_downward_variable_then_the_service_account_file() {
+        assert_eq!(
+            choose_pod_namespace(Some("ci"), Some("payments\n")).as_deref(),
+            Some("ci")
+        );
+        assert_eq!(
+            choose_pod_namespace(Some(""), Some("payments\n")).as_deref(),
+            Some("payments")
+        );
+        assert_eq!(
+            choose_pod_namespace(None, Some("payments")).as_deref(),
+            Some("payments")
+        );
+        assert_eq!(choose_pod_namespace(None, Some("  \n")), None);
+        assert_eq!(choose_pod_namespace(None, None), None);
     }
 
     #[test]

@@ -522,8 +522,13 @@ fn validate_environment(
         None => String::new(),
         Some(context) => non_empty(context, &key("kube_context"), invalid)?,
     };
+    // No namespace: `default`, except for an environment meant for a pod (no context, no
+    // kubeconfig) run in one, which acts in the pod's own namespace as kubectl and Helm do there.
     let namespace = match namespace {
         Some(namespace) => check_dns_label(namespace, &key("namespace"), invalid)?,
+        None if kube_context.is_empty() && kubeconfig.is_none() => {
+            crate::cluster::pod_namespace().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+        }
         None => DEFAULT_NAMESPACE.to_owned(),
     };
     let secret = match secret {
