@@ -11,37 +11,18 @@ mod support;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use support::{Namespace, eventually, run_ok, sandbox};
+use support::{Namespace, eventually, sandbox};
 
 const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// busybox and the sandbox's kubectl on the base image.
 fn kubectl_image() -> String {
     let sandbox = sandbox();
-    let image = format!("{}/psctl-sandbox-test/kubectl:1", sandbox.registry);
-    let context = tempfile::tempdir().expect("temp dir");
-    std::fs::copy("/bin/busybox", context.path().join("busybox")).expect("busybox is installed");
-    std::fs::copy(&sandbox.kubectl, context.path().join("kubectl")).expect("kubectl");
-    std::fs::write(
-        context.path().join("Dockerfile"),
-        format!(
-            "FROM {}/psctl-base:bookworm\nCOPY busybox /bin/busybox\nCOPY kubectl /usr/local/bin/kubectl\nUSER 0\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nUSER 65532\n",
-            sandbox.registry
-        ),
+    sandbox.busybox_image_with(
+        "kubectl",
+        "1",
+        &[(sandbox.kubectl.as_path(), "/usr/local/bin/kubectl")],
     )
-    .expect("write Dockerfile");
-    run_ok(
-        "docker",
-        &[
-            "build",
-            "-q",
-            "-t",
-            &image,
-            &context.path().display().to_string(),
-        ],
-    );
-    run_ok("docker", &["push", "-q", &image]);
-    image
 }
 
 fn log(namespace: &Namespace<'_>, pod: &str) -> String {

@@ -164,8 +164,14 @@ impl Sandbox {
     /// A small image holding a static busybox on the sandbox base image, pushed to the sandbox
     /// registry as `<registry>/psctl-sandbox-test/busybox:<tag>`; built once per test binary.
     pub fn busybox_image(&self, tag: &str) -> String {
+        self.busybox_image_with("busybox", tag, &[])
+    }
+
+    /// [`Self::busybox_image`] with more files, each `(host path, absolute path in the image)`,
+    /// pushed as `<registry>/psctl-sandbox-test/<name>:<tag>`; built once per test binary.
+    pub fn busybox_image_with(&self, name: &str, tag: &str, files: &[(&Path, &str)]) -> String {
         static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        let image = format!("{}/psctl-sandbox-test/busybox:{tag}", self.registry);
+        let image = format!("{}/psctl-sandbox-test/{name}:{tag}", self.registry);
         let mut built = BUILT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -175,10 +181,17 @@ impl Sandbox {
         let context = tempfile::tempdir().expect("temp dir");
         std::fs::copy("/bin/busybox", context.path().join("busybox"))
             .expect("busybox is installed (Debian package busybox)");
+        let mut copies = String::new();
+        for (index, (host, inside)) in files.iter().enumerate() {
+            let staged = format!("file-{index}");
+            std::fs::copy(host, context.path().join(&staged))
+                .unwrap_or_else(|e| panic!("copy {} into the image: {e}", host.display()));
+            copies.push_str(&format!("COPY {staged} {inside}\n"));
+        }
         std::fs::write(
             context.path().join("Dockerfile"),
             format!(
-                "FROM {}/psctl-base:bookworm\nCOPY busybox /bin/busybox\nUSER 0\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nUSER 65532\nLABEL tag={tag}\n",
+                "FROM {}/psctl-base:bookworm\nCOPY busybox /bin/busybox\n{copies}USER 0\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nUSER 65532\nLABEL tag={tag}\n",
                 self.registry
             ),
         )
