@@ -378,7 +378,11 @@ impl State {
         }
         apply_defaults(&info.kind, &info.group, object, &mut || {
             self.allocate_cluster_ip()
-        })
+        })?;
+        match old {
+            Some(old) => crate::immutable::check(&info.kind, &info.group, old, object),
+            None => Ok(()),
+        }
     }
 
     fn after_create_status(info: &ResourceInfo, object: &mut Value) {

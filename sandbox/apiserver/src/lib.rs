@@ -27,6 +27,7 @@ pub mod discovery;
 pub mod event_versions;
 pub mod faults;
 pub mod handlers;
+pub mod immutable;
 pub mod managed;
 pub mod paging;
 pub mod patch;

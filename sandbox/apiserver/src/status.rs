@@ -95,6 +95,14 @@ impl ApiError {
         }
     }
 
+    /// 422 whose message and details (several causes, say) the caller has put together.
+    pub fn invalid_with(message: String, details: serde_json::Value) -> Self {
+        Self {
+            details: Some(details),
+            ..Self::new(422, "Invalid", message)
+        }
+    }
+
     /// 422 for an object that fails validation.
     pub fn invalid(kind: &str, group: &str, name: &str, field: &str, problem: &str) -> Self {
         let mut details = json!({

@@ -969,3 +969,128 @@ async fn namespace_deletion_removes_its_contents() {
     );
     test.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn immutable_fields_refuse_every_kind_of_write() {
+    let test = common::start().await;
+    common::namespace(&test.client, "fixed").await;
+    let api: Api<Deployment> = Api::namespaced(test.client.clone(), "fixed");
+    api.create(&PostParams::default(), &deployment("web", "web:1"))
+        .await
+        .expect("created");
+    let refused_selector = |status: &kube::core::Status| {
+        status.code == 422
+            && status.reason == "Invalid"
+            && status.message.starts_with(
+                "Deployment.apps \"web\" is invalid: spec.selector: Invalid value: v1.LabelSelector{",
+            )
+            && status.message.ends_with(": field is immutable")
+    };
+
+    // A replacement (PUT), a merge patch and a server-side apply that change the selector (and
+    // the template's labels with it, so that the selector still matches them).
+    let mut replaced = api.get("web").await.unwrap();
+    let spec = replaced.spec.as_mut().unwrap();
+    spec.selector =
+        serde_json::from_value(json!({"matchLabels": {"app": "web", "version": "2"}})).unwrap();
+    spec.template.metadata.as_mut().unwrap().labels =
+        serde_json::from_value(json!({"app": "web", "version": "2"})).unwrap();
+    let status = api_error(
+        api.replace("web", &PostParams::default(), &replaced)
+            .await
+            .unwrap_err(),
+    );
+    assert!(refused_selector(&status), "{status:?}");
+    let status = api_error(
+        api.patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "selector": {"matchLabels": {"tier": "x"}},
+                "template": {"metadata": {"labels": {"tier": "x"}}},
+            }})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(refused_selector(&status), "{status:?}");
+    let mut applied = serde_json::to_value(deployment("web", "web:2")).unwrap();
+    applied["apiVersion"] = json!("apps/v1");
+    applied["kind"] = json!("Deployment");
+    applied["spec"]["selector"]["matchLabels"]["version"] = json!("2");
+    applied["spec"]["template"]["metadata"]["labels"]["version"] = json!("2");
+    let status = api_error(
+        api.patch(
+            "web",
+            &PatchParams::apply("chart").force(),
+            &Patch::Apply(applied),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(refused_selector(&status), "{status:?}");
+    // Nothing was written, and the fields that may change still do.
+    let unchanged = api.get("web").await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&unchanged.spec.as_ref().unwrap().selector).unwrap(),
+        json!({"matchLabels": {"app": "web"}})
+    );
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "app", "image": "web:2"}]}}}})),
+    )
+    .await
+    .expect("replicas and the template may change");
+
+    // A Secret marked immutable keeps its data; no Secret changes its type.
+    let secrets: Api<Secret> = Api::namespaced(test.client.clone(), "fixed");
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "pinned"}, "immutable": true,
+                "stringData": {"token": "first"}}))
+            .unwrap(),
+        )
+        .await
+        .expect("created");
+    let status = api_error(
+        secrets
+            .patch(
+                "pinned",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"stringData": {"token": "second"}})),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status.code, 422, "{status:?}");
+    assert_eq!(
+        status.message,
+        "Secret \"pinned\" is invalid: data: Forbidden: field is immutable when `immutable` is set"
+    );
+    let status = api_error(
+        secrets
+            .patch(
+                "pinned",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"type": "kubernetes.io/basic-auth"})),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        status
+            .message
+            .contains("type: Invalid value: \"kubernetes.io/basic-auth\": field is immutable"),
+        "{status:?}"
+    );
+    secrets
+        .patch(
+            "pinned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"owner": "ops"}}})),
+        )
+        .await
+        .expect("metadata of an immutable Secret may change");
+}
