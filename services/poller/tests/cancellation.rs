@@ -3,6 +3,9 @@
 //! back outside any transaction, what the poller writes next commits, and the pool hands out a
 //! connection at once.
 //!
+//! Whatever the cause, a pooled session left inside a transaction is ended by the server after
+//! the pool's idle-in-transaction timeout, so its row locks cannot stall the next cycle for good.
+//!
 //! The cancellation is placed deterministically: the work is polled one step at a time and
 //! dropped when the server shows its session has run `BEGIN` while the client has not read the
 //! answer yet (the window a timeout hits when the database is slow). sqlx 0.9.0 returned such a
@@ -16,9 +19,15 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use problemsolver_core::db::{self, PoolConfig};
+use problemsolver_core::http::Shutdown;
 use problemsolver_core::testing::TestDb;
-use problemsolver_poller::store;
+use problemsolver_poller::service::CycleError;
+use problemsolver_poller::store::{self, DEPOSITS_CHECKPOINT};
 use sqlx::{Connection, PgConnection};
+
+mod support;
+use support::*;
 
 /// A session of the pool as the server sees it.
 #[derive(Debug)]
@@ -158,5 +167,124 @@ async fn work_dropped_inside_begin_leaves_no_transaction_open_on_the_pool() {
     );
 
     observer.close().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_session_left_inside_a_transaction_is_ended_and_its_locks_released() {
+    let db = TestDb::new("abandoned_transaction").await;
+    // The services' pool, with the abandoned-transaction bound shortened for the test.
+    let config = PoolConfig {
+        max_connections: 1,
+        idle_in_transaction_timeout: Some(Duration::from_secs(1)),
+        ..PoolConfig::default()
+    };
+    let pool = db::connect(&db.url(), &config).await.unwrap();
+    let at = DateTime::<Utc>::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    store::save_checkpoint(&pool, DEPOSITS_CHECKPOINT, at, at)
+        .await
+        .unwrap();
+
+    // A transaction the client lost track of (sqlx does not see a BEGIN sent as a plain
+    // statement), holding the checkpoint row, goes back to the pool.
+    let mut connection = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM poller_checkpoint WHERE name = $1 FOR UPDATE")
+        .bind(DEPOSITS_CHECKPOINT)
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    drop(connection);
+
+    // Another writer of that row (another pool) gets it once the server ends the abandoned
+    // session.
+    let started = Instant::now();
+    let written = tokio::time::timeout(
+        Duration::from_secs(10),
+        store::save_checkpoint(&db.pool, DEPOSITS_CHECKPOINT, at, at),
+    )
+    .await;
+    let mut observer = PgConnection::connect(db.url().expose()).await.unwrap();
+    let sessions = pool_sessions(&mut observer).await;
+    assert!(
+        matches!(written, Ok(Ok(()))),
+        "the checkpoint row stayed locked by the abandoned transaction ({written:?} after {:?}; sessions: {sessions:?})",
+        started.elapsed()
+    );
+    assert!(
+        !sessions.iter().any(in_transaction),
+        "the abandoned session is still there: {sessions:?}"
+    );
+    // The pool replaces the ended session: the poller's next write goes through and commits.
+    let later = at + chrono::Duration::seconds(1);
+    store::save_checkpoint(&pool, DEPOSITS_CHECKPOINT, later, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        store::load_checkpoint(&db.pool, DEPOSITS_CHECKPOINT)
+            .await
+            .unwrap(),
+        Some(later)
+    );
+
+    pool.close().await;
+    observer.close().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_that_gets_no_pool_connection_says_so() {
+    let db = TestDb::new("pool_exhausted").await;
+    let stub = stub().await;
+    let config = PoolConfig {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(1),
+        ..PoolConfig::default()
+    };
+    let pool = db::connect(&db.url(), &config).await.unwrap();
+    let (mut poller, _metrics, readiness, registry) =
+        poller_on_pool(&db, pool.clone(), &stub.base_url(), settings());
+    // Every connection is taken (as connections stuck in a release would be).
+    let held = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+
+    let outcome = poller.cycle(&Shutdown::new()).await;
+    match &outcome {
+        Err(
+            error @ CycleError::PoolExhausted {
+                open: 2,
+                idle: 0,
+                max: 2,
+            },
+        ) => assert!(
+            error
+                .to_string()
+                .contains("deposits are not being credited"),
+            "{error}"
+        ),
+        other => panic!("expected the pool's exhaustion, got {other:?}"),
+    }
+    let reason = readiness.state().unwrap_err();
+    assert!(reason.contains("2 connections open, 0 idle"), "{reason}");
+    let text = metrics_text(&registry);
+    assert!(
+        text.contains("problemsolver_poller_consecutive_errors 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("problemsolver_deposits_errors_total 1"),
+        "{text}"
+    );
+
+    // Connections back: the next cycle leads.
+    drop(held);
+    assert!(matches!(
+        poller.cycle(&Shutdown::new()).await,
+        Ok(problemsolver_poller::service::CycleOutcome::Led(_))
+    ));
+    poller.shutdown().await;
+    pool.close().await;
     db.drop_db().await;
 }
