@@ -121,6 +121,9 @@ async fn lead_once(poller: &mut Poller, shutdown: &Shutdown, db: &TestDb) {
     );
 }
 
+/// `(pid, application, state, transaction age, wait event, blocking pids, last statement)`.
+type SessionRow = (i32, String, String, String, String, Vec<i32>, String);
+
 /// What every other session of the test database is doing, read over a connection of its own
 /// (the pool may be the thing that is stuck): state, transaction age, what it waits for and on
 /// whom, and its last statement.
@@ -128,7 +131,7 @@ async fn sessions(db: &TestDb) -> String {
     use sqlx::Connection;
     let read = async {
         let mut connection = sqlx::PgConnection::connect(db.url().expose()).await?;
-        let rows: Vec<(i32, String, String, String, String, Vec<i32>, String)> = sqlx::query_as(
+        let rows: Vec<SessionRow> = sqlx::query_as(
             "SELECT pid, coalesce(application_name, ''), coalesce(state, ''),
                     coalesce(round(extract(epoch FROM now() - xact_start)::numeric, 1)::text || ' s', '-'),
                     coalesce(wait_event_type || '/' || wait_event, '-'),
