@@ -31,6 +31,12 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Upper bound for any single statement (server-side `statement_timeout`); `None` leaves it.
     pub statement_timeout: Option<Duration>,
+    /// How long the server keeps a session that sits inside a transaction with nothing running
+    /// (server-side `idle_in_transaction_session_timeout`); `None` leaves it. Our transactions
+    /// never wait on anything but their own statements, so a session idle that long inside one
+    /// was lost track of by its client (a cancelled future, a driver bug): ending it releases
+    /// its row locks, which would otherwise stall every writer of those rows for good.
+    pub idle_in_transaction_timeout: Option<Duration>,
     pub application_name: String,
 }
 
@@ -41,6 +47,7 @@ impl Default for PoolConfig {
             acquire_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             statement_timeout: Some(Duration::from_secs(60)),
+            idle_in_transaction_timeout: Some(Duration::from_secs(60)),
             application_name: "problemsolver".to_owned(),
         }
     }
@@ -62,9 +69,7 @@ pub fn connect_options(url: &Secret<String>) -> Result<PgConnectOptions, DbError
 /// Connects a pool and checks one connection works.
 pub async fn connect(url: &Secret<String>, config: &PoolConfig) -> Result<PgPool, DbError> {
     let mut options = connect_options(url)?.application_name(&config.application_name);
-    if let Some(timeout) = config.statement_timeout {
-        options = options.options([("statement_timeout", format!("{}", timeout.as_millis()))]);
-    }
+    options = options.options(session_parameters(config));
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
@@ -72,6 +77,20 @@ pub async fn connect(url: &Secret<String>, config: &PoolConfig) -> Result<PgPool
         .connect_with(options)
         .await
         .map_err(DbError::Connect)
+}
+
+/// The server-side settings every pool session starts with.
+pub fn session_parameters(config: &PoolConfig) -> Vec<(&'static str, String)> {
+    [
+        ("statement_timeout", config.statement_timeout),
+        (
+            "idle_in_transaction_session_timeout",
+            config.idle_in_transaction_timeout,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, timeout)| timeout.map(|t| (name, t.as_millis().max(1).to_string())))
+    .collect()
 }
 
 /// Applies every pending migration.
@@ -101,6 +120,23 @@ mod tests {
         .to_string();
         assert!(!error.contains("s3cr3t"), "{error}");
         assert!(error.contains("DATABASE_URL"), "{error}");
+    }
+
+    #[test]
+    fn sessions_bound_statements_and_abandoned_transactions() {
+        assert_eq!(
+            session_parameters(&PoolConfig::default()),
+            vec![
+                ("statement_timeout", "60000".to_owned()),
+                ("idle_in_transaction_session_timeout", "60000".to_owned()),
+            ]
+        );
+        let unbounded = PoolConfig {
+            statement_timeout: None,
+            idle_in_transaction_timeout: None,
+            ..PoolConfig::default()
+        };
+        assert!(session_parameters(&unbounded).is_empty());
     }
 
     #[test]

@@ -119,7 +119,10 @@ impl Leadership {
         let mut held = self.held.lock().await;
         let result = match tokio::time::timeout(probe, self.refresh_inner(&mut held)).await {
             Ok(result) => result,
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the lock session did not answer within {probe:?}"),
+            ))),
         };
         match result {
             Ok(true) => {

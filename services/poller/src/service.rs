@@ -22,6 +22,12 @@ use crate::window;
 pub enum CycleError {
     #[error("database unreachable: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database may answer, but every connection of the pool stayed busy (or stuck) for the
+    /// pool's whole acquire timeout.
+    #[error(
+        "no free connection in the database pool ({open} open of at most {max}, {idle} idle): the cycle stopped and deposits are not being credited"
+    )]
+    PoolExhausted { open: u32, idle: usize, max: u32 },
     #[error(transparent)]
     Binance(#[from] BinanceError),
     #[error("Binance asked us to back off; {0:?} left")]
@@ -127,15 +133,27 @@ impl Poller {
         if problemsolver_core::db::ping(&self.pool, Duration::from_secs(5)).await {
             self.readiness.set_ready();
         } else {
-            self.readiness
-                .set_not_ready("database unreachable from the pool");
+            self.readiness.set_not_ready(format!(
+                "database unreachable from the pool ({} connections open, {} idle)",
+                self.pool.size(),
+                self.pool.num_idle()
+            ));
         }
         if !leader {
             return Ok(CycleOutcome::Standby);
         }
         let started = Instant::now();
         let mut report = CycleReport::default();
-        let result = self.lead(&mut report, shutdown).await;
+        let result = match self.lead(&mut report, shutdown).await {
+            Err(CycleError::Database(sqlx::Error::PoolTimedOut)) => {
+                Err(CycleError::PoolExhausted {
+                    open: self.pool.size(),
+                    idle: self.pool.num_idle(),
+                    max: self.pool.options().get_max_connections(),
+                })
+            }
+            other => other,
+        };
         self.metrics
             .poll_duration
             .observe(started.elapsed().as_secs_f64());
@@ -463,6 +481,9 @@ impl Poller {
                     collisions = report.collisions,
                     "cycle complete"
                 ),
+                Err(error @ CycleError::PoolExhausted { .. }) => {
+                    tracing::error!(consecutive_errors = self.consecutive_errors, %error, "cycle failed")
+                }
                 Err(error) => {
                     tracing::warn!(consecutive_errors = self.consecutive_errors, %error, "cycle failed")
                 }

@@ -6,13 +6,16 @@
 //! restarted, and killed mid-cycle, at random points. Afterwards every deposit's outcome is
 //! compared with an oracle computed from the script alone, and the money adds up.
 //!
-//! The seed is printed; `LIFECYCLE_SEED=N` replays a run.
+//! The seed is printed; `LIFECYCLE_SEED=N` replays a run. `LIFECYCLE_KILL_PERCENT=P` (default
+//! 4, at most 94) kills the poller mid-cycle in P of every 100 cycles instead, to hunt for
+//! cancellation bugs; a replay needs the same value.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use problemsolver_core::http::Shutdown;
 use problemsolver_core::money::Decimal;
+use problemsolver_core::testing::TestDb;
 use problemsolver_poller::config::Settings;
 use problemsolver_poller::service::{CycleOutcome, Poller};
 use problemsolver_poller::store::{self, ReconcileMark};
@@ -74,30 +77,87 @@ fn settings() -> Settings {
 }
 
 /// Runs cycles until one leads (a restarted poller may see the old session's lock for a moment).
-/// A cycle that takes over a minute, or 200 that do not lead, fail the run with what was seen
-/// (the last error and the pool's state), instead of running into the harness's timeout
-/// without a word: that happened twice under a loaded CI machine and never alone.
-async fn lead_once(poller: &mut Poller, shutdown: &Shutdown, pool: &sqlx::PgPool) {
+/// A cycle that takes over a minute, or two minutes or 200 cycles without leading, fail the run
+/// with what was seen: the last outcome, the pool's state and what every session of the test
+/// database is doing (and waiting for). A run that hung under a loaded CI machine once ran into
+/// the harness's 600 s timeout without a word: 200 cycles, each waiting out the pool's
+/// `acquire_timeout`, add up to more than that.
+async fn lead_once(poller: &mut Poller, shutdown: &Shutdown, db: &TestDb) {
+    let started = std::time::Instant::now();
     let mut last = String::from("standby");
     for attempt in 0..200 {
         let cycle = tokio::time::timeout(Duration::from_secs(60), poller.cycle(shutdown)).await;
-        match cycle {
+        let stalled = match cycle {
             Ok(Ok(CycleOutcome::Led(_))) => return,
-            Ok(Ok(CycleOutcome::Standby)) => last = "standby".to_owned(),
-            Ok(Err(error)) => last = format!("error: {error}"),
-            Err(_) => panic!(
-                "a poller cycle did not finish within 60 s (attempt {attempt}, last outcome {last}; pool: {} connections, {} idle)",
-                pool.size(),
-                pool.num_idle()
-            ),
+            Ok(Ok(CycleOutcome::Standby)) => {
+                last = "standby".to_owned();
+                None
+            }
+            Ok(Err(error)) => {
+                last = format!("error: {error}");
+                None
+            }
+            Err(_) => Some("a poller cycle did not finish within 60 s"),
+        };
+        let stalled = stalled.or_else(|| {
+            (started.elapsed() > Duration::from_secs(120))
+                .then_some("the poller did not lead within 120 s")
+        });
+        if let Some(what) = stalled {
+            panic!(
+                "{what} (attempt {attempt}, last outcome {last}; pool: {} connections, {} idle)\n{}",
+                db.pool.size(),
+                db.pool.num_idle(),
+                sessions(db).await
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!(
-        "the poller never led in 200 cycles (last outcome {last}; pool: {} connections, {} idle)",
-        pool.size(),
-        pool.num_idle()
+        "the poller never led in 200 cycles (last outcome {last}; pool: {} connections, {} idle)\n{}",
+        db.pool.size(),
+        db.pool.num_idle(),
+        sessions(db).await
     );
+}
+
+/// `(pid, application, state, transaction age, wait event, blocking pids, last statement)`.
+type SessionRow = (i32, String, String, String, String, Vec<i32>, String);
+
+/// What every other session of the test database is doing, read over a connection of its own
+/// (the pool may be the thing that is stuck): state, transaction age, what it waits for and on
+/// whom, and its last statement.
+async fn sessions(db: &TestDb) -> String {
+    use sqlx::Connection;
+    let read = async {
+        let mut connection = sqlx::PgConnection::connect(db.url().expose()).await?;
+        let rows: Vec<SessionRow> = sqlx::query_as(
+            "SELECT pid, coalesce(application_name, ''), coalesce(state, ''),
+                    coalesce(round(extract(epoch FROM now() - xact_start)::numeric, 1)::text || ' s', '-'),
+                    coalesce(wait_event_type || '/' || wait_event, '-'),
+                    pg_blocking_pids(pid), left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 100)
+               FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+              ORDER BY pid",
+        )
+        .fetch_all(&mut connection)
+        .await?;
+        let _ = connection.close().await;
+        Ok::<_, sqlx::Error>(rows)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(Ok(rows)) => rows
+            .into_iter()
+            .map(|(pid, application, state, transaction, wait, blocked_by, query)| {
+                format!(
+                    "session {pid} ({application}): {state}, transaction open {transaction}, waiting {wait}, blocked by {blocked_by:?}: {query}"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Ok(Err(error)) => format!("(the database's sessions could not be read: {error})"),
+        Err(_) => "(the database's sessions could not be read within 10 s)".to_owned(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +166,14 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
-    println!("lifecycle_simulation seed={seed} (replay: LIFECYCLE_SEED={seed})");
+    let kill_percent: u32 = std::env::var("LIFECYCLE_KILL_PERCENT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(4)
+        .min(94);
+    println!(
+        "lifecycle_simulation seed={seed} kill_percent={kill_percent} (replay: LIFECYCLE_SEED={seed} LIFECYCLE_KILL_PERCENT={kill_percent})"
+    );
     let mut rng = StdRng::seed_from_u64(seed);
     let mut h = harness("simulation", settings()).await;
     let pool = h.db.pool.clone();
@@ -304,22 +371,23 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
             }
         }
         let before = h.stub.requests().len();
-        match rng.random_range(0..100) {
+        let roll: u32 = rng.random_range(0..100);
+        match roll {
             0..6 => {
                 h.poller.shutdown().await;
                 h.poller = poller_for(&h.db, &h.stub.base_url(), settings()).0;
                 restarts += 1;
-                lead_once(&mut h.poller, &shutdown, &pool).await;
+                lead_once(&mut h.poller, &shutdown, &h.db).await;
             }
-            6..10 => {
+            _ if roll < 6 + kill_percent => {
                 // Killed mid-cycle: the future is dropped wherever it is, then a new process.
                 let budget = Duration::from_millis(rng.random_range(1..40));
                 let _ = tokio::time::timeout(budget, h.poller.cycle(&shutdown)).await;
                 h.poller = poller_for(&h.db, &h.stub.base_url(), settings()).0;
                 kills += 1;
-                lead_once(&mut h.poller, &shutdown, &pool).await;
+                lead_once(&mut h.poller, &shutdown, &h.db).await;
             }
-            _ => lead_once(&mut h.poller, &shutdown, &pool).await,
+            _ => lead_once(&mut h.poller, &shutdown, &h.db).await,
         }
         cycles += 1;
         max_requests = max_requests.max(h.stub.requests().len() - before);

@@ -72,6 +72,16 @@ pub fn poller_for(
     base: &str,
     settings: Settings,
 ) -> (Poller, Metrics, Readiness, Registry) {
+    poller_on_pool(db, db.pool.clone(), base, settings)
+}
+
+/// A poller over a pool of the test's own making (size, timeouts), on `db`.
+pub fn poller_on_pool(
+    db: &TestDb,
+    pool: PgPool,
+    base: &str,
+    settings: Settings,
+) -> (Poller, Metrics, Readiness, Registry) {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::new("starting");
@@ -84,7 +94,7 @@ pub fn poller_for(
     .unwrap();
     let leadership = Leadership::new(connect_options(&db.url()).unwrap(), POLLER_LOCK_KEY);
     let poller = Poller::new(
-        db.pool.clone(),
+        pool,
         client,
         leadership,
         metrics.clone(),
