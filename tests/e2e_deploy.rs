@@ -8,7 +8,9 @@
 //! rolled back so that the previous revision serves again; one that serves for 20 s and then
 //! crashes, after its rollout is complete, is caught by deploy's hold and rolled back too; `rollback --to-rev` returns to an
 //! explicit revision and refuses one that does not exist; a release left in `pending-upgrade`
-//! blocks deploys with the `--unstick` hint, and `rollback --unstick` recovers it; an identity
+//! blocks deploys with the `--unstick` hint, and `rollback --unstick` recovers it; a chart
+//! change to the Deployment's immutable selector is refused by the API server, explained with a
+//! hint and undone; an identity
 //! granted less than `psctl rbac` prints is refused before anything changes.
 
 mod support;
@@ -214,6 +216,85 @@ async fn a_release_that_crashes_after_it_served_is_caught_by_the_hold_and_rolled
         "{stderr}"
     );
     rolled_back_and_serving(sandbox, &config, &crashes).await;
+}
+
+#[tokio::test]
+async fn a_chart_change_to_an_immutable_selector_is_refused_explained_and_undone() {
+    let sandbox = &Sandbox::services("deploy-immutable").await;
+    let config = sandbox.config("immutable", |_| {});
+    sandbox.deploy(&config, &["webhook"]);
+    let selector = || async {
+        let deployment = Api::<Deployment>::namespaced(sandbox.admin.clone(), &sandbox.namespace)
+            .get(WEBHOOK_DEPLOYMENT)
+            .await
+            .unwrap();
+        serde_json::to_value(deployment.spec.unwrap().selector).unwrap()
+    };
+    let before = selector().await;
+
+    // The chart's `appLabel` value is part of the Deployment's selector, which the API server
+    // refuses to change once the Deployment exists.
+    let relabelled = sandbox.config("relabelled", |environment| {
+        environment["components"]["webhook"]["values"]["appLabel"] =
+            serde_json::json!("problemsolver-webhook-v2");
+    });
+    let (code, stdout, stderr) = sandbox.psctl(
+        &relabelled,
+        &[
+            "deploy",
+            "--component",
+            "webhook",
+            "--tag",
+            &sandbox.tag,
+            "--timeout",
+            "3m",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.lines().any(|l| l
+            .trim_start()
+            .starts_with("FAIL helm upgrade problemsolver-webhook")),
+        "no FAIL helm upgrade line:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.selector: Invalid value: v1.LabelSelector{")
+            && stderr.contains("field is immutable"),
+        "the API server's refusal is shown:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "hint: the chart changes a field Kubernetes fixes when the object is created"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("undone: previous revisions restored"),
+        "{stderr}"
+    );
+
+    // Nothing of the refused change stuck: the selector is the old one, the revision after the
+    // refused one is deployed on the same tag, and the previous pods serve.
+    assert_eq!(selector().await, before);
+    let revisions = history(sandbox, &config, "webhook");
+    assert_eq!(revisions.len(), 3, "{revisions:?}");
+    assert_eq!(
+        revisions[2],
+        revision(3, "deployed", &sandbox.tag),
+        "{revisions:?}"
+    );
+    wait_serving(
+        &sandbox.admin,
+        &sandbox.namespace,
+        WEBHOOK_DEPLOYMENT,
+        WEBHOOK_SELECTOR,
+        &sandbox.tag,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|reason| panic!("the previous revision is not serving: {reason}"));
 }
 
 #[tokio::test]

@@ -220,6 +220,9 @@ impl DeployBackend for KubeDeploy<'_> {
                 &format!("helm upgrade {}", step.release),
                 &error.to_string(),
             );
+            for hint in crate::error::Classify::hints(&error) {
+                self.output.info(format!("  hint: {hint}"));
+            }
             error.to_string()
         })
     }

@@ -344,9 +344,21 @@ impl Classify for HelmError {
             Self::Spawn { .. } => {
                 vec!["set `helm:` in psctl.yaml, or `$HELM`, or put `helm` on PATH".to_owned()]
             }
+            Self::Failed { stderr, .. } if refused_as_immutable(stderr) => vec![
+                "the chart changes a field Kubernetes fixes when the object is created (a workload's `spec.selector`, a StatefulSet's spec, a Job's template, a Secret's type, a Service's cluster IP): keep the old value in the chart or its values; to change it, delete the object and deploy again in a maintenance window (psctl never deletes it for you)".to_owned(),
+            ],
             _ => Vec::new(),
         }
     }
+}
+
+/// Whether Helm's error is the API server refusing to change an immutable field, in the words
+/// kube-apiserver's validation uses.
+fn refused_as_immutable(stderr: &str) -> bool {
+    stderr.contains(": field is immutable")
+        || stderr.contains(": may not change once set")
+        || (stderr.contains("updates to statefulset spec for fields other than")
+            && stderr.contains("are forbidden"))
 }
 
 /// How Helm reaches the environment's cluster.
@@ -558,6 +570,33 @@ mod tests {
         assert_eq!(
             target().uninstall("r").args[..2],
             ["uninstall".to_owned(), "r".to_owned()]
+        );
+    }
+
+    #[test]
+    fn an_immutable_field_refusal_gets_its_hint_and_other_failures_none() {
+        let failed = |stderr: &str| HelmError::Failed {
+            command: "helm upgrade".to_owned(),
+            status: Some(1),
+            stderr: stderr.to_owned(),
+        };
+        let selector = failed(
+            "Error: UPGRADE FAILED: cannot patch \"web\" with kind Deployment: Deployment.apps \"web\" is invalid: spec.selector: Invalid value: v1.LabelSelector{MatchLabels:map[string]string{\"app\":\"x\"}, MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable",
+        );
+        assert!(selector.hints()[0].contains("spec.selector"));
+        assert_eq!(selector.exit_status(), ExitStatus::VerificationFailed);
+        let statefulset = failed(
+            "StatefulSet.apps \"db\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+        );
+        assert_eq!(statefulset.hints().len(), 1);
+        let service = failed(
+            "Service \"api\" is invalid: spec.clusterIPs[0]: Invalid value: []string{\"None\"}: may not change once set",
+        );
+        assert_eq!(service.hints().len(), 1);
+        assert!(
+            failed("Error: UPGRADE FAILED: context deadline exceeded")
+                .hints()
+                .is_empty()
         );
     }
 
