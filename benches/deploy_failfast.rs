@@ -28,7 +28,9 @@
 //!   CreateContainer*Error, or terminated (now or as its last state), or the Deployment's
 //!   `Progressing` condition turning `ProgressDeadlineExceeded` (the only failing status Kubernetes
 //!   gives a pod that never becomes ready).
-//! - `verdict_after_failing_status_s`: `verdict_s` − `first_failing_s`.
+//! - `verdict_after_failing_status_s`: `verdict_s` − `first_failing_s`; negative when psctl
+//!   spoke first, `before` when Kubernetes never reported a failing status in the run (psctl's
+//!   `--timeout` fired before the Deployment's progress deadline and rolled back).
 //! - `previous_serving_s`: `started` → the previous revision serving again as a client of the
 //!   Service sees it. A probe polls every 200 ms for the whole run, from before the deploy until
 //!   the end: it sends `GET /ready` through the API server's Service proxy
@@ -530,8 +532,15 @@ struct Run {
 }
 
 impl Run {
+    /// `verdict − first_failing`; `−∞` (shown `before`) when psctl gave its verdict and
+    /// Kubernetes never reported a failing status at all (psctl's `--timeout` fired before the
+    /// Deployment's progress deadline, and its rollback made the deadline moot).
     fn verdict_after_failing_status(&self) -> Option<f64> {
-        Some(self.verdict? - self.first_failing?)
+        let verdict = self.verdict?;
+        Some(match self.first_failing {
+            Some(first_failing) => verdict - first_failing,
+            None => f64::NEG_INFINITY,
+        })
     }
 }
 
@@ -724,6 +733,8 @@ fn spread(values: &[Option<f64>]) -> (f64, f64, f64) {
 fn seconds(value: f64) -> String {
     if value.is_finite() {
         format!("{value:.1}")
+    } else if value < 0.0 {
+        "before".to_owned()
     } else {
         "none".to_owned()
     }
@@ -822,7 +833,7 @@ async fn bench(mode: &Mode) -> bool {
     sandbox.finish().await;
 
     println!(
-        "\n{} run(s) per kind; seconds from the start of `psctl deploy` (min / median / max); `none` = never",
+        "\n{} run(s) per kind; seconds from the start of `psctl deploy` (min / median / max); `none` = never; `before` = psctl's verdict came and Kubernetes never reported a failing status",
         mode.runs
     );
     let mut missed = Vec::new();
