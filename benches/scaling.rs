@@ -16,6 +16,9 @@
 //! Run by `cargo test --bench scaling` (no `--bench` argument) it is the quick mode CI uses: one
 //! run per size and smaller sizes.
 
+#[path = "shared/cost.rs"]
+mod cost;
+
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -379,7 +382,7 @@ impl<'a> Tenant<'a> {
     /// last run by psctl's identity (every run must make as many) and the median wall time.
     async fn measure(&self, runs: usize, args: &[&str], check: impl Fn(&str)) -> Figure {
         let mut walls = Vec::new();
-        let mut counted: Option<Vec<Value>> = None;
+        let mut counted: Option<cost::Requests> = None;
         for _ in 0..runs {
             self.sandbox("DELETE", "/_sandbox/requests").await;
             let started = Instant::now();
@@ -394,43 +397,32 @@ impl<'a> Tenant<'a> {
                 String::from_utf8_lossy(&output.stderr)
             );
             check(&stdout);
-            let counts = self
-                .sandbox("GET", &format!("/_sandbox/requests?user={}", self.user))
-                .await;
-            let rows = counts["requests"].as_array().cloned().unwrap_or_default();
+            let requests = cost::Requests::from_report(
+                &self
+                    .sandbox("GET", &format!("/_sandbox/requests?user={}", self.user))
+                    .await,
+            );
+            assert_eq!(
+                requests.clients(),
+                [psctl::cluster::USER_AGENT],
+                "every request of psctl {} names psctl as its client",
+                args.join(" ")
+            );
             if let Some(previous) = &counted {
                 assert_eq!(
                     previous,
-                    &rows,
+                    &requests,
                     "psctl {} made different requests from one run to the next",
                     args.join(" ")
                 );
             }
-            counted = Some(rows);
+            counted = Some(requests);
         }
         walls.sort();
-        let rows = counted.unwrap_or_default();
-        let requests = rows.iter().filter_map(|r| r["count"].as_u64()).sum();
-        let breakdown = rows
-            .iter()
-            .map(|r| {
-                let what = match (r["resource"].as_str(), r["subresource"].as_str()) {
-                    (Some(""), _) => r["path"].as_str().unwrap_or_default().to_owned(),
-                    (Some(resource), Some("")) => resource.to_owned(),
-                    (Some(resource), Some(sub)) => format!("{resource}/{sub}"),
-                    _ => String::new(),
-                };
-                format!(
-                    "{} {what} {}",
-                    r["verb"].as_str().unwrap_or_default(),
-                    r["count"]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let requests = counted.expect("at least one run");
         Figure {
-            requests,
-            breakdown,
+            requests: requests.total(),
+            breakdown: requests.breakdown(),
             wall: walls[walls.len() / 2],
         }
     }
@@ -665,54 +657,15 @@ impl ModePrivate for std::fs::OpenOptions {
     }
 }
 
-/// The growth of requests (and wall time) over the sizes, from the figures: `pages-of-<N>` when
-/// a list is read in chunks of `page` items and the requests are a constant plus one per chunk
-/// at every size (linear in the size, one request per `page` items), else the exponent `b` of
-/// `requests ∝ size^b` between the smallest and the largest size.
+/// Prints the `scaling_<command>_requests=` line of the figures (see `shared/cost.rs`).
 fn summary(command: &str, unit: &str, figures: &[(u64, Figure)], page: Option<u32>) {
-    let (first_size, first) = &figures[0];
-    let (last_size, last) = &figures[figures.len() - 1];
-    let requests: Vec<String> = figures
+    let points: Vec<cost::Point> = figures
         .iter()
-        .map(|(_, f)| f.requests.to_string())
+        .map(|(size, figure)| cost::Point {
+            size: *size,
+            requests: figure.requests,
+            wall: figure.wall,
+        })
         .collect();
-    let sizes: Vec<String> = figures.iter().map(|(s, _)| s.to_string()).collect();
-    #[allow(clippy::cast_precision_loss)]
-    let exponent = |from: f64, to: f64| {
-        (to.max(f64::MIN_POSITIVE) / from.max(f64::MIN_POSITIVE)).ln()
-            / (*last_size as f64 / *first_size as f64).ln()
-    };
-    let constant = figures.iter().all(|(_, f)| f.requests == first.requests);
-    #[allow(clippy::cast_precision_loss)]
-    let request_exponent = exponent(first.requests as f64, last.requests as f64);
-    let pages = |page: u64| {
-        let besides =
-            |(size, figure): &(u64, Figure)| figure.requests.checked_sub(size.div_ceil(page));
-        let first = besides(&figures[0])?;
-        figures
-            .iter()
-            .all(|figure| besides(figure) == Some(first))
-            .then_some(first)
-    };
-    let growth = if constant {
-        "constant".to_owned()
-    } else if let Some(page) = page.map(u64::from)
-        && let Some(besides) = pages(page)
-    {
-        format!(
-            "pages-of-{page} ({besides} + one per {page} {unit}, exponent {request_exponent:.2})"
-        )
-    } else if request_exponent < 0.5 {
-        format!("sublinear (exponent {request_exponent:.2})")
-    } else if request_exponent <= 1.15 {
-        format!("linear (exponent {request_exponent:.2})")
-    } else {
-        format!("worse than linear (exponent {request_exponent:.2})")
-    };
-    let wall_exponent = exponent(first.wall.as_secs_f64(), last.wall.as_secs_f64());
-    println!(
-        "scaling_{command}_requests={growth} (requests {} at {unit} {}; wall time exponent {wall_exponent:.2})",
-        requests.join("/"),
-        sizes.join("/"),
-    );
+    println!("{}", cost::growth_line(command, unit, &points, page));
 }

@@ -5,8 +5,9 @@
 # `--bench` argument each does fewer runs or smaller sizes) and fails when one of them does not
 # print its figure line (`name=value`). With the sandbox's environment loaded (PSCTL_CONFIG, as
 # scripts/test.sh does), deploy_failfast runs its quick mode too: one crash on start and one
-# image pull failure, about a minute and a half. The figures themselves are not judged: CI
-# machines are too noisy for timed assertions.
+# image pull failure, about a minute and a half; and deploy_scaling: deploys of 1 and 2 small
+# components, one run each, about a minute. The figures themselves are not judged: CI machines
+# are too noisy for timed assertions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +42,9 @@ run scaling scaling_history_requests scaling_status_requests scaling_smoke_clust
 if [[ -n "${PSCTL_CONFIG:-}" ]]; then
     run deploy_failfast crash_on_start_verdict_s crash_on_start_previous_serving_s \
         image_pull_verdict_s image_pull_previous_serving_s
+    # `deploy components=N requests=R (...) wall_s=W` per size, then the growth.
+    run deploy_scaling "deploy components" scaling_deploy_requests
 else
-    echo "benches/deploy_failfast.rs: compiled; not run (no sandbox environment: PSCTL_CONFIG is unset)" >&2
+    echo "benches/deploy_failfast.rs, benches/deploy_scaling.rs: compiled; not run (no sandbox environment: PSCTL_CONFIG is unset)" >&2
 fi
 exit "$status"

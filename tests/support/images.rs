@@ -1,6 +1,8 @@
 //! Images on the sandbox registry: the real services built from this workspace, a service
-//! image that crashes at once, and one that serves for a while before it crashes. Tags come from the binaries' content, so parallel tests and
-//! re-runs share one image and never rebuild what the registry already holds.
+//! image that crashes at once, one that serves for a while before it crashes, and a small HTTP
+//! service of no team in particular (the benchmarks' configurable component). Tags come from
+//! the binaries' content, so parallel tests and re-runs share one image and never rebuild what
+//! the registry already holds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -265,4 +267,126 @@ pub fn retag(registry: &str, image: &str, from: &str, to: &str) {
             &format!("docker {args:?}"),
         );
     }
+}
+
+/// The repository of [`small_service_image`].
+pub const SMALL_SERVICE_IMAGE: &str = "psctl-small-service";
+
+/// The entrypoint of [`small_service_image`]: an HTTP server on `$PORT` (8080) answering
+/// `/ready` and `/metrics` (a Prometheus text exposition: `small_service_up`,
+/// `small_service_start_time_seconds`), 404 otherwise; it exits at SIGTERM or SIGINT, as a
+/// service should when the kubelet stops it. Standard library only: built with `rustc`.
+const SMALL_SERVICE: &str = r##"
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+extern "C" {
+    fn signal(signum: i32, handler: usize) -> usize;
+    fn _exit(status: i32) -> !;
+}
+extern "C" fn stop(_: i32) {
+    unsafe { _exit(0) }
+}
+
+fn answer(mut stream: TcpStream, started: u64) {
+    let Ok(reading) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(reading);
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        match reader.read_line(&mut header) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if header.trim().is_empty() => break,
+            Ok(_) => {}
+        }
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    let (status, kind, body) = match path {
+        "/ready" => ("200 OK", "text/plain", "ready\n".to_owned()),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            format!(
+                "# HELP small_service_up 1 while the service runs.\n# TYPE small_service_up gauge\nsmall_service_up 1\n\
+                 # HELP small_service_start_time_seconds When the process started, in seconds since the epoch.\n\
+                 # TYPE small_service_start_time_seconds gauge\nsmall_service_start_time_seconds {started}\n"
+            ),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn main() {
+    unsafe {
+        signal(15, stop as usize);
+        signal(2, stop as usize);
+    }
+    let port: u16 = std::env::var("PORT")
+        .unwrap_or_else(|_| "8080".to_owned())
+        .parse()
+        .expect("PORT is a port number");
+    let listener = TcpListener::bind(("0.0.0.0", port)).expect("listen on PORT");
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || answer(stream, started));
+    }
+}
+"##;
+
+/// Builds `<registry>/psctl-small-service:small-<hash>`: [`SMALL_SERVICE`] on the sandbox base
+/// image, the workload of `benches/charts/small-service` (a component any team could configure).
+/// Returns the tag.
+pub fn small_service_image(registry: &str) -> String {
+    let hash = hex::encode(Sha256::digest(SMALL_SERVICE));
+    let tag = format!("small-{}", &hash[..12]);
+    let reference = format!("{registry}/{SMALL_SERVICE_IMAGE}:{tag}");
+    exclusively(|| {
+        if present(&reference) {
+            return;
+        }
+        let context = tempfile::tempdir().unwrap();
+        std::fs::write(context.path().join("service.rs"), SMALL_SERVICE).unwrap();
+        run(
+            Command::new("rustc")
+                .args(["--edition", "2021", "-C", "opt-level=2", "-o"])
+                .arg(context.path().join("service"))
+                .arg(context.path().join("service.rs")),
+            "rustc of the small service",
+        );
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            format!(
+                "FROM {registry}/psctl-base:bookworm\nCOPY service /usr/local/bin/service\nENTRYPOINT [\"/usr/local/bin/service\"]\n"
+            ),
+        )
+        .unwrap();
+        run(
+            Command::new("docker").args([
+                "build",
+                "-q",
+                "-t",
+                &reference,
+                &context.path().display().to_string(),
+            ]),
+            "docker build of the small service",
+        );
+        run(
+            Command::new("docker").args(["push", "-q", &reference]),
+            "docker push of the small service",
+        );
+    });
+    tag
 }

@@ -311,30 +311,7 @@ impl Sandbox {
 
         // What an operator pipes to `kubectl apply -f -`, for the environment with both charts.
         let config = self.config("rbac", |_| {});
-        let subject = format!("system:serviceaccount:{}:{SERVICE_ACCOUNT}", self.namespace);
-        let printed = Psctl::new()
-            .args(["rbac", "--env", ENV, "--subject", &subject])
-            .config(&config)
-            .run();
-        assert_eq!(printed.code, 0, "psctl rbac: {printed:#?}");
-        let mut role = None;
-        let mut binding = None;
-        for document in psctl::yaml::Deserializer::from_str(&printed.stdout) {
-            let object: Value = serde::Deserialize::deserialize(document).unwrap_or_else(|e| {
-                panic!("psctl rbac printed invalid YAML ({e}):\n{}", printed.stdout)
-            });
-            match object["kind"].as_str() {
-                Some("Role") => role = Some(object),
-                Some("RoleBinding") => binding = Some(object),
-                other => panic!(
-                    "psctl rbac printed an unexpected {other:?}:\n{}",
-                    printed.stdout
-                ),
-            }
-        }
-        let role = role.expect("psctl rbac prints a Role");
-        let binding = binding.expect("psctl rbac --subject prints a RoleBinding");
-        assert_eq!(role["metadata"]["namespace"], self.namespace.as_str());
+        let (role, binding) = self.printed_rbac(&config);
         self.create_role(&role).await;
         self.create_binding(&binding).await;
         self.printed_role = role;
@@ -377,6 +354,49 @@ impl Sandbox {
             &self.kubeconfig,
             &psctl::yaml::to_string(&kubeconfig).unwrap(),
         );
+    }
+
+    /// The Role and RoleBinding `psctl rbac --env e2e --subject <the ServiceAccount>` prints for
+    /// the environment of `config`.
+    fn printed_rbac(&self, config: &Path) -> (Value, Value) {
+        let subject = format!("system:serviceaccount:{}:{SERVICE_ACCOUNT}", self.namespace);
+        let printed = Psctl::new()
+            .args(["rbac", "--env", ENV, "--subject", &subject])
+            .config(config)
+            .run();
+        assert_eq!(printed.code, 0, "psctl rbac: {printed:#?}");
+        let mut role = None;
+        let mut binding = None;
+        for document in psctl::yaml::Deserializer::from_str(&printed.stdout) {
+            let object: Value = serde::Deserialize::deserialize(document).unwrap_or_else(|e| {
+                panic!("psctl rbac printed invalid YAML ({e}):\n{}", printed.stdout)
+            });
+            match object["kind"].as_str() {
+                Some("Role") => role = Some(object),
+                Some("RoleBinding") => binding = Some(object),
+                other => panic!(
+                    "psctl rbac printed an unexpected {other:?}:\n{}",
+                    printed.stdout
+                ),
+            }
+        }
+        let role = role.expect("psctl rbac prints a Role");
+        let binding = binding.expect("psctl rbac --subject prints a RoleBinding");
+        assert_eq!(role["metadata"]["namespace"], self.namespace.as_str());
+        (role, binding)
+    }
+
+    /// Replaces the Role the ServiceAccount is bound to with what `psctl rbac` prints for the
+    /// environment of `config` (its own charts: a configuration of other components needs
+    /// Helm's verbs on other kinds), so psctl holds exactly what that configuration needs.
+    pub async fn grant_printed_for(&mut self, config: &Path) {
+        let (role, _) = self.printed_rbac(config);
+        Api::<Role>::namespaced(self.admin.clone(), &self.namespace)
+            .delete(psctl::rbac::ROLE_NAME, &DeleteParams::default())
+            .await
+            .expect("delete the Role printed for the default components");
+        self.create_role(&role).await;
+        self.printed_role = role;
     }
 
     async fn create_role(&self, role: &Value) {

@@ -1,7 +1,9 @@
 //! Request accounting, for measuring what a client costs the control plane: every authenticated
-//! request outside `/_sandbox/` is counted by user name, verb and resource, in the terms
-//! kube-apiserver's audit events use (`user.username`, `verb`, `objectRef.apiGroup`,
-//! `objectRef.resource`, `objectRef.subresource`, or `requestURI` for non-resource paths).
+//! request outside `/_sandbox/` is counted by user name, client, verb and resource, in the terms
+//! kube-apiserver's audit events use (`user.username`, `userAgent`, `verb`, `objectRef.apiGroup`,
+//! `objectRef.resource`, `objectRef.subresource`, or `requestURI` for non-resource paths). The
+//! User-Agent tells apart the programs acting as one identity (psctl and the Helm it runs share
+//! a kubeconfig).
 //!
 //! `GET /_sandbox/requests` answers the counts (optionally `?user=NAME` for one identity);
 //! `DELETE /_sandbox/requests` resets them. Both are non-resource paths, so only `system:masters`
@@ -20,6 +22,8 @@ use crate::rbac::Attributes;
 pub struct RequestKind {
     /// The authenticated user name.
     pub user: String,
+    /// The request's `User-Agent` header, as sent (empty when there was none).
+    pub user_agent: String,
     /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`, or the
     /// lower-case HTTP method of a non-resource request.
     pub verb: String,
@@ -34,11 +38,12 @@ pub struct RequestKind {
 }
 
 impl RequestKind {
-    /// The kind of the request the authorizer sees as `attributes`.
-    pub fn of(attributes: &Attributes) -> Self {
+    /// The kind of the request the authorizer sees as `attributes`, sent with `user_agent`.
+    pub fn of(attributes: &Attributes, user_agent: Option<&str>) -> Self {
         let resource_request = attributes.resource_request;
         Self {
             user: attributes.user.name.clone(),
+            user_agent: user_agent.unwrap_or_default().to_owned(),
             verb: attributes.verb.clone(),
             group: attributes.api_group.clone(),
             resource: attributes.resource.clone(),
@@ -81,8 +86,8 @@ impl RequestCounter {
         *self.lock().entry(kind).or_insert(0) += 1;
     }
 
-    /// Every count (of `user` only, when given), ordered by user, verb, group, resource,
-    /// subresource and path.
+    /// Every count (of `user` only, when given), ordered by user, User-Agent, verb, group,
+    /// resource, subresource and path.
     pub fn snapshot(&self, user: Option<&str>) -> Vec<RequestCount> {
         self.lock()
             .iter()
@@ -115,6 +120,7 @@ mod tests {
     fn kind(user: &str, verb: &str, resource: &str) -> RequestKind {
         RequestKind {
             user: user.to_owned(),
+            user_agent: String::new(),
             verb: verb.to_owned(),
             group: String::new(),
             resource: resource.to_owned(),
@@ -130,15 +136,21 @@ mod tests {
         counter.record(kind("alice", "list", "pods"));
         counter.record(kind("alice", "get", "pods"));
         counter.record(kind("bob", "list", "pods"));
+        counter.record(RequestKind {
+            user_agent: "Helm/4.0.0".to_owned(),
+            ..kind("alice", "list", "pods")
+        });
 
         let alice = counter.snapshot(Some("alice"));
         let seen: Vec<_> = alice
             .iter()
             .map(|c| (c.kind.verb.as_str(), c.count))
             .collect();
-        assert_eq!(seen, [("get", 1), ("list", 2)]);
-        assert_eq!(counter.snapshot(None).len(), 3);
-        assert_eq!(report(&counter.snapshot(None))["total"], 4);
+        // One row per client: the Helm child's requests apart from its parent's.
+        assert_eq!(seen, [("get", 1), ("list", 2), ("list", 1)]);
+        assert_eq!(alice[2].kind.user_agent, "Helm/4.0.0");
+        assert_eq!(counter.snapshot(None).len(), 4);
+        assert_eq!(report(&counter.snapshot(None))["total"], 5);
 
         counter.reset();
         assert!(counter.snapshot(None).is_empty());
@@ -153,7 +165,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(&row).unwrap(),
-            serde_json::json!({"user": "alice", "verb": "list", "group": "", "resource": "secrets",
+            serde_json::json!({"user": "alice", "user_agent": "", "verb": "list", "group": "", "resource": "secrets",
                                "subresource": "", "path": "", "count": 2})
         );
     }

@@ -366,7 +366,13 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
     };
     let attributes = attributes_of(&state, &request, &user);
     if !path.starts_with("/_sandbox/") {
-        state.requests.record(RequestKind::of(&attributes));
+        let user_agent = request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|agent| agent.to_str().ok());
+        state
+            .requests
+            .record(RequestKind::of(&attributes, user_agent));
     }
     if let Err(error) = authorize(&state, &attributes) {
         tracing::debug!(%method, %path, user = %user.name, "request forbidden");

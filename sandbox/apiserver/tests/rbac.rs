@@ -281,7 +281,8 @@ fn sandbox_request(method: &str, uri: &str) -> http::Request<Vec<u8>> {
 }
 
 /// `/_sandbox/requests` counts what each identity asked, forbidden requests included, in the
-/// audit log's terms (its own path is not counted); only the administrator reads or resets it.
+/// audit log's terms (its own path is not counted), one row per User-Agent; only the
+/// administrator reads or resets it.
 #[tokio::test]
 async fn requests_are_counted_per_identity_verb_and_resource() {
     let test = common::start().await;
@@ -300,10 +301,13 @@ async fn requests_are_counted_per_identity_verb_and_resource() {
         .list(&Default::default())
         .await
         .expect_err("view reads no Secrets");
-    viewer
-        .request_text(sandbox_request("GET", "/version"))
-        .await
-        .expect("version");
+    // Another program with the same identity names itself in its User-Agent, as kubectl does.
+    let mut version = sandbox_request("GET", "/version");
+    version.headers_mut().insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("kubectl/v1.33.0 (linux/amd64) kubernetes/8adc0f0"),
+    );
+    viewer.request_text(version).await.expect("version");
     let admin_maps: Api<ConfigMap> = Api::namespaced(test.client.clone(), "default");
     admin_maps
         .list(&Default::default())
@@ -326,7 +330,7 @@ async fn requests_are_counted_per_identity_verb_and_resource() {
         .await
         .expect("counts");
     let counts: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    let row = |verb: &str, resource: &str, path: &str| json!({"user": user, "verb": verb, "group": "", "resource": resource, "subresource": "", "path": path});
+    let row = |verb: &str, resource: &str, path: &str| json!({"user": user, "user_agent": "", "verb": verb, "group": "", "resource": resource, "subresource": "", "path": path});
     let with_count = |mut row: serde_json::Value, count: u64| {
         row["count"] = json!(count);
         row
@@ -336,10 +340,14 @@ async fn requests_are_counted_per_identity_verb_and_resource() {
         json!({
             "total": 5,
             "requests": [
-                with_count(row("get", "", "/version"), 1),
                 with_count(row("get", "configmaps", ""), 1),
                 with_count(row("list", "configmaps", ""), 2),
                 with_count(row("list", "secrets", ""), 1),
+                with_count(
+                    json!({"user": user, "user_agent": "kubectl/v1.33.0 (linux/amd64) kubernetes/8adc0f0",
+                           "verb": "get", "group": "", "resource": "", "subresource": "", "path": "/version"}),
+                    1
+                ),
             ],
         }),
         "{text}"

@@ -12,6 +12,9 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::Path;
 
+/// The User-Agent of this CLI's own requests (the engine's carry Helm's).
+const USER_AGENT: &str = concat!("psctl-sandbox-helm/", env!("CARGO_PKG_VERSION"));
+
 /// Where the release lives and how to reach the cluster.
 pub struct Target<'a> {
     pub kubeconfig: Option<&'a Path>,
@@ -67,7 +70,7 @@ fn with_secrets<T>(
         .build()
         .context("starting the I/O runtime")?;
     runtime.block_on(async {
-        let config = match (target.kubeconfig, target.context) {
+        let mut config = match (target.kubeconfig, target.context) {
             // Neither given: client-go's loading rules, `$KUBECONFIG` or `~/.kube/config`, else
             // the pod's ServiceAccount (what the engine's genericclioptions fall back to too).
             (None, None) => kube::Config::infer()
@@ -88,6 +91,12 @@ fn with_secrets<T>(
                     .context("loading the kube context")?
             }
         };
+        // Its own User-Agent: the API server's request counts tell these edits of the release
+        // record (which the real Helm makes inside the engine) from the engine's requests.
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(USER_AGENT),
+        ));
         let client = kube::Client::try_from(config).context("creating the cluster client")?;
         // An empty namespace is every namespace, as Helm's Secrets driver lists them for `-A`.
         if target.namespace.is_empty() {
