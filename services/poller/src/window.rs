@@ -1,9 +1,11 @@
 //! Poll-window planning (pure): from the checkpoint minus an overlap up to "now" on Binance's
-//! clock, cut into windows no longer than Binance's 90-day limit; and the re-check windows that
+//! clock, cut into windows shorter than Binance's 90-day limit; and the re-check windows that
 //! fetch unresolved deposits again, however old they are.
 
-/// Binance refuses deposit-history queries spanning more than 90 days.
-pub const MAX_WINDOW_MS: i64 = 90 * 24 * 60 * 60 * 1000;
+/// The longest `endTime - startTime` Binance accepts: "time between startTime and endTime must
+/// be less than 90 days", so a window of exactly 90 days is refused (-1127), and would be
+/// refused again every cycle after an outage of 90 days or more.
+pub const MAX_WINDOW_MS: i64 = 90 * 24 * 60 * 60 * 1000 - 1;
 
 /// An inclusive `[start_ms, end_ms]` range of Binance `insertTime`s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,8 +181,10 @@ mod tests {
         assert!(
             windows
                 .iter()
-                .all(|w| w.end_ms - w.start_ms <= MAX_WINDOW_MS && w.start_ms <= w.end_ms)
+                .all(|w| w.end_ms - w.start_ms < 90 * DAY && w.start_ms <= w.end_ms)
         );
+        // The longest window the planner cuts is the longest Binance accepts.
+        assert_eq!(windows[0].end_ms - windows[0].start_ms, 90 * DAY - 1);
     }
 
     #[test]

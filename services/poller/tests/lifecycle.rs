@@ -1,7 +1,8 @@
 //! The deposit and invoice lifecycles against real Postgres and the Binance stub over HTTP:
 //! deposits that stay pending past the poll overlap, status paths, late and early deposits,
-//! expiry, poison rows, a checkpoint from a skewed clock, a back-off that survives a restart,
-//! stuck deposits, and leadership moving when the leader's session dies.
+//! expiry, poison rows, a checkpoint from a skewed clock, a poller killed between fetching a
+//! window and storing it, a back-off that survives a restart, stuck deposits, and leadership
+//! moving when the leader's session dies.
 
 use std::time::{Duration, Instant};
 
@@ -322,6 +323,116 @@ async fn a_checkpoint_saved_in_the_future_cannot_skip_deposits() {
         checkpoint.timestamp_millis() <= now_ms() + 1_000,
         "checkpoint {checkpoint} is still ahead of Binance's clock"
     );
+    h.poller.shutdown().await;
+    h.db.drop_db().await;
+}
+
+/// A poller killed after Binance answered a window but before the window's deposits were stored
+/// (the process dies, its database session with it, and the write never commits) must fetch that
+/// window again however late the next process starts: the checkpoint moves only after the store.
+/// The deposit is one only the killed cycle's window covered, so a checkpoint saved before the
+/// store would leave it outside every later window for good.
+#[tokio::test]
+async fn a_poller_killed_between_fetch_and_store_fetches_the_window_again() {
+    let mut h = harness("killed_before_store", settings()).await;
+    let pool = h.db.pool.clone();
+    let merchant_id = merchant(&pool).await;
+    let t0 = now_ms();
+    invoice_between(
+        &pool,
+        merchant_id,
+        "5",
+        t0 - 5 * MINUTE_MS,
+        t0 + 120 * MINUTE_MS,
+    )
+    .await;
+    led(&mut h).await;
+    let checkpoint = store::load_checkpoint(&pool, DEPOSITS_CHECKPOINT)
+        .await
+        .unwrap();
+    assert!(checkpoint.is_some());
+    // Twenty minutes later on Binance's clock, a deposit from fifteen minutes ago (the overlap
+    // is ten).
+    h.stub.set_server_time_offset_ms(20 * MINUTE_MS);
+    h.stub
+        .push_deposit(deposit_at("killed", "5", t0 + 5 * MINUTE_MS, 1));
+    // The store waits behind this lock (it conflicts with INSERT, not with reads).
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE deposit_raw IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let requests_before = h.stub.requests().len();
+    let kill = async {
+        let pid: i32 = loop {
+            let waiting: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND query LIKE '%INSERT INTO deposit_raw%'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            if let Some(pid) = waiting {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(terminated);
+    };
+    tokio::select! {
+        biased;
+        () = kill => {}
+        // Its session's end may reach the cycle first: it fails, and nothing is stored.
+        outcome = h.poller.cycle(&h.shutdown) => assert!(
+            matches!(outcome, Err(CycleError::Database(_))),
+            "{outcome:?}"
+        ),
+    }
+    blocker.rollback().await.unwrap();
+    assert!(
+        h.stub.requests().len() > requests_before,
+        "Binance answered the window"
+    );
+    assert_eq!(outcome_of(&pool, "killed").await, None);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM deposit_raw WHERE binance_deposit_id = 'killed'"
+        )
+        .await,
+        0,
+        "the killed store never committed"
+    );
+    assert_eq!(
+        store::load_checkpoint(&pool, DEPOSITS_CHECKPOINT)
+            .await
+            .unwrap(),
+        checkpoint,
+        "the checkpoint did not move past a window that was not stored"
+    );
+    // A new process starts half an hour later on Binance's clock.
+    h.stub.set_server_time_offset_ms(50 * MINUTE_MS);
+    h.poller = poller_for(&h.db, &h.stub.base_url(), settings()).0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        match h.poller.cycle(&h.shutdown).await {
+            Ok(CycleOutcome::Led(report)) => break report,
+            other if Instant::now() > deadline => panic!("the new poller never led: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(report.credited, 1, "{report:?}");
+    assert_eq!(
+        outcome_of(&pool, "killed").await.as_deref(),
+        Some("credited")
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM payments").await, 1);
     h.poller.shutdown().await;
     h.db.drop_db().await;
 }

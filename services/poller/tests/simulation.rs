@@ -6,6 +6,13 @@
 //! restarted, and killed mid-cycle, at random points. Afterwards every deposit's outcome is
 //! compared with an oracle computed from the script alone, and the money adds up.
 //!
+//! The oracle holds the poller to everything inside the history it is configured to read: on an
+//! empty checkpoint the first poll looks back `POLL_INITIAL_LOOKBACK_SECS` from Binance's "now",
+//! and nothing older is ever asked for (in production as here). Every scripted deposit lies
+//! inside that reach, which the run checks before its first cycle, except one deposit placed
+//! before it on purpose, which must never be stored. A deposit the oracle expected but that has
+//! no outcome fails with the history windows the poller asked for around its `insertTime`.
+//!
 //! The seed is printed; `LIFECYCLE_SEED=N` replays a run. `LIFECYCLE_KILL_PERCENT=P` (default
 //! 4, at most 94) kills the poller mid-cycle in P of every 100 cycles instead, to hunt for
 //! cancellation bugs; a replay needs the same value.
@@ -19,7 +26,7 @@ use problemsolver_core::testing::TestDb;
 use problemsolver_poller::config::Settings;
 use problemsolver_poller::service::{CycleOutcome, Poller};
 use problemsolver_poller::store::{self, ReconcileMark};
-use problemsolver_stubs::binance::StubDeposit;
+use problemsolver_stubs::binance::{SeenRequest, StubDeposit};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -41,6 +48,9 @@ enum Expect {
     Unresolved,
     /// Cannot be stored: in the quarantine, not in deposit_raw.
     Poison,
+    /// Inserted before the first poll's reach (`initial_lookback` before Binance's "now" at the
+    /// first cycle): never asked for, so never stored.
+    BeforeHistory,
 }
 
 struct Scripted {
@@ -62,11 +72,16 @@ fn padded(amount: Decimal) -> String {
     format!("{amount:.8}")
 }
 
+/// The first poll's look-back. The script's history starts up to an hour before `start` (a
+/// deposit made before an invoice of the first hour) and the first cycle runs up to 14 minutes
+/// after it, so two hours reach every scripted deposit; the run asserts it.
+const INITIAL_LOOKBACK_MS: i64 = 2 * HOUR_MS;
+
 fn settings() -> Settings {
     Settings {
         poll_interval: Duration::from_millis(10),
         overlap: Duration::from_secs(30 * 60),
-        initial_lookback: Duration::from_secs(3600),
+        initial_lookback: Duration::from_millis(INITIAL_LOOKBACK_MS as u64),
         recv_window_ms: 5000,
         match_batch_size: 500,
         collision_settle: Duration::ZERO,
@@ -332,6 +347,14 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
             expect: Expect::Unmatched,
         });
     }
+    // Older than any first poll can reach (the first cycle runs at least a minute after
+    // `start`): drawn from no random number, so every other deposit of a seed stays as it was.
+    script.push(Scripted {
+        deposit: deposit_at(&id(), "777.00000000", start - 3 * HOUR_MS, 1),
+        appears_ms: start - 3 * HOUR_MS,
+        transitions: vec![],
+        expect: Expect::BeforeHistory,
+    });
     let last_event = script
         .iter()
         .flat_map(|s| {
@@ -350,8 +373,28 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
     let mut now = start;
     let (mut cycles, mut restarts, mut kills, mut max_requests) = (0u32, 0u32, 0u32, 0usize);
     let mut calm_cycles = 0;
+    // (Binance time, what happened, index of its first history request) of every step.
+    let mut steps: Vec<(i64, &'static str, usize)> = Vec::new();
     while calm_cycles < 3 {
         now += rng.random_range(1..15) * MINUTE_MS;
+        if steps.is_empty() {
+            // The oracle's premise: the first poll reaches back to every deposit it expects an
+            // outcome for, even if it leads only at the last moment `lead_once` allows (two
+            // minutes), and not to the one placed before the history on purpose.
+            let reach_ms = now + 2 * MINUTE_MS - INITIAL_LOOKBACK_MS;
+            for scripted in &script {
+                let inside = scripted.deposit.insert_time >= reach_ms;
+                let before = scripted.deposit.insert_time < now - INITIAL_LOOKBACK_MS;
+                match scripted.expect {
+                    Expect::BeforeHistory => assert!(before, "{}", scripted.deposit.id),
+                    _ => assert!(
+                        inside,
+                        "seed {seed}: the script put {} before the first poll's reach",
+                        scripted.deposit.id
+                    ),
+                }
+            }
+        }
         h.stub.set_server_time_offset_ms(now - now_ms());
         for (index, scripted) in script.iter().enumerate() {
             if !appeared[index] && scripted.appears_ms <= now {
@@ -372,6 +415,15 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
         }
         let before = h.stub.requests().len();
         let roll: u32 = rng.random_range(0..100);
+        steps.push((
+            now,
+            match roll {
+                0..6 => "restart",
+                _ if roll < 6 + kill_percent => "kill",
+                _ => "cycle",
+            },
+            before,
+        ));
         match roll {
             0..6 => {
                 h.poller.shutdown().await;
@@ -397,6 +449,8 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
     }
 
     // The oracle, from the script alone.
+    let requests = h.stub.requests();
+    let explain = |scripted: &Scripted| history_around(scripted, start, &steps, &requests);
     let outcomes: HashMap<String, Option<String>> = sqlx::query_as::<_, (String, Option<String>)>(
         "SELECT binance_deposit_id, outcome FROM deposit_raw",
     )
@@ -437,6 +491,13 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
                 );
                 continue;
             }
+            Expect::BeforeHistory => {
+                assert!(
+                    !outcomes.contains_key(id),
+                    "seed {seed}: {id} lies before the first poll's reach, yet was stored"
+                );
+                continue;
+            }
             Expect::Poison => {
                 assert!(!outcomes.contains_key(id), "{id} cannot be stored");
                 assert_eq!(
@@ -447,7 +508,12 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
                 continue;
             }
         };
-        assert_eq!(got.as_deref(), Some(expected), "seed {seed}: deposit {id}");
+        assert_eq!(
+            got.as_deref(),
+            Some(expected),
+            "seed {seed}: deposit {id}\n{}",
+            explain(scripted)
+        );
     }
     for (invoice, ids) in &groups {
         let credited = ids
@@ -461,7 +527,13 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
         assert_eq!(
             (credited, duplicates),
             (1, ids.len() - 1),
-            "seed {seed}: invoice #{invoice} deposits {ids:?}"
+            "seed {seed}: invoice #{invoice} deposits {ids:?}\n{}",
+            script
+                .iter()
+                .filter(|s| ids.contains(&s.deposit.id.as_str()))
+                .map(explain)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     // Nothing else was credited, and the money adds up.
@@ -533,4 +605,76 @@ async fn seeded_deposit_lifecycles_are_credited_exactly_once() {
     );
     h.poller.shutdown().await;
     h.db.drop_db().await;
+}
+
+/// For a failed expectation: the deposit's script and every history window the poller asked for
+/// that covered its `insertTime`, with the step it was asked in (times in minutes after the
+/// simulation's start), or, when none did, the windows nearest to it.
+fn history_around(
+    scripted: &Scripted,
+    start: i64,
+    steps: &[(i64, &'static str, usize)],
+    requests: &[SeenRequest],
+) -> String {
+    let minutes = |ms: i64| format!("{:+.2}", (ms - start) as f64 / MINUTE_MS as f64);
+    let at = scripted.deposit.insert_time;
+    let mut lines = vec![format!(
+        "{}: insertTime {} min, shows in the history at {} min, status {} then {:?}",
+        scripted.deposit.id,
+        minutes(at),
+        minutes(scripted.appears_ms),
+        scripted.deposit.status,
+        scripted
+            .transitions
+            .iter()
+            .map(|(t, status)| (minutes(*t), *status))
+            .collect::<Vec<_>>()
+    )];
+    let param = |query: &str, name: &str| -> Option<i64> {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    let mut windows = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        let (Some(from), Some(to)) = (
+            param(&request.query, "startTime"),
+            param(&request.query, "endTime"),
+        ) else {
+            continue;
+        };
+        let step = steps.partition_point(|(_, _, first)| *first <= index);
+        let (now, action, _) = steps[step.saturating_sub(1)];
+        windows.push((
+            (from - at).abs().min((to - at).abs()) * i64::from(!(from..=to).contains(&at)),
+            format!(
+                "  step {} ({action} at {} min): [{}, {}] min, offset {}, HTTP {}",
+                step.saturating_sub(1),
+                minutes(now),
+                minutes(from),
+                minutes(to),
+                param(&request.query, "offset").unwrap_or(0),
+                request.status
+            ),
+        ));
+    }
+    let covering: Vec<&String> = windows
+        .iter()
+        .filter(|(distance, _)| *distance == 0)
+        .map(|(_, line)| line)
+        .collect();
+    if covering.is_empty() {
+        lines.push("no history request covered its insertTime; the nearest:".to_owned());
+        windows.sort_by_key(|(distance, _)| *distance);
+        lines.extend(windows.into_iter().take(5).map(|(_, line)| line));
+    } else {
+        lines.push(format!(
+            "{} requests covered its insertTime:",
+            covering.len()
+        ));
+        lines.extend(covering.into_iter().cloned());
+    }
+    lines.join("\n")
 }

@@ -18,7 +18,8 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-/// Binance's documented ceiling for one deposit-history query.
+/// Binance's documented ceiling for one deposit-history query: with both bounds sent, "time
+/// between startTime and endTime must be less than 90 days", so exactly 90 days is refused.
 const MAX_WINDOW_MS: i64 = 90 * 24 * 60 * 60 * 1000;
 const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 1000;
@@ -354,20 +355,24 @@ fn answer_deposit_history(shared: &Shared, headers: &HeaderMap, query: &str) -> 
             "limit must be between 1 and 1000.",
         );
     }
-    // Binance's defaults: no times → the last 90 days; one bound → 90 days from/to it.
+    // Binance's defaults: no times → the last 90 days; one bound → 90 days from/to it. Only a
+    // window the caller chose is held to the limit: both bounds sent must be less than 90 days
+    // apart.
     let (start, end) = match (params.start_time, params.end_time) {
-        (Some(start), Some(end)) => (start, end),
+        (Some(start), Some(end)) => {
+            if end < start || end - start >= MAX_WINDOW_MS {
+                return binance_error(
+                    StatusCode::BAD_REQUEST,
+                    -1127,
+                    "More than 90 days between startTime and endTime.",
+                );
+            }
+            (start, end)
+        }
         (Some(start), None) => (start, start + MAX_WINDOW_MS),
         (None, Some(end)) => (end - MAX_WINDOW_MS, end),
         (None, None) => (server_time - MAX_WINDOW_MS, server_time),
     };
-    if end < start || end - start > MAX_WINDOW_MS {
-        return binance_error(
-            StatusCode::BAD_REQUEST,
-            -1127,
-            "More than 90 days between startTime and endTime.",
-        );
-    }
     let inner = shared.lock();
     let mut rows: Vec<&StubDeposit> = inner
         .deposits
@@ -476,6 +481,28 @@ mod tests {
             sign(secret, payload),
             "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71"
         );
+    }
+
+    #[test]
+    fn a_window_of_ninety_days_is_refused_one_millisecond_less_is_not() {
+        let shared = Shared {
+            api_key: Arc::from("key"),
+            api_secret: Arc::from(&b"secret"[..]),
+            inner: Arc::new(Mutex::new(Inner::default())),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("X-MBX-APIKEY", HeaderValue::from_static("key"));
+        let status = |span_ms: i64| {
+            let payload = format!(
+                "startTime=0&endTime={span_ms}&timestamp={}",
+                shared.server_time_ms()
+            );
+            let query = format!("{payload}&signature={}", sign(b"secret", &payload));
+            answer_deposit_history(&shared, &headers, &query).status()
+        };
+        assert_eq!(status(MAX_WINDOW_MS), StatusCode::BAD_REQUEST);
+        assert_eq!(status(MAX_WINDOW_MS + 1), StatusCode::BAD_REQUEST);
+        assert_eq!(status(MAX_WINDOW_MS - 1), StatusCode::OK);
     }
 
     #[test]
