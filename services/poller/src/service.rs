@@ -344,6 +344,7 @@ impl Poller {
         let server_now = DateTime::<Utc>::from_timestamp_millis(server_now_ms)
             .ok_or_else(|| BinanceError::Decode("server time out of range".to_owned()))?;
         let checkpoint = store::load_checkpoint(&self.pool, DEPOSITS_CHECKPOINT).await?;
+        let ahead = checkpoint.filter(|at| *at > server_now);
         let checkpoint_ms = match checkpoint {
             Some(at) if at > server_now => {
                 tracing::error!(checkpoint = %at, %server_now, "the stored checkpoint is ahead of Binance's clock (saved by a skewed clock); looking back the initial lookback instead");
@@ -358,11 +359,43 @@ impl Poller {
             millis(self.settings.initial_lookback),
         );
         let poll_start_ms = windows.first().map(|w| w.start_ms).unwrap_or(server_now_ms);
+        // Reading from the initial lookback, not from a checkpoint: once the first window is
+        // stored, say where the history now begins, so that a deposit older than that is a
+        // visible gap rather than a silent one.
+        let mut reach = checkpoint_ms.is_none().then_some(match ahead {
+            Some(_) => (
+                "poll.checkpoint_ahead",
+                "error",
+                "the stored checkpoint was ahead of Binance's clock (saved by a skewed clock) and was not trusted; the history was read again from the initial lookback, and deposits inserted before `from` that the poller had not stored are not read",
+            ),
+            None => (
+                "poll.history_start",
+                "warning",
+                "no checkpoint yet: the deposit history was read from the initial lookback (POLL_INITIAL_LOOKBACK_SECS); deposits inserted before `from` are never read",
+            ),
+        });
         for window in windows {
             self.fetch_and_store(window, report).await?;
             // The window is complete: the next poll may start from its end (minus the overlap).
             if let Some(end) = DateTime::from_timestamp_millis(window.end_ms) {
                 store::save_checkpoint(&self.pool, DEPOSITS_CHECKPOINT, end, server_now).await?;
+            }
+            if let Some((kind, severity, message)) = reach.take() {
+                let from =
+                    DateTime::<Utc>::from_timestamp_millis(poll_start_ms).unwrap_or(server_now);
+                store::record_poll_reach(
+                    &self.pool,
+                    kind,
+                    severity,
+                    message,
+                    serde_json::json!({
+                        "from": from.to_rfc3339(),
+                        "binance_now": server_now.to_rfc3339(),
+                        "stored_checkpoint": ahead.map(|at| at.to_rfc3339()),
+                        "initial_lookback_secs": self.settings.initial_lookback.as_secs(),
+                    }),
+                )
+                .await?;
             }
         }
         self.recheck_unresolved(poll_start_ms, report).await

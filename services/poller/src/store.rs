@@ -242,6 +242,30 @@ pub async fn save_checkpoint(
     Ok(())
 }
 
+/// Writes a poller `system_events` row saying how far back the deposit history is read when
+/// that is not simply "from the checkpoint": `kind` is `poll.history_start` (no checkpoint yet:
+/// nothing inserted before `from` is ever read) or `poll.checkpoint_ahead` (the stored
+/// checkpoint was ahead of Binance's clock and was not trusted).
+pub async fn record_poll_reach(
+    pool: &PgPool,
+    kind: &str,
+    severity: &str,
+    message: &str,
+    details: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO system_events (source, kind, severity, message, details)
+         VALUES ('poller', $1, $2, $3, $4)",
+    )
+    .bind(kind)
+    .bind(severity)
+    .bind(message)
+    .bind(sqlx::types::Json(details))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The persisted Binance back-off, if it still runs (by the database's clock).
 pub async fn load_backoff(pool: &PgPool) -> Result<Option<Duration>, sqlx::Error> {
     let left: Option<f64> = sqlx::query_scalar(

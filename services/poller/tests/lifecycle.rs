@@ -92,6 +92,16 @@ async fn rejected_and_wrong_deposits_are_final_and_recorded() {
     led(&mut h).await;
     assert_eq!(outcome_of(&pool, "wait").await.as_deref(), Some("rejected"));
     assert_eq!(count(&pool, "SELECT count(*) FROM payments").await, 0);
+    // The first poll, with no checkpoint, said once where the history it reads begins.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM system_events WHERE source = 'poller' AND kind = 'poll.history_start' \
+              AND severity = 'warning' AND details ->> 'from' IS NOT NULL"
+        )
+        .await,
+        1
+    );
     h.poller.shutdown().await;
     h.db.drop_db().await;
 }
@@ -322,6 +332,25 @@ async fn a_checkpoint_saved_in_the_future_cannot_skip_deposits() {
     assert!(
         checkpoint.timestamp_millis() <= now_ms() + 1_000,
         "checkpoint {checkpoint} is still ahead of Binance's clock"
+    );
+    // Not trusting it is visible, once, with the checkpoint that was set aside.
+    led(&mut h).await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM system_events WHERE source = 'poller' AND kind = 'poll.checkpoint_ahead' \
+              AND severity = 'error' AND details ->> 'stored_checkpoint' IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM system_events WHERE kind = 'poll.history_start'"
+        )
+        .await,
+        0
     );
     h.poller.shutdown().await;
     h.db.drop_db().await;
