@@ -70,6 +70,48 @@ fn exclusively<T>(f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// Builds and pushes `reference` unless the registry has it: the single-file Rust program
+/// `source`, compiled by the host's rustc, at `/usr/local/bin/<name>` on `from`, as the
+/// entrypoint.
+fn program_image(reference: &str, from: &str, name: &str, source: &str) {
+    exclusively(|| {
+        if present(reference) {
+            return;
+        }
+        let context = tempfile::tempdir().unwrap();
+        let file = format!("{name}.rs");
+        std::fs::write(context.path().join(&file), source).unwrap();
+        run(
+            Command::new("rustc")
+                .args(["--edition", "2021", "-C", "opt-level=2", "-o"])
+                .arg(context.path().join(name))
+                .arg(context.path().join(&file)),
+            &format!("rustc of {file}"),
+        );
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            format!(
+                "FROM {from}\nCOPY {name} /usr/local/bin/{name}\nENTRYPOINT [\"/usr/local/bin/{name}\"]\n"
+            ),
+        )
+        .unwrap();
+        run(
+            Command::new("docker").args([
+                "build",
+                "-q",
+                "-t",
+                reference,
+                &context.path().display().to_string(),
+            ]),
+            &format!("docker build of {reference}"),
+        );
+        run(
+            Command::new("docker").args(["push", "-q", reference]),
+            &format!("docker push of {reference}"),
+        );
+    });
+}
+
 fn present(reference: &str) -> bool {
     Command::new("docker")
         .args(["manifest", "inspect", "--insecure", reference])
@@ -215,41 +257,12 @@ pub fn crashes_after_image(registry: &str, image: &str, base_tag: &str, seconds:
     let hash = hex::encode(Sha256::digest(format!("{source}{image}{base_tag}")));
     let tag = format!("crashes-after-{seconds}s-{}", &hash[..12]);
     let reference = format!("{registry}/{image}:{tag}");
-    exclusively(|| {
-        if present(&reference) {
-            return;
-        }
-        let context = tempfile::tempdir().unwrap();
-        std::fs::write(context.path().join("supervisor.rs"), source).unwrap();
-        run(
-            Command::new("rustc")
-                .args(["--edition", "2021", "-C", "opt-level=2", "-o"])
-                .arg(context.path().join("supervisor"))
-                .arg(context.path().join("supervisor.rs")),
-            "rustc of the supervisor",
-        );
-        std::fs::write(
-            context.path().join("Dockerfile"),
-            format!(
-                "FROM {registry}/{image}:{base_tag}\nCOPY supervisor /usr/local/bin/supervisor\nENTRYPOINT [\"/usr/local/bin/supervisor\"]\n"
-            ),
-        )
-        .unwrap();
-        run(
-            Command::new("docker").args([
-                "build",
-                "-q",
-                "-t",
-                &reference,
-                &context.path().display().to_string(),
-            ]),
-            "docker build of the crash-after image",
-        );
-        run(
-            Command::new("docker").args(["push", "-q", &reference]),
-            "docker push of the crash-after image",
-        );
-    });
+    program_image(
+        &reference,
+        &format!("{registry}/{image}:{base_tag}"),
+        "supervisor",
+        &source,
+    );
     tag
 }
 
@@ -353,40 +366,11 @@ pub fn small_service_image(registry: &str) -> String {
     let hash = hex::encode(Sha256::digest(SMALL_SERVICE));
     let tag = format!("small-{}", &hash[..12]);
     let reference = format!("{registry}/{SMALL_SERVICE_IMAGE}:{tag}");
-    exclusively(|| {
-        if present(&reference) {
-            return;
-        }
-        let context = tempfile::tempdir().unwrap();
-        std::fs::write(context.path().join("service.rs"), SMALL_SERVICE).unwrap();
-        run(
-            Command::new("rustc")
-                .args(["--edition", "2021", "-C", "opt-level=2", "-o"])
-                .arg(context.path().join("service"))
-                .arg(context.path().join("service.rs")),
-            "rustc of the small service",
-        );
-        std::fs::write(
-            context.path().join("Dockerfile"),
-            format!(
-                "FROM {registry}/psctl-base:bookworm\nCOPY service /usr/local/bin/service\nENTRYPOINT [\"/usr/local/bin/service\"]\n"
-            ),
-        )
-        .unwrap();
-        run(
-            Command::new("docker").args([
-                "build",
-                "-q",
-                "-t",
-                &reference,
-                &context.path().display().to_string(),
-            ]),
-            "docker build of the small service",
-        );
-        run(
-            Command::new("docker").args(["push", "-q", &reference]),
-            "docker push of the small service",
-        );
-    });
+    program_image(
+        &reference,
+        &format!("{registry}/psctl-base:bookworm"),
+        "service",
+        SMALL_SERVICE,
+    );
     tag
 }
