@@ -63,6 +63,20 @@ async fn template_tag(sandbox: &Sandbox) -> String {
     tag_of(&image).to_owned()
 }
 
+/// The sandbox's tag serves the webhook (template, replicas, every pod) within a minute.
+async fn previous_serving(sandbox: &Sandbox) {
+    wait_serving(
+        &sandbox.admin,
+        &sandbox.namespace,
+        WEBHOOK_DEPLOYMENT,
+        WEBHOOK_SELECTOR,
+        &sandbox.tag,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|reason| panic!("the previous revision is not serving: {reason}"));
+}
+
 /// After a failed deploy of `bad` over the sandbox's tag: the webhook's history is revision 1,
 /// the failed revision 2 and revision 3 back on the sandbox's tag, and that tag serves again
 /// (template, replicas, every pod).
@@ -75,16 +89,7 @@ async fn rolled_back_and_serving(sandbox: &Sandbox, config: &Path, bad: &str) {
             revision(3, "deployed", &sandbox.tag),
         ]
     );
-    wait_serving(
-        &sandbox.admin,
-        &sandbox.namespace,
-        WEBHOOK_DEPLOYMENT,
-        WEBHOOK_SELECTOR,
-        &sandbox.tag,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap_or_else(|reason| panic!("the previous revision is not serving: {reason}"));
+    previous_serving(sandbox).await;
 }
 
 #[tokio::test]
@@ -285,16 +290,7 @@ async fn a_chart_change_to_an_immutable_selector_is_refused_explained_and_undone
         revision(3, "deployed", &sandbox.tag),
         "{revisions:?}"
     );
-    wait_serving(
-        &sandbox.admin,
-        &sandbox.namespace,
-        WEBHOOK_DEPLOYMENT,
-        WEBHOOK_SELECTOR,
-        &sandbox.tag,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap_or_else(|reason| panic!("the previous revision is not serving: {reason}"));
+    previous_serving(sandbox).await;
 }
 
 #[tokio::test]
