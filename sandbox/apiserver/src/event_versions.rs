@@ -491,31 +491,17 @@ pub fn invalid(name: &str, problems: &[Problem]) -> Option<ApiError> {
     if problems.is_empty() {
         return None;
     }
-    let listed: Vec<String> = problems
+    let causes: Vec<(&str, &str, &str)> = problems
         .iter()
-        .map(|problem| format!("{}: {}", problem.field, problem.message))
+        .map(|problem| {
+            (
+                problem.field.as_str(),
+                problem.reason,
+                problem.message.as_str(),
+            )
+        })
         .collect();
-    let summary = if listed.len() == 1 {
-        listed[0].clone()
-    } else {
-        format!("[{}]", listed.join(", "))
-    };
-    Some(ApiError {
-        code: 422,
-        reason: "Invalid",
-        message: format!("Event.{GROUP} \"{name}\" is invalid: {summary}"),
-        details: Some(json!({
-            "name": name,
-            "group": GROUP,
-            "kind": "Event",
-            "causes": problems.iter().map(|problem| json!({
-                "reason": problem.reason,
-                "message": problem.message,
-                "field": problem.field,
-            })).collect::<Vec<_>>(),
-        })),
-        list_continue: None,
-    })
+    Some(ApiError::invalid_causes("Event", GROUP, name, &causes))
 }
 
 fn name_in(event: &Value) -> &str {

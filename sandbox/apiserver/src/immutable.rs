@@ -255,39 +255,19 @@ fn name_of(object: &Value) -> &str {
         .unwrap_or_default()
 }
 
-/// The 422 for `problems`, shaped like the real one: one error is `<field>: <message>`, more are
-/// listed in brackets.
+/// The 422 for `problems`, shaped like the real one.
 fn refusal(kind: &str, group: &str, name: &str, problems: &[Problem]) -> ApiError {
-    let listed: Vec<String> = problems
+    let causes: Vec<(&str, &str, &str)> = problems
         .iter()
-        .map(|problem| format!("{}: {}", problem.field, problem.message))
+        .map(|problem| {
+            (
+                problem.field.as_str(),
+                problem.reason,
+                problem.message.as_str(),
+            )
+        })
         .collect();
-    let summary = if listed.len() == 1 {
-        listed[0].clone()
-    } else {
-        format!("[{}]", listed.join(", "))
-    };
-    let qualified = if group.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind}.{group}")
-    };
-    let mut details = serde_json::json!({
-        "name": name,
-        "kind": kind,
-        "causes": problems.iter().map(|problem| serde_json::json!({
-            "reason": problem.reason,
-            "message": problem.message,
-            "field": problem.field,
-        })).collect::<Vec<_>>(),
-    });
-    if !group.is_empty() {
-        details["group"] = Value::from(group);
-    }
-    ApiError::invalid_with(
-        format!("{qualified} \"{name}\" is invalid: {summary}"),
-        details,
-    )
+    ApiError::invalid_causes(kind, group, name, &causes)
 }
 
 #[cfg(test)]

@@ -95,11 +95,49 @@ impl ApiError {
         }
     }
 
-    /// 422 whose message and details (several causes, say) the caller has put together.
-    pub fn invalid_with(message: String, details: serde_json::Value) -> Self {
+    /// 422 for an object with one or more invalid fields, each `(field, reason, message)`
+    /// (`FieldValueInvalid`, `FieldValueForbidden`...), shaped like kube-apiserver's: one cause
+    /// reads `<Kind>[.<group>] "<name>" is invalid: <field>: <message>`, more are listed in
+    /// brackets, and every one is a `StatusCause` in `details`.
+    pub fn invalid_causes(
+        kind: &str,
+        group: &str,
+        name: &str,
+        causes: &[(&str, &str, &str)],
+    ) -> Self {
+        let listed: Vec<String> = causes
+            .iter()
+            .map(|(field, _, message)| format!("{field}: {message}"))
+            .collect();
+        let summary = if listed.len() == 1 {
+            listed[0].clone()
+        } else {
+            format!("[{}]", listed.join(", "))
+        };
+        let qualified = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let mut details = json!({
+            "name": name,
+            "kind": kind,
+            "causes": causes.iter().map(|(field, reason, message)| json!({
+                "reason": reason,
+                "message": message,
+                "field": field,
+            })).collect::<Vec<_>>(),
+        });
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
         Self {
             details: Some(details),
-            ..Self::new(422, "Invalid", message)
+            ..Self::new(
+                422,
+                "Invalid",
+                format!("{qualified} \"{name}\" is invalid: {summary}"),
+            )
         }
     }
 
