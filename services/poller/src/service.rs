@@ -377,25 +377,37 @@ impl Poller {
         for window in windows {
             self.fetch_and_store(window, report).await?;
             // The window is complete: the next poll may start from its end (minus the overlap).
-            if let Some(end) = DateTime::from_timestamp_millis(window.end_ms) {
-                store::save_checkpoint(&self.pool, DEPOSITS_CHECKPOINT, end, server_now).await?;
-            }
-            if let Some((kind, severity, message)) = reach.take() {
-                let from =
-                    DateTime::<Utc>::from_timestamp_millis(poll_start_ms).unwrap_or(server_now);
-                store::record_poll_reach(
-                    &self.pool,
-                    kind,
-                    severity,
-                    message,
-                    serde_json::json!({
-                        "from": from.to_rfc3339(),
-                        "binance_now": server_now.to_rfc3339(),
-                        "stored_checkpoint": ahead.map(|at| at.to_rfc3339()),
-                        "initial_lookback_secs": self.settings.initial_lookback.as_secs(),
-                    }),
-                )
-                .await?;
+            let Some(end) = DateTime::from_timestamp_millis(window.end_ms) else {
+                continue;
+            };
+            match reach.take() {
+                // The first checkpoint and the row saying where the history begins commit
+                // together: a crash cannot keep one without the other.
+                Some((kind, severity, message)) => {
+                    let from =
+                        DateTime::<Utc>::from_timestamp_millis(poll_start_ms).unwrap_or(server_now);
+                    let mut transaction = self.pool.begin().await?;
+                    store::save_checkpoint(&mut *transaction, DEPOSITS_CHECKPOINT, end, server_now)
+                        .await?;
+                    store::record_poll_reach(
+                        &mut *transaction,
+                        kind,
+                        severity,
+                        message,
+                        serde_json::json!({
+                            "from": from.to_rfc3339(),
+                            "binance_now": server_now.to_rfc3339(),
+                            "stored_checkpoint": ahead.map(|at| at.to_rfc3339()),
+                            "initial_lookback_secs": self.settings.initial_lookback.as_secs(),
+                        }),
+                    )
+                    .await?;
+                    transaction.commit().await?;
+                }
+                None => {
+                    store::save_checkpoint(&self.pool, DEPOSITS_CHECKPOINT, end, server_now)
+                        .await?;
+                }
             }
         }
         self.recheck_unresolved(poll_start_ms, report).await

@@ -218,7 +218,7 @@ pub async fn load_checkpoint(
 /// checkpoint lying beyond `server_now` (saved by a skewed clock) is replaced: a checkpoint can
 /// never hold a time Binance has not reached yet.
 pub async fn save_checkpoint(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     name: &str,
     at: DateTime<Utc>,
     server_now: DateTime<Utc>,
@@ -237,7 +237,7 @@ pub async fn save_checkpoint(
     .bind(name)
     .bind(at)
     .bind(server_now)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }
@@ -247,7 +247,7 @@ pub async fn save_checkpoint(
 /// nothing inserted before `from` is ever read) or `poll.checkpoint_ahead` (the stored
 /// checkpoint was ahead of Binance's clock and was not trusted).
 pub async fn record_poll_reach(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     kind: &str,
     severity: &str,
     message: &str,
@@ -261,7 +261,7 @@ pub async fn record_poll_reach(
     .bind(severity)
     .bind(message)
     .bind(sqlx::types::Json(details))
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }
