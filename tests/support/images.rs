@@ -95,20 +95,7 @@ fn program_image(reference: &str, from: &str, name: &str, source: &str) {
             ),
         )
         .unwrap();
-        run(
-            Command::new("docker").args([
-                "build",
-                "-q",
-                "-t",
-                reference,
-                &context.path().display().to_string(),
-            ]),
-            &format!("docker build of {reference}"),
-        );
-        run(
-            Command::new("docker").args(["push", "-q", reference]),
-            &format!("docker push of {reference}"),
-        );
+        docker_build_and_push(context.path(), reference, &[]);
     });
 }
 
@@ -132,20 +119,26 @@ fn build_and_push(registry: &str, name: &str, binary: &[u8], reference: &str) {
         context.path().join("Dockerfile"),
     )
     .unwrap();
-    run(
-        Command::new("docker").args([
-            "build",
-            "-q",
-            "--build-arg",
-            &format!("RUNTIME_BASE={registry}/psctl-base:bookworm"),
-            "--build-arg",
-            &format!("BINARY={name}"),
-            "-t",
-            reference,
-            &context.path().display().to_string(),
-        ]),
-        &format!("docker build of {reference}"),
+    docker_build_and_push(
+        context.path(),
+        reference,
+        &[
+            format!("RUNTIME_BASE={registry}/psctl-base:bookworm"),
+            format!("BINARY={name}"),
+        ],
     );
+}
+
+/// `docker build -q` of `context` as `reference` (each of `build_args` a `--build-arg`), then
+/// `docker push` of it.
+fn docker_build_and_push(context: &Path, reference: &str, build_args: &[String]) {
+    let mut build = Command::new("docker");
+    build.args(["build", "-q"]);
+    for arg in build_args {
+        build.args(["--build-arg", arg]);
+    }
+    build.args(["-t", reference]).arg(context);
+    run(&mut build, &format!("docker build of {reference}"));
     run(
         Command::new("docker").args(["push", "-q", reference]),
         &format!("docker push of {reference}"),
